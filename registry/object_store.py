@@ -1,0 +1,140 @@
+"""Where blobs live: a content-addressed store with a small interface.
+
+>>> store = LocalObjectStore(Path(".seal/objects"))      # doctest: +SKIP
+>>> digest = store.put(b"hello")                          # doctest: +SKIP
+>>> store.get(digest)                                     # doctest: +SKIP
+b'hello'
+
+Any store that implements :class:`ObjectStore` (``put``, ``put_file``, ``get``, ``has``,
+``path_of``, ``iter_digests``) can stand behind a registry, an S3-compatible one included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from .errors import SealError
+from .objects import DIGEST_PREFIX, blob_digest, is_digest
+
+_CHUNK = 1 << 20
+
+
+class BlobMissing(SealError):
+    """A digest that the store does not hold."""
+
+
+class ObjectStore(Protocol):
+    def put(self, data: bytes) -> str: ...
+    def put_file(self, path: Path) -> str: ...
+    def get(self, digest: str) -> bytes: ...
+    def has(self, digest: str) -> bool: ...
+    def path_of(self, digest: str) -> Path: ...
+    def iter_digests(self) -> Iterator[str]: ...
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return DIGEST_PREFIX + h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class LocalObjectStore:
+    """Blobs as read-only files under ``root/sha256/ab/cdef…``.
+
+    A write goes to a temp file in the same folder, is fsynced, then renamed into place, so a
+    crash leaves either the whole blob or none of it. Identical content is stored once.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_of(self, digest: str) -> Path:
+        if not is_digest(digest):
+            raise ValueError(f"not a blob digest: {digest!r}")
+        hexd = digest[len(DIGEST_PREFIX):]
+        return self.root / "sha256" / hexd[:2] / hexd[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.path_of(digest).is_file()
+
+    def get(self, digest: str) -> bytes:
+        path = self.path_of(digest)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(f"blob {digest} is missing from {self.root}") from None
+
+    def put(self, data: bytes) -> str:
+        digest = blob_digest(data)
+        if not self.has(digest):
+            self._write(digest, lambda f: f.write(data))
+        return digest
+
+    def put_file(self, path: Path) -> str:
+        digest = file_digest(path)
+        if not self.has(digest):
+            def copy(f):
+                with open(path, "rb") as src:
+                    for chunk in iter(lambda: src.read(_CHUNK), b""):
+                        f.write(chunk)
+            self._write(digest, copy)
+            # The file may have changed between hashing and copying; never store a lie.
+            if file_digest(self.path_of(digest)) != digest:
+                self.path_of(digest).unlink()
+                raise SealError(f"{path} changed while it was being stored; try again")
+        return digest
+
+    def _write(self, digest: str, write) -> None:
+        target = self.path_of(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(target.parent)
+
+    def iter_digests(self) -> Iterator[str]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in sorted(base.iterdir()):
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for f in sorted(sub.iterdir()):
+                if f.name.startswith(".tmp-"):
+                    continue
+                yield DIGEST_PREFIX + sub.name + f.name
+
+    def check(self, digest: str) -> bool:
+        """Whether the stored bytes still hash to their name."""
+        return file_digest(self.path_of(digest)) == digest

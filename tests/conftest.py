@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny models and adapters, lineage databases (SQLite and PostgreSQL), a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from pgcluster import PgCluster, create_database, find_pg_bin  # noqa: E402
+
+SEAL = [sys.executable, "-m", "seal.cli.main"]
+
+# Keep model libraries quiet and offline in every test and in every `seal` they start.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> dict:
+    """A tiny Llama folder and three real PEFT LoRA adapters on it."""
+    from adapters import build_bare_llama, build_lora_adapter
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = build_bare_llama(root / "base")
+    adapters = [build_lora_adapter(base, root / f"adapter{i}", seed=i) for i in range(3)]
+    return {"base": base, "adapters": adapters, "root": root}
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url():
+    url = os.environ.get("SEAL_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    bindir = find_pg_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries are missing in CI; .ci/run installs Debian's postgresql")
+        pytest.skip("no PostgreSQL server binary (initdb) on this machine: apt-get install postgresql")
+    cluster = PgCluster(bindir).start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str | None:
+    """None means the default SQLite database inside .seal; otherwise a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    admin = request.getfixturevalue("pg_admin_url")
+    return create_database(admin, "seal_" + uuid.uuid4().hex[:12])
+
+
+class Seal:
+    """Runs the real `seal` in a subprocess, as a user would."""
+
+    def __init__(self, cwd: Path, env: dict | None = None):
+        self.cwd = Path(cwd)
+        self.env = {**os.environ, **(env or {})}
+
+    def __call__(self, *args, check: bool = True, expect: int | None = None, input: str | None = None):
+        proc = subprocess.run(
+            [*SEAL, *map(str, args)], cwd=self.cwd, env=self.env, capture_output=True, text=True, input=input,
+        )
+        if expect is not None:
+            assert proc.returncode == expect, f"seal {' '.join(map(str, args))} exited {proc.returncode}, not {expect}\n{proc.stdout}\n{proc.stderr}"
+        elif check and proc.returncode != 0:
+            raise AssertionError(f"seal {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args):
+        import json
+
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def seal(tmp_path, db_url) -> Seal:
+    env = {"SEAL_ACTOR": "tester"}
+    if db_url:
+        env["SEAL_DATABASE_URL"] = db_url
+    return Seal(tmp_path, env)
+
+
+@pytest.fixture
+def registry(seal, tiny_base) -> Seal:
+    """A registry in the test's folder, initialised on the tiny base."""
+    seal("init", ".", "--base", tiny_base["base"])
+    return seal
