@@ -308,7 +308,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     from seal.registry.errors import SealError
 
     try:
-        app(args=argv, standalone_mode=False, prog_name="seal")
+        # Without standalone mode click returns typer.Exit's code instead of raising it.
+        rc = app(args=argv, standalone_mode=False, prog_name="seal")
     except SealError as e:
         _err(f"seal: error: {e}")
         sys.exit(e.exit_code)
@@ -327,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ products, and those reduce to traces of ``r × r`` matrices:
     ‖s·BA‖²_F          = s² · tr((BᵀB)(AAᵀ))
     ⟨s1·B1A1, s2·B2A2⟩ = s1·s2 · tr((B1ᵀB2)(A2A1ᵀ))
 
-so the ``d_out × d_in`` matrix is never built. For SmolLM2-135M with r=32 that is the difference
+so the ``d_out × d_in`` matrix is never built. Difference norms come from the same Gram matrices,
+except when two updates are nearly equal, where a thin QR of the stacked factors avoids
+cancellation (see :func:`delta_diff_norm`). For SmolLM2-135M with r=32 that is the difference
 between a few MB of ``r × r`` work and building 420 dense matrices (see ``bench/diff.py``).
 
 Adapters are read straight from a PEFT folder (``adapter_config.json`` +
@@ -399,6 +401,11 @@ def compare_adapters(a: AdapterSource, b: AdapterSource | None = None) -> dict[s
                                                            module_layer(m) or 0, m)):
         pa, pb = fa.get(module), fb.get(module)
         if pa is not None and pb is not None:
+            shape_a, shape_b = (pa.B.shape[0], pa.A.shape[1]), (pb.B.shape[0], pb.A.shape[1])
+            if shape_a != shape_b:
+                raise UserError(f"Module {module!r} updates a {shape_a} weight in one adapter and a "
+                                f"{shape_b} weight in the other; they belong to different base "
+                                "models and cannot be compared.")
             stats = _pair_stats(pa, pb)
         else:
             # Present on one side only: the other side is a zero update.
