@@ -303,6 +303,11 @@ def db_upgrade(json_: bool = JsonOpt) -> None:
     print_json(out) if json_ else emit([f"schema at {out['current']}"])
 
 
+# Command groups that live in their own modules register themselves on `app` when imported.
+# Keep these modules light: no torch, transformers, peft or mlflow at module level.
+# (one import line per module, below this comment)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: user errors become one line on stderr and exit 2, never a traceback."""
     from seal.registry.errors import SealError
