@@ -116,7 +116,7 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="seal-bench-"))
     try:
         build_s = build(root, args.versions)
-        seal = [sys.executable, "-m", "seal.cli.main"]
+        seal = [sys.executable, "-m", "seal.cli"]
         env = {**os.environ, "PYTHONPROFILEIMPORTTIME": ""}
         env.pop("PYTHONPROFILEIMPORTTIME")
         commands = {

@@ -335,6 +335,3 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE))
 
 from pgcluster import PgCluster, create_database, find_pg_bin  # noqa: E402
 
-SEAL = [sys.executable, "-m", "seal.cli.main"]
+SEAL = [sys.executable, "-m", "seal.cli"]
 
 # Keep model libraries quiet and offline in every test and in every `seal` they start.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
