@@ -22,6 +22,7 @@ from .bases import get_base, insert_base
 from .db import make_engine, upgrade
 from .errors import NotARegistry, RefConflict, UserError
 from .object_store import file_digest
+from .policy import current_policy, write_default_policy
 from .objects import build_manifest, version_id
 from .repository import (
     CONFIG_FILE as REPO_CONFIG,
@@ -87,6 +88,7 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, branch: 
     url = db_url or os.environ.get("SEAL_DATABASE_URL")
     try:
         (staging / REPO_CONFIG).write_text(_config_text(base, db_url))
+        write_default_policy(staging)
         repo = Repository(seal_dir=staging, config={"base": {"id": base["id"]}, "database": {"url": url} if url else {}})
         engine = make_engine(repo.database_url)
         try:
@@ -106,7 +108,9 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, branch: 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Repository.find(path)
+    repo = Repository.find(path)
+    current_policy(repo)
+    return repo
 
 
 # --- import -----------------------------------------------------------------------------------

@@ -105,7 +105,10 @@ def verify_registry(repo: Repository, *, check_blobs: bool = True) -> list[dict]
     for vid in (set(score_rows) | set(audit_rows)) - ids:
         fault(vid, "scores/audits", "rows recorded for a version that does not exist")
     for name, target in ref_rows:
-        if not target.startswith(SYMBOLIC) and target not in ids:
+        if name.startswith("refs/meta/"):
+            if not repo.store.has(target):
+                fault(None, f"ref {name}", f"points at {target}, which is not in the object store")
+        elif not target.startswith(SYMBOLIC) and target not in ids:
             fault(None, f"ref {name}", f"points at {target[:12]}, which is not a version")
     if check_blobs:
         for digest in repo.store.iter_digests():
