@@ -1,0 +1,205 @@
+"""Decide: named checks on a candidate's scores, and the choice among candidates.
+
+A gate reads a flat score dict and compares one number with a threshold. The keys the default
+gates read (all written by the loop from :mod:`seal.editor.evaluate`):
+
+==================== ===========================================================
+``efficacy``         the candidate's QA score on the edit's eval set (e.g. containment)
+``efficacy_parent``  the parent's score on the same questions
+``retention``        anchor-probe accuracy of the candidate, in [0, 1]
+``retention_parent`` of the parent;  ``retention_base``: of the bare base
+``js_parent``        mean next-token JS divergence candidate vs parent (nats)
+``kl_base``          mean next-token KL(base ‖ candidate) (nats): the total drift budget
+==================== ===========================================================
+
+A missing score fails its gate: a check that could not run must not let a change through.
+
+    >>> from seal.editor.gates import default_gates, check_gates, decide
+    >>> results = check_gates(scores, default_gates())
+    >>> [r.name for r in results if not r.passed]
+    ['retention_vs_parent']
+    >>> decide([scores_a, scores_b])      # index of the best accepted candidate, or None
+    1
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+Scores = Mapping[str, Any]
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+# Points are percentage points of accuracy: 2 points = 0.02.
+DEFAULT_POLICY: dict[str, float] = {
+    "efficacy_gain_min": 0.0,  # must be strictly greater: an edit that teaches nothing is noise
+    "retention_drop_vs_parent_max": 0.02,
+    "retention_drop_vs_base_max": 0.05,
+    "js_vs_parent_max": 0.1,
+    # A budget on how far the whole lineage may move from the base. Guessed, not measured:
+    # 0.5 nats is several times what one passage edit should cost; tune per deployment.
+    "kl_vs_base_max": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict, as stored in a version's audit."""
+
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GateLike(Protocol):
+    name: str
+    threshold: float
+
+    def check(self, scores: Scores) -> GateResult: ...
+
+
+def _diff(a: str, b: str) -> Callable[[Scores], float | None]:
+    def measure(scores: Scores) -> float | None:
+        x, y = scores.get(a), scores.get(b)
+        return None if x is None or y is None else float(x) - float(y)
+
+    return measure
+
+
+def _key(a: str) -> Callable[[Scores], float | None]:
+    def measure(scores: Scores) -> float | None:
+        x = scores.get(a)
+        return None if x is None else float(x)
+
+    return measure
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A named comparison ``measure(scores) <op> threshold``.
+
+        >>> g = Gate("js_vs_parent", 0.1, "<=", _key("js_parent"), "JS vs parent (nats)", ("js_parent",))
+        >>> g.check({"js_parent": 0.03}).passed
+        True
+    """
+
+    name: str
+    threshold: float
+    op: str
+    measure: Callable[[Scores], float | None] = field(compare=False, repr=False)
+    description: str = ""
+    reads: tuple[str, ...] = ()
+
+    def check(self, scores: Scores) -> GateResult:
+        value = self.measure(scores)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            missing = [k for k in self.reads if scores.get(k) is None] or list(self.reads)
+            return GateResult(
+                self.name, None, self.threshold, False, f"missing score(s): {', '.join(missing)}"
+            )
+        passed = _OPS[self.op](value, self.threshold)
+        return GateResult(
+            self.name,
+            value,
+            self.threshold,
+            passed,
+            f"{self.description}: {value:.4g} {self.op} {self.threshold:g}"
+            + ("" if passed else " failed"),
+        )
+
+
+def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
+    """The default gates with thresholds from ``policy`` (missing keys use DEFAULT_POLICY).
+
+    A key set to ``None`` disables that gate.
+
+        >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})]
+        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent']
+    """
+    merged: dict[str, Any] = {**DEFAULT_POLICY, **(policy or {})}
+    unknown = set(merged) - set(DEFAULT_POLICY)
+    if unknown:
+        raise ValueError(
+            f"unknown policy key(s) {sorted(unknown)}; known: {sorted(DEFAULT_POLICY)}"
+        )
+    specs = [
+        ("efficacy_gain", "efficacy_gain_min", ">", _diff("efficacy", "efficacy_parent"),
+         "efficacy gain over parent", ("efficacy", "efficacy_parent")),
+        ("retention_vs_parent", "retention_drop_vs_parent_max", "<=",
+         _diff("retention_parent", "retention"), "retention drop vs parent",
+         ("retention", "retention_parent")),
+        ("retention_vs_base", "retention_drop_vs_base_max", "<=",
+         _diff("retention_base", "retention"), "retention drop vs base",
+         ("retention", "retention_base")),
+        ("js_vs_parent", "js_vs_parent_max", "<=", _key("js_parent"),
+         "next-token JS vs parent (nats)", ("js_parent",)),
+        ("kl_vs_base", "kl_vs_base_max", "<=", _key("kl_base"),
+         "next-token KL(base||candidate) (nats)", ("kl_base",)),
+    ]
+    return [
+        Gate(name, float(merged[key]), op, measure, description, reads)
+        for name, key, op, measure, description, reads in specs
+        if merged[key] is not None
+    ]
+
+
+def default_gates() -> list[Gate]:
+    """The gates of DEFAULT_POLICY.
+
+        >>> [g.name for g in default_gates()]
+        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base']
+    """
+    return gates_from_policy(None)
+
+
+def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list[GateResult]:
+    """Run every gate on one candidate's scores.
+
+        >>> all(r.passed for r in check_gates(scores))
+    """
+    return [gate.check(scores) for gate in (gates if gates is not None else default_gates())]
+
+
+def decide(
+    candidates: Sequence[Scores],
+    gates: Sequence[GateLike] | None = None,
+    *,
+    rank_by: str = "efficacy",
+) -> int | None:
+    """Index of the best candidate that passes every gate, or None when none does.
+
+    Best means highest ``rank_by``; ties go to the smaller ``js_parent`` (the gentler change),
+    then to the lower index, so the choice is deterministic.
+
+        >>> decide([{"efficacy": 0.2, ...}, {"efficacy": 0.4, ...}])
+        1
+    """
+    best: int | None = None
+    best_key: tuple[float, float, int] | None = None
+    for index, scores in enumerate(candidates):
+        if not all(r.passed for r in check_gates(scores, gates)):
+            continue
+        rank = scores.get(rank_by)
+        js = scores.get("js_parent")
+        key = (
+            -(float(rank) if rank is not None else -math.inf),
+            float(js) if js is not None else math.inf,
+            index,
+        )
+        if best_key is None or key < best_key:
+            best, best_key = index, key
+    return best

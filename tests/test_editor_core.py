@@ -1,0 +1,372 @@
+"""Editor core on a tiny random Llama (fast), plus one slow test on the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+sys.path.insert(0, str(Path(__file__).parent))  # tinymodel is a helper module, not a package
+
+from tinymodel import build_tiny_model  # noqa: E402
+
+from seal.editor import base as base_mod  # noqa: E402
+from seal.editor import device as device_mod  # noqa: E402
+from seal.editor import evaluate, gates, reflect, train  # noqa: E402
+
+PASSAGE = (
+    "The Zorblat river flows through the valley of Quenmar into the northern sea. "
+    "The first bridge over the Zorblat was built in 1832 by the engineer Ada Lindqvist."
+)
+TITLE = "Zorblat"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> base_mod.LoadedBase:
+    torch.set_num_threads(2)
+    return base_mod.load_base(
+        str(tiny_dir), cache_dir=tmp_path_factory.mktemp("cache"), device="cpu"
+    )
+
+
+def _state(model) -> dict[str, "torch.Tensor"]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _adapter_tensors(folder: Path) -> dict[str, "torch.Tensor"]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+# --------------------------------------------------------------------------- device
+
+
+def test_pick_device_cpu_and_auto() -> None:
+    assert device_mod.pick_device("cpu") == "cpu"
+    assert device_mod.pick_device("auto") in ("cuda", "mps", "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        device_mod.pick_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_require_gpu_without_cuda_raises() -> None:
+    with pytest.raises(ValueError, match="GPU"):
+        device_mod.pick_device("cuda", require_gpu=True)
+    with pytest.raises(ValueError, match="require"):
+        device_mod.pick_device("auto", require_gpu=True)
+    with pytest.raises(ValueError, match="--device cpu"):
+        device_mod.pick_device("cuda")
+
+
+def test_dtype_and_environment_record() -> None:
+    assert device_mod.dtype_for("cpu") == torch.float32
+    env = device_mod.environment_record("cpu")
+    assert env["device"] == "cpu" and env["gpu"] is None
+    assert env["torch"] == torch.__version__ and env["transformers"] and env["peft"]
+
+
+# --------------------------------------------------------------------------- base
+
+
+def test_describe_and_load_local_folder(tiny_dir: Path, tmp_path: Path, tiny) -> None:
+    desc = base_mod.describe_base(str(tiny_dir))
+    assert desc["kind"] == "local" and desc["revision"].startswith("local-sha256:")
+    assert tiny.kind == "local" and len(tiny.fingerprint) == 64
+    again = base_mod.load_base(str(tiny_dir), cache_dir=tmp_path, device="cpu")
+    assert again.fingerprint == tiny.fingerprint
+    assert base_mod.fingerprint_base(
+        tiny_dir, name=desc["name"], revision=desc["revision"]
+    ) == tiny.fingerprint
+    # the name is part of the identity
+    assert base_mod.fingerprint_base(tiny_dir, name="other", revision=desc["revision"]) != (
+        tiny.fingerprint
+    )
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+
+
+def test_describe_base_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        base_mod.describe_base(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Hub id"):
+        base_mod.describe_base(str(tmp_path / "nope" / "deeper" / "x"))
+
+
+def test_hub_id_missing_from_cache_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        base_mod.describe_base("seal-test-org/definitely-not-cached")
+
+
+# --------------------------------------------------------------------------- reflect
+
+
+def test_k_candidates_in_one_call_are_seeded(tiny) -> None:
+    kwargs = dict(style="implications", k=3, temperature=1.0, max_new_tokens=12, seed=7)
+    edits = reflect.generate_self_edits(tiny.model, tiny.tokenizer, PASSAGE, TITLE, **kwargs)
+    assert len(edits) == 3 and all(isinstance(e, str) for e in edits)
+    assert len(set(edits)) > 1  # sampled, not K copies of one row
+    assert reflect.generate_self_edits(tiny.model, tiny.tokenizer, PASSAGE, TITLE, **kwargs) == edits
+    qa = reflect.generate_self_edits(
+        tiny.model, tiny.tokenizer, PASSAGE, None, style="self-qa", k=2, max_new_tokens=4, seed=0
+    )
+    assert all(e.startswith("Question 1:") for e in qa)
+    with pytest.raises(ValueError, match="style"):
+        reflect.self_edit_prompt(tiny.tokenizer, PASSAGE, TITLE, style="poem")
+
+
+def test_self_edit_prompt_uses_chat_template_and_seal_wording(tiny) -> None:
+    prompt = reflect.self_edit_prompt(tiny.tokenizer, PASSAGE, TITLE, style="implications")
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert "produce a list of implications derived directly or indirectly" in prompt
+    assert f"Passage:\n{TITLE}\n{PASSAGE}" in prompt
+
+
+def test_split_self_edit_lines() -> None:
+    text = (
+        "Here are some implications:\n1. The river reaches the sea.\n- The river reaches the sea!\n"
+        "* **Ada Lindqvist was an engineer.**\n\n2) A bridge existed by 1832.\n•\n"
+    )
+    assert reflect.split_self_edit_lines(text) == [
+        "The river reaches the sea.",
+        "Ada Lindqvist was an engineer.",
+        "A bridge existed by 1832.",
+    ]
+    qa = "Question 1: Who built it?\nAnswer 1: Ada.\nQuestion 2: When?\nAnswer 2: 1832."
+    assert reflect.split_self_edit_lines(qa) == [
+        "Question 1: Who built it?\nAnswer 1: Ada.",
+        "Question 2: When?\nAnswer 2: 1832.",
+    ]
+
+
+def test_build_training_sequences_and_support_filter() -> None:
+    seqs = reflect.build_training_sequences(PASSAGE, TITLE, ["A.", "B."])
+    assert seqs == [f"{TITLE}\nA.", f"{TITLE}\nB.", f"{TITLE}\n{PASSAGE}"]
+    assert reflect.build_training_sequences("P.", None, []) == ["P."]
+    kept = reflect.filter_supported_lines(
+        ["The bridge was built in 1832.", "Cats rule the moon forever."], PASSAGE
+    )
+    assert kept == ["The bridge was built in 1832."]
+
+
+def test_corrections_self_edit(tiny) -> None:
+    examples = [{"prompt": "Who built the bridge?", "answer": "Ada Lindqvist"},
+                {"question": "What is 2+2?", "answer": "4"}]
+    result = reflect.corrections_self_edit(
+        tiny.model, tiny.tokenizer, examples, predictions=["Ada Lindqvist did.", "five"],
+        n_rephrasings=2, max_new_tokens=6,
+    )
+    assert [r["correct"] for r in result.records] == [True, False]
+    assert [r["trained"] for r in result.records] == [False, True]
+    assert len(result.records[1]["rephrasings"]) == 2
+    assert result.sequences[0] == (
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+    )
+    assert len(result.sequences) == 1 + len(result.records[1]["kept_rephrasings"])
+    assert all(json.loads(line) for line in result.to_jsonl().splitlines())
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_fresh_adapter_trains_loss_falls_and_base_is_untouched(tiny, tmp_path: Path) -> None:
+    before = _state(tiny.model)
+    seqs = reflect.build_training_sequences(PASSAGE, TITLE, ["Ada Lindqvist built a bridge."])
+    seen: list[tuple[int, float]] = []
+    record = train.train_adapter(
+        tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "a", r=8, alpha=16, lr=1e-2,
+        epochs=8, seed=0, base_name="tiny", on_step=lambda s, l: seen.append((s, l)),
+    )
+    assert record["steps"] == 8 * len(seqs) == len(seen) == len(record["losses"])
+    assert record["loss_final"] < 0.6 * record["loss_first"]
+    assert record["target_modules"] and record["from_parent"] is False
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny" and config["r"] == 8
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    # base weights, structure and attributes are back to what they were
+    after = tiny.model.state_dict()
+    assert set(after) == set(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not hasattr(tiny.model, "peft_config")
+    # and the saved adapter actually changes the model's outputs
+    probes = evaluate.load_drift_probes()[:4]
+    p = evaluate.next_token_logprobs(tiny.model, tiny.tokenizer, probes)
+    with train.adapter_applied(tiny.model, tmp_path / "a") as edited:
+        q = evaluate.next_token_logprobs(edited, tiny.tokenizer, probes, support=p.indices)
+        nll_edited = evaluate.passage_nll(edited, tiny.tokenizer, seqs[-1])
+    assert evaluate.kl_js(p, q)[1] > 0
+    assert nll_edited < evaluate.passage_nll(tiny.model, tiny.tokenizer, seqs[-1])
+
+
+def test_child_starts_from_parent_weights(tiny, tmp_path: Path) -> None:
+    seqs = [f"{TITLE}\n{PASSAGE}"]
+    parent = train.train_adapter(
+        tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "parent", r=8, alpha=16,
+        lr=1e-2, epochs=6, seed=1,
+    )
+    # lr 0: the child must be byte-for-byte the parent's weights, whatever the requested r
+    frozen = train.train_adapter(
+        tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "same", parent_adapter_dir=tmp_path / "parent",
+        r=4, lr=0.0, epochs=1, seed=2,
+    )
+    assert frozen["from_parent"] and frozen["r"] == 8
+    pa, ch = _adapter_tensors(tmp_path / "parent"), _adapter_tensors(tmp_path / "same")
+    assert set(pa) == set(ch) and all(torch.equal(pa[k], ch[k]) for k in pa)
+    # and its first loss is the parent's learned loss, not a fresh adapter's
+    fresh = train.train_adapter(
+        tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "fresh", r=8, alpha=16,
+        lr=1e-2, epochs=1, seed=1,
+    )
+    assert frozen["loss_first"] < fresh["loss_first"] - 0.5
+    assert abs(frozen["loss_first"] - parent["loss_final"]) < parent["loss_first"] - parent["loss_final"]
+
+
+def test_k_candidates_on_one_base_are_deterministic(tiny, tmp_path: Path) -> None:
+    before = _state(tiny.model)
+    seqs = [f"{TITLE}\n{PASSAGE}", f"{TITLE}\nThe bridge dates from 1832."]
+    records = [
+        train.train_adapter(
+            tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / f"c{i}", r=4, alpha=8,
+            lr=1e-2, epochs=2, seed=seed,
+        )
+        for i, seed in enumerate([0, 1, 0])
+    ]
+    c0, c1, c2 = (tmp_path / f"c{i}" / "adapter_model.safetensors" for i in range(3))
+    assert c0.read_bytes() == c2.read_bytes()  # same seed, same bytes
+    assert c0.read_bytes() != c1.read_bytes()
+    assert records[0]["losses"] == records[2]["losses"]
+    after = tiny.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="plain base"):
+        with train.adapter_applied(tiny.model, tmp_path / "c0") as attached:
+            train.train_adapter(attached, tiny.tokenizer, seqs, out_dir=tmp_path / "x", epochs=1)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_containment_and_f1_known_examples() -> None:
+    assert evaluate.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert evaluate.containment("It is Paris, of course.", "paris") == 1.0
+    assert evaluate.containment("Parisian food", "Paris") == 0.0
+    assert evaluate.containment("Forty two", ["42", "forty two"]) == 1.0
+    assert evaluate.containment("anything", "") == 0.0
+    assert evaluate.token_f1("the capital is Paris", "Paris") == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
+    assert evaluate.token_f1("Paris", "Paris") == 1.0
+    assert evaluate.token_f1("London", "Paris") == 0.0
+    assert evaluate.token_recall("born in Ulm", "Ulm, Germany") == 0.5
+
+
+def test_qa_scores_and_retention_shape(tiny) -> None:
+    anchors = evaluate.load_anchors()
+    assert 30 <= len(anchors) <= 60 and all(a["question"] and a["answers"] for a in anchors)
+    scores = evaluate.qa_scores(
+        tiny.model, tiny.tokenizer, anchors[:3], max_new_tokens=4, return_predictions=True
+    )
+    assert scores["n"] == 3 and len(scores["predictions"]) == 3
+    assert 0.0 <= scores["containment"] <= 1.0 and 0.0 <= scores["f1"] <= 1.0
+    assert 0.0 <= evaluate.retention_accuracy(tiny.model, tiny.tokenizer, anchors[:2], max_new_tokens=3) <= 1.0
+
+
+def test_kl_js_and_blob_roundtrip(tiny) -> None:
+    probes = evaluate.load_drift_probes()
+    assert 24 <= len(probes) <= 48
+    p = evaluate.next_token_logprobs(tiny.model, tiny.tokenizer, probes, top_k=64)
+    assert p.logprobs.shape == (len(probes), 65)
+    assert torch.allclose(p.logprobs.exp().sum(1), torch.ones(len(probes)), atol=1e-4)
+    assert evaluate.kl_js(p, p) == (0.0, 0.0)
+    restored = evaluate.NextTokenDist.from_bytes(p.to_bytes())
+    assert torch.equal(restored.indices, p.indices) and torch.equal(restored.logprobs, p.logprobs)
+    uniform = torch.full((2, 4), 0.25).log()
+    peaked = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 2).log()
+    kl, js = evaluate.kl_js(uniform, peaked)
+    assert kl > 0 and 0 < js < 0.6932
+    assert kl == pytest.approx(float((0.25 * (uniform[0] - peaked[0])).sum()), rel=1e-6)
+    other = evaluate.next_token_logprobs(tiny.model, tiny.tokenizer, probes[::-1], top_k=64)
+    with pytest.raises(ValueError, match="support"):
+        evaluate.kl_js(p, other)
+
+
+# --------------------------------------------------------------------------- gates
+
+
+GOOD = {
+    "efficacy": 0.4, "efficacy_parent": 0.1, "retention": 0.60, "retention_parent": 0.61,
+    "retention_base": 0.62, "js_parent": 0.02, "kl_base": 0.1,
+}
+
+
+def test_gates_pass_fail_and_missing() -> None:
+    assert all(r.passed for r in gates.check_gates(GOOD))
+    failed = {r.name for r in gates.check_gates({**GOOD, "retention": 0.55}) if not r.passed}
+    assert failed == {"retention_vs_parent", "retention_vs_base"}
+    same = gates.check_gates({**GOOD, "efficacy": 0.1})[0]
+    assert same.name == "efficacy_gain" and not same.passed and same.value == 0.0
+    missing = {k: v for k, v in GOOD.items() if k != "js_parent"}
+    result = next(r for r in gates.check_gates(missing) if r.name == "js_vs_parent")
+    assert not result.passed and result.value is None and "js_parent" in result.detail
+    assert [g.name for g in gates.gates_from_policy({"kl_vs_base_max": None})][-1] == "js_vs_parent"
+    with pytest.raises(ValueError, match="unknown policy"):
+        gates.gates_from_policy({"js_max": 1})
+
+
+def test_decide_picks_best_accepted_or_none() -> None:
+    worse = {**GOOD, "efficacy": 0.3}
+    drifty = {**GOOD, "efficacy": 0.9, "js_parent": 0.3}
+    assert gates.decide([worse, drifty, GOOD]) == 2
+    assert gates.decide([drifty]) is None
+    assert gates.decide([]) is None
+    gentler = {**GOOD, "js_parent": 0.01}
+    assert gates.decide([GOOD, gentler]) == 1
+
+
+# --------------------------------------------------------------------------- the real default
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_loads_caches_and_generates(tmp_path: Path) -> None:
+    import time
+
+    first = base_mod.load_base(None, cache_dir=tmp_path, device="cpu")
+    assert first.name == "HuggingFaceTB/SmolLM2-135M-Instruct" and first.kind == "embedded"
+    weights = first.weights_dir / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    fingerprint = first.fingerprint
+    del first
+    started = time.perf_counter()
+    second = base_mod.load_base(None, cache_dir=tmp_path, device="cpu")
+    assert time.perf_counter() - started < 10  # from the safetensors cache, not the GGUF
+    assert weights.stat().st_mtime_ns == stamp
+    assert second.fingerprint == fingerprint
+    config = json.loads((second.weights_dir / "config.json").read_text())
+    assert "quantization_config" not in config
+    answers = evaluate.answer_questions(
+        second.model, second.tokenizer, ["What is the capital of France?"], max_new_tokens=12
+    )
+    assert "paris" in answers[0].lower()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_on_cuda_in_bf16(tiny_dir: Path, tmp_path: Path) -> None:
+    gpu_base = base_mod.load_base(str(tiny_dir), cache_dir=tmp_path / "cache", device="cuda")
+    assert gpu_base.model.dtype == device_mod.dtype_for("cuda")
+    record = train.train_adapter(
+        gpu_base.model, gpu_base.tokenizer, [f"{TITLE}\n{PASSAGE}"], out_dir=tmp_path / "a",
+        r=8, alpha=16, lr=1e-2, epochs=8, seed=0,
+    )
+    assert record["device"].startswith("cuda") and record["loss_final"] < record["loss_first"]
+    with train.adapter_applied(gpu_base.model, tmp_path / "a") as edited:
+        assert len(evaluate.answer_questions(edited, gpu_base.tokenizer, ["Hi?"], 4)) == 1
