@@ -54,7 +54,7 @@ def build(root: Path, n: int) -> float:
     from seal.registry.signing import sign
 
     t0 = time.perf_counter()
-    base = base_record(name="bench-base", revision=None, source="name", location=None, weights_sha256=None)
+    base = base_record(name="bench-base", revision=None, source="hub", location=None)
     repo = init_registry(root, base=base)
     adapter = make_adapter(root / "adapter-src")
     digest = repo.store.put_file(adapter / "adapter_model.safetensors")

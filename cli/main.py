@@ -61,11 +61,12 @@ def init(
     json_: bool = JsonOpt,
 ) -> None:
     """Create a registry: PATH/.seal with its database, signing key and the base's root version."""
-    from seal.registry.porcelain import init_registry
+    from seal.registry.porcelain import check_can_init, init_registry
 
     from .bases import describe_base
 
-    record = describe_base(base, Path(path))
+    check_can_init(Path(path))
+    record = describe_base(base)
     repo = init_registry(Path(path), base=record, db_url=db)
     out = {"path": str(repo.seal_dir), "base": {"id": record["id"], "name": record["name"]}}
     if json_:
@@ -306,6 +307,8 @@ def db_upgrade(json_: bool = JsonOpt) -> None:
 # Command groups that live in their own modules register themselves on `app` when imported.
 # Keep these modules light: no torch, transformers, peft or mlflow at module level.
 # (one import line per module, below this comment)
+from . import hub_commands  # noqa: E402,F401
+from . import diff_commands  # noqa: E402,F401
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,10 +1,10 @@
 """The frozen base model a registry adapts, as a record in ``bases``.
 
 Weight fingerprints as loaded come from :mod:`seal.editor.base` (it needs torch); this module
-only shapes and stores the record, and can describe a base by its files when no model is loaded.
+only shapes and stores the record.
 
 >>> record = base_record(name="HuggingFaceTB/SmolLM2-135M-Instruct", revision=None,
-...                      source="name", location=None, weights_sha256=None)
+...                      source="hub", location=None)
 >>> len(record["id"])
 64
 """
@@ -18,54 +18,40 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from .errors import UserError
-from .object_store import file_digest
 from .objects import canonical_json, now_utc, sha256_hex
 from .schema import bases
 
-WEIGHT_SUFFIXES = (".safetensors", ".gguf")
-
-
 def base_record(
     *,
+    fingerprint: str | None = None,
     name: str,
     revision: str | None,
     source: str,
     location: str | None,
-    weights_sha256: str | None,
     info: dict | None = None,
 ) -> dict:
-    """A ``bases`` row; its id covers the weights as loaded plus the name and revision."""
-    fingerprint = sha256_hex(canonical_json({"name": name, "revision": revision, "weights": weights_sha256}))
+    """A ``bases`` row. Its id is the fingerprint of the weights as loaded (see
+    :func:`seal.editor.base.fingerprint_base`, which covers name and revision too); without one,
+    a digest of name and revision stands in (for a base known only by name)."""
+    if fingerprint is None:
+        fingerprint = sha256_hex(canonical_json({"name": name, "revision": revision}))
     return {
         "id": fingerprint,
         "name": name,
         "revision": revision,
         "source": source,
         "location": location,
-        "info": {"weights_sha256": weights_sha256, **(info or {})},
+        "info": dict(info or {}),
     }
 
 
-def describe_files(spec: str, name: str | None = None) -> dict:
-    """A base record from its files alone (no model load): for a folder or a .gguf file."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-        if not files:
-            raise UserError(f"{path} holds no .safetensors weights; give a model folder saved with safetensors")
-        digests = {p.name: file_digest(p) for p in files}
-        weights = sha256_hex(canonical_json(digests))
-        return base_record(name=name or path.name, revision=None, source="folder", location=str(path.resolve()),
-                           weights_sha256=weights, info={"files": digests})
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"{path} does not exist; give an existing .gguf file")
-        digest = file_digest(path)
-        return base_record(name=name or path.stem, revision=None, source="gguf", location=str(path.resolve()),
-                           weights_sha256=digest, info={"files": {path.name: digest}})
-    if spec.startswith((".", "/", "~")) or (len(spec.split("/")) > 2):
-        raise UserError(f"{spec} is neither a model folder, a .gguf file nor a Hub id (org/name)")
-    return base_record(name=spec, revision=None, source="hub", location=None, weights_sha256=None)
+def base_spec(record: dict) -> str | None:
+    """What :func:`seal.editor.base.load_base` takes to load this base again."""
+    if record["source"] == "embedded":
+        return None
+    if record["source"] == "hub":
+        return record["name"] + (f"@{record['revision']}" if record.get("revision") else "")
+    return record["location"]
 
 
 def insert_base(conn: Connection, record: dict) -> str:

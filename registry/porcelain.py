@@ -1,6 +1,6 @@
 """One function per `seal` command that needs no model. The CLI only parses and renders.
 
->>> init_registry(Path("."), base=describe_files("path/to/model"))   # doctest: +SKIP
+>>> init_registry(Path("."), base=base_record(name="org/model", revision=None, source="hub", location=None))  # doctest: +SKIP
 >>> import_adapter(Repository.find(), Path("my-adapter"), message="first")  # doctest: +SKIP
 """
 
@@ -70,18 +70,24 @@ def _config_text(base: dict, db_url: str | None) -> str:
     return "\n".join(lines)
 
 
+def check_can_init(path: Path) -> Path:
+    """Refuse early (before any model is read) to create a registry where one cannot go."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is not a folder; give the folder to create the registry in")
+    if (path / SEAL_DIRNAME).exists():
+        raise UserError(f"{path} is already a seal registry ({path / SEAL_DIRNAME} exists); use it, or remove it first")
+    return path
+
+
 def init_registry(path: Path, *, base: dict, db_url: str | None = None, branch: str = DEFAULT_BRANCH) -> Repository:
     """Create ``path/.seal`` with its database, keys, the base's root version and ``main``.
 
     Everything is built in a temporary folder and renamed into place, so a failed init leaves
     nothing behind.
     """
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path} is not a folder; give the folder to create the registry in")
+    path = check_can_init(path)
     target = path / SEAL_DIRNAME
-    if target.exists():
-        raise UserError(f"{path} is already a seal registry ({target} exists); use it, or remove it first")
     R.check_ref_name(branch)
     path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".seal-init-", dir=path))
@@ -502,3 +508,82 @@ def db_upgrade(url: str) -> dict:
     finally:
         engine.dispose()
     return {"current": rev}
+
+
+# --- revert -----------------------------------------------------------------------------------
+
+def revert(repo: Repository, rev: str, *, to: str | None = None, message: str = "") -> dict:
+    """Undo ``rev`` on the current branch: a new version whose adapter is that of ``rev``'s first
+    parent (or of ``to``), with the old HEAD as its only parent. History is never rewritten.
+
+    The branch (or a detached HEAD) moves by compare-and-swap, and the reflog keeps the reason.
+
+    >>> revert(Repository.find(), "HEAD", message="drifted on the anchors")   # doctest: +SKIP
+    {'id': '…', 'ref': 'main', 'parent': '…', 'of': '…', 'to': '…', 'adapter': 'sha256:…', ...}
+    """
+    from .repository import ancestor_ids
+
+    with repo.connect() as conn:
+        ref, head = _head_state(conn)
+        if head is None:
+            raise UserError(f"{R.short_name(ref)} has no versions yet; there is nothing to revert")
+        rev_id = resolve_revision(conn, rev)
+        on_branch = ancestor_ids(conn, head)
+        if rev_id not in on_branch:
+            raise UserError(
+                f"{rev} ({rev_id[:12]}) is not an ancestor of HEAD ({R.short_name(ref)} at {head[:12]}); "
+                f"check out a branch that contains it first"
+            )
+        if to is not None:
+            target_id = resolve_revision(conn, to)
+            if target_id == rev_id or target_id not in ancestor_ids(conn, rev_id):
+                raise UserError(
+                    f"--to {to} ({target_id[:12]}) is not an ancestor of {rev} ({rev_id[:12]}); "
+                    f"revert goes back to a version before the one it undoes (see `seal log {rev}`)"
+                )
+        else:
+            ps = parents_of(conn, rev_id)
+            if not ps:
+                raise UserError(f"{rev} ({rev_id[:12]}) is the root, the bare base model; there is nothing before it to go back to")
+            target_id = ps[0]
+        rev_manifest = load_manifest(conn, rev_id)
+        target = load_manifest(conn, target_id)
+        head_manifest = load_manifest(conn, head)
+    if target["base"] != head_manifest["base"]:
+        raise UserError(
+            f"{target_id[:12]} is on base {target['base'][:12]} but HEAD is on {head_manifest['base'][:12]}; "
+            f"revert only within one base"
+        )
+    adapter = target.get("adapter") or None
+    if adapter == (head_manifest.get("adapter") or None):
+        raise UserError(
+            f"HEAD ({head[:12]}) already has the adapter of {target_id[:12]}; there is nothing to revert"
+        )
+    if adapter and not repo.store.has(adapter["weights"]):
+        raise UserError(f"blob {adapter['weights']} of {target_id[:12]} is missing; run `seal verify`")
+    subject = (rev_manifest.get("message") or "").strip().splitlines()
+    undone = subject[0] if subject else rev_manifest["kind"]
+    reason = message.strip() or f'undo "{undone}", back to {target_id[:12]}'
+    manifest = build_manifest(
+        base=head_manifest["base"],
+        parents=[head],
+        kind="revert",
+        status="accepted",
+        adapter=adapter,
+        train={"source": "revert"},
+        author=R.actor(),
+        message=f"Revert {rev_id[:12]}: {reason}",
+        extra={"revert": {"of": rev_id, "to": target_id, "reason": reason}},
+    )
+    with repo.transaction() as conn:
+        vid = record_version(repo, conn, manifest)
+        R.compare_and_swap(conn, ref, old=head, new=vid, reason=f"revert: {manifest['message']}")
+    return {
+        "id": vid,
+        "ref": R.short_name(ref),
+        "parent": head,
+        "of": rev_id,
+        "to": target_id,
+        "adapter": adapter["weights"] if adapter else None,
+        "message": manifest["message"],
+    }

@@ -137,6 +137,6 @@ def test_not_a_registry(tmp_path, seal):
 def test_init_refusals(registry, tiny_base, tmp_path):
     seal = registry
     _one_line_error(seal("init", ".", "--base", tiny_base["base"], check=False), "already a seal registry")
-    _one_line_error(seal("init", tmp_path / "x", "--base", tmp_path / "nomodel.gguf", check=False), "does not exist")
+    _one_line_error(seal("init", tmp_path / "x", "--base", tmp_path / "nomodel.gguf", check=False), "neither an existing file")
     assert not (tmp_path / "x" / ".seal").exists()
     assert not [p for p in (tmp_path / "x").iterdir()] if (tmp_path / "x").exists() else True
