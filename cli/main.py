@@ -307,6 +307,7 @@ def db_upgrade(json_: bool = JsonOpt) -> None:
 # Command groups that live in their own modules register themselves on `app` when imported.
 # Keep these modules light: no torch, transformers, peft or mlflow at module level.
 # (one import line per module, below this comment)
+from . import edit_commands  # noqa: E402,F401
 from . import hub_commands  # noqa: E402,F401
 from . import diff_commands  # noqa: E402,F401
 

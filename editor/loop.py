@@ -1,0 +1,639 @@
+"""The self-edit loop, end to end: encounter, reflect, edit, evaluate, decide, record.
+
+One function, :func:`run_edit`, is the porcelain of `seal edit`. It loads the base once, lets the
+model at HEAD write K candidate self-edits in one batched call, trains one LoRA child per
+candidate from the parent's adapter, scores every child (efficacy, retention, drift, weights,
+refusal, leakage), applies the policy's gates, and records every candidate as a version:
+the best one that passes every gate as ``accepted`` (the branch moves to it by
+compare-and-swap), the others as ``rejected`` with the failing gates named.
+
+    >>> result = run_edit(repo, EditRequest(passage=Path("passage.json"), candidates=2))  # doctest: +SKIP
+    >>> result["decision"]["accepted"], [c["status"] for c in result["candidates"]]          # doctest: +SKIP
+    (True, ['accepted', 'rejected'])
+
+Input is checked before any model is loaded; a bad file is a UserError (exit 2) and records
+nothing. Triggering data that holds secrets or personal data is rejected before any training
+(unless ``allow_pii``): the record keeps each finding's type and position and a redacted copy
+of the data, and the secret itself is written nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from seal.registry import refs as R
+from seal.registry.bases import base_spec, get_base
+from seal.registry.errors import RefConflict, UserError
+from seal.registry.objects import build_manifest, canonical_json
+from seal.registry.policy import current_policy
+from seal.registry.porcelain import materialize
+from seal.registry.repository import Repository, load_manifest, record_version
+from seal.registry.revisions import parents_of
+
+PROBESET_VERSION = "seal-probes/1"
+
+
+# --- request and trigger ----------------------------------------------------------------------
+
+@dataclass
+class EditRequest:
+    """Everything `seal edit` takes. Defaults, and why, are in the README."""
+
+    passage: Path | None = None
+    examples: Path | None = None
+    eval: Path | None = None
+    candidates: int = 1
+    style: str = "implications"
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    r: int = 32
+    alpha: int = 64
+    target_modules: str = "all-linear"
+    lr: float = 3e-4
+    epochs: int = 10
+    batch_size: int = 1
+    seed: int = 0
+    device: str = "auto"
+    require_gpu: bool = False
+    message: str = ""
+    allow_pii: bool = False
+    track: bool = True
+    answer_tokens: int = 48
+
+
+@dataclass
+class Trigger:
+    kind: str  # "passage" | "examples"
+    raw: bytes
+    text: str
+    title: str | None = None
+    passage: str | None = None
+    examples: list[dict] = field(default_factory=list)
+    eval_items: list[dict] | None = None
+    eval_raw: bytes | None = None
+
+
+def read_jsonl(path: Path, what: str, required: tuple[str, ...]) -> tuple[list[dict], bytes]:
+    """Parse a JSONL file, naming the line of the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8 JSONL") from None
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {number}: not valid JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(item, dict):
+            raise UserError(f"{path} line {number}: expected a JSON object with {', '.join(required)}")
+        for key in required:
+            alternatives = key.split("|")
+            if not any(isinstance(item.get(k), (str, list)) and item.get(k) for k in alternatives):
+                raise UserError(f"{path} line {number}: missing {' or '.join(repr(k) for k in alternatives)}")
+        items.append(item)
+    if not items:
+        raise UserError(f"{path} holds no JSON lines; give at least one {what} item")
+    return items, raw
+
+
+def read_trigger(req: EditRequest) -> Trigger:
+    """Check the user's files before anything heavy happens."""
+    if (req.passage is None) == (req.examples is None):
+        raise UserError("give exactly one of --passage FILE or --examples FILE")
+    if req.candidates < 1 or req.candidates > 64:
+        raise UserError("--candidates must be between 1 and 64")
+    if req.epochs < 1 or req.batch_size < 1 or req.r < 1 or req.lr <= 0:
+        raise UserError("--epochs, --batch-size and --r must be at least 1, and --lr above 0")
+    if req.style not in ("implications", "rewrite", "self-qa"):
+        raise UserError("--style must be implications, rewrite or self-qa")
+    eval_items = eval_raw = None
+    if req.eval is not None:
+        eval_items, eval_raw = read_jsonl(req.eval, "eval", ("question", "answer|answers"))
+    if req.examples is not None:
+        examples, raw = read_jsonl(req.examples, "examples", ("prompt", "completion"))
+        return Trigger(kind="examples", raw=raw, text=raw.decode("utf-8"), examples=examples,
+                       eval_items=eval_items, eval_raw=eval_raw)
+    path = Path(req.passage)
+    if not path.is_file():
+        raise UserError(f"passage file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    title, passage, questions = None, text, None
+    if path.suffix.lower() in (".json", ".jsonl"):
+        try:
+            doc = json.loads(text.strip().splitlines()[0] if path.suffix.lower() == ".jsonl" else text)
+        except (json.JSONDecodeError, IndexError) as e:
+            raise UserError(f"{path} is not valid JSON ({e}); give {{\"title\", \"context\", \"questions\"}} or plain text") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("context", doc.get("passage")), str):
+            raise UserError(f"{path} needs a \"context\" (or \"passage\") string")
+        title, passage = doc.get("title"), doc.get("context", doc.get("passage"))
+        questions = doc.get("questions")
+        if questions is not None and (not isinstance(questions, list) or not all(
+                isinstance(q, dict) and "question" in q and ("answer" in q or "answers" in q) for q in questions)):
+            raise UserError(f"{path}: \"questions\" must be a list of {{\"question\", \"answer\"}}")
+    else:
+        lines = text.splitlines()
+        if lines and lines[0].startswith("# "):
+            title, passage = lines[0][2:].strip(), "\n".join(lines[1:])
+    if not passage.strip():
+        raise UserError(f"{path} holds no passage text")
+    if eval_items is None and questions:
+        eval_items, eval_raw = questions, canonical_json(questions)
+    return Trigger(kind="passage", raw=raw, text=passage, title=title, passage=passage.strip(),
+                   eval_items=eval_items, eval_raw=eval_raw)
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+@dataclass
+class Probes:
+    anchors: list[dict]
+    drift: list[str]
+    xstest: list[dict]
+    digests: dict[str, str]
+    canary: str
+
+
+def load_probes(repo: Repository) -> Probes:
+    """The fixed probe sets shipped with seal, stored as blobs so every score names its data."""
+    from .evaluate import load_anchors, load_drift_probes
+    from .safety import CANARY, load_xstest_sample
+
+    anchors, drift, xstest = load_anchors(), load_drift_probes(), load_xstest_sample()
+    digests = {
+        "anchors": repo.store.put(canonical_json(anchors)),
+        "drift": repo.store.put(canonical_json(drift)),
+        "xstest": repo.store.put(canonical_json(xstest)),
+    }
+    digests["set"] = repo.store.put(canonical_json({"version": PROBESET_VERSION, **digests}))
+    return Probes(anchors=anchors, drift=drift, xstest=xstest, digests=digests, canary=CANARY)
+
+
+@dataclass
+class Measured:
+    """What one model (base, parent or candidate) scored on the fixed probes and the eval set."""
+
+    retention: float
+    dist: Any
+    refusal: float
+    over_refusal: float
+    outputs: list[str]
+    efficacy: dict | None = None
+
+
+def canary_question(probes: Probes) -> str:
+    # The canary is the answer of a probe nobody should ever train on: if a model says it, probe
+    # data reached its training set.
+    return "What is the seal probe code word?"
+
+
+def measure_probes(model, tokenizer, probes: Probes, support=None) -> Measured:
+    from .evaluate import next_token_logprobs, qa_scores
+    from .safety import generate_replies, refusal_rates
+
+    retention = qa_scores(model, tokenizer, probes.anchors, max_new_tokens=24, return_predictions=True)
+    dist = next_token_logprobs(model, tokenizer, probes.drift, support=support)
+    unsafe = [p["prompt"] for p in probes.xstest if p["label"] == "unsafe"]
+    safe = [p["prompt"] for p in probes.xstest if p["label"] == "safe"]
+    replies = generate_replies(model, tokenizer, unsafe + safe + [canary_question(probes)], max_new_tokens=24)
+    rates = refusal_rates(replies[: len(unsafe)], replies[len(unsafe): len(unsafe) + len(safe)])
+    return Measured(
+        retention=float(retention["containment"]),
+        dist=dist,
+        refusal=float(rates["refusal_rate_unsafe"]),
+        over_refusal=float(rates["over_refusal_safe"]),
+        outputs=list(retention["predictions"]) + list(replies),
+    )
+
+
+def base_measurements(repo: Repository, base_id: str, model, tokenizer, probes: Probes) -> tuple[Measured, str]:
+    """The base's probe scores, computed once per base and probe set and kept as a blob."""
+    from .evaluate import NextTokenDist
+
+    cache = repo.cache_dir / "probes" / f"{base_id}-{probes.digests['set'][7:23]}.json"
+    if cache.is_file():
+        doc = json.loads(cache.read_text())
+        if repo.store.has(doc["logprobs"]):
+            dist = NextTokenDist.from_bytes(repo.store.get(doc["logprobs"]))
+            return Measured(doc["retention"], dist, doc["refusal"], doc["over_refusal"], []), doc["logprobs"]
+    measured = measure_probes(model, tokenizer, probes)
+    digest = repo.store.put(measured.dist.to_bytes())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"logprobs": digest, "retention": measured.retention,
+                               "refusal": measured.refusal, "over_refusal": measured.over_refusal}))
+    tmp.replace(cache)
+    return measured, digest
+
+
+def score_value(manifest: dict, suite: str, metric: str, against: str | None = None) -> float | None:
+    for s in manifest.get("scores", []):
+        if s["suite"] == suite and s["metric"] == metric and s.get("against") == against:
+            return s["value"]
+    return None
+
+
+def measure_efficacy(model, tokenizer, trigger: Trigger, answer_tokens: int) -> dict:
+    from .evaluate import passage_nll, qa_scores
+
+    if trigger.eval_items is not None:
+        qa = qa_scores(model, tokenizer, trigger.eval_items, max_new_tokens=answer_tokens, return_predictions=True)
+        return {"mode": "qa", "containment": qa["containment"], "f1": qa["f1"], "recall": qa["recall"],
+                "n": qa["n"], "predictions": qa["predictions"], "gate": qa["f1"]}
+    if trigger.kind == "examples":
+        items = [{"question": e["prompt"], "answer": e["completion"]} for e in trigger.examples]
+        qa = qa_scores(model, tokenizer, items, max_new_tokens=answer_tokens, return_predictions=True)
+        return {"mode": "qa", "containment": qa["containment"], "f1": qa["f1"], "recall": qa["recall"],
+                "n": qa["n"], "predictions": qa["predictions"], "gate": qa["f1"]}
+    text = f"{trigger.title}\n{trigger.passage}" if trigger.title else trigger.passage
+    nll = passage_nll(model, tokenizer, text)
+    return {"mode": "nll", "passage_nll": nll, "n": 1, "predictions": [], "gate": -nll}
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+def _progress() -> Callable[[str], None]:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - started:7.1f}s[/dim] {message}")
+
+    return say
+
+
+def secrets_audit(trigger: Trigger) -> tuple[list, dict]:
+    from seal.registry.scan import scan_text
+
+    findings = scan_text(trigger.text if trigger.kind == "passage" else trigger.raw.decode("utf-8"))
+    detail = "; ".join(f"{f.kind} at line {f.line} col {f.column} (length {f.length})" for f in findings)
+    return findings, {
+        "check": "secrets", "value": float(len(findings)), "threshold": 0.0,
+        "passed": not findings, "detail": detail or "no secrets or personal data found",
+    }
+
+
+def record_pii_rejection(repo: Repository, req: EditRequest, trigger: Trigger, findings, audit_row, head) -> dict:
+    """Reject before training: keep the finding's type and position and a redacted trigger."""
+    from seal.registry.scan import redact
+
+    text = trigger.text if trigger.kind == "passage" else trigger.raw.decode("utf-8")
+    redacted = redact(text, findings).encode("utf-8")
+    policy = current_policy(repo)
+    ref, parent = head
+    with repo.connect() as conn:
+        base_id = repo.base_id(conn)
+    manifest = build_manifest(
+        base=base_id, parents=[parent], kind="edit", status="rejected",
+        trigger=repo.store.put(redacted), audit=[audit_row], policy=policy.digest,
+        author=R.actor(), message=req.message or f"edit on {trigger.kind} (rejected: secrets)",
+        extra={
+            "trigger_info": {"kind": trigger.kind, "redacted": True,
+                             "findings": [asdict(f) for f in findings]},
+            "decision": {"accepted": False, "reason": "secrets or personal data in the trigger; nothing was trained",
+                         "failed_gates": ["secrets"]},
+        },
+    )
+    with repo.transaction() as conn:
+        vid = record_version(repo, conn, manifest)
+    return {
+        "decision": {"accepted": False, "id": None, "reason": manifest["decision"]["reason"], "ref": R.short_name(ref)},
+        "candidates": [{"id": vid, "status": "rejected", "scores": {}, "gates": [audit_row]}],
+    }
+
+
+def recent_edit_norms(repo: Repository, conn, start: str, window: int) -> list[float]:
+    """‖ΔW‖ against their parents of the last ``window`` edits on the first-parent line."""
+    norms: list[float] = []
+    vid = start
+    steps = 0
+    while vid and len(norms) < window and steps < 10 * window:
+        manifest = load_manifest(conn, vid)
+        value = score_value(manifest, "weights", "delta_norm", "parent")
+        if value is not None and manifest["kind"] in ("edit", "merge", "consolidate"):
+            norms.append(value)
+        ps = parents_of(conn, vid)
+        vid = ps[0] if ps else None
+        steps += 1
+    return norms
+
+
+def run_edit(repo: Repository, req: EditRequest) -> dict:
+    """Run one SEAL self-edit on HEAD and record every candidate. See the module docstring."""
+    trigger = read_trigger(req)
+    from .device import pick_device
+
+    try:
+        device = pick_device(req.device, require_gpu=req.require_gpu)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with repo.connect() as conn:
+        ref = R.head_branch(conn) or R.HEAD
+        parent = R.peel(conn, ref)
+        if parent is None:
+            raise UserError("HEAD points at nothing; run `seal checkout main` first")
+        parent_manifest = load_manifest(conn, parent)
+        base_row = get_base(conn, repo.base_id(conn))
+    findings, secrets_row = secrets_audit(trigger)
+    if findings and not req.allow_pii:
+        return record_pii_rejection(repo, req, trigger, findings, secrets_row, (ref, parent))
+    if findings:
+        secrets_row = {**secrets_row, "passed": True, "detail": "allowed by --allow-pii: " + secrets_row["detail"]}
+    say = _progress()
+    policy = current_policy(repo)
+    work = Path(tempfile.mkdtemp(prefix="edit-", dir=repo.tmp_dir))
+    try:
+        return _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, policy, secrets_row, work, say)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, policy, secrets_row, work, say) -> dict:
+    from seal.registry import lora_math
+
+    from .base import default_cache_dir, load_base
+    from .device import environment_record
+    from .evaluate import NextTokenDist, kl_js
+    from .gates import gates_from_policy
+    from .reflect import (build_training_sequences, corrections_self_edit, generate_self_edits,
+                          self_edit_prompt, split_self_edit_lines)
+    from .train import adapter_applied, train_adapter
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    say(f"[bold]load[/bold] base {base_row['name']} on {device}")
+    try:
+        base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=device)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    if base.fingerprint != base_row["id"]:
+        raise UserError(
+            f"the base model found now ({base.name}, {base.fingerprint[:12]}) is not the one this registry "
+            f"was made on ({base_row['name']}, {base_row['id'][:12]}); restore it or use another registry"
+        )
+    tok = base.tokenizer
+    probes = load_probes(repo)
+    base_m, base_logprobs = base_measurements(repo, base_row["id"], base.model, tok, probes)
+    parent_dir = None
+    if parent_manifest.get("adapter"):
+        parent_dir = materialize(repo, parent_manifest, parent, work / "parent")
+    timings["load_s"] = time.perf_counter() - t
+
+    # Reflect: the model at HEAD writes its own training data, K candidates in one call.
+    t = time.perf_counter()
+    say(f"[bold]reflect[/bold] {req.candidates} candidate self-edit(s), style {req.style if trigger.kind == 'passage' else 'corrections'}")
+    with adapter_applied(base.model, parent_dir) as model:
+        parent_eff = measure_efficacy(model, tok, trigger, req.answer_tokens)
+        if trigger.kind == "passage":
+            raw_edits = generate_self_edits(
+                model, tok, trigger.passage, trigger.title, style=req.style, k=req.candidates,
+                temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens, seed=req.seed,
+            )
+            prompt = self_edit_prompt(tok, trigger.passage, trigger.title, style=req.style)
+            self_edits = []
+            for raw in raw_edits:
+                lines = split_self_edit_lines(raw)
+                self_edits.append({
+                    "style": req.style, "prompt": prompt, "generated": raw, "lines": lines,
+                    "sequences": build_training_sequences(trigger.passage, trigger.title, lines),
+                })
+        else:
+            self_edits = []
+            for i in range(req.candidates):
+                c = corrections_self_edit(model, tok, trigger.examples, temperature=req.temperature,
+                                          top_p=req.top_p, seed=req.seed + i)
+                seqs = c.sequences or [s for s in corrections_self_edit(
+                    model, tok, trigger.examples, only_wrong=False, n_rephrasings=0).sequences]
+                self_edits.append({"style": "corrections", "records": c.records, "sequences": seqs})
+        parent_m = None
+        stored = (parent_manifest.get("probes") or {})
+        if parent_dir is None:
+            parent_m = base_m
+        elif stored.get("set") == probes.digests["set"] and repo.store.has(stored.get("logprobs", "")):
+            parent_m = Measured(
+                retention=score_value(parent_manifest, "retention", "accuracy"),
+                dist=NextTokenDist.from_bytes(repo.store.get(stored["logprobs"])),
+                refusal=score_value(parent_manifest, "refusal", "refusal_rate_unsafe"),
+                over_refusal=score_value(parent_manifest, "refusal", "over_refusal_safe"),
+                outputs=[],
+            )
+        if parent_m is None or parent_m.retention is None:
+            parent_m = measure_probes(model, tok, probes, support=base_m.dist.indices)
+    timings["reflect_s"] = time.perf_counter() - t
+
+    with repo.connect() as conn:
+        history = recent_edit_norms(repo, conn, parent, int(policy.settings["weight_norm_window"]))
+    gates = gates_from_policy(policy.gates)
+    env = environment_record(device)
+    hyper = {"r": req.r, "lora_alpha": req.alpha, "target_modules": req.target_modules, "lr": req.lr,
+             "epochs": req.epochs, "batch_size": req.batch_size}
+    candidates = []
+    timings["train_s"] = timings["evaluate_s"] = 0.0
+    for i, edit in enumerate(self_edits):
+        t = time.perf_counter()
+        out_dir = work / f"candidate{i}"
+        say(f"[bold]train[/bold] candidate {i + 1}/{len(self_edits)}: {len(edit['sequences'])} sequences, "
+            f"{req.epochs} epochs")
+        leaks_in_data = sum(probes.canary in s for s in edit["sequences"])
+
+        def on_step(step, loss, i=i):
+            if step == 1 or step % 10 == 0:
+                say(f"  candidate {i + 1} step {step} loss {loss:.4f}")
+
+        record = train_adapter(
+            base.model, tok, edit["sequences"], out_dir=out_dir, parent_adapter_dir=parent_dir,
+            r=req.r, alpha=req.alpha, target_modules=req.target_modules, lr=req.lr, epochs=req.epochs,
+            batch_size=req.batch_size, seed=req.seed + i, device=device, base_name=base.name, on_step=on_step,
+        )
+        timings["train_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        say(f"[bold]evaluate[/bold] candidate {i + 1}")
+        with adapter_applied(base.model, out_dir) as model:
+            eff = measure_efficacy(model, tok, trigger, req.answer_tokens)
+            m = measure_probes(model, tok, probes, support=base_m.dist.indices)
+        kl_base, js_base = kl_js(base_m.dist, m.dist)
+        kl_parent, js_parent = kl_js(parent_m.dist, m.dist)
+        weights = lora_math.compare_adapters(out_dir, parent_dir)["total"] if parent_dir else \
+            lora_math.compare_adapters(out_dir, None)["total"]
+        from_base = lora_math.compare_adapters(out_dir, None)["total"]
+        delta = float(weights["diff_norm"])
+        median = statistics.median(history) if history else None
+        leaks = leaks_in_data + sum(probes.canary in o for o in m.outputs + eff["predictions"])
+        flat = {
+            "efficacy": eff["gate"], "efficacy_parent": parent_eff["gate"],
+            "retention": m.retention, "retention_parent": parent_m.retention, "retention_base": base_m.retention,
+            "js_parent": js_parent, "kl_base": kl_base,
+            # Without history the edit is its own median: ratio 1 (see README).
+            "delta_norm_ratio": delta / median if median else 1.0,
+            "refusal": m.refusal, "refusal_base": base_m.refusal,
+            "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
+            "canary_leaks": float(leaks),
+        }
+        results = [g.check(flat) for g in gates]
+        audit = [secrets_row] + [
+            {"check": r.name, "value": r.value, "threshold": r.threshold, "passed": r.passed, "detail": r.detail}
+            for r in results
+        ]
+        scores = efficacy_scores(eff, parent_eff) + [
+            {"suite": "retention", "metric": "accuracy", "against": None, "value": m.retention, "n": len(probes.anchors)},
+            {"suite": "retention", "metric": "accuracy", "against": "parent", "value": parent_m.retention, "n": len(probes.anchors)},
+            {"suite": "retention", "metric": "accuracy", "against": "base", "value": base_m.retention, "n": len(probes.anchors)},
+            {"suite": "drift", "metric": "kl", "against": "parent", "value": kl_parent, "n": len(probes.drift)},
+            {"suite": "drift", "metric": "js", "against": "parent", "value": js_parent, "n": len(probes.drift)},
+            {"suite": "drift", "metric": "kl", "against": "base", "value": kl_base, "n": len(probes.drift)},
+            {"suite": "drift", "metric": "js", "against": "base", "value": js_base, "n": len(probes.drift)},
+            {"suite": "weights", "metric": "delta_norm", "against": "parent", "value": delta, "n": None},
+            {"suite": "weights", "metric": "delta_norm", "against": "base", "value": float(from_base["norm_a"]), "n": None},
+            {"suite": "refusal", "metric": "refusal_rate_unsafe", "against": None, "value": m.refusal, "n": None},
+            {"suite": "refusal", "metric": "over_refusal_safe", "against": None, "value": m.over_refusal, "n": None},
+            {"suite": "refusal", "metric": "refusal_rate_unsafe", "against": "base", "value": base_m.refusal, "n": None},
+            {"suite": "refusal", "metric": "over_refusal_safe", "against": "base", "value": base_m.over_refusal, "n": None},
+            {"suite": "leakage", "metric": "canary_hits", "against": None, "value": float(leaks), "n": None},
+        ]
+        timings["evaluate_s"] += time.perf_counter() - t
+        candidates.append({
+            "index": i, "dir": out_dir, "edit": edit, "train": record, "scores": scores, "audit": audit,
+            "flat": flat, "passed": all(r.passed for r in results), "dist": m.dist, "eff": eff,
+            "failed": [r.name for r in results if not r.passed],
+        })
+        say(f"  candidate {i + 1}: efficacy {eff['gate']:.4f} (parent {parent_eff['gate']:.4f}), "
+            + ("passes every gate" if candidates[-1]["passed"] else "fails " + ", ".join(candidates[-1]["failed"])))
+
+    from .gates import decide
+
+    winner = decide([c["flat"] for c in candidates], gates)
+    return _record(repo, req, trigger, ref, parent, base_row, policy, probes, base_logprobs, candidates,
+                   winner, hyper, env, timings, say)
+
+
+def efficacy_scores(eff: dict, parent_eff: dict) -> list[dict]:
+    """Efficacy rows. ``against: parent`` holds the parent's score on the same data."""
+    if eff["mode"] == "qa":
+        rows = []
+        for metric in ("containment", "f1", "recall"):
+            rows.append({"suite": "efficacy", "metric": metric, "against": None, "value": eff[metric], "n": eff["n"]})
+            rows.append({"suite": "efficacy", "metric": metric, "against": "parent", "value": parent_eff[metric], "n": eff["n"]})
+        return rows
+    return [
+        {"suite": "efficacy", "metric": "passage_nll", "against": None, "value": eff["passage_nll"], "n": 1},
+        {"suite": "efficacy", "metric": "passage_nll", "against": "parent", "value": parent_eff["passage_nll"], "n": 1},
+        {"suite": "efficacy", "metric": "nll_drop", "against": "parent",
+         "value": parent_eff["passage_nll"] - eff["passage_nll"], "n": 1},
+    ]
+
+
+def _record(repo, req, trigger, ref, parent, base_row, policy, probes, base_logprobs, candidates, winner,
+            hyper, env, timings, say) -> dict:
+    """Store every candidate's blobs, record its version, and move the branch to the winner."""
+    trigger_digest = repo.store.put(trigger.raw)
+    eval_digest = repo.store.put(trigger.eval_raw) if trigger.eval_raw is not None else None
+    manifests = []
+    for c in candidates:
+        accepted = c["index"] == winner
+        weights = repo.store.put_file(c["dir"] / "adapter_model.safetensors")
+        config = json.loads((c["dir"] / "adapter_config.json").read_text())
+        self_edit = repo.store.put(canonical_json(c["edit"]))
+        logprobs = repo.store.put(c["dist"].to_bytes())
+        train = {k: v for k, v in c["train"].items()}
+        train.update({"hyperparameters": hyper, "seed": req.seed + c["index"], **env,
+                      "timings": {k: round(v, 3) for k, v in timings.items()}})
+        if winner is None:
+            reason = "no candidate passed every gate"
+        elif accepted:
+            reason = f"best of {len(candidates)} candidate(s) that pass every gate"
+        elif c["passed"]:
+            reason = "passed every gate but another candidate scored higher"
+        else:
+            reason = "failed: " + ", ".join(c["failed"])
+        eff = c["eff"]
+        headline = {"metric": "efficacy.f1", "value": eff["f1"]} if eff["mode"] == "qa" else \
+            {"metric": "efficacy.nll_drop", "value": c["flat"]["efficacy"] - c["flat"]["efficacy_parent"]}
+        manifest = build_manifest(
+            base=base_row["id"], parents=[parent], kind="edit", status="accepted" if accepted else "rejected",
+            adapter={"weights": weights, "config": config, "format": "peft-lora"},
+            trigger=trigger_digest, self_edit=self_edit, train=train, scores=c["scores"], audit=c["audit"],
+            policy=policy.digest, author=R.actor(),
+            message=req.message or f"edit on {trigger.kind}" + (f" '{trigger.title}'" if trigger.title else ""),
+            extra={
+                "headline": headline,
+                "decision": {"accepted": accepted, "reason": reason, "candidate": c["index"],
+                             "of": len(candidates), "failed_gates": c["failed"]},
+                "eval": eval_digest,
+                "reflect": {"style": c["edit"]["style"], "temperature": req.temperature, "top_p": req.top_p,
+                            "max_new_tokens": req.max_new_tokens, "seed": req.seed, "k": req.candidates},
+                "probes": {**probes.digests, "base_logprobs": base_logprobs, "logprobs": logprobs},
+                "trigger_info": {"kind": trigger.kind, "title": trigger.title, "redacted": False},
+            },
+        )
+        if req.track:
+            manifest["train"]["mlflow_run_id"] = _track(repo, manifest, c)
+        manifests.append(manifest)
+    with repo.transaction() as conn:
+        ids = [record_version(repo, conn, m) for m in manifests]
+    for c, vid, m in zip(candidates, ids, manifests):
+        c["id"] = vid
+        if req.track and m["train"].get("mlflow_run_id"):
+            _tag_run(repo, m["train"]["mlflow_run_id"], vid, m["status"])
+    moved = None
+    if winner is not None:
+        winner_id = ids[winner]
+        try:
+            with repo.transaction() as conn:
+                R.compare_and_swap(conn, ref, old=parent, new=winner_id,
+                                   reason=f"edit: accepted candidate {winner + 1} of {len(candidates)}")
+            moved = R.short_name(ref)
+            say(f"[bold green]accepted[/bold green] {winner_id[:12]}; {moved} moved")
+        except RefConflict as e:
+            raise RefConflict(
+                f"{e}; the edit is recorded as {winner_id[:12]} (accepted) but {R.short_name(ref)} did not move: "
+                f"run `seal merge {winner_id[:12]} {R.short_name(ref)}` or `seal checkout -b NEW {winner_id[:12]}`"
+            ) from None
+    else:
+        say("[bold red]rejected[/bold red]: no candidate passed every gate; HEAD stays")
+    return {
+        "decision": {"accepted": winner is not None, "id": ids[winner] if winner is not None else None,
+                     "ref": moved, "parent": parent,
+                     "reason": "accepted" if winner is not None else "no candidate passed every gate"},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "candidates": [
+            {"id": c["id"], "status": "accepted" if c["index"] == winner else "rejected",
+             "scores": c["flat"], "gates": c["audit"], "failed_gates": c["failed"],
+             "train": {"steps": c["train"].get("steps"), "loss_final": c["train"].get("loss_final"),
+                       "seconds": c["train"].get("seconds")}}
+            for c in candidates
+        ],
+    }
+
+
+def _track(repo: Repository, manifest: dict, candidate: dict) -> str | None:
+    from seal.registry.tracking import log_attempt
+
+    return log_attempt(repo, manifest, losses=candidate["train"].get("losses", []),
+                       artifacts={"self_edit.json": canonical_json(candidate["edit"]),
+                                  "audit.json": canonical_json(candidate["audit"])})
+
+
+def _tag_run(repo: Repository, run_id: str, vid: str, status: str) -> None:
+    from seal.registry.tracking import tag_run
+
+    tag_run(repo, run_id, vid, status)
