@@ -262,6 +262,49 @@ def reflog(
     ])
 
 
+# --- audit ------------------------------------------------------------------------------------
+
+@app.command()
+def audit(
+    rev: str = typer.Argument("HEAD", help="The version to account for."),
+    fmt: str = typer.Option("md", "--format", help="md | json | html."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report to FILE (default: stdout)."),
+    drift: bool = typer.Option(False, "--drift", help="Only the drift table of the first-parent line, one line per version."),
+    json_: bool = JsonOpt,
+) -> None:
+    """The compliance report: what changed the model, when, on what data, was it checked, who moved it."""
+    from seal.registry.audit import audit_report, render
+    from seal.registry.errors import UserError
+
+    if fmt not in ("md", "json", "html"):
+        raise UserError(f"unknown --format {fmt!r}; use md, json or html")
+    report = audit_report(_repo(), rev)
+    if drift:
+        if json_:
+            print_json(report["drift"])
+            return
+
+        def f(x):
+            return "-" if x is None else f"{x:.4f}"
+
+        emit([f"{'version':<12}  {'kind':<11} {'status':<8} {'KL base':>8} {'JS base':>8} {'retention':>9} {'|dW| base':>9}"] + [
+            f"{d['id'][:12]}  {d['kind']:<11} {d['status']:<8} {f(d['kl_base']):>8} {f(d['js_base']):>8} "
+            f"{f(d['retention']):>9} {f(d['delta_norm_base']):>9}" for d in report["drift"]
+        ])
+        return
+    text = render(report, "json" if json_ else fmt)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output = Path(output)
+    if output.parent and not output.parent.exists():
+        raise UserError(f"folder {output.parent} does not exist; create it or choose another -o")
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(output)
+    emit([f"audit of {report['subject'][:12]} written to {output} ({fmt})"])
+
+
 # --- verify / db ------------------------------------------------------------------------------
 
 @app.command()

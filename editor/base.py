@@ -367,6 +367,14 @@ def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revis
     return fingerprint
 
 
+def _quiet_transformers() -> None:
+    # transformers' progress bars (GGUF conversion, weight loading) are noise on seal's stderr,
+    # which carries seal's own progress.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def prepare_base(
     spec: str | os.PathLike[str] | None, *, cache_dir: Path
 ) -> tuple[dict[str, str], Path, str]:
@@ -377,6 +385,7 @@ def prepare_base(
         >>> desc, weights_dir, fingerprint = prepare_base(None, cache_dir=Path(".seal/cache"))
     """
     desc = describe_base(spec)
+    _quiet_transformers()
     record_dir = Path(cache_dir) / _cache_key(desc["name"], desc["revision"])
     if desc["kind"] in ("embedded", "gguf"):
         weights_dir = record_dir

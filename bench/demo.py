@@ -1,0 +1,63 @@
+"""`make demo`: the self-edit loop end to end on the embedded SmolLM2-135M-Instruct.
+
+Creates a registry in ./demo-registry (replaced if it exists), runs one `seal edit` on a passage
+with questions, and shows `seal log`, `seal show`, the drift table and `seal verify`, as a user
+would type them. Prints the wall time of each command and of each stage of the edit, then one
+JSON line with all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSAGE = ROOT / "editor" / "data" / "demo_passage.json"
+DEMO = Path(os.environ.get("SEAL_DEMO_DIR", ROOT / "demo-registry"))
+
+
+def seal(*args: str, expect: tuple[int, ...] = (0,)) -> tuple[subprocess.CompletedProcess, float]:
+    print(f"\n$ seal {' '.join(args)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "seal.cli", *args], cwd=DEMO, text=True,
+                          stdout=subprocess.PIPE, stderr=None)
+    wall = time.perf_counter() - t0
+    print(proc.stdout, end="", flush=True)
+    if proc.returncode not in expect:
+        raise SystemExit(f"seal {' '.join(args)} exited {proc.returncode}")
+    return proc, wall
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    shutil.rmtree(DEMO, ignore_errors=True)
+    DEMO.mkdir(parents=True)
+    times: dict[str, float] = {}
+    _, times["init_s"] = seal("init", ".")
+    proc, times["edit_s"] = seal("edit", "--passage", str(PASSAGE), "--candidates", "2",
+                                 "-m", "learn the Svalbard passage", "--json", expect=(0, 1))
+    result = json.loads(proc.stdout)
+    _, times["log_s"] = seal("log", "--all", "--graph")
+    _, times["show_s"] = seal("show", result["candidates"][0]["id"])
+    _, times["verify_s"] = seal("verify")
+    summary = {
+        "demo": "seal edit on SmolLM2-135M-Instruct",
+        "accepted": result["decision"]["accepted"],
+        "candidates": [{"status": c["status"], "efficacy_f1": c["scores"]["efficacy"],
+                        "parent_f1": c["scores"]["efficacy_parent"], "failed": c["failed_gates"]}
+                       for c in result["candidates"]],
+        "stages_s": result.get("timings", {}),
+        **{k: round(v, 2) for k, v in times.items()},
+    }
+    print("\n" + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
