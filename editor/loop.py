@@ -251,21 +251,25 @@ def score_value(manifest: dict, suite: str, metric: str, against: str | None = N
     return None
 
 
-def measure_efficacy(model, tokenizer, trigger: Trigger, answer_tokens: int) -> dict:
+def efficacy_spec(trigger: Trigger) -> dict:
+    """What efficacy is measured on: QA items, or passages whose NLL should fall."""
+    if trigger.eval_items is not None:
+        return {"qa": trigger.eval_items}
+    if trigger.kind == "examples":
+        return {"qa": [{"question": e["prompt"], "answer": e["completion"]} for e in trigger.examples]}
+    return {"texts": [f"{trigger.title}\n{trigger.passage}" if trigger.title else trigger.passage]}
+
+
+def measure_efficacy(model, tokenizer, spec: dict, answer_tokens: int) -> dict:
+    """Efficacy on ``spec``; ``gate`` is the number the efficacy gate compares (F1, or minus NLL)."""
     from .evaluate import passage_nll, qa_scores
 
-    if trigger.eval_items is not None:
-        qa = qa_scores(model, tokenizer, trigger.eval_items, max_new_tokens=answer_tokens, return_predictions=True)
+    if spec.get("qa"):
+        qa = qa_scores(model, tokenizer, spec["qa"], max_new_tokens=answer_tokens, return_predictions=True)
         return {"mode": "qa", "containment": qa["containment"], "f1": qa["f1"], "recall": qa["recall"],
                 "n": qa["n"], "predictions": qa["predictions"], "gate": qa["f1"]}
-    if trigger.kind == "examples":
-        items = [{"question": e["prompt"], "answer": e["completion"]} for e in trigger.examples]
-        qa = qa_scores(model, tokenizer, items, max_new_tokens=answer_tokens, return_predictions=True)
-        return {"mode": "qa", "containment": qa["containment"], "f1": qa["f1"], "recall": qa["recall"],
-                "n": qa["n"], "predictions": qa["predictions"], "gate": qa["f1"]}
-    text = f"{trigger.title}\n{trigger.passage}" if trigger.title else trigger.passage
-    nll = passage_nll(model, tokenizer, text)
-    return {"mode": "nll", "passage_nll": nll, "n": 1, "predictions": [], "gate": -nll}
+    nll = sum(passage_nll(model, tokenizer, t) for t in spec["texts"]) / len(spec["texts"])
+    return {"mode": "nll", "passage_nll": nll, "n": len(spec["texts"]), "predictions": [], "gate": -nll}
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -368,18 +372,34 @@ def run_edit(repo: Repository, req: EditRequest) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, policy, secrets_row, work, say) -> dict:
-    from seal.registry import lora_math
+@dataclass
+class Session:
+    """One loaded base with its probes, the policy and its gates: what every attempt is scored with."""
 
+    repo: Repository
+    base: Any
+    base_row: dict
+    device: str
+    probes: Probes
+    base_m: Measured
+    base_logprobs: str
+    policy: Any
+    gates: list
+    env: dict
+    work: Path
+    say: Callable[[str], None]
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def tok(self):
+        return self.base.tokenizer
+
+
+def open_session(repo: Repository, base_row: dict, device: str, policy, work: Path, say) -> Session:
     from .base import default_cache_dir, load_base
     from .device import environment_record
-    from .evaluate import NextTokenDist, kl_js
     from .gates import gates_from_policy
-    from .reflect import (build_training_sequences, corrections_self_edit, generate_self_edits,
-                          self_edit_prompt, split_self_edit_lines)
-    from .train import adapter_applied, train_adapter
 
-    timings: dict[str, float] = {}
     t = time.perf_counter()
     say(f"[bold]load[/bold] base {base_row['name']} on {device}")
     try:
@@ -391,19 +411,107 @@ def _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, pol
             f"the base model found now ({base.name}, {base.fingerprint[:12]}) is not the one this registry "
             f"was made on ({base_row['name']}, {base_row['id'][:12]}); restore it or use another registry"
         )
-    tok = base.tokenizer
     probes = load_probes(repo)
-    base_m, base_logprobs = base_measurements(repo, base_row["id"], base.model, tok, probes)
-    parent_dir = None
-    if parent_manifest.get("adapter"):
-        parent_dir = materialize(repo, parent_manifest, parent, work / "parent")
-    timings["load_s"] = time.perf_counter() - t
+    base_m, base_logprobs = base_measurements(repo, base_row["id"], base.model, base.tokenizer, probes)
+    session = Session(repo=repo, base=base, base_row=base_row, device=device, probes=probes, base_m=base_m,
+                      base_logprobs=base_logprobs, policy=policy, gates=gates_from_policy(policy.gates),
+                      env=environment_record(device), work=work, say=say)
+    session.timings["load_s"] = time.perf_counter() - t
+    return session
+
+
+def parent_state(session: Session, parent: str, manifest: dict) -> tuple[Path | None, Measured | None]:
+    """The parent's adapter folder and, when stored with the same probes, its probe results."""
+    from .evaluate import NextTokenDist
+
+    if not manifest.get("adapter"):
+        return None, session.base_m
+    parent_dir = materialize(session.repo, manifest, parent, session.work / f"parent-{parent[:12]}")
+    stored = manifest.get("probes") or {}
+    retention = score_value(manifest, "retention", "accuracy")
+    if stored.get("set") == session.probes.digests["set"] and retention is not None \
+            and session.repo.store.has(stored.get("logprobs", "")):
+        return parent_dir, Measured(
+            retention=retention,
+            dist=NextTokenDist.from_bytes(session.repo.store.get(stored["logprobs"])),
+            refusal=score_value(manifest, "refusal", "refusal_rate_unsafe"),
+            over_refusal=score_value(manifest, "refusal", "over_refusal_safe"),
+            outputs=[],
+        )
+    return parent_dir, None
+
+
+def score_candidate(session: Session, cand_dir: Path, *, parent_dir: Path | None, parent_m: Measured,
+                    spec: dict, parent_eff: dict, history: list[float], answer_tokens: int,
+                    extra_audit: list[dict], leaks_in_data: int = 0) -> dict:
+    """Evaluate one candidate adapter against its parent and the base, and run every gate."""
+    from seal.registry import lora_math
+
+    from .evaluate import kl_js
+    from .train import adapter_applied
+
+    probes, base_m = session.probes, session.base_m
+    with adapter_applied(session.base.model, cand_dir) as model:
+        eff = measure_efficacy(model, session.tok, spec, answer_tokens)
+        m = measure_probes(model, session.tok, probes, support=base_m.dist.indices)
+    kl_base, js_base = kl_js(base_m.dist, m.dist)
+    kl_parent, js_parent = kl_js(parent_m.dist, m.dist)
+    delta = float(lora_math.compare_adapters(cand_dir, parent_dir)["total"]["diff_norm"])
+    from_base = float(lora_math.compare_adapters(cand_dir, None)["total"]["norm_a"])
+    median = statistics.median(history) if history else None
+    leaks = leaks_in_data + sum(probes.canary in o for o in m.outputs + eff["predictions"])
+    flat = {
+        "efficacy": eff["gate"], "efficacy_parent": parent_eff["gate"],
+        "retention": m.retention, "retention_parent": parent_m.retention, "retention_base": base_m.retention,
+        "js_parent": js_parent, "kl_base": kl_base,
+        # Without history the edit is its own median: ratio 1 (see README).
+        "delta_norm_ratio": delta / median if median else 1.0,
+        "refusal": m.refusal, "refusal_base": base_m.refusal,
+        "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
+        "canary_leaks": float(leaks),
+    }
+    results = [g.check(flat) for g in session.gates]
+    audit = list(extra_audit) + [
+        {"check": r.name, "value": r.value, "threshold": r.threshold, "passed": r.passed, "detail": r.detail}
+        for r in results
+    ]
+    n_anchor, n_drift = len(probes.anchors), len(probes.drift)
+    scores = efficacy_scores(eff, parent_eff) + [
+        {"suite": "retention", "metric": "accuracy", "against": None, "value": m.retention, "n": n_anchor},
+        {"suite": "retention", "metric": "accuracy", "against": "parent", "value": parent_m.retention, "n": n_anchor},
+        {"suite": "retention", "metric": "accuracy", "against": "base", "value": base_m.retention, "n": n_anchor},
+        {"suite": "drift", "metric": "kl", "against": "parent", "value": kl_parent, "n": n_drift},
+        {"suite": "drift", "metric": "js", "against": "parent", "value": js_parent, "n": n_drift},
+        {"suite": "drift", "metric": "kl", "against": "base", "value": kl_base, "n": n_drift},
+        {"suite": "drift", "metric": "js", "against": "base", "value": js_base, "n": n_drift},
+        {"suite": "weights", "metric": "delta_norm", "against": "parent", "value": delta, "n": None},
+        {"suite": "weights", "metric": "delta_norm", "against": "base", "value": from_base, "n": None},
+        {"suite": "refusal", "metric": "refusal_rate_unsafe", "against": None, "value": m.refusal, "n": None},
+        {"suite": "refusal", "metric": "over_refusal_safe", "against": None, "value": m.over_refusal, "n": None},
+        {"suite": "refusal", "metric": "refusal_rate_unsafe", "against": "base", "value": base_m.refusal, "n": None},
+        {"suite": "refusal", "metric": "over_refusal_safe", "against": "base", "value": base_m.over_refusal, "n": None},
+        {"suite": "leakage", "metric": "canary_hits", "against": None, "value": float(leaks), "n": None},
+    ]
+    failed = [r.name for r in results if not r.passed] + [a["check"] for a in extra_audit if not a["passed"]]
+    return {"dir": cand_dir, "scores": scores, "audit": audit, "flat": flat, "passed": not failed,
+            "failed": failed, "dist": m.dist, "eff": eff}
+
+
+def _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, policy, secrets_row, work, say) -> dict:
+    from .reflect import (build_training_sequences, corrections_self_edit, generate_self_edits,
+                          self_edit_prompt, split_self_edit_lines)
+    from .train import adapter_applied, train_adapter
+
+    session = open_session(repo, base_row, device, policy, work, say)
+    tok, probes = session.tok, session.probes
+    parent_dir, parent_m = parent_state(session, parent, parent_manifest)
+    spec = efficacy_spec(trigger)
 
     # Reflect: the model at HEAD writes its own training data, K candidates in one call.
     t = time.perf_counter()
     say(f"[bold]reflect[/bold] {req.candidates} candidate self-edit(s), style {req.style if trigger.kind == 'passage' else 'corrections'}")
-    with adapter_applied(base.model, parent_dir) as model:
-        parent_eff = measure_efficacy(model, tok, trigger, req.answer_tokens)
+    with adapter_applied(session.base.model, parent_dir) as model:
+        parent_eff = measure_efficacy(model, tok, spec, req.answer_tokens)
         if trigger.kind == "passage":
             raw_edits = generate_self_edits(
                 model, tok, trigger.passage, trigger.title, style=req.style, k=req.candidates,
@@ -422,108 +530,70 @@ def _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, pol
             for i in range(req.candidates):
                 c = corrections_self_edit(model, tok, trigger.examples, temperature=req.temperature,
                                           top_p=req.top_p, seed=req.seed + i)
-                seqs = c.sequences or [s for s in corrections_self_edit(
-                    model, tok, trigger.examples, only_wrong=False, n_rephrasings=0).sequences]
+                # When the model already gets every example right, train on all of them.
+                seqs = c.sequences or corrections_self_edit(
+                    model, tok, trigger.examples, only_wrong=False, n_rephrasings=0).sequences
                 self_edits.append({"style": "corrections", "records": c.records, "sequences": seqs})
-        parent_m = None
-        stored = (parent_manifest.get("probes") or {})
-        if parent_dir is None:
-            parent_m = base_m
-        elif stored.get("set") == probes.digests["set"] and repo.store.has(stored.get("logprobs", "")):
-            parent_m = Measured(
-                retention=score_value(parent_manifest, "retention", "accuracy"),
-                dist=NextTokenDist.from_bytes(repo.store.get(stored["logprobs"])),
-                refusal=score_value(parent_manifest, "refusal", "refusal_rate_unsafe"),
-                over_refusal=score_value(parent_manifest, "refusal", "over_refusal_safe"),
-                outputs=[],
-            )
-        if parent_m is None or parent_m.retention is None:
-            parent_m = measure_probes(model, tok, probes, support=base_m.dist.indices)
-    timings["reflect_s"] = time.perf_counter() - t
+        if parent_m is None:
+            parent_m = measure_probes(model, tok, probes, support=session.base_m.dist.indices)
+    session.timings["reflect_s"] = time.perf_counter() - t
 
     with repo.connect() as conn:
         history = recent_edit_norms(repo, conn, parent, int(policy.settings["weight_norm_window"]))
-    gates = gates_from_policy(policy.gates)
-    env = environment_record(device)
     hyper = {"r": req.r, "lora_alpha": req.alpha, "target_modules": req.target_modules, "lr": req.lr,
              "epochs": req.epochs, "batch_size": req.batch_size}
     candidates = []
-    timings["train_s"] = timings["evaluate_s"] = 0.0
+    session.timings["train_s"] = session.timings["evaluate_s"] = 0.0
     for i, edit in enumerate(self_edits):
         t = time.perf_counter()
         out_dir = work / f"candidate{i}"
         say(f"[bold]train[/bold] candidate {i + 1}/{len(self_edits)}: {len(edit['sequences'])} sequences, "
             f"{req.epochs} epochs")
-        leaks_in_data = sum(probes.canary in s for s in edit["sequences"])
 
         def on_step(step, loss, i=i):
             if step == 1 or step % 10 == 0:
                 say(f"  candidate {i + 1} step {step} loss {loss:.4f}")
 
         record = train_adapter(
-            base.model, tok, edit["sequences"], out_dir=out_dir, parent_adapter_dir=parent_dir,
+            session.base.model, tok, edit["sequences"], out_dir=out_dir, parent_adapter_dir=parent_dir,
             r=req.r, alpha=req.alpha, target_modules=req.target_modules, lr=req.lr, epochs=req.epochs,
-            batch_size=req.batch_size, seed=req.seed + i, device=device, base_name=base.name, on_step=on_step,
+            batch_size=req.batch_size, seed=req.seed + i, device=device, base_name=session.base.name,
+            on_step=on_step,
         )
-        timings["train_s"] += time.perf_counter() - t
+        session.timings["train_s"] += time.perf_counter() - t
         t = time.perf_counter()
         say(f"[bold]evaluate[/bold] candidate {i + 1}")
-        with adapter_applied(base.model, out_dir) as model:
-            eff = measure_efficacy(model, tok, trigger, req.answer_tokens)
-            m = measure_probes(model, tok, probes, support=base_m.dist.indices)
-        kl_base, js_base = kl_js(base_m.dist, m.dist)
-        kl_parent, js_parent = kl_js(parent_m.dist, m.dist)
-        weights = lora_math.compare_adapters(out_dir, parent_dir)["total"] if parent_dir else \
-            lora_math.compare_adapters(out_dir, None)["total"]
-        from_base = lora_math.compare_adapters(out_dir, None)["total"]
-        delta = float(weights["diff_norm"])
-        median = statistics.median(history) if history else None
-        leaks = leaks_in_data + sum(probes.canary in o for o in m.outputs + eff["predictions"])
-        flat = {
-            "efficacy": eff["gate"], "efficacy_parent": parent_eff["gate"],
-            "retention": m.retention, "retention_parent": parent_m.retention, "retention_base": base_m.retention,
-            "js_parent": js_parent, "kl_base": kl_base,
-            # Without history the edit is its own median: ratio 1 (see README).
-            "delta_norm_ratio": delta / median if median else 1.0,
-            "refusal": m.refusal, "refusal_base": base_m.refusal,
-            "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
-            "canary_leaks": float(leaks),
-        }
-        results = [g.check(flat) for g in gates]
-        audit = [secrets_row] + [
-            {"check": r.name, "value": r.value, "threshold": r.threshold, "passed": r.passed, "detail": r.detail}
-            for r in results
-        ]
-        scores = efficacy_scores(eff, parent_eff) + [
-            {"suite": "retention", "metric": "accuracy", "against": None, "value": m.retention, "n": len(probes.anchors)},
-            {"suite": "retention", "metric": "accuracy", "against": "parent", "value": parent_m.retention, "n": len(probes.anchors)},
-            {"suite": "retention", "metric": "accuracy", "against": "base", "value": base_m.retention, "n": len(probes.anchors)},
-            {"suite": "drift", "metric": "kl", "against": "parent", "value": kl_parent, "n": len(probes.drift)},
-            {"suite": "drift", "metric": "js", "against": "parent", "value": js_parent, "n": len(probes.drift)},
-            {"suite": "drift", "metric": "kl", "against": "base", "value": kl_base, "n": len(probes.drift)},
-            {"suite": "drift", "metric": "js", "against": "base", "value": js_base, "n": len(probes.drift)},
-            {"suite": "weights", "metric": "delta_norm", "against": "parent", "value": delta, "n": None},
-            {"suite": "weights", "metric": "delta_norm", "against": "base", "value": float(from_base["norm_a"]), "n": None},
-            {"suite": "refusal", "metric": "refusal_rate_unsafe", "against": None, "value": m.refusal, "n": None},
-            {"suite": "refusal", "metric": "over_refusal_safe", "against": None, "value": m.over_refusal, "n": None},
-            {"suite": "refusal", "metric": "refusal_rate_unsafe", "against": "base", "value": base_m.refusal, "n": None},
-            {"suite": "refusal", "metric": "over_refusal_safe", "against": "base", "value": base_m.over_refusal, "n": None},
-            {"suite": "leakage", "metric": "canary_hits", "against": None, "value": float(leaks), "n": None},
-        ]
-        timings["evaluate_s"] += time.perf_counter() - t
-        candidates.append({
-            "index": i, "dir": out_dir, "edit": edit, "train": record, "scores": scores, "audit": audit,
-            "flat": flat, "passed": all(r.passed for r in results), "dist": m.dist, "eff": eff,
-            "failed": [r.name for r in results if not r.passed],
-        })
-        say(f"  candidate {i + 1}: efficacy {eff['gate']:.4f} (parent {parent_eff['gate']:.4f}), "
-            + ("passes every gate" if candidates[-1]["passed"] else "fails " + ", ".join(candidates[-1]["failed"])))
+        cand = score_candidate(
+            session, out_dir, parent_dir=parent_dir, parent_m=parent_m, spec=spec, parent_eff=parent_eff,
+            history=history, answer_tokens=req.answer_tokens, extra_audit=[secrets_row],
+            leaks_in_data=sum(probes.canary in s for s in edit["sequences"]),
+        )
+        session.timings["evaluate_s"] += time.perf_counter() - t
+        train = dict(record)
+        train.update({"hyperparameters": hyper, "seed": req.seed + i})
+        cand.update({"index": i, "edit": edit, "train": train, "self_edit": canonical_json(edit)})
+        candidates.append(cand)
+        say(f"  candidate {i + 1}: efficacy {cand['eff']['gate']:.4f} (parent {parent_eff['gate']:.4f}), "
+            + ("passes every gate" if cand["passed"] else "fails " + ", ".join(cand["failed"])))
 
     from .gates import decide
 
-    winner = decide([c["flat"] for c in candidates], gates)
-    return _record(repo, req, trigger, ref, parent, base_row, policy, probes, base_logprobs, candidates,
-                   winner, hyper, env, timings, say)
+    winner = decide([c["flat"] for c in candidates], session.gates)
+    trigger_digest = repo.store.put(trigger.raw)
+    eval_digest = repo.store.put(trigger.eval_raw) if trigger.eval_raw is not None else None
+    title = f" '{trigger.title}'" if trigger.title else ""
+    return record_attempts(
+        session, candidates, winner, kind="edit", parents=[parent], ref=ref, expected=parent,
+        message=req.message or f"edit on {trigger.kind}{title}", track=req.track,
+        fields={"trigger": trigger_digest},
+        extra={
+            "eval": eval_digest,
+            "reflect": {"style": req.style if trigger.kind == "passage" else "corrections",
+                        "temperature": req.temperature, "top_p": req.top_p,
+                        "max_new_tokens": req.max_new_tokens, "seed": req.seed, "k": req.candidates},
+            "trigger_info": {"kind": trigger.kind, "title": trigger.title, "redacted": False},
+        },
+    )
 
 
 def efficacy_scores(eff: dict, parent_eff: dict) -> list[dict]:
@@ -535,28 +605,29 @@ def efficacy_scores(eff: dict, parent_eff: dict) -> list[dict]:
             rows.append({"suite": "efficacy", "metric": metric, "against": "parent", "value": parent_eff[metric], "n": eff["n"]})
         return rows
     return [
-        {"suite": "efficacy", "metric": "passage_nll", "against": None, "value": eff["passage_nll"], "n": 1},
-        {"suite": "efficacy", "metric": "passage_nll", "against": "parent", "value": parent_eff["passage_nll"], "n": 1},
+        {"suite": "efficacy", "metric": "passage_nll", "against": None, "value": eff["passage_nll"], "n": eff["n"]},
+        {"suite": "efficacy", "metric": "passage_nll", "against": "parent", "value": parent_eff["passage_nll"], "n": eff["n"]},
         {"suite": "efficacy", "metric": "nll_drop", "against": "parent",
-         "value": parent_eff["passage_nll"] - eff["passage_nll"], "n": 1},
+         "value": parent_eff["passage_nll"] - eff["passage_nll"], "n": eff["n"]},
     ]
 
 
-def _record(repo, req, trigger, ref, parent, base_row, policy, probes, base_logprobs, candidates, winner,
-            hyper, env, timings, say) -> dict:
-    """Store every candidate's blobs, record its version, and move the branch to the winner."""
-    trigger_digest = repo.store.put(trigger.raw)
-    eval_digest = repo.store.put(trigger.eval_raw) if trigger.eval_raw is not None else None
+def record_attempts(session: Session, candidates: list[dict], winner: int | None, *, kind: str, parents: list[str],
+                    ref: str | None, expected: str | None, message: str, track: bool, fields: dict,
+                    extra: dict) -> dict:
+    """Store every candidate's blobs, record each as a version, and move ``ref`` to the winner by CAS.
+
+    Every candidate is recorded in one transaction first, so a lost race on the ref loses no work:
+    the error names the recorded version and what to do with it.
+    """
+    repo, say = session.repo, session.say
     manifests = []
     for c in candidates:
         accepted = c["index"] == winner
         weights = repo.store.put_file(c["dir"] / "adapter_model.safetensors")
         config = json.loads((c["dir"] / "adapter_config.json").read_text())
-        self_edit = repo.store.put(canonical_json(c["edit"]))
-        logprobs = repo.store.put(c["dist"].to_bytes())
-        train = {k: v for k, v in c["train"].items()}
-        train.update({"hyperparameters": hyper, "seed": req.seed + c["index"], **env,
-                      "timings": {k: round(v, 3) for k, v in timings.items()}})
+        train = dict(c.get("train") or {})
+        train.update({**session.env, "timings": {k: round(v, 3) for k, v in session.timings.items()}})
         if winner is None:
             reason = "no candidate passed every gate"
         elif accepted:
@@ -569,57 +640,58 @@ def _record(repo, req, trigger, ref, parent, base_row, policy, probes, base_logp
         headline = {"metric": "efficacy.f1", "value": eff["f1"]} if eff["mode"] == "qa" else \
             {"metric": "efficacy.nll_drop", "value": c["flat"]["efficacy"] - c["flat"]["efficacy_parent"]}
         manifest = build_manifest(
-            base=base_row["id"], parents=[parent], kind="edit", status="accepted" if accepted else "rejected",
+            base=session.base_row["id"], parents=parents, kind=kind, status="accepted" if accepted else "rejected",
             adapter={"weights": weights, "config": config, "format": "peft-lora"},
-            trigger=trigger_digest, self_edit=self_edit, train=train, scores=c["scores"], audit=c["audit"],
-            policy=policy.digest, author=R.actor(),
-            message=req.message or f"edit on {trigger.kind}" + (f" '{trigger.title}'" if trigger.title else ""),
+            self_edit=repo.store.put(c["self_edit"]) if c.get("self_edit") is not None else None,
+            train=train, scores=c["scores"], audit=c["audit"], policy=session.policy.digest, author=R.actor(),
+            message=message, **fields,
             extra={
+                **extra,
                 "headline": headline,
                 "decision": {"accepted": accepted, "reason": reason, "candidate": c["index"],
                              "of": len(candidates), "failed_gates": c["failed"]},
-                "eval": eval_digest,
-                "reflect": {"style": c["edit"]["style"], "temperature": req.temperature, "top_p": req.top_p,
-                            "max_new_tokens": req.max_new_tokens, "seed": req.seed, "k": req.candidates},
-                "probes": {**probes.digests, "base_logprobs": base_logprobs, "logprobs": logprobs},
-                "trigger_info": {"kind": trigger.kind, "title": trigger.title, "redacted": False},
+                "probes": {**session.probes.digests, "base_logprobs": session.base_logprobs,
+                           "logprobs": repo.store.put(c["dist"].to_bytes())},
             },
         )
-        if req.track:
+        if track:
             manifest["train"]["mlflow_run_id"] = _track(repo, manifest, c)
         manifests.append(manifest)
     with repo.transaction() as conn:
         ids = [record_version(repo, conn, m) for m in manifests]
     for c, vid, m in zip(candidates, ids, manifests):
         c["id"] = vid
-        if req.track and m["train"].get("mlflow_run_id"):
+        if track and m["train"].get("mlflow_run_id"):
             _tag_run(repo, m["train"]["mlflow_run_id"], vid, m["status"])
     moved = None
-    if winner is not None:
+    if winner is not None and ref is not None:
         winner_id = ids[winner]
         try:
             with repo.transaction() as conn:
-                R.compare_and_swap(conn, ref, old=parent, new=winner_id,
-                                   reason=f"edit: accepted candidate {winner + 1} of {len(candidates)}")
+                R.compare_and_swap(conn, ref, old=expected, new=winner_id,
+                                   reason=f"{kind}: accepted candidate {winner + 1} of {len(candidates)}")
             moved = R.short_name(ref)
             say(f"[bold green]accepted[/bold green] {winner_id[:12]}; {moved} moved")
         except RefConflict as e:
             raise RefConflict(
-                f"{e}; the edit is recorded as {winner_id[:12]} (accepted) but {R.short_name(ref)} did not move: "
+                f"{e}; the {kind} is recorded as {winner_id[:12]} (accepted) but {R.short_name(ref)} did not move: "
                 f"run `seal merge {winner_id[:12]} {R.short_name(ref)}` or `seal checkout -b NEW {winner_id[:12]}`"
             ) from None
+    elif winner is not None:
+        say(f"[bold green]accepted[/bold green] {ids[winner][:12]}; no branch moved (HEAD is not among its parents)")
     else:
         say("[bold red]rejected[/bold red]: no candidate passed every gate; HEAD stays")
     return {
         "decision": {"accepted": winner is not None, "id": ids[winner] if winner is not None else None,
-                     "ref": moved, "parent": parent,
+                     "ref": moved, "parent": parents[0] if parents else None,
                      "reason": "accepted" if winner is not None else "no candidate passed every gate"},
-        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "timings": {k: round(v, 2) for k, v in session.timings.items()},
         "candidates": [
             {"id": c["id"], "status": "accepted" if c["index"] == winner else "rejected",
              "scores": c["flat"], "gates": c["audit"], "failed_gates": c["failed"],
-             "train": {"steps": c["train"].get("steps"), "loss_final": c["train"].get("loss_final"),
-                       "seconds": c["train"].get("seconds")}}
+             "train": {"steps": (c.get("train") or {}).get("steps"),
+                       "loss_final": (c.get("train") or {}).get("loss_final"),
+                       "seconds": (c.get("train") or {}).get("seconds")}}
             for c in candidates
         ],
     }
@@ -628,9 +700,10 @@ def _record(repo, req, trigger, ref, parent, base_row, policy, probes, base_logp
 def _track(repo: Repository, manifest: dict, candidate: dict) -> str | None:
     from seal.registry.tracking import log_attempt
 
-    return log_attempt(repo, manifest, losses=candidate["train"].get("losses", []),
-                       artifacts={"self_edit.json": canonical_json(candidate["edit"]),
-                                  "audit.json": canonical_json(candidate["audit"])})
+    artifacts = {"audit.json": canonical_json(candidate["audit"])}
+    if candidate.get("self_edit") is not None:
+        artifacts["self_edit.json"] = candidate["self_edit"]
+    return log_attempt(repo, manifest, losses=(candidate.get("train") or {}).get("losses", []), artifacts=artifacts)
 
 
 def _tag_run(repo: Repository, run_id: str, vid: str, status: str) -> None:
