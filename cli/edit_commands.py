@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -56,5 +56,63 @@ def edit(
         d = result["decision"]
         lines.append(f"accepted {short(d['id'])}; {d['ref']} moved" if d["accepted"] else f"rejected: {d['reason']}")
         emit(lines)
+    if not result["decision"]["accepted"]:
+        raise typer.Exit(1)
+
+
+def _decision_lines(result: dict) -> list[str]:
+    lines = []
+    for c in result["candidates"]:
+        failed = ", ".join(c.get("failed_gates") or [])
+        lines.append(f"{c['status']:<9} {short(c['id'])}" + (f"  failed: {failed}" if failed else ""))
+    d = result["decision"]
+    if d["accepted"]:
+        lines.append(f"accepted {short(d['id'])}" + (f"; {d['ref']} moved" if d.get("ref") else "; no branch moved"))
+    else:
+        lines.append(f"rejected: {d['reason']}")
+    return lines
+
+
+@app.command()
+def merge(
+    revs: List[str] = typer.Argument(..., metavar="REV...", help="Two or more versions to merge (HEAD first when it is one of them)."),
+    method: str = typer.Option("linear", "--method", help="linear | cat | svd | ties | dare_ties | dare_linear | magnitude_prune."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="One weight per input, e.g. 0.5,0.5 (default: equal, summing to 1)."),
+    density: Optional[float] = typer.Option(None, "--density", help="Kept fraction for ties, dare_* and magnitude_prune (default 0.5)."),
+    svd_rank: Optional[int] = typer.Option(None, "--svd-rank", help="Rank of an svd merge (default: the largest input rank)."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval", help="JSONL of {question, answer} (default: the union of the inputs' eval sets)."),
+    message: str = typer.Option("", "-m", "--message"),
+    device: str = typer.Option("auto", "--device"),
+    require_gpu: bool = typer.Option(False, "--require-gpu"),
+    no_track: bool = typer.Option(False, "--no-track"),
+    json_: bool = JsonOpt,
+) -> None:
+    """Merge adapters with PEFT's add_weighted_adapter; the result is scored and gated like an edit."""
+    from seal.editor.merge import run_merge
+
+    result = run_merge(_repo(), revs, method=method, weights=weights, density=density, svd_rank=svd_rank,
+                       eval_file=eval_file, message=message, device=device, require_gpu=require_gpu,
+                       track=not no_track)
+    print_json(result) if json_ else emit(_decision_lines(result))
+    if not result["decision"]["accepted"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def consolidate(
+    range_: str = typer.Argument(..., metavar="RANGE", help="A first-parent chain, e.g. main~3..main."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Rank of the folded adapter (default: the chain's largest)."),
+    message: str = typer.Option("", "-m", "--message"),
+    device: str = typer.Option("auto", "--device"),
+    require_gpu: bool = typer.Option(False, "--require-gpu"),
+    no_track: bool = typer.Option(False, "--no-track"),
+    json_: bool = JsonOpt,
+) -> None:
+    """Fold a chain of accepted edits into one adapter of bounded rank ("sleep"); the record keeps every edit."""
+    from seal.editor.merge import run_consolidate
+
+    result = run_consolidate(_repo(), range_, rank=rank, message=message, device=device,
+                             require_gpu=require_gpu, track=not no_track)
+    print_json(result) if json_ else emit(_decision_lines(result))
     if not result["decision"]["accepted"]:
         raise typer.Exit(1)
