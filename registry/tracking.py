@@ -15,7 +15,9 @@ when a run is logged.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +59,12 @@ def metric_name(score: dict) -> str:
 
 def log_attempt(repo, manifest: dict, *, losses: list[float], artifacts: dict[str, bytes]) -> str:
     """Log one attempt as a finished run and return its id."""
+    # MLflow writes "View run ... at" links to stdout, which belongs to seal's --json output.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _log_attempt(repo, manifest, losses=losses, artifacts=artifacts)
+
+
+def _log_attempt(repo, manifest: dict, *, losses: list[float], artifacts: dict[str, bytes]) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
     client, exp_id = _client(repo)
@@ -98,6 +106,7 @@ def log_attempt(repo, manifest: dict, *, losses: list[float], artifacts: dict[st
 
 
 def tag_run(repo, run_id: str, version_id: str, status: str) -> None:
-    client, _ = _client(repo)
-    client.set_tag(run_id, "seal.version_id", version_id)
-    client.set_tag(run_id, "seal.status", status)
+    with contextlib.redirect_stdout(sys.stderr):
+        client, _ = _client(repo)
+        client.set_tag(run_id, "seal.version_id", version_id)
+        client.set_tag(run_id, "seal.status", status)
