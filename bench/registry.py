@@ -50,7 +50,7 @@ def build(root: Path, n: int) -> float:
     from seal.registry.bases import base_record
     from seal.registry.objects import build_manifest, version_id
     from seal.registry.porcelain import init_registry
-    from seal.registry.repository import Repository, insert_versions
+    from seal.registry.repository import insert_versions
     from seal.registry.signing import sign
 
     t0 = time.perf_counter()

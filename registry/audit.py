@@ -25,7 +25,6 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from . import refs as R
 from .bases import get_base
 from .errors import UserError
 from .objects import now_utc

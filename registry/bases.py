@@ -12,7 +12,6 @@ only shapes and stores the record.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection

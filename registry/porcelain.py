@@ -20,10 +20,10 @@ from . import refs as R
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, read_adapter_folder
 from .bases import get_base, insert_base
 from .db import make_engine, upgrade
-from .errors import NotARegistry, RefConflict, UserError
+from .errors import UserError
 from .object_store import file_digest
 from .policy import current_policy, write_default_policy
-from .objects import build_manifest, version_id
+from .objects import build_manifest
 from .repository import (
     CONFIG_FILE as REPO_CONFIG,
     SEAL_DIRNAME,

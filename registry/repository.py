@@ -9,7 +9,6 @@ Plumbing only; one function per user command lives in :mod:`seal.registry.porcel
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from .db import open_database
 from .errors import NotARegistry, UserError
 from .object_store import LocalObjectStore
-from .objects import manifest_bytes, parse_manifest, referenced_blobs, sha256_hex, version_id
+from .objects import manifest_bytes, parse_manifest, referenced_blobs, version_id
 from .schema import audits, scores, signers, version_parents, versions
 
 SEAL_DIRNAME = ".seal"
@@ -281,27 +280,3 @@ def version_record(conn: Connection, vid: str) -> dict:
     record["signature"] = row["signature"]
     record["signer"] = row["signer"]
     return record
-
-
-def content_digest(data: bytes) -> str:
-    return sha256_hex(data)
-
-
-def dumps_pretty(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
-
-
-def ancestor_ids(conn: Connection, vid: str) -> set[str]:
-    """``vid`` and every version reachable from it through parent edges (git's ``rev-list``).
-
-    One recursive query (SQLite and PostgreSQL alike), so a long history costs one round trip.
-
-    >>> ancestor_ids(conn, head) - ancestor_ids(conn, base)     # what head has that base lacks  # doctest: +SKIP
-    """
-    from sqlalchemy import String, literal
-
-    start = select(literal(vid, String(64)).label("id")).cte("ancestry", recursive=True)
-    walk = start.union(
-        select(version_parents.c.parent_id).where(version_parents.c.version_id == start.c.id)
-    )
-    return {row[0] for row in conn.execute(select(walk.c.id))}

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from .errors import RevisionError
-from .refs import HEAD, HEADS, REMOTES, TAGS, peel, read_ref
+from .refs import HEAD, HEADS, REMOTES, TAGS, peel
 from .schema import version_parents, versions
 
 _SUFFIX = re.compile(r"(~|\^)(\d*)")

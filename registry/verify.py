@@ -13,8 +13,6 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from .bases import get_base
-from .errors import UserError
 from .objects import canonical_json, referenced_blobs, sha256_hex
 from .refs import SYMBOLIC, list_refs
 from .repository import Repository, version_rows

@@ -8,7 +8,6 @@ import sqlite3
 import stat
 
 import pytest
-from sqlalchemy import text
 
 from seal.registry import refs as R
 from seal.registry.errors import RefConflict
