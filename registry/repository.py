@@ -280,3 +280,19 @@ def version_record(conn: Connection, vid: str) -> dict:
     record["signature"] = row["signature"]
     record["signer"] = row["signer"]
     return record
+
+
+def ancestor_ids(conn: Connection, vid: str) -> set[str]:
+    """``vid`` and every version reachable from it through parent edges (git's ``rev-list``).
+
+    One recursive query (SQLite and PostgreSQL alike), so a long history costs one round trip.
+
+    >>> ancestor_ids(conn, head) - ancestor_ids(conn, base)     # what head has that base lacks  # doctest: +SKIP
+    """
+    from sqlalchemy import String, literal
+
+    start = select(literal(vid, String(64)).label("id")).cte("ancestry", recursive=True)
+    walk = start.union(
+        select(version_parents.c.parent_id).where(version_parents.c.version_id == start.c.id)
+    )
+    return {row[0] for row in conn.execute(select(walk.c.id))}
