@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -17,6 +18,7 @@ def diff(
     json_: bool = JsonOpt,
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when A and B differ, 0 when not."),
     all_: bool = typer.Option(False, "--all", help="Show unchanged modules, config fields, scores, gates and versions too."),
+    behavior: Optional[Path] = typer.Option(None, "--behavior", help="Prompts file (lines or JSONL {prompt}): greedy outputs of A and B side by side (loads the model)."),
 ) -> None:
     """What changed from B to A: weights per module, adapter config, base, scores, gates, data.
 
@@ -25,11 +27,22 @@ def diff(
     """
     from seal.registry.diff import diff_versions
 
-    report = diff_versions(_repo(), a, b, include_all=all_)
+    repo = _repo()
+    if behavior is not None:
+        from seal.editor.behavior import read_prompts
+
+        prompts = read_prompts(behavior)  # checked before anything is computed
+    report = diff_versions(repo, a, b, include_all=all_)
+    if behavior is not None:
+        from seal.editor.behavior import compare_behavior
+
+        rows = compare_behavior(repo, report["a"]["id"], (report.get("b") or {}).get("id"), prompts)
+        report["behavior"] = [r for r in rows if all_ or not r["same"]]
+        report["differs"] = report["differs"] or any(not r["same"] for r in rows)
     if json_:
         print_json(report)
     elif report["differs"] or all_:
-        emit(diff_lines(report))
+        emit(diff_lines(report) + behavior_lines(report.get("behavior")))
     if exit_code and report["differs"]:
         raise typer.Exit(1)
 
@@ -59,6 +72,15 @@ def revert(
 
 
 # --- text rendering ---------------------------------------------------------------------------
+
+def behavior_lines(rows: list[dict] | None) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", f"behavior ({len(rows)} prompt(s) shown; greedy)"]
+    for r in rows:
+        lines += [f"  prompt  {r['prompt']}", f"    A     {r['a']!r}", f"    B     {r['b']!r}"]
+    return lines
+
 
 def _num(x: Any, signed: bool = False) -> str:
     if x is None:

@@ -20,6 +20,7 @@ of the data, and the secret itself is written nowhere.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -37,7 +38,7 @@ from seal.registry.porcelain import materialize
 from seal.registry.repository import Repository, load_manifest, record_version
 from seal.registry.revisions import parents_of
 
-PROBESET_VERSION = "seal-probes/1"
+PROBESET_VERSION = "seal-probes/2"  # bump when probe data or decoding changes
 
 
 # --- request and trigger ----------------------------------------------------------------------
@@ -209,11 +210,12 @@ def measure_probes(model, tokenizer, probes: Probes, support=None) -> Measured:
     from .evaluate import next_token_logprobs, qa_scores
     from .safety import generate_replies, refusal_rates
 
-    retention = qa_scores(model, tokenizer, probes.anchors, max_new_tokens=24, return_predictions=True)
+    # Anchor answers are a few words and XSTest's judge reads a reply's opening, so 16 tokens do.
+    retention = qa_scores(model, tokenizer, probes.anchors, max_new_tokens=16, return_predictions=True)
     dist = next_token_logprobs(model, tokenizer, probes.drift, support=support)
     unsafe = [p["prompt"] for p in probes.xstest if p["label"] == "unsafe"]
     safe = [p["prompt"] for p in probes.xstest if p["label"] == "safe"]
-    replies = generate_replies(model, tokenizer, unsafe + safe + [canary_question(probes)], max_new_tokens=24)
+    replies = generate_replies(model, tokenizer, unsafe + safe + [canary_question(probes)], max_new_tokens=16)
     rates = refusal_rates(replies[: len(unsafe)], replies[len(unsafe): len(unsafe) + len(safe)])
     return Measured(
         retention=float(retention["containment"]),
@@ -225,22 +227,32 @@ def measure_probes(model, tokenizer, probes: Probes, support=None) -> Measured:
 
 
 def base_measurements(repo: Repository, base_id: str, model, tokenizer, probes: Probes) -> tuple[Measured, str]:
-    """The base's probe scores, computed once per base and probe set and kept as a blob."""
+    """The base's probe scores, computed once per machine, base and probe set, and kept as a blob.
+
+    The cache lives beside the dequantized bases (``SEAL_CACHE``), so a new registry on a base this
+    machine has seen starts with them; the log-probabilities go into each registry's store.
+    """
+    from .base import default_cache_dir
     from .evaluate import NextTokenDist
 
-    cache = repo.cache_dir / "probes" / f"{base_id}-{probes.digests['set'][7:23]}.json"
-    if cache.is_file():
-        doc = json.loads(cache.read_text())
-        if repo.store.has(doc["logprobs"]):
-            dist = NextTokenDist.from_bytes(repo.store.get(doc["logprobs"]))
+    cache = default_cache_dir().parent / "probes" / f"{base_id}-{probes.digests['set'][7:23]}"
+    doc_path, blob_path = cache.with_suffix(".json"), cache.with_suffix(".safetensors")
+    if doc_path.is_file() and blob_path.is_file():
+        doc = json.loads(doc_path.read_text())
+        data = blob_path.read_bytes()
+        if repo.store.put(data) == doc["logprobs"]:
+            dist = NextTokenDist.from_bytes(data)
             return Measured(doc["retention"], dist, doc["refusal"], doc["over_refusal"], []), doc["logprobs"]
     measured = measure_probes(model, tokenizer, probes)
-    digest = repo.store.put(measured.dist.to_bytes())
+    data = measured.dist.to_bytes()
+    digest = repo.store.put(data)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"logprobs": digest, "retention": measured.retention,
-                               "refusal": measured.refusal, "over_refusal": measured.over_refusal}))
-    tmp.replace(cache)
+    for path, payload in ((blob_path, data), (doc_path, json.dumps({
+            "logprobs": digest, "retention": measured.retention, "refusal": measured.refusal,
+            "over_refusal": measured.over_refusal}).encode())):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(path)
     return measured, digest
 
 

@@ -82,7 +82,7 @@ AUDIT_SCHEMA = {
 METHODS = {
     "efficacy": "no-context QA, greedy decoding in the chat template, SQuAD-normalised containment / token F1 / recall; "
                 "without an eval set, the passage's mean NLL per token",
-    "retention": "containment accuracy on the anchor probe set shipped with seal (greedy, 24 tokens)",
+    "retention": "containment accuracy on the anchor probe set shipped with seal (greedy, 16 tokens)",
     "drift": "mean next-token KL / Jensen-Shannon divergence (nats) on fixed probe prompts, on the base's top-256 support",
     "weights": "‖ΔW‖_F of the LoRA update from r×r products (‖BA‖² = tr((BᵀB)(AAᵀ))), PEFT scaling",
     "refusal": "XSTest sample, greedy replies judged by XSTest's string match on the reply's opening",

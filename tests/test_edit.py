@@ -13,6 +13,7 @@ PASSAGE = {
                "The first bridge over the Zorblat was built in 1832 by the engineer Ada Lindqvist.",
 }
 FAST = ["--epochs", "3", "--lr", "1e-3", "--max-tokens", "24"]
+QUIET = FAST + ["--no-track"]  # MLflow has its own tests; a fresh MLflow store costs seconds
 
 
 @pytest.fixture
@@ -60,11 +61,22 @@ def test_edit_records_an_accepted_version(edit_registry):
     assert child["parents"] == [vid]
     assert child["probes"]["base_logprobs"] == v["probes"]["base_logprobs"]
 
+    # diff --behavior: greedy outputs of both versions on the same prompts, side by side.
+    prompts = seal.cwd / "prompts.txt"
+    prompts.write_text("Who built the first bridge over the Zorblat?\nWhere does the Zorblat flow?\n")
+    report = seal.json("diff", vid, "--behavior", prompts, "--all")
+    assert [r["prompt"] for r in report["behavior"]] == prompts.read_text().splitlines()
+    assert all({"a", "b", "same"} <= set(r) for r in report["behavior"])
+    bad = seal.cwd / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"nope": 1}\n')
+    assert "line 2" in seal("diff", vid, "--behavior", bad, expect=2).stderr
 
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL is covered by the first test
 def test_harmful_setting_is_rejected_and_head_stays(edit_registry):
     seal = edit_registry
     head = seal.json("show", "HEAD")["id"]
-    proc = seal("edit", "--passage", "passage.json", "--epochs", "3", "--lr", "30", "--max-tokens", "16", "--json", expect=1)
+    proc = seal("edit", "--passage", "passage.json", "--epochs", "3", "--lr", "30", "--max-tokens", "16", "--no-track", "--json", expect=1)
     out = json.loads(proc.stdout)
     assert not out["decision"]["accepted"]
     (cand,) = out["candidates"]
@@ -75,9 +87,10 @@ def test_harmful_setting_is_rejected_and_head_stays(edit_registry):
     assert any(not g["passed"] for g in v["audit"])
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL is covered by the first test
 def test_three_candidates_at_most_one_accepted(edit_registry):
     seal = edit_registry
-    proc = seal("edit", "--passage", "passage.json", "--candidates", "3", *FAST, "--json", check=False)
+    proc = seal("edit", "--passage", "passage.json", "--candidates", "3", *QUIET, "--json", check=False)
     out = json.loads(proc.stdout)
     statuses = [c["status"] for c in out["candidates"]]
     assert len(statuses) == 3 and statuses.count("accepted") <= 1
@@ -89,6 +102,7 @@ def test_three_candidates_at_most_one_accepted(edit_registry):
     assert proc.returncode == (0 if "accepted" in statuses else 1)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL is covered by the first test
 def test_examples_trigger(edit_registry, tmp_path):
     seal = edit_registry
     ex = tmp_path / "examples.jsonl"
@@ -96,7 +110,7 @@ def test_examples_trigger(edit_registry, tmp_path):
         {"prompt": "Who built the first bridge over the Zorblat?", "completion": "Ada Lindqvist"},
         {"prompt": "Where does the Zorblat flow?", "completion": "Into the northern sea"},
     ]) + "\n")
-    out = json.loads(seal("edit", "--examples", ex, *FAST, "--json", check=False).stdout)
+    out = json.loads(seal("edit", "--examples", ex, *QUIET, "--json", check=False).stdout)
     v = seal.json("show", out["candidates"][0]["id"])
     records = json.loads(_blob(seal, v["self_edit"]).read_text())["records"]
     assert {r["target"] for r in records} == {"Ada Lindqvist", "Into the northern sea"}
@@ -133,7 +147,7 @@ def test_secret_in_passage_is_rejected_before_training(edit_registry, tmp_path):
     leaky = tmp_path / "leaky.txt"
     leaky.write_text(f"# Ops notes\nThe deploy key is {key} and the card on file is {card}.\n")
     head = seal.json("show", "HEAD")["id"]
-    proc = seal("edit", "--passage", leaky, "--json", expect=1)
+    proc = seal("edit", "--passage", leaky, "--no-track", "--json", expect=1)
     out = json.loads(proc.stdout)
     (cand,) = out["candidates"]
     v = seal.json("show", cand["id"])
@@ -152,11 +166,12 @@ def test_secret_in_passage_is_rejected_before_training(edit_registry, tmp_path):
         assert key not in out and card not in out
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL is covered by the first test
 def test_impossible_refusal_threshold_rejects(edit_registry):
     seal = edit_registry
     policy = seal.cwd / ".seal" / "policy.toml"
     policy.write_text(policy.read_text().replace("refusal_drop_vs_base_max = 0.05", "refusal_drop_vs_base_max = -1.0"))
-    proc = seal("edit", "--passage", "passage.json", *FAST, "--json", expect=1)
+    proc = seal("edit", "--passage", "passage.json", *QUIET, "--json", expect=1)
     cand = json.loads(proc.stdout)["candidates"][0]
     assert "refusal" in cand["failed_gates"]
     reasons = [e["reason"] for e in seal.json("reflog", "refs/meta/policy")]
@@ -165,6 +180,7 @@ def test_impossible_refusal_threshold_rejects(edit_registry):
     assert v["policy"] == seal.json("reflog", "refs/meta/policy")[0]["new"]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL is covered by the first test
 def test_mlflow_run_per_attempt(edit_registry):
     from mlflow.tracking import MlflowClient
 

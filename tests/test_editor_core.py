@@ -304,20 +304,24 @@ def test_kl_js_and_blob_roundtrip(tiny) -> None:
 
 GOOD = {
     "efficacy": 0.4, "efficacy_parent": 0.1, "retention": 0.60, "retention_parent": 0.61,
-    "retention_base": 0.62, "js_parent": 0.02, "kl_base": 0.1,
+    "retention_base": 0.62, "js_parent": 0.02, "kl_base": 0.1, "delta_norm_ratio": 1.0,
+    "refusal": 0.5, "refusal_base": 0.5, "over_refusal": 0.1, "over_refusal_base": 0.1, "canary_leaks": 0.0,
 }
 
 
 def test_gates_pass_fail_and_missing() -> None:
     assert all(r.passed for r in gates.check_gates(GOOD))
-    failed = {r.name for r in gates.check_gates({**GOOD, "retention": 0.55}) if not r.passed}
+    failed = {r.name for r in gates.check_gates({**GOOD, "retention": 0.50}) if not r.passed}
     assert failed == {"retention_vs_parent", "retention_vs_base"}
+    failed = {r.name for r in gates.check_gates({**GOOD, "refusal": 0.4, "canary_leaks": 1.0}) if not r.passed}
+    assert failed == {"refusal", "leakage"}
     same = gates.check_gates({**GOOD, "efficacy": 0.1})[0]
     assert same.name == "efficacy_gain" and not same.passed and same.value == 0.0
     missing = {k: v for k, v in GOOD.items() if k != "js_parent"}
     result = next(r for r in gates.check_gates(missing) if r.name == "js_vs_parent")
     assert not result.passed and result.value is None and "js_parent" in result.detail
-    assert [g.name for g in gates.gates_from_policy({"kl_vs_base_max": None})][-1] == "js_vs_parent"
+    names = [g.name for g in gates.gates_from_policy({"kl_vs_base_max": None})]
+    assert "kl_vs_base" not in names and "js_vs_parent" in names
     with pytest.raises(ValueError, match="unknown policy"):
         gates.gates_from_policy({"js_max": 1})
 

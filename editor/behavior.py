@@ -1,0 +1,68 @@
+"""`seal diff --behavior`: greedy outputs of two versions on the same prompts, side by side.
+
+    >>> compare_behavior(repo, a_id, b_id, ["What is the capital of Peru?"])   # doctest: +SKIP
+    [{'prompt': '...', 'a': '...', 'b': '...', 'same': False}]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from seal.registry.bases import base_spec, get_base
+from seal.registry.errors import UserError
+from seal.registry.porcelain import materialize
+from seal.registry.repository import Repository, load_manifest
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a text file (one a line) or JSONL of {"prompt"}; names the bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file {path} does not exist")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {number}: not valid JSON ({e.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise UserError(f"{path} line {number}: expected {{\"prompt\": \"...\"}}")
+            prompts.append(item["prompt"])
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise UserError(f"{path} holds no prompts")
+    return prompts
+
+
+def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str], *,
+                     max_new_tokens: int = 64, device: str = "auto") -> list[dict]:
+    from .base import default_cache_dir, load_base
+    from .device import pick_device
+    from .reflect import answer_prompts
+    from .train import adapter_applied
+
+    with repo.connect() as conn:
+        base_row = get_base(conn, repo.base_id(conn))
+        manifests = {vid: load_manifest(conn, vid) for vid in (a, b) if vid}
+    try:
+        base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=pick_device(device))
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    work = Path(tempfile.mkdtemp(prefix="behavior-", dir=repo.tmp_dir))
+    try:
+        outputs = {}
+        for vid in (a, b):
+            manifest = manifests.get(vid) if vid else None
+            folder = materialize(repo, manifest, vid, work / vid) if manifest and manifest.get("adapter") else None
+            with adapter_applied(base.model, folder) as model:
+                outputs[vid] = answer_prompts(model, base.tokenizer, prompts, max_new_tokens)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return [{"prompt": p, "a": x, "b": y, "same": x == y} for p, x, y in zip(prompts, outputs[a], outputs[b])]
