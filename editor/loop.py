@@ -82,16 +82,21 @@ class Trigger:
     eval_raw: bytes | None = None
 
 
-def read_jsonl(path: Path, what: str, required: tuple[str, ...]) -> tuple[list[dict], bytes]:
-    """Parse a JSONL file, naming the line of the first problem."""
-    path = Path(path)
+def read_utf8(path: Path, what: str) -> tuple[bytes, str]:
+    """A user's file as bytes (what gets stored) and text, or a UserError saying what is wrong."""
     if not path.is_file():
         raise UserError(f"{what} file {path} does not exist")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        return raw, raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8 JSONL") from None
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+
+
+def read_jsonl(path: Path, what: str, required: tuple[str, ...]) -> tuple[list[dict], bytes]:
+    """Parse a JSONL file, naming the line of the first problem."""
+    path = Path(path)
+    raw, text = read_utf8(path, what)
     items = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -130,13 +135,7 @@ def read_trigger(req: EditRequest) -> Trigger:
         return Trigger(kind="examples", raw=raw, text=raw.decode("utf-8"), examples=examples,
                        eval_items=eval_items, eval_raw=eval_raw)
     path = Path(req.passage)
-    if not path.is_file():
-        raise UserError(f"passage file {path} does not exist")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+    raw, text = read_utf8(path, "passage")
     title, passage, questions = None, text, None
     if path.suffix.lower() in (".json", ".jsonl"):
         try:
