@@ -32,7 +32,7 @@ from typing import Any, Callable
 from seal.registry import refs as R
 from seal.registry.bases import base_spec, get_base
 from seal.registry.errors import RefConflict, UserError
-from seal.registry.objects import build_manifest, canonical_json
+from seal.registry.objects import build_manifest, canonical_json, score_value
 from seal.registry.policy import current_policy
 from seal.registry.porcelain import materialize
 from seal.registry.repository import Repository, load_manifest, record_version
@@ -253,13 +253,6 @@ def base_measurements(repo: Repository, base_id: str, model, tokenizer, probes: 
         tmp.write_bytes(payload)
         tmp.replace(path)
     return measured, digest
-
-
-def score_value(manifest: dict, suite: str, metric: str, against: str | None = None) -> float | None:
-    for s in manifest.get("scores", []):
-        if s["suite"] == suite and s["metric"] == metric and s.get("against") == against:
-            return s["value"]
-    return None
 
 
 def efficacy_spec(trigger: Trigger) -> dict:

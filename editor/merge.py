@@ -22,13 +22,13 @@ from pathlib import Path
 from seal.registry import refs as R
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
-from seal.registry.objects import canonical_json
+from seal.registry.objects import canonical_json, score_value
 from seal.registry.policy import current_policy
 from seal.registry.repository import Repository, load_manifest
 from seal.registry.revisions import parents_of, resolve_revision
 
 from .loop import (Trigger, _progress, efficacy_spec, measure_efficacy, open_session, parent_state, read_jsonl,
-                   record_attempts, recent_edit_norms, score_candidate, score_value)
+                   record_attempts, recent_edit_norms, score_candidate)
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune")
 EQUAL_RANK = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from .bases import get_base
 from .errors import UserError
-from .objects import now_utc
+from .objects import now_utc, score_value
 from .repository import Repository, load_manifest
 from .revisions import resolve_revision
 from .schema import reflog, signers, version_parents, versions
@@ -121,13 +121,6 @@ def _self_edit_lines(repo: Repository, digest: str | None) -> list[str]:
         ]
         return _first_lines("\n".join(str(x) for x in lines), n=5)
     return _first_lines(text)
-
-
-def _score(manifest: dict, suite: str, metric: str, against: str | None) -> float | None:
-    for s in manifest.get("scores", []):
-        if s["suite"] == suite and s["metric"] == metric and s.get("against") == against:
-            return s["value"]
-    return None
 
 
 def lineage_of(conn, tip: str) -> tuple[list[str], set[str]]:
@@ -227,7 +220,7 @@ def audit_report(repo: Repository, rev: str = "HEAD") -> dict:
     drift = []
     for vid in sorted(first_line, key=lambda v: manifests[v]["created_at"]):
         m = manifests[vid]
-        delta = _score(m, "weights", "delta_norm", "base")
+        delta = score_value(m, "weights", "delta_norm", "base")
         if delta is None and m.get("adapter") and repo.store.has(m["adapter"]["weights"]):
             try:
                 delta = lora_math.total_delta_norm((m["adapter"]["config"], repo.store.path_of(m["adapter"]["weights"])))
@@ -235,11 +228,11 @@ def audit_report(repo: Repository, rev: str = "HEAD") -> dict:
                 delta = None
         drift.append({
             "id": vid, "kind": m["kind"], "status": m["status"], "timestamp": m["created_at"],
-            "kl_base": 0.0 if m["kind"] == "root" else _score(m, "drift", "kl", "base"),
-            "js_base": 0.0 if m["kind"] == "root" else _score(m, "drift", "js", "base"),
-            "retention": _score(m, "retention", "accuracy", None) if m["kind"] != "root"
-            else next((_score(x, "retention", "accuracy", "base") for x in manifests.values()
-                       if _score(x, "retention", "accuracy", "base") is not None), None),
+            "kl_base": 0.0 if m["kind"] == "root" else score_value(m, "drift", "kl", "base"),
+            "js_base": 0.0 if m["kind"] == "root" else score_value(m, "drift", "js", "base"),
+            "retention": score_value(m, "retention", "accuracy", None) if m["kind"] != "root"
+            else next((score_value(x, "retention", "accuracy", "base") for x in manifests.values()
+                       if score_value(x, "retention", "accuracy", "base") is not None), None),
             "delta_norm_base": 0.0 if m["kind"] == "root" else delta,
         })
     return {
@@ -459,12 +452,6 @@ report made {report['generated_at']}; schema <code>{report['schema']}</code>.</p
 <table><tr><th>time</th><th>ref</th><th>old</th><th>new</th><th>actor</th><th>reason</th></tr>{moves}</table>
 </body></html>
 """
-
-
-def drift_table(repo: Repository, rev: str = "HEAD") -> list[dict]:
-    """The drift series of the first-parent line to REV, root first (for `seal audit --drift`)."""
-    report = audit_report(repo, rev)
-    return report["drift"]
 
 
 def render(report: dict, fmt: str) -> str:
