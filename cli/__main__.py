@@ -1,5 +1,5 @@
 """`python -m seal.cli` runs the `seal` command."""
 
-from seal.cli.main import main
+from seal.cli.app import main
 
 main()

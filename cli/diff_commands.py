@@ -7,11 +7,11 @@ from typing import Any, Optional
 
 import typer
 
-from .main import JsonOpt, _repo, app
+from .app import JsonOpt, command, open_registry
 from .render import emit, print_json, short, when
 
 
-@app.command()
+@command()
 def diff(
     a: str = typer.Argument(..., help="The version to look at."),
     b: Optional[str] = typer.Argument(None, help="The version to compare with (default: A's first parent)."),
@@ -27,7 +27,7 @@ def diff(
     """
     from seal.registry.diff import diff_versions
 
-    repo = _repo()
+    repo = open_registry()
     if behavior is not None:
         from seal.editor.behavior import read_prompts
 
@@ -47,7 +47,7 @@ def diff(
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def revert(
     rev: str = typer.Argument(..., help="The version to undo (an ancestor of HEAD)."),
     to: Optional[str] = typer.Option(None, "--to", help="Go back to this ancestor of REV instead of REV's first parent."),
@@ -60,7 +60,7 @@ def revert(
     """
     from seal.registry.porcelain import revert as do_revert
 
-    out = do_revert(_repo(), rev, to=to, message=message)
+    out = do_revert(open_registry(), rev, to=to, message=message)
     if json_:
         print_json(out)
         return

@@ -7,11 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from .main import JsonOpt, _repo, app
+from .app import JsonOpt, command, open_registry
 from .render import emit, print_json, short
 
 
-@app.command()
+@command()
 def edit(
     passage: Optional[Path] = typer.Option(None, "--passage", help="New material: text (first line '# Title' optional) or JSON {title, context, questions}."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="JSONL of {prompt, completion} the model should get right."),
@@ -45,7 +45,7 @@ def edit(
         lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device, require_gpu=require_gpu,
         message=message, allow_pii=allow_pii, track=not no_track,
     )
-    result = run_edit(_repo(), req)
+    result = run_edit(open_registry(), req)
     if json_:
         print_json(result)
     else:
@@ -73,7 +73,7 @@ def _decision_lines(result: dict) -> list[str]:
     return lines
 
 
-@app.command()
+@command()
 def merge(
     revs: List[str] = typer.Argument(..., metavar="REV...", help="Two or more versions to merge (HEAD first when it is one of them)."),
     method: str = typer.Option("linear", "--method", help="linear | cat | svd | ties | dare_ties | dare_linear | magnitude_prune."),
@@ -90,7 +90,7 @@ def merge(
     """Merge adapters with PEFT's add_weighted_adapter; the result is scored and gated like an edit."""
     from seal.editor.merge import run_merge
 
-    result = run_merge(_repo(), revs, method=method, weights=weights, density=density, svd_rank=svd_rank,
+    result = run_merge(open_registry(), revs, method=method, weights=weights, density=density, svd_rank=svd_rank,
                        eval_file=eval_file, message=message, device=device, require_gpu=require_gpu,
                        track=not no_track)
     print_json(result) if json_ else emit(_decision_lines(result))
@@ -98,7 +98,7 @@ def merge(
         raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def consolidate(
     range_: str = typer.Argument(..., metavar="RANGE", help="A first-parent chain, e.g. main~3..main."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Rank of the folded adapter (default: the chain's largest)."),
@@ -111,7 +111,7 @@ def consolidate(
     """Fold a chain of accepted edits into one adapter of bounded rank ("sleep"); the record keeps every edit."""
     from seal.editor.merge import run_consolidate
 
-    result = run_consolidate(_repo(), range_, rank=rank, message=message, device=device,
+    result = run_consolidate(open_registry(), range_, rank=rank, message=message, device=device,
                              require_gpu=require_gpu, track=not no_track)
     print_json(result) if json_ else emit(_decision_lines(result))
     if not result["decision"]["accepted"]:

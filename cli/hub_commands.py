@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import typer
 
-from .main import JsonOpt, _repo, app
+from .app import JsonOpt, command, open_registry
 from .render import emit, print_json, short
 
 
-@app.command()
+@command()
 def push(
     repo_id: str = typer.Argument(..., help="The Hub model repo, ORG/NAME (created if missing)."),
     rev: str = typer.Argument("HEAD", help="The version to push, with the ancestors the Hub lacks."),
@@ -24,7 +24,7 @@ def push(
     model card), each tagged with its short id. The token comes from HF_TOKEN or `hf auth login`."""
     from seal.registry.hub import push as push_version
 
-    out = push_version(_repo(), repo_id, rev, branch=branch, private=private or None, create_pr=create_pr)
+    out = push_version(open_registry(), repo_id, rev, branch=branch, private=private or None, create_pr=create_pr)
     if json_:
         print_json(out)
         return
@@ -38,7 +38,7 @@ def push(
     emit(lines)
 
 
-@app.command()
+@command()
 def pull(
     spec: str = typer.Argument(..., metavar="REPO_ID[@REVISION]", help="The Hub repo, and a branch, tag or commit."),
     json_: bool = JsonOpt,
@@ -47,7 +47,7 @@ def pull(
     the base before importing anything; set the remote-tracking ref hub/REPO_ID."""
     from seal.registry.hub import pull as pull_lineage
 
-    out = pull_lineage(_repo(), spec)
+    out = pull_lineage(open_registry(), spec)
     if json_:
         print_json(out)
         return

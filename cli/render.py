@@ -1,4 +1,8 @@
-"""Rendering for the terminal: plain text on stdout, rich colour only when it is a terminal."""
+"""Rendering for the terminal: plain text on stdout, rich colour only when it is a terminal.
+
+Values are shown as values and differences as differences: ``0.600 (parent 0.550, +0.050)``,
+never a reference value under a label that reads like a delta.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
 
 
 def short(vid: str | None, n: int = 12) -> str:
@@ -21,6 +25,18 @@ def when(ts: str) -> str:
     return ts.replace("T", " ")[:19] if ts else ""
 
 
+def num(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def signed(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:+.{digits}f}"
+
+
 def headline(item: dict) -> str:
     h = item.get("headline")
     if not h or h.get("value") is None:
@@ -30,17 +46,102 @@ def headline(item: dict) -> str:
 
 def log_line(item: dict, prefix: str = "") -> str:
     refs = f" ({', '.join(item['refs'])})" if item.get("refs") else ""
-    score = headline(item)
     status = item["status"] if item["status"] == "accepted" else item["status"].upper()
-    parts = [
-        f"{prefix}{short(item['id'])}{refs}",
-        f"{item['kind']:<11}",
-        f"{status:<8}",
-        when(item["created_at"]),
-        score,
-        item["message"],
-    ]
+    parts = [f"{prefix}{short(item['id'])}{refs}", f"{item['kind']:<11}", f"{status:<8}", when(item["created_at"]),
+             headline(item), first_line(item["message"])]
     return "  ".join(p for p in parts if p)
+
+
+def first_line(text: str) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def score_lines(scores: list[dict]) -> list[str]:
+    """One line per (suite, metric): the version's value, then each reference with the difference."""
+    groups: dict[tuple, dict] = {}
+    for s in scores:
+        groups.setdefault((s["suite"], s["metric"]), {})[s.get("against")] = s
+    lines = []
+    for (suite, metric), by in groups.items():
+        own = by.get(None)
+        n = next((r.get("n") for r in by.values() if r.get("n") is not None), None)
+        text = f"  {suite}.{metric:<22} {num(own['value']) if own else '-':>8}"
+        refs = [f"{who} {num(r['value'])}" + (f", {signed(own['value'] - r['value'])}" if own else "")
+                for who, r in by.items() if who is not None]
+        if refs:
+            text += "  (" + "; ".join(refs) + ")"
+        if n is not None:
+            text += f"  n={n}"
+        lines.append(text)
+    return lines
+
+
+def gate_lines(audit: list[dict]) -> list[str]:
+    lines = []
+    for a in audit:
+        verdict = "pass" if a["passed"] else "FAIL"
+        value = "" if a.get("value") is None else f" {num(a['value'])}"
+        ci = f" [{num(a['ci_low'])}, {num(a['ci_high'])}]" if a.get("ci_low") is not None else ""
+        thr = "" if a.get("threshold") is None else f" (threshold {a['threshold']:g})"
+        lines.append(f"  {verdict}  {a['check']}{value}{ci}{thr}  {a.get('rule') or a.get('detail', '')}".rstrip())
+    return lines
+
+
+def decision_line(decision: dict) -> str:
+    if decision.get("gated") is False:
+        return "decision  accepted without gates (ungated)"
+    verdict = "accepted" if decision.get("accepted") else "rejected"
+    extra = f" (candidate {decision['candidate'] + 1} of {decision['of']})" if "candidate" in decision else ""
+    return f"decision  {verdict}{extra}: {decision.get('reason', '')}".rstrip(": ")
+
+
+def show_lines(r: dict) -> list[str]:
+    lines = [
+        f"version   {r['id']}" + (f"  ({', '.join(r['refs'])})" if r.get("refs") else ""),
+        f"kind      {r['kind']}    status {r['status']}",
+        f"parents   {', '.join(r['parents']) or '(none: root)'}",
+        f"base      {r['base']}",
+        f"author    {r.get('author') or '-'}",
+        f"date      {when(r['created_at'])}",
+        f"signed    {short(r.get('signer'))}" if r.get("signature") else "signed    NO",
+        "",
+        *[f"    {line}" for line in (r.get("message") or "").splitlines()],
+        "",
+    ]
+    adapter = r.get("adapter")
+    if adapter:
+        cfg = adapter.get("config", {})
+        lines.append(f"adapter   {adapter['weights']}  r={cfg.get('r')} alpha={cfg.get('lora_alpha')} "
+                     f"targets={cfg.get('target_modules')}")
+    for key in ("trigger", "self_edit", "policy", "eval"):
+        if r.get(key):
+            lines.append(f"{key:<9} {r[key]}")
+    lines += _train_lines(r.get("train") or {})
+    if r.get("scores"):
+        lines += ["scores"] + score_lines(r["scores"])
+    if r.get("audit"):
+        lines += ["gates"] + gate_lines(r["audit"])
+    if r.get("decision"):
+        lines.append(decision_line(r["decision"]))
+    if r.get("revert"):
+        rv = r["revert"]
+        lines.append(f"reverts   {short(rv['of'])} back to {short(rv['to'])}; scores as measured on {short(rv.get('scores_from'))}")
+    return lines
+
+
+def _train_lines(train: dict) -> list[str]:
+    if not train:
+        return []
+    keys = ("source", "device", "gpu", "epochs", "lr", "steps", "loss_final", "seconds")
+    shown = "  ".join(f"{k}={train[k]}" for k in keys if train.get(k) is not None)
+    lines = [f"train     {shown}"] if shown else []
+    timings = train.get("timings")
+    if isinstance(timings, dict) and timings:
+        lines.append("timings   " + "  ".join(f"{k}={v}" for k, v in timings.items()))
+    if train.get("mlflow_run_id"):
+        lines.append(f"mlflow    run {train['mlflow_run_id']}")
+    return lines
 
 
 def emit(lines: list[str]) -> None:
@@ -49,7 +150,7 @@ def emit(lines: list[str]) -> None:
         from rich.console import Console
         from rich.markup import escape
 
-        console = Console(highlight=False)
+        console = Console(highlight=False, soft_wrap=True)
         for line in lines:
             console.print(escape(line))
     else:

@@ -23,15 +23,14 @@ import io
 import json
 from collections import defaultdict
 
-from sqlalchemy import select
-
+from . import vocabulary as V
 from .bases import get_base
 from .errors import UserError
-from .objects import now_utc, score_value
-from .repository import Repository, load_manifest
+from .graph import first_parent_line, graph_lines
+from .objects import now_utc
 from .revisions import resolve_revision
-from .schema import reflog, signers, version_parents, versions
 from .signing import check_signature
+from .versions import load_manifest
 
 SCHEMA_ID = "seal.audit/1"
 
@@ -57,7 +56,7 @@ AUDIT_SCHEMA = {
                 "properties": {
                     "id": {"type": "string", "description": "version id: sha256 of the canonical manifest"},
                     "parents": {"type": "array", "items": {"type": "string"}},
-                    "kind": {"enum": ["root", "edit", "merge", "import", "consolidate", "revert"]},
+                    "kind": {"enum": ["root", "edit", "merge", "import", "consolidate", "revert", "writer"]},
                     "status": {"enum": ["accepted", "rejected"]},
                     "on_path": {"type": "boolean", "description": "an ancestor of REV (else a rejected attempt)"},
                     "timestamp": {"type": "string", "description": "when the version was recorded (UTC)"},
@@ -79,17 +78,6 @@ AUDIT_SCHEMA = {
     },
 }
 
-METHODS = {
-    "efficacy": "no-context QA, greedy decoding in the chat template, SQuAD-normalised containment / token F1 / recall; "
-                "without an eval set, the passage's mean NLL per token",
-    "retention": "containment accuracy on the anchor probe set shipped with seal (greedy, 16 tokens)",
-    "drift": "mean next-token KL / Jensen-Shannon divergence (nats) on fixed probe prompts, on the base's top-256 support",
-    "weights": "‖ΔW‖_F of the LoRA update from r×r products (‖BA‖² = tr((BᵀB)(AAᵀ))), PEFT scaling",
-    "refusal": "XSTest sample, greedy replies judged by XSTest's string match on the reply's opening",
-    "leakage": "count of outputs and training sequences holding the probe canary",
-}
-
-
 def _first_lines(text: str, n: int = 3, width: int = 160) -> list[str]:
     from .scan import redact, scan_text
 
@@ -97,18 +85,17 @@ def _first_lines(text: str, n: int = 3, width: int = 160) -> list[str]:
     return [line[:width] for line in text.splitlines() if line.strip()][:n]
 
 
-def _blob_text(repo: Repository, digest: str | None) -> str | None:
-    if not digest or not repo.store.has(digest):
+def _blob_text(reg, digest: str | None) -> str | None:
+    if not digest or not reg.store.has(digest):
         return None
-    data = repo.store.get(digest)
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
+        return reg.store.get(digest).decode("utf-8")
+    except (UnicodeDecodeError, Exception):
         return None
 
 
-def _self_edit_lines(repo: Repository, digest: str | None) -> list[str]:
-    text = _blob_text(repo, digest)
+def _self_edit_lines(reg, digest: str | None) -> list[str]:
+    text = _blob_text(reg, digest)
     if text is None:
         return []
     try:
@@ -123,129 +110,146 @@ def _self_edit_lines(repo: Repository, digest: str | None) -> list[str]:
     return _first_lines(text)
 
 
-def lineage_of(conn, tip: str) -> tuple[list[str], set[str]]:
-    """Every ancestor of ``tip`` (itself included), parents before children, and the first-parent line."""
-    seen: set[str] = set()
-    order: list[str] = []
-    stack = [(tip, False)]
-    while stack:
-        vid, done = stack.pop()
-        if done:
-            order.append(vid)
-            continue
-        if vid in seen:
-            continue
-        seen.add(vid)
-        stack.append((vid, True))
-        ps = [r[0] for r in conn.execute(select(version_parents.c.parent_id).where(
-            version_parents.c.version_id == vid).order_by(version_parents.c.position.desc()))]
-        stack.extend((p, False) for p in ps if p not in seen)
-    first: set[str] = set()
-    vid = tip
-    while vid:
-        first.add(vid)
-        p = conn.execute(select(version_parents.c.parent_id).where(
-            version_parents.c.version_id == vid, version_parents.c.position == 0)).scalar_one_or_none()
-        vid = p
-    return order, first
+_PATH_ORDER = """
+WITH RECURSIVE ancestry(id) AS (
+    SELECT CAST(? AS VARCHAR(64)) UNION SELECT p.parent_id FROM version_parents p JOIN ancestry a ON p.version_id = a.id
+)
+SELECT v.id FROM versions v JOIN ancestry a ON v.id = a.id ORDER BY v.created_at, v.id
+"""
 
 
-def audit_report(repo: Repository, rev: str = "HEAD") -> dict:
-    from . import lora_math
+def _collect(c, tip: str) -> dict:
+    """Every row the report needs, read in one transaction."""
+    path = [r[0] for r in c.all(_PATH_ORDER, (tip,))]
+    on_path = set(path)
+    attempts: list[str] = []
+    for start in range(0, len(path), 500):
+        part = path[start:start + 500]
+        marks = ", ".join("?" for _ in part)
+        attempts += [r[0] for r in c.all(
+            f"SELECT DISTINCT v.id FROM versions v JOIN version_parents p ON p.version_id = v.id "
+            f"WHERE p.parent_id IN ({marks}) AND v.status = 'rejected'", part) if r[0] not in on_path]
+    ids = path + sorted(set(attempts))
+    rows = {}
+    for vid in ids:
+        r = c.one("SELECT signature, signer FROM versions WHERE id = ?", (vid,))
+        rows[vid] = {"signature": r[0], "signer": r[1]}
+    moves = [m for m in c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog ORDER BY id")
+             if m["new"] in rows or m["old"] in rows]
+    return {
+        "path": path, "ids": ids, "rows": rows, "moves": moves,
+        "first_line": set(first_parent_line(c, tip)),
+        "keys": {r[0]: r[1] for r in c.all("SELECT id, public_key FROM signers")},
+        "policy_moves": c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog WHERE ref = 'refs/meta/policy' ORDER BY id"),
+        "manifests": {vid: load_manifest(c, vid) for vid in ids},
+    }
 
-    with repo.connect() as conn:
-        tip = resolve_revision(conn, rev)
-        path, first_line = lineage_of(conn, tip)
-        on_path = set(path)
-        attempts = [
-            r[0] for r in conn.execute(
-                select(versions.c.id).join(version_parents, version_parents.c.version_id == versions.c.id)
-                .where(version_parents.c.parent_id.in_(path), versions.c.status == "rejected")
-                .order_by(versions.c.created_at)
-            )
-            if r[0] not in on_path
-        ] if path else []
-        ids = path + sorted(set(attempts), key=attempts.index)
-        rows = {r.id: r for r in conn.execute(select(versions).where(versions.c.id.in_(ids)))}
-        keys = {r.id: r.public_key for r in conn.execute(select(signers))}
-        moves = [dict(r) for r in conn.execute(
-            select(reflog).where((reflog.c.new.in_(ids)) | (reflog.c.old.in_(ids))).order_by(reflog.c.id)).mappings()]
-        policy_moves = [dict(r) for r in conn.execute(
-            select(reflog).where(reflog.c.ref == "refs/meta/policy").order_by(reflog.c.id)).mappings()]
-        base = get_base(conn, repo.base_id(conn))
-        manifests = {vid: load_manifest(conn, vid) for vid in ids}
-    moves_by_version = defaultdict(list)
-    for m in moves:
-        for key in ("new", "old"):
-            if m[key] in manifests:
-                moves_by_version[m[key]].append(m)
-    entries = []
-    for vid in sorted(ids, key=lambda v: (manifests[v]["created_at"], v)):
-        m, row = manifests[vid], rows[vid]
-        trigger_text = _blob_text(repo, m.get("trigger"))
-        info = m.get("trigger_info") or {}
-        entries.append({
-            "id": vid,
-            "parents": m["parents"],
-            "kind": m["kind"],
-            "status": m["status"],
-            "on_path": vid in on_path,
-            "first_parent_line": vid in first_line,
-            "timestamp": m["created_at"],
-            "message": m.get("message", ""),
-            "input_data": {
-                "trigger": m.get("trigger"),
-                "trigger_kind": info.get("kind"),
-                "trigger_first_lines": _first_lines(trigger_text) if trigger_text else [],
-                "redacted": bool(info.get("redacted")),
-                "findings": info.get("findings", []),
-                "eval": m.get("eval"),
-                "adapter": (m.get("adapter") or {}).get("weights"),
-            },
-            "self_edit": {"digest": m["self_edit"], "first_lines": _self_edit_lines(repo, m["self_edit"])}
-            if m.get("self_edit") else None,
-            "evaluation": [{**s, "method": METHODS.get(s["suite"], "")} for s in m.get("scores", [])],
-            "gates": m.get("audit", []),
-            "decision": m.get("decision") or {"accepted": m["status"] == "accepted",
-                                              "reason": f"{m['kind']} recorded as {m['status']}"},
-            "approver": {"author": m.get("author", ""), "signer": row.signer, "policy": m.get("policy"),
-                         "moved_by": sorted({mv["actor"] for mv in moves_by_version[vid] if mv["new"] == vid})},
-            "rollback_to": m["parents"][0] if m["parents"] else None,
-            "training": {k: m.get("train", {}).get(k) for k in (
-                "device", "gpu", "torch", "cuda", "transformers", "peft", "hyperparameters", "seconds",
-                "mlflow_run_id", "source") if m.get("train", {}).get(k) is not None},
-            "signature_valid": bool(row.signature and row.signer in keys
-                                    and check_signature(keys[row.signer], vid, row.signature)),
-        })
-    drift = []
-    for vid in sorted(first_line, key=lambda v: manifests[v]["created_at"]):
-        m = manifests[vid]
-        delta = score_value(m, "weights", "delta_norm", "base")
-        if delta is None and m.get("adapter") and repo.store.has(m["adapter"]["weights"]):
-            try:
-                delta = lora_math.total_delta_norm((m["adapter"]["config"], repo.store.path_of(m["adapter"]["weights"])))
-            except Exception:  # a DoRA or foreign adapter: the series just has a gap here
-                delta = None
-        drift.append({
-            "id": vid, "kind": m["kind"], "status": m["status"], "timestamp": m["created_at"],
-            "kl_base": 0.0 if m["kind"] == "root" else score_value(m, "drift", "kl", "base"),
-            "js_base": 0.0 if m["kind"] == "root" else score_value(m, "drift", "js", "base"),
-            "retention": score_value(m, "retention", "accuracy", None) if m["kind"] != "root"
-            else next((score_value(x, "retention", "accuracy", "base") for x in manifests.values()
-                       if score_value(x, "retention", "accuracy", "base") is not None), None),
-            "delta_norm_base": 0.0 if m["kind"] == "root" else delta,
-        })
+
+def audit_report(reg, rev: str = "HEAD") -> dict:
+    """The report as data (schema ``seal.audit/1``); :func:`render` turns it into md, json or html."""
+    with reg.read() as c:
+        tip = resolve_revision(c, rev)
+        data = _collect(c, tip)
+        base = get_base(c, reg.base_id())
+    trusted = {k: v.public_key for k, v in reg.trusted().items()}
+    entries = [_entry(reg, vid, data, trusted)
+               for vid in sorted(data["ids"], key=lambda v: (data["manifests"][v]["created_at"], v))]
     return {
         "schema": SCHEMA_ID,
         "generated_at": now_utc(),
         "subject": tip,
         "base": {"id": base["id"], "name": base["name"], "revision": base.get("revision"), "source": base["source"]},
-        "policy": {"current": (policy_moves[-1]["new"] if policy_moves else None),
-                   "changes": [{k: p[k] for k in ("old", "new", "actor", "reason", "time")} for p in policy_moves]},
+        "policy": {"current": (data["policy_moves"][-1]["new"] if data["policy_moves"] else None),
+                   "changes": [{k: p[k] for k in ("old", "new", "actor", "reason", "time")} for p in data["policy_moves"]]},
         "versions": entries,
-        "ref_moves": [{k: mv[k] for k in ("ref", "old", "new", "actor", "reason", "time")} for mv in moves],
-        "drift": drift,
+        "ref_moves": data["moves"],
+        "drift": _drift(reg, data),
     }
+
+
+def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:
+    m, row = data["manifests"][vid], data["rows"][vid]
+    info = m.get("trigger_info") or {}
+    trigger_text = _blob_text(reg, m.get("trigger"))
+    decision = m.get("decision") or {"accepted": m["status"] == "accepted", "reason": f"{m['kind']} recorded as {m['status']}"}
+    return {
+        "id": vid, "parents": m["parents"], "kind": m["kind"], "status": m["status"],
+        "on_path": vid in data["path"], "first_parent_line": vid in data["first_line"],
+        "timestamp": m["created_at"], "message": m.get("message", ""),
+        "input_data": {
+            "trigger": m.get("trigger"), "trigger_kind": info.get("kind"),
+            "trigger_first_lines": _first_lines(trigger_text) if trigger_text else [],
+            "redacted": bool(info.get("redacted")), "findings": info.get("findings", []),
+            "eval": m.get("eval"), "adapter": (m.get("adapter") or {}).get("weights"),
+        },
+        "self_edit": {"digest": m["self_edit"], "first_lines": _self_edit_lines(reg, m["self_edit"])} if m.get("self_edit") else None,
+        "writer": m.get("writer"),
+        "evaluation": [{**s, "method": V.method_of(s)} for s in m.get("scores", [])],
+        "gates": m.get("audit", []),
+        "gated": decision.get("gated", m["kind"] not in ("import",)),
+        "decision": decision,
+        "approver": {"author": m.get("author", ""), "signer": row["signer"], "policy": m.get("policy"),
+                     "trusted_signer": row["signer"] in trusted,
+                     "moved_by": sorted({mv["actor"] for mv in data["moves"] if mv["new"] == vid})},
+        "rollback_to": m["parents"][0] if m["parents"] else None,
+        "training": {k: m.get("train", {}).get(k) for k in (
+            "device", "gpu", "torch", "cuda", "transformers", "peft", "hyperparameters", "seconds", "timings",
+            "mlflow_run_id", "source") if m.get("train", {}).get(k) is not None},
+        "signature_valid": bool(row["signature"] and row["signer"] in trusted
+                                and check_signature(trusted[row["signer"]], vid, row["signature"])),
+    }
+
+
+def _drift(reg, data: dict) -> list[dict]:
+    manifests = data["manifests"]
+    base_retention = next((V.RETENTION.vs("base").of(x) for x in manifests.values()
+                           if V.RETENTION.vs("base").of(x) is not None), None)
+    out = []
+    for vid in sorted(data["first_line"], key=lambda v: manifests[v]["created_at"]):
+        m = manifests[vid]
+        root = m["kind"] == "root"
+        out.append({
+            "id": vid, "kind": m["kind"], "status": m["status"], "timestamp": m["created_at"],
+            "kl_base": 0.0 if root else V.DRIFT_KL.vs("base").of(m),
+            "js_base": 0.0 if root else V.DRIFT_JS.vs("base").of(m),
+            "retention": base_retention if root else V.RETENTION.of(m),
+            "delta_norm_base": 0.0 if root else _delta_norm(reg, m),
+        })
+    return out
+
+
+def _delta_norm(reg, m: dict) -> float | None:
+    from . import lora_math
+
+    delta = V.DELTA_NORM.vs("base").of(m)
+    if delta is None and m.get("adapter") and reg.store.has(m["adapter"]["weights"]):
+        try:
+            delta = lora_math.total_delta_norm((m["adapter"]["config"], reg.store.path_of(m["adapter"]["weights"])))
+        except Exception:  # a DoRA or foreign adapter: the series just has a gap here
+            delta = None
+    return delta
+
+
+def drift_lines(drift: list[dict]) -> list[str]:
+    """The terminal table of `seal audit --drift`."""
+    def f(x):
+        return "-" if x is None else f"{x:.4f}"
+
+    head = f"{'version':<12}  {'kind':<11} {'status':<8} {'KL base':>8} {'JS base':>8} {'retention':>9} {'|dW| base':>9}"
+    return [head] + [f"{d['id'][:12]}  {d['kind']:<11} {d['status']:<8} {f(d['kl_base']):>8} {f(d['js_base']):>8} "
+                     f"{f(d['retention']):>9} {f(d['delta_norm_base']):>9}" for d in drift]
+
+
+def write_report(report: dict, fmt: str, output) -> list:
+    """Write the report to ``output`` atomically; returns the files written."""
+    from pathlib import Path
+
+    output = Path(output)
+    text = render(report, fmt)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(output)
+    return [output]
 
 
 # --- pictures ---------------------------------------------------------------------------------
@@ -285,8 +289,6 @@ def drift_png(report: dict) -> bytes | None:
 
 def lineage_svg(report: dict) -> str:
     """The lineage as an SVG graph: one row per version, newest on top, lanes as in `seal log --graph`."""
-    from .porcelain import graph_lines
-
     items = [{"id": v["id"], "parents": [p for p in v["parents"]], "v": v}
              for v in sorted(report["versions"], key=lambda v: (v["timestamp"], v["id"]), reverse=True)]
     known = {i["id"] for i in items}

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
-
 from .errors import UserError
 from .objects import canonical_json, now_utc, sha256_hex
-from .schema import bases
+from .sql import Conn
 
 def base_record(
     *,
@@ -53,27 +50,22 @@ def base_spec(record: dict) -> str | None:
     return record["location"]
 
 
-def insert_base(conn: Connection, record: dict) -> str:
-    existing = conn.execute(select(bases.c.id).where(bases.c.id == record["id"])).first()
-    if existing is None:
-        conn.execute(
-            insert(bases).values(
-                id=record["id"],
-                name=record["name"],
-                revision=record.get("revision"),
-                source=record["source"],
-                location=record.get("location"),
-                created_at=now_utc(),
-                info=json.dumps(record.get("info", {}), sort_keys=True),
-            )
-        )
+def insert_base(conn: Conn, record: dict) -> str:
+    conn.insert_new("bases", {
+        "id": record["id"], "name": record["name"], "revision": record.get("revision"),
+        "source": record["source"], "location": record.get("location"), "created_at": now_utc(),
+        "info": json.dumps(record.get("info", {}), sort_keys=True),
+    }, "id")
     return record["id"]
 
 
-def get_base(conn: Connection, base_id: str) -> dict:
-    row = conn.execute(select(bases).where(bases.c.id == base_id)).mappings().first()
-    if row is None:
+def get_base(conn: Conn, base_id: str) -> dict:
+    rows = conn.dicts("SELECT * FROM bases WHERE id = ?", (base_id,))
+    if not rows:
         raise UserError(f"base {base_id[:12]} is not recorded in this registry")
-    out = dict(row)
-    out["info"] = json.loads(out["info"])
+    out = rows[0]
+    try:
+        out["info"] = json.loads(out["info"])
+    except (TypeError, ValueError):
+        raise UserError(f"the record of base {base_id[:12]} is damaged; run `seal verify`") from None
     return out

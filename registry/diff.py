@@ -4,7 +4,7 @@ Weights are compared in rank space by :mod:`seal.registry.lora_math`, straight f
 blobs in the object store, so no dense ``d_out × d_in`` matrix is built and torch is never
 imported. A version without an adapter (the root) counts as the zero update.
 
->>> report = diff_versions(Repository.find(), "HEAD")          # HEAD against its first parent  # doctest: +SKIP
+>>> report = diff_versions(Registry.open(), "HEAD")          # HEAD against its first parent  # doctest: +SKIP
 >>> report["differs"], report["weights"]["total"]["diff_norm"]  # doctest: +SKIP
 (True, 0.0123)
 
@@ -18,16 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
-
 from .bases import get_base
 from .errors import UserError
+from .graph import ancestors, parents_of
 from .lora_math import compare_adapters, load_lora_factors
 from .objects import parse_manifest
-from .repository import Repository, ancestor_ids, load_manifest
-from .revisions import parents_of, resolve_revision
-from .schema import versions
+from .revisions import resolve_revision
+from .sql import Conn
+from .versions import load_manifest
 
 #: Adapter config fields that change what an adapter is or how it scales.
 CONFIG_FIELDS = (
@@ -39,7 +37,7 @@ PREVIEW_CHARS = 120
 _PREVIEW_BYTES = 8192
 
 
-def diff_versions(repo: Repository, a: str, b: str | None = None, *, include_all: bool = False) -> dict:
+def diff_versions(repo, a: str, b: str | None = None, *, include_all: bool = False) -> dict:
     """Compare version ``a`` with ``b`` (default: ``a``'s first parent; nothing for a root).
 
     Returns one JSON-ready document: ``a``, ``b`` (None when diffing a root against nothing),
@@ -49,7 +47,7 @@ def diff_versions(repo: Repository, a: str, b: str | None = None, *, include_all
         >>> diff_versions(repo, "main", "exp")["scores"]                       # doctest: +SKIP
         [{'suite': 'qa', 'metric': 'acc', 'against': None, 'a': 0.61, 'b': 0.55, 'delta': 0.06, ...}]
     """
-    with repo.connect() as conn:
+    with repo.read() as conn:
         a_id = resolve_revision(conn, a)
         if b is None:
             ps = parents_of(conn, a_id)
@@ -101,7 +99,7 @@ def _side(vid: str, manifest: dict) -> dict:
 
 # --- weights ----------------------------------------------------------------------------------
 
-def _factors(repo: Repository, manifest: dict | None, label: str) -> dict:
+def _factors(repo, manifest: dict | None, label: str) -> dict:
     adapter = (manifest or {}).get("adapter")
     if not adapter:
         return {}  # the bare base: a zero update
@@ -129,7 +127,7 @@ def _exactly_equal(row: dict) -> None:
     row["cosine"] = 1.0 if row["norm_a"] > 0.0 else None
 
 
-def _weights_section(repo: Repository, a_id: str, ma: dict, b_id: str | None, mb: dict | None, include_all: bool) -> dict:
+def _weights_section(repo, a_id: str, ma: dict, b_id: str | None, mb: dict | None, include_all: bool) -> dict:
     adapter_a = (ma.get("adapter") or {})
     adapter_b = ((mb or {}).get("adapter") or {})
     same_blob = (
@@ -201,7 +199,7 @@ def _config_section(ma: dict, mb: dict | None, include_all: bool) -> list[dict]:
     return rows
 
 
-def _base_of(conn: Connection, base_id: str | None) -> dict | None:
+def _base_of(conn: Conn, base_id: str | None) -> dict | None:
     if base_id is None:
         return None
     try:
@@ -210,7 +208,7 @@ def _base_of(conn: Connection, base_id: str | None) -> dict | None:
         return {"id": base_id, "name": None}
 
 
-def _base_section(conn: Connection, ma: dict, mb: dict | None) -> dict:
+def _base_section(conn: Conn, ma: dict, mb: dict | None) -> dict:
     a = _base_of(conn, ma["base"])
     b = _base_of(conn, mb["base"]) if mb else None
     return {"a": a, "b": b, "changed": mb is not None and ma["base"] != mb["base"]}
@@ -268,7 +266,7 @@ def _gates_section(ma: dict, mb: dict | None, include_all: bool) -> list[dict]:
 
 # --- data -------------------------------------------------------------------------------------
 
-def blob_preview(repo: Repository, digest: str, *, lines: int = PREVIEW_LINES) -> dict:
+def blob_preview(repo, digest: str, *, lines: int = PREVIEW_LINES) -> dict:
     """A blob's digest and its first ``lines`` lines of text, each cut to ``PREVIEW_CHARS``."""
     if not isinstance(digest, str):
         return {"digest": digest, "lines": [], "missing": False}
@@ -285,10 +283,10 @@ def blob_preview(repo: Repository, digest: str, *, lines: int = PREVIEW_LINES) -
     return {"digest": digest, "lines": shown, "missing": False}
 
 
-def _data_section(repo: Repository, conn: Connection, a_id: str, b_id: str | None, include_all: bool) -> list[dict]:
+def _data_section(repo, conn: Conn, a_id: str, b_id: str | None, include_all: bool) -> list[dict]:
     """The versions reachable from one side but not the other (git's ``A...B``), newest first."""
-    anc_a = ancestor_ids(conn, a_id)
-    anc_b = ancestor_ids(conn, b_id) if b_id else set()
+    anc_a = ancestors(conn, a_id)
+    anc_b = ancestors(conn, b_id) if b_id else set()
     sides = {vid: "a" for vid in anc_a - anc_b}
     sides.update({vid: "b" for vid in anc_b - anc_a})
     ids = list(sides)
@@ -296,9 +294,8 @@ def _data_section(repo: Repository, conn: Connection, a_id: str, b_id: str | Non
     created: dict[str, str] = {}
     for start in range(0, len(ids), 500):
         part = ids[start:start + 500]
-        for vid, text, at in conn.execute(
-            select(versions.c.id, versions.c.manifest, versions.c.created_at).where(versions.c.id.in_(part))
-        ):
+        marks = ", ".join("?" for _ in part)
+        for vid, text, at in conn.all(f"SELECT id, manifest, created_at FROM versions WHERE id IN ({marks})", part):
             manifests[vid] = parse_manifest(text)
             created[vid] = at
     out = []

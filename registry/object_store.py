@@ -5,8 +5,9 @@
 >>> store.get(digest)                                     # doctest: +SKIP
 b'hello'
 
-Any store that implements :class:`ObjectStore` (``put``, ``put_file``, ``get``, ``has``,
-``path_of``, ``iter_digests``) can stand behind a registry, an S3-compatible one included.
+Any store that implements :class:`ObjectStore` can stand behind a registry, an S3-compatible
+one included. Nothing but ``seal gc`` calls ``delete``: a blob another command has just
+committed must never vanish under it, so writers that lose a race leave their blobs for gc.
 """
 
 from __future__ import annotations
@@ -30,11 +31,53 @@ class BlobMissing(SealError):
 
 class ObjectStore(Protocol):
     def put(self, data: bytes) -> str: ...
-    def put_file(self, path: Path) -> str: ...
-    def get(self, digest: str) -> bytes: ...
-    def has(self, digest: str) -> bool: ...
-    def path_of(self, digest: str) -> Path: ...
+    def put_file(self, path: Path) -> str:
+        """Store a file's bytes under the digest of exactly the bytes copied (one pass)."""
+        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root / "sha256")
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = DIGEST_PREFIX + h.hexdigest()
+            if self.has(digest):
+                self.freshen(digest)
+            else:
+                self._place(tmp, self.path_of(digest))
+        finally:
+            _unlink_quietly(tmp)
+        return digest
+
+    def _write(self, digest: str, write) -> None:
+        target = self.path_of(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            self._place(tmp, target)
+        finally:
+            _unlink_quietly(tmp)
+
+    @staticmethod
+    def _place(tmp: str, target: Path) -> None:
+        """Make a complete temp file visible under its name, read-only (rename is atomic)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+
     def iter_digests(self) -> Iterator[str]: ...
+    def stat(self, digest: str) -> tuple[int, float]: ...
+    def freshen(self, digest: str) -> None: ...
+    def delete(self, digest: str) -> None: ...
+    def check(self, digest: str) -> bool: ...
 
 
 def file_digest(path: Path) -> str:
@@ -43,6 +86,13 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return DIGEST_PREFIX + h.hexdigest()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,13 +136,17 @@ class LocalObjectStore:
 
     def put(self, data: bytes) -> str:
         digest = blob_digest(data)
-        if not self.has(digest):
+        if self.has(digest):
+            self.freshen(digest)
+        else:
             self._write(digest, lambda f: f.write(data))
         return digest
 
     def put_file(self, path: Path) -> str:
         digest = file_digest(path)
-        if not self.has(digest):
+        if self.has(digest):
+            self.freshen(digest)
+        else:
             def copy(f):
                 with open(path, "rb") as src:
                     for chunk in iter(lambda: src.read(_CHUNK), b""):
@@ -137,4 +191,50 @@ class LocalObjectStore:
 
     def check(self, digest: str) -> bool:
         """Whether the stored bytes still hash to their name."""
-        return file_digest(self.path_of(digest)) == digest
+        try:
+            return file_digest(self.path_of(digest)) == digest
+        except FileNotFoundError:
+            return False
+
+    def stat(self, digest: str) -> tuple[int, float]:
+        st = self.path_of(digest).stat()
+        return st.st_size, st.st_mtime
+
+    def freshen(self, digest: str) -> None:
+        """Touch a blob a writer is about to reference again, so gc's grace period protects it."""
+        try:
+            os.utime(self.path_of(digest))
+        except OSError:
+            pass
+
+    def delete(self, digest: str) -> None:
+        """Remove one blob. Only `seal gc` calls this, after checking no version references it."""
+        try:
+            self.path_of(digest).unlink()
+        except FileNotFoundError:
+            pass
+
+    def iter_litter(self) -> Iterator[tuple[Path, int, float]]:
+        """Half-written temp files a killed writer left behind: (path, size, mtime)."""
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for f in [*base.glob(".tmp-*"), *base.glob("*/.tmp-*")]:
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            yield f, st.st_size, st.st_mtime
+
+
+def open_object_store(url: str | None, seal_dir: Path | None) -> ObjectStore:
+    """The store a registry's blobs live in: ``.seal/objects`` by default, or ``file://PATH``."""
+    from .errors import UserError
+
+    if not url:
+        if seal_dir is None:
+            raise UserError("no object store: set SEAL_OBJECTS_URL, or open the registry from its folder")
+        return LocalObjectStore(Path(seal_dir) / "objects")
+    if url.startswith("file://"):
+        return LocalObjectStore(Path(url[len("file://"):]))
+    raise UserError(f"cannot use object store URL {url!r}; give file://PATH")

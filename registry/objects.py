@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+import math
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import rfc8785
 
-KINDS = ("root", "edit", "merge", "import", "consolidate", "revert")
+KINDS = ("root", "edit", "merge", "import", "consolidate", "revert", "writer")
 STATUSES = ("accepted", "rejected")
 DIGEST_PREFIX = "sha256:"
 MANIFEST_FORMAT = "seal.version/1"
@@ -137,3 +139,117 @@ def score_value(manifest: dict, suite: str, metric: str, against: str | None = N
 
 def parse_manifest(text: str | bytes) -> dict:
     return json.loads(text)
+
+
+# --- the manifest schema ------------------------------------------------------------------------
+
+_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?Z$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# C0 controls except tab and newline, DEL, C1 controls, and the bidirectional overrides that
+# make text display in another order than it reads ("Trojan source").
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+MAX_SAFE_INT = 2 ** 53
+FUTURE_SLACK = timedelta(days=1)
+
+
+class ManifestInvalid(ValueError):
+    """A manifest that breaks the schema; the message names the field."""
+
+
+def check_time(value: Any, field: str = "created_at") -> str:
+    """An RFC 3339 UTC time as seal writes it, no later than a day from now.
+
+    >>> check_time("2026-11-27T10:00:00.000000Z")
+    '2026-11-27T10:00:00.000000Z'
+    """
+    m = _TIME.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ManifestInvalid(f"{field} must be an RFC 3339 UTC time like 2026-11-27T10:00:00.000000Z, not {str(value)[:40]!r}")
+    try:
+        when = datetime(*(int(m.group(i)) for i in range(1, 7)), tzinfo=timezone.utc)
+    except ValueError:
+        raise ManifestInvalid(f"{field} {value!r} is not a real date and time") from None
+    if when > datetime.now(timezone.utc) + FUTURE_SLACK:
+        raise ManifestInvalid(f"{field} {value!r} lies in the future")
+    return value
+
+
+def _check_values(node: Any, path: str) -> None:
+    """Finite numbers, safe integers, strings without control or bidi characters, string keys."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ManifestInvalid(f"{path} has a non-string key")
+            _check_values(key, f"{path} key")
+            _check_values(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_values(item, f"{path}[{i}]")
+    elif isinstance(node, bool) or node is None:
+        return
+    elif isinstance(node, int):
+        if abs(node) > MAX_SAFE_INT:
+            raise ManifestInvalid(f"{path} holds an integer beyond 2**53")
+    elif isinstance(node, float):
+        if not math.isfinite(node):
+            raise ManifestInvalid(f"{path} is not a finite number")
+    elif isinstance(node, str):
+        if _UNSAFE_CHARS.search(node):
+            raise ManifestInvalid(f"{path} holds control or bidirectional-override characters")
+    else:
+        raise ManifestInvalid(f"{path} has a value of type {type(node).__name__}")
+
+
+def check_manifest(manifest: Any) -> dict:
+    """Refuse a manifest that breaks seal's schema; return it unchanged when it holds.
+
+    Every writer calls this before recording, and `seal pull` calls it on every pulled manifest.
+
+    >>> check_manifest(build_manifest(base="b" * 64, parents=[], kind="root", status="accepted",
+    ...                               created_at="2026-01-01T00:00:00.000000Z"))["kind"]
+    'root'
+    """
+    if not isinstance(manifest, dict):
+        raise ManifestInvalid("a manifest must be a JSON object")
+    _check_values(manifest, "manifest")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ManifestInvalid(f"format must be {MANIFEST_FORMAT!r}")
+    if manifest.get("kind") not in KINDS:
+        raise ManifestInvalid(f"kind must be one of {', '.join(KINDS)}, not {str(manifest.get('kind'))[:30]!r}")
+    if manifest.get("status") not in STATUSES:
+        raise ManifestInvalid(f"status must be one of {', '.join(STATUSES)}, not {str(manifest.get('status'))[:30]!r}")
+    if not isinstance(manifest.get("base"), str) or not _HEX64.match(manifest["base"]):
+        raise ManifestInvalid("base must be a 64-hex base fingerprint")
+    parents = manifest.get("parents")
+    if not isinstance(parents, list) or not all(isinstance(p, str) and _HEX64.match(p) for p in parents) \
+            or len(set(parents)) != len(parents):
+        raise ManifestInvalid("parents must be a list of distinct 64-hex version ids")
+    check_time(manifest.get("created_at"))
+    for field in ("author", "message"):
+        if not isinstance(manifest.get(field, ""), str):
+            raise ManifestInvalid(f"{field} must be a string")
+    _check_parts(manifest)
+    return manifest
+
+
+def _check_parts(manifest: dict) -> None:
+    adapter = manifest.get("adapter")
+    if adapter is not None and (not isinstance(adapter, dict) or not is_digest(adapter.get("weights"))
+                                or not isinstance(adapter.get("config"), dict)):
+        raise ManifestInvalid("adapter must be null or {weights: sha256 digest, config: object}")
+    for field in ("trigger", "self_edit", "policy"):
+        value = manifest.get(field)
+        if value is not None and not is_digest(value):
+            raise ManifestInvalid(f"{field} must be null or a sha256 digest")
+    for field in ("scores", "audit"):
+        if not isinstance(manifest.get(field, []), list):
+            raise ManifestInvalid(f"{field} must be a list")
+    for i, s in enumerate(manifest.get("scores", [])):
+        if not isinstance(s, dict) or not isinstance(s.get("suite"), str) or not isinstance(s.get("metric"), str) \
+                or not isinstance(s.get("value"), (int, float)) or isinstance(s.get("value"), bool):
+            raise ManifestInvalid(f"scores[{i}] must have a suite, a metric and a numeric value")
+    for i, a in enumerate(manifest.get("audit", [])):
+        if not isinstance(a, dict) or not isinstance(a.get("check"), str) or not isinstance(a.get("passed"), bool):
+            raise ManifestInvalid(f"audit[{i}] must have a check name and a boolean passed")
+    if not isinstance(manifest.get("train", {}), dict):
+        raise ManifestInvalid("train must be an object")

@@ -1,12 +1,17 @@
-"""Names that move: branches, tags, remote-tracking refs and HEAD.
+"""Names that move: branches, tags, aliases, remote-tracking refs, HEAD, and their reflog.
 
 Ref names are stored in full, as in git: ``HEAD``, ``refs/heads/main``, ``refs/tags/v1``,
-``refs/remotes/hub/org/name``. HEAD is symbolic (``ref: refs/heads/main``) or holds a version id
-(detached).
+``refs/aliases/production``, ``refs/remotes/hub/org/name``, ``refs/meta/policy``. HEAD is
+symbolic (``ref: refs/heads/main``) or holds a version id (detached).
 
-Every move is a compare-and-swap inside the caller's transaction and appends a reflog row, so
-"move main from X to Y" fails with :class:`RefConflict` when main is no longer X, and the reflog
-tells who moved what, when and why.
+Every move is a compare-and-swap inside the caller's write transaction and appends a signed
+reflog row in that same transaction, so "move main from X to Y" fails with
+:class:`RefConflict` when main is no longer X, and a ref never exists without the reflog row
+that put it there.
+
+>>> entry = reflog_entry("refs/heads/main", None, "a" * 64, actor="me", reason="init", time="t", signer="s")
+>>> sorted(entry)
+['actor', 'format', 'new', 'old', 'reason', 'ref', 'signer', 'time']
 """
 
 from __future__ import annotations
@@ -15,22 +20,29 @@ import getpass
 import os
 import re
 import socket
-
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from typing import Protocol
 
 from .errors import RefConflict, UserError
-from .objects import now_utc
-from .schema import reflog, refs
+from .objects import canonical_json, now_utc
+from .sql import Conn
 
 HEAD = "HEAD"
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
+ALIASES = "refs/aliases/"
 REMOTES = "refs/remotes/"
+META = "refs/meta/"
 SYMBOLIC = "ref: "
+REFLOG_FORMAT = "seal.reflog/1"
 
 _NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$")
+_HEXLIKE = re.compile(r"^[0-9a-fA-F]{4,}$")
+
+
+class EntrySigner(Protocol):
+    id: str
+
+    def sign(self, data: bytes) -> str: ...
 
 
 def actor() -> str:
@@ -46,25 +58,41 @@ def actor() -> str:
 
 
 def check_ref_name(name: str, what: str = "branch") -> str:
-    """Refuse names git would refuse, and names that look like revision syntax."""
+    """Refuse names git would refuse, names that look like revision syntax, and hex-like names.
+
+    A name of 4 or more hex digits could shadow a version id prefix, so it is refused.
+
+    >>> check_ref_name("feature/x")
+    'feature/x'
+    >>> check_ref_name("cafe")
+    Traceback (most recent call last):
+    seal.registry.errors.UserError: 'cafe' looks like a version id; a branch name needs a letter beyond a-f or a separator
+    """
     if (
-        not _NAME.match(name)
+        not isinstance(name, str)
+        or len(name) > 200
+        or not _NAME.match(name)
         or ".." in name
         or name.endswith((".", "/", ".lock"))
         or "//" in name
-        or name == HEAD
-        or re.search(r"[~^:?*\[\\ ]", name)
+        or "/." in name
+        or name in (HEAD, "@")
+        or re.search(r"[~^:?*\[\\ @{]", name)
     ):
         raise UserError(f"{name!r} is not a valid {what} name; use letters, digits, '.', '_', '-' and '/'")
+    if any(_HEXLIKE.match(part) for part in [name, name.split("/")[-1]]):
+        raise UserError(
+            f"{name!r} looks like a version id; a {what} name needs a letter beyond a-f or a separator"
+        )
     return name
 
 
-def read_ref(conn: Connection, name: str) -> str | None:
-    """The raw target of a ref (a version id or ``ref: NAME``), or None."""
-    return conn.execute(select(refs.c.target).where(refs.c.name == name)).scalar_one_or_none()
+def read_ref(conn: Conn, name: str) -> str | None:
+    """The raw target of a ref (a version id, a blob digest or ``ref: NAME``), or None."""
+    return conn.scalar("SELECT target FROM refs WHERE name = ?", (name,))
 
 
-def peel(conn: Connection, name: str, depth: int = 0) -> str | None:
+def peel(conn: Conn, name: str, depth: int = 0) -> str | None:
     """Follow symbolic refs down to a version id; None for an unborn branch."""
     if depth > 5:
         raise UserError(f"ref {name} is a loop of symbolic refs; fix it with `seal checkout BRANCH`")
@@ -76,7 +104,7 @@ def peel(conn: Connection, name: str, depth: int = 0) -> str | None:
     return target
 
 
-def head_branch(conn: Connection) -> str | None:
+def head_branch(conn: Conn) -> str | None:
     """The full name of the branch HEAD points at, or None when HEAD is detached."""
     target = read_ref(conn, HEAD)
     if target and target.startswith(SYMBOLIC):
@@ -84,73 +112,76 @@ def head_branch(conn: Connection) -> str | None:
     return None
 
 
-def _log(conn: Connection, name: str, old: str | None, new: str | None, reason: str, who: str | None) -> None:
-    conn.execute(
-        insert(reflog).values(ref=name, old=old, new=new, actor=who or actor(), reason=reason, time=now_utc())
-    )
+def head_state(conn: Conn) -> tuple[str, str | None]:
+    """(the ref a new version moves, the version it points at now)."""
+    branch = head_branch(conn)
+    if branch is not None:
+        return branch, peel(conn, branch)
+    return HEAD, read_ref(conn, HEAD)
 
 
-def compare_and_swap(
-    conn: Connection,
+def reflog_entry(ref: str, old: str | None, new: str | None, *, actor: str, reason: str, time: str,
+                 signer: str | None) -> dict:
+    """The signed content of one reflog row (its signature covers these canonical bytes)."""
+    return {"format": REFLOG_FORMAT, "ref": ref, "old": old, "new": new, "actor": actor,
+            "reason": reason, "time": time, "signer": signer}
+
+
+def move_ref(
+    conn: Conn,
     name: str,
     *,
-    old: str | None,
-    new: str,
+    expected: str | None,
+    new: str | None,
     reason: str,
+    signer: EntrySigner | None,
     who: str | None = None,
-) -> None:
-    """Move ``name`` from ``old`` to ``new`` (``old=None``: create it), or raise RefConflict.
+) -> dict:
+    """Move ``name`` from ``expected`` to ``new`` by compare-and-swap and log it; return the entry.
 
-    >>> with engine.begin() as conn:                     # doctest: +SKIP
-    ...     compare_and_swap(conn, "refs/heads/main", old=a, new=b, reason="edit")
+    ``expected=None`` creates the ref, ``new=None`` deletes it. Raises RefConflict when the ref
+    is not at ``expected``. The caller's transaction holds the move and its reflog row together.
+
+    >>> with db.write() as c:                               # doctest: +SKIP
+    ...     move_ref(c, "refs/heads/main", expected=a, new=b, reason="edit", signer=key)
     """
     now = now_utc()
-    if old is None:
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(refs).values(name=name, target=new, updated_at=now))
-        except IntegrityError:
-            current = read_ref(conn, name)
-            raise RefConflict(
-                f"{short_name(name)} already exists (at {short_target(current)}); someone else created it first"
-            ) from None
+    if expected is None:
+        if new is None:
+            raise ValueError("move_ref needs an expected or a new value")
+        done = conn.insert_new("refs", {"name": name, "target": new, "updated_at": now}, "name")
+    elif new is None:
+        done = conn.execute("DELETE FROM refs WHERE name = ? AND target = ?", (name, expected)).rowcount == 1
     else:
-        result = conn.execute(
-            update(refs).where(refs.c.name == name, refs.c.target == old).values(target=new, updated_at=now)
-        )
-        if result.rowcount != 1:
-            current = read_ref(conn, name)
-            raise RefConflict(
-                f"{short_name(name)} moved from {short_target(old)} to {short_target(current)} while this "
-                f"command ran; nothing was changed"
-            )
-    _log(conn, name, old, new, reason, who)
+        done = conn.execute(
+            "UPDATE refs SET target = ?, updated_at = ? WHERE name = ? AND target = ?",
+            (new, now, name, expected),
+        ).rowcount == 1
+    if not done:
+        raise RefConflict(name, expected=expected, actual=read_ref(conn, name))
+    entry = reflog_entry(name, expected, new, actor=who or actor(), reason=reason, time=now,
+                         signer=signer.id if signer else None)
+    signature = signer.sign(canonical_json(entry)) if signer else None
+    conn.insert("reflog", [{"ref": name, "old": expected, "new": new, "actor": entry["actor"],
+                            "reason": reason, "time": now, "signature": signature, "signer": entry["signer"]}])
+    entry["signature"] = signature
+    return entry
 
 
-def delete_ref(conn: Connection, name: str, *, old: str, reason: str, who: str | None = None) -> None:
-    result = conn.execute(delete(refs).where(refs.c.name == name, refs.c.target == old))
-    if result.rowcount != 1:
-        raise RefConflict(f"{short_name(name)} moved while this command ran; nothing was deleted")
-    _log(conn, name, old, None, reason, who)
-
-
-def set_ref(conn: Connection, name: str, new: str, *, reason: str, who: str | None = None) -> None:
-    """Point ``name`` at ``new`` from whatever it holds now, still as a compare-and-swap."""
-    compare_and_swap(conn, name, old=read_ref(conn, name), new=new, reason=reason, who=who)
-
-
-def list_refs(conn: Connection, prefix: str = "") -> list[tuple[str, str]]:
-    rows = conn.execute(select(refs.c.name, refs.c.target).where(refs.c.name.startswith(prefix)).order_by(refs.c.name))
+def list_refs(conn: Conn, prefix: str = "") -> list[tuple[str, str]]:
+    rows = conn.all(
+        "SELECT name, target FROM refs WHERE substr(name, 1, ?) = ? ORDER BY name", (len(prefix), prefix)
+    )
     return [(r[0], r[1]) for r in rows]
 
 
-def refs_by_target(conn: Connection) -> dict[str, list[str]]:
+def refs_by_target(conn: Conn) -> dict[str, list[str]]:
     """Version id → short names of the refs that point at it (HEAD included when detached or via its branch)."""
     out: dict[str, list[str]] = {}
     rows = list_refs(conn)
     table = dict(rows)
     for name, target in rows:
-        if target.startswith(SYMBOLIC):
+        if target.startswith(SYMBOLIC) or name.startswith(META):
             continue
         out.setdefault(target, []).append(short_name(name))
     head = table.get(HEAD)
@@ -171,6 +202,8 @@ def short_name(name: str) -> str:
     for prefix in (HEADS, TAGS, REMOTES):
         if name.startswith(prefix):
             return name[len(prefix):]
+    if name.startswith(ALIASES):
+        return "@" + name[len(ALIASES):]
     return name
 
 

@@ -56,7 +56,7 @@ versions = Table(
     Column("headline_value", Float, nullable=True),
     Column("signature", Text, nullable=True, comment="Ed25519 over the version id, hex"),
     Column("signer", ID, ForeignKey("signers.id"), nullable=True),
-    Index("ix_versions_created_at", "created_at"),
+    Index("ix_versions_created_id", "created_at", "id"),
 )
 
 version_parents = Table(
@@ -92,6 +92,10 @@ audits = Table(
     Column("threshold", Float, nullable=True),
     Column("passed", Boolean, nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    Column("ci_low", Float, nullable=True),
+    Column("ci_high", Float, nullable=True),
+    Column("n", Integer, nullable=True),
+    Column("rule", Text, nullable=True),
     Index("ix_audits_version", "version_id"),
 )
 
@@ -113,7 +117,9 @@ reflog = Table(
     Column("actor", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("time", String(32), nullable=False),
-    Index("ix_reflog_ref", "ref"),
+    Column("signature", Text, nullable=True, comment="Ed25519 over the row's canonical JSON, hex"),
+    Column("signer", String(64), nullable=True),
+    Index("ix_reflog_ref_id", "ref", "id"),
 )
 
 signers = Table(

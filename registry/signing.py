@@ -1,20 +1,33 @@
-"""Tamper evidence: every version id is signed with the registry's Ed25519 key.
+"""Tamper evidence: Ed25519 signatures, and the trust file that says whose signatures count.
 
-The private key lives in ``.seal/keys/signing.key`` (mode 0600) and never leaves the machine;
-the public key is registered in the ``signers`` table, so ``seal verify`` can check every
-signature against keys the registry trusts.
+Each registry (each worker, in a team) signs with its own key, ``.seal/keys/signing.key``
+(mode 0600), which never leaves the machine. A version's signature covers its id; a reflog
+row's covers its canonical content.
 
->>> key = load_or_create_key(Path(".seal/keys"))            # doctest: +SKIP
->>> sig = sign(key, version_id)                               # doctest: +SKIP
+Which keys are trusted is not decided by the database: it is the trust file, a text file the
+user controls, like git's ``allowed_signers`` (``.seal/allowed_signers`` by default; ``[trust]
+allowed_signers`` in config.toml or ``SEAL_ALLOWED_SIGNERS`` may point a whole team at one
+file). One key per line: ``<signer id> <public key hex> [name...]``; ``#`` starts a comment.
+A row inserted into the ``signers`` table by SQL alone therefore earns no trust.
+
+>>> line = format_trust_line("ab" * 32, "me@host")
+>>> parse_trust_file(line + "\\n# comment\\n")[signer_id("ab" * 32)].name
+'me@host'
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import SigningKeyMissing, UserError
+
 KEY_FILE = "signing.key"
+TRUST_FILE = "allowed_signers"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _crypto():
@@ -24,19 +37,72 @@ def _crypto():
     return serialization, ed25519
 
 
-def load_or_create_key(keys_dir: Path):
+@dataclass(frozen=True)
+class TrustedKey:
+    id: str
+    public_key: str
+    name: str
+
+
+class Signer:
+    """The registry's private key, loaded on first use."""
+
+    def __init__(self, keys_dir: Path):
+        self.path = Path(keys_dir) / KEY_FILE
+        self._key = None
+
+    @property
+    def key(self):
+        if self._key is None:
+            self._key = load_key(self.path)
+        return self._key
+
+    @property
+    def public_key(self) -> str:
+        return public_key_hex(self.key)
+
+    @property
+    def id(self) -> str:
+        return signer_id(self.public_key)
+
+    def sign(self, data: bytes) -> str:
+        return self.key.sign(data).hex()
+
+    def sign_id(self, version_id: str) -> str:
+        return self.sign(version_id.encode("ascii"))
+
+
+def create_key(path: Path):
+    """Write a new private key to ``path`` (mode 0600); refuse to overwrite one."""
     serialization, ed25519 = _crypto()
-    path = Path(keys_dir) / KEY_FILE
-    if path.exists():
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+def load_key(path: Path):
+    """The private key at ``path``. A missing key is an error: a new one would sign as a stranger."""
+    serialization, ed25519 = _crypto()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SigningKeyMissing(
+            f"the signing key {path} is missing; restore it from a backup, or run `seal key new` to "
+            f"sign from now on with a new key (versions signed before stay verifiable)"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise SigningKeyMissing(f"the signing key {path} is damaged; restore it from a backup or run `seal key new`") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise SigningKeyMissing(f"{path} is not an Ed25519 key; restore seal's key or run `seal key new`")
     return key
 
 
@@ -50,17 +116,63 @@ def signer_id(public_hex: str) -> str:
     return hashlib.sha256(bytes.fromhex(public_hex)).hexdigest()
 
 
-def sign(key, version_id: str) -> str:
-    return key.sign(version_id.encode("ascii")).hex()
-
-
-def check_signature(public_hex: str, version_id: str, signature_hex: str) -> bool:
+def check_signature(public_hex: str, data: bytes | str, signature_hex: str) -> bool:
+    """Whether ``signature_hex`` is the key's signature of ``data`` (a version id may be given as str)."""
     _, ed25519 = _crypto()
     from cryptography.exceptions import InvalidSignature
 
+    payload = data.encode("ascii") if isinstance(data, str) else data
     try:
         pub = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
-        pub.verify(bytes.fromhex(signature_hex), version_id.encode("ascii"))
+        pub.verify(bytes.fromhex(signature_hex), payload)
         return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return False
+
+
+# --- the trust file -----------------------------------------------------------------------------
+
+def format_trust_line(public_hex: str, name: str) -> str:
+    clean = " ".join(str(name).split()) or "unnamed"
+    return f"{signer_id(public_hex)} {public_hex} {clean}"
+
+
+def parse_trust_file(text: str, where: str = TRUST_FILE) -> dict[str, TrustedKey]:
+    """Signer id → key, from the trust file's text; a malformed line is an error naming it."""
+    keys: dict[str, TrustedKey] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not _HEX64.match(parts[0]) or not _HEX64.match(parts[1]) \
+                or signer_id(parts[1]) != parts[0]:
+            raise UserError(
+                f"{where} line {number} is not '<signer id> <public key hex> [name]' with a matching id; fix it by hand"
+            )
+        keys[parts[0]] = TrustedKey(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
+    return keys
+
+
+def read_trust_file(path: Path) -> dict[str, TrustedKey]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; fix the trust file by hand") from None
+    return parse_trust_file(text, str(path))
+
+
+def add_trusted(path: Path, public_hex: str, name: str) -> bool:
+    """Append a key to the trust file unless it is there; True when it was added."""
+    if signer_id(public_hex) in read_trust_file(path):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        if path.stat().st_size == 0:
+            f.write("# seal trust file: one trusted signing key per line: <signer id> <public key hex> [name]\n")
+        f.write(format_trust_line(public_hex, name) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return True

@@ -1,115 +1,288 @@
-"""Recompute everything: blob digests, manifest ids, rows, parent edges and signatures.
+"""Recompute everything: digests, manifest ids, rows, parent edges, signatures, refs and the journal.
 
-A row changed behind the API's back, or a flipped byte in a blob, is reported by version.
+What is checked, and what it catches:
+- each manifest hashes to its id, is canonical, follows the schema, and its rows match it
+  (a row changed behind the API's back);
+- each version and each reflog row is signed by a key in the trust file (rows inserted by SQL
+  alone, with a signer inserted the same way);
+- each ref equals the new value of its last reflog row, and each ref's reflog is a chain
+  (a ref re-pointed by SQL; an erased reflog row);
+- each blob still hashes to its name, each adapter fits the base (a flipped byte; an adapter
+  that cannot load);
+- every version and ref move copied into the object store is still in the database (a version
+  rolled back, or a reflog erased, by SQL).
 
->>> faults = verify_registry(Repository.find())     # doctest: +SKIP
->>> [f["version"] for f in faults]                    # doctest: +SKIP
+>>> faults = verify_registry(Registry.open())     # doctest: +SKIP
+>>> [f["version"] for f in faults]                 # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
-
-from .objects import canonical_json, referenced_blobs, sha256_hex
-from .refs import SYMBOLIC, list_refs
-from .repository import Repository, version_rows
-from .schema import audits, bases, scores, signers, version_parents, versions
+from .objects import ManifestInvalid, canonical_json, check_manifest, referenced_blobs, sha256_hex
+from .refs import META, REFLOG_FORMAT, SYMBOLIC, reflog_entry
 from .signing import check_signature
+from .versions import version_rows
 
-_VERSION_COLUMNS = (
-    "base_id", "kind", "status", "created_at", "author", "message",
-    "adapter_digest", "headline_metric", "headline_value",
-)
+_VERSION_COLUMNS = ("base_id", "kind", "status", "created_at", "author", "message", "adapter_digest",
+                    "headline_metric", "headline_value")
+JOURNAL_MAX_BYTES = 4 << 20
 
 
-def _norm_rows(rows: list[dict], keys: tuple[str, ...]) -> list[tuple]:
+@dataclass(frozen=True)
+class Fault:
+    version: str | None
+    object: str
+    fault: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Snapshot:
+    """Every row verify looks at, read in one transaction."""
+
+    versions: list[dict]
+    parents: dict
+    scores: dict
+    audits: dict
+    bases: dict
+    signers: dict
+    refs: list[tuple[str, str]]
+    reflog: list[dict]
+
+
+def _snapshot(reg) -> Snapshot:
+    with reg.read() as c:
+        parents, scores, audits = defaultdict(list), defaultdict(list), defaultdict(list)
+        for r in c.dicts("SELECT version_id, position, parent_id FROM version_parents ORDER BY version_id, position"):
+            parents[r["version_id"]].append(r)
+        for r in c.dicts("SELECT * FROM scores"):
+            scores[r["version_id"]].append(r)
+        for r in c.dicts("SELECT * FROM audits"):
+            audits[r["version_id"]].append(r)
+        return Snapshot(
+            versions=c.dicts("SELECT * FROM versions"), parents=parents, scores=scores, audits=audits,
+            bases={r["id"]: r for r in c.dicts("SELECT * FROM bases")},
+            signers={r["id"]: r for r in c.dicts("SELECT * FROM signers")},
+            refs=[(r[0], r[1]) for r in c.all("SELECT name, target FROM refs ORDER BY name")],
+            reflog=c.dicts("SELECT * FROM reflog ORDER BY id"),
+        )
+
+
+def verify_registry(reg, *, check_blobs: bool = True) -> list[dict]:
+    """Every fault found, as ``{"version": id or None, "object": what, "fault": why}``."""
+    snap = _snapshot(reg)
+    trusted = {k: v.public_key for k, v in reg.trusted().items()}
+    faults: list[Fault] = []
+    ids = {r["id"] for r in snap.versions}
+    blob_ok: dict[str, bool] = {}
+    for row in snap.versions:
+        faults += _check_version(reg, row, snap, ids, trusted, blob_ok if check_blobs else None)
+    faults += _check_orphans(snap, ids)
+    faults += _check_signers(snap, trusted)
+    faults += _check_refs(reg, snap, ids, trusted)
+    if check_blobs:
+        faults += _check_store(reg, snap, ids, blob_ok)
+    return [f.to_json() for f in faults]
+
+
+def _check_version(reg, row, snap, ids, trusted, blob_ok) -> list[Fault]:
+    vid, text = row["id"], row["manifest"]
+    if sha256_hex(text.encode("utf-8")) != vid:
+        return [Fault(vid, "manifest", "the manifest does not hash to the version id: the row was changed")]
+    try:
+        manifest = json.loads(text)
+        check_manifest(manifest)
+    except (ValueError, ManifestInvalid) as e:
+        return [Fault(vid, "manifest", f"the manifest breaks the schema: {e}")]
+    out = []
+    if canonical_json(manifest).decode("utf-8") != text:
+        out.append(Fault(vid, "manifest", "the manifest is not in RFC 8785 canonical form"))
+    out += _check_rows(row, manifest, snap, ids)
+    out += _check_version_signature(row, trusted)
+    if blob_ok is not None:
+        out += _check_blobs(reg, vid, manifest, blob_ok, snap)
+    return out
+
+
+def _norm(rows: list[dict], keys: tuple[str, ...]) -> list[tuple]:
     return sorted(tuple(json.dumps(r.get(k), sort_keys=True) for k in keys) for r in rows)
 
 
-def verify_registry(repo: Repository, *, check_blobs: bool = True) -> list[dict]:
-    """Every fault found, as ``{"version": id or None, "object": what, "fault": why}``."""
-    faults: list[dict] = []
+def _check_rows(row, manifest, snap, ids) -> list[Fault]:
+    vid, out = row["id"], []
+    expected = version_rows(manifest, vid, row["signature"], row["signer"])
+    for col in _VERSION_COLUMNS:
+        if expected["version"][col] != row[col]:
+            out.append(Fault(vid, f"versions.{col}", f"column holds {row[col]!r} but the manifest says {expected['version'][col]!r}"))
+    edges = snap.parents.get(vid, [])
+    if [p["parent_id"] for p in edges] != manifest["parents"] or [p["position"] for p in edges] != list(range(len(edges))):
+        out.append(Fault(vid, "version_parents", "parent edges differ from the manifest's parents"))
+    out += [Fault(vid, "version_parents", f"parent {p[:12]} is missing") for p in manifest["parents"] if p not in ids]
+    if manifest["base"] not in snap.bases:
+        out.append(Fault(vid, "base", f"base {manifest['base'][:12]} is not recorded"))
+    skeys = ("suite", "metric", "against", "value", "n")
+    if _norm(snap.scores.get(vid, []), skeys) != _norm(expected["scores"], skeys):
+        out.append(Fault(vid, "scores", "score rows differ from the manifest's scores"))
+    akeys = ("check_name", "value", "threshold", "detail", "ci_low", "ci_high", "n", "rule")
+    got = [{**a, "passed": bool(a["passed"])} for a in snap.audits.get(vid, [])]
+    if _norm(got, akeys + ("passed",)) != _norm(expected["audits"], akeys + ("passed",)):
+        out.append(Fault(vid, "audits", "audit rows differ from the manifest's audit"))
+    return out
 
-    def fault(version, obj, why):
-        faults.append({"version": version, "object": obj, "fault": why})
 
-    with repo.connect() as conn:
-        trusted = {r.id: r.public_key for r in conn.execute(select(signers))}
-        base_ids = {r[0] for r in conn.execute(select(bases.c.id))}
-        parents = defaultdict(list)
-        for r in conn.execute(select(version_parents).order_by(version_parents.c.version_id, version_parents.c.position)):
-            parents[r.version_id].append({"version_id": r.version_id, "position": r.position, "parent_id": r.parent_id})
-        score_rows = defaultdict(list)
-        for r in conn.execute(select(scores)).mappings():
-            score_rows[r["version_id"]].append(dict(r))
-        audit_rows = defaultdict(list)
-        for r in conn.execute(select(audits)).mappings():
-            audit_rows[r["version_id"]].append(dict(r))
-        rows = list(conn.execute(select(versions)).mappings())
-        ref_rows = list_refs(conn)
+def _check_version_signature(row, trusted) -> list[Fault]:
+    vid = row["id"]
+    if not row["signature"] or not row["signer"]:
+        return [Fault(vid, "signature", "the version is not signed")]
+    if row["signer"] not in trusted:
+        return [Fault(vid, "signature", f"signed by {row['signer'][:12]}, a key that is not in the trust file")]
+    if not check_signature(trusted[row["signer"]], vid, row["signature"]):
+        return [Fault(vid, "signature", "the signature does not match the version id")]
+    return []
 
-    ids = {r["id"] for r in rows}
-    blob_ok: dict[str, bool] = {}
-    for row in rows:
-        vid = row["id"]
-        text = row["manifest"]
-        if sha256_hex(text.encode("utf-8")) != vid:
-            fault(vid, "manifest", "the manifest does not hash to the version id: the row was changed")
-            continue
+
+def _check_blobs(reg, vid, manifest, blob_ok, snap) -> list[Fault]:
+    out = []
+    for digest in referenced_blobs(manifest):
+        if digest not in blob_ok:
+            blob_ok[digest] = reg.store.has(digest) and reg.store.check(digest)
+        if not blob_ok[digest]:
+            why = "is corrupt (its bytes no longer hash to its name)" if reg.store.has(digest) else "is missing"
+            out.append(Fault(vid, "blob", f"blob {digest} {why}"))
+    adapter = manifest.get("adapter")
+    if adapter and blob_ok.get(adapter["weights"]):
+        problem = _adapter_problem(reg, adapter, snap.bases.get(manifest["base"]))
+        if problem:
+            out.append(Fault(vid, "adapter", problem))
+    return out
+
+
+def _adapter_problem(reg, adapter: dict, base_row: dict | None) -> str | None:
+    from .adapters import check_adapter_bytes
+    from .errors import UserError
+
+    shapes = None
+    if base_row:
         try:
-            manifest = json.loads(text)
-        except json.JSONDecodeError:
-            fault(vid, "manifest", "the manifest is not JSON")
+            shapes = json.loads(base_row["info"]).get("shapes")
+        except (TypeError, ValueError):
+            shapes = None
+    try:
+        check_adapter_bytes(adapter["config"], reg.store.path_of(adapter["weights"]), base_shapes=shapes)
+    except UserError as e:
+        return f"the adapter cannot load: {e}"
+    return None
+
+
+def _check_orphans(snap, ids) -> list[Fault]:
+    out = [Fault(v, "version_parents", "edges recorded for a version that does not exist") for v in set(snap.parents) - ids]
+    out += [Fault(v, "scores/audits", "rows recorded for a version that does not exist")
+            for v in (set(snap.scores) | set(snap.audits)) - ids]
+    return out
+
+
+def _check_signers(snap, trusted) -> list[Fault]:
+    return [Fault(None, f"signer {sid[:12]}", f"the signers table names key {sid[:12]} ({row['name']}), "
+                  f"which is not in the trust file") for sid, row in snap.signers.items() if sid not in trusted]
+
+
+def _check_refs(reg, snap, ids, trusted) -> list[Fault]:
+    out, last = [], {}
+    for entry in snap.reflog:
+        out += _check_reflog_row(entry, trusted, last.get(entry["ref"]))
+        last[entry["ref"]] = entry
+    current = dict(snap.refs)
+    for name, target in snap.refs:
+        out += _check_ref_target(reg, name, target, ids)
+        row = last.get(name)
+        if row is None:
+            out.append(Fault(None, f"ref {name}", "has no reflog row: it was created behind seal's back"))
+        elif row["new"] != target:
+            out.append(Fault(None, f"ref {name}", f"points at {_short(target)} but its last reflog row moved it to "
+                             f"{_short(row['new'])}: it was moved behind seal's back"))
+    for name, row in last.items():
+        if name not in current and row["new"] is not None:
+            out.append(Fault(None, f"ref {name}", f"was deleted behind seal's back (its reflog says {_short(row['new'])})"))
+    return out
+
+
+def _check_ref_target(reg, name, target, ids) -> list[Fault]:
+    if name.startswith(META):
+        return [] if reg.store.has(target) else [Fault(None, f"ref {name}", f"points at {target}, which is not in the object store")]
+    if not target.startswith(SYMBOLIC) and target not in ids:
+        return [Fault(None, f"ref {name}", f"points at {_short(target)}, which is not a version")]
+    return []
+
+
+def _check_reflog_row(entry, trusted, previous) -> list[Fault]:
+    where = f"reflog {entry['id']} ({entry['ref']})"
+    out = []
+    if previous is not None and entry["old"] != previous["new"]:
+        out.append(Fault(None, where, f"moves from {_short(entry['old'])} but the row before left the ref at "
+                         f"{_short(previous['new'])}: a reflog row was erased or forged"))
+    if not entry.get("signature"):
+        return out + [Fault(None, where, "is not signed (inserted by SQL, or written before seal signed its reflog)")]
+    if entry.get("signer") not in trusted:
+        return out + [Fault(None, where, f"is signed by {str(entry.get('signer'))[:12]}, a key not in the trust file")]
+    doc = reflog_entry(entry["ref"], entry["old"], entry["new"], actor=entry["actor"], reason=entry["reason"],
+                       time=entry["time"], signer=entry["signer"])
+    if not check_signature(trusted[entry["signer"]], canonical_json(doc), entry["signature"]):
+        out.append(Fault(None, where, "its signature does not match its content: the row was changed"))
+    return out
+
+
+def _check_store(reg, snap, ids, blob_ok) -> list[Fault]:
+    """Every blob intact; every journaled version and reflog row still in the database."""
+    out = []
+    moves = {(e["ref"], e["old"], e["new"], e["time"], e["signature"]) for e in snap.reflog}
+    for digest in reg.store.iter_digests():
+        if digest not in blob_ok and not reg.store.check(digest):
+            out.append(Fault(None, f"blob {digest}", "is corrupt (its bytes no longer hash to its name)"))
             continue
-        if canonical_json(manifest).decode("utf-8") != text:
-            fault(vid, "manifest", "the manifest is not in RFC 8785 canonical form")
-        expected = version_rows(manifest, vid, row["signature"], row["signer"])
-        for col in _VERSION_COLUMNS:
-            if expected["version"][col] != row[col]:
-                fault(vid, f"versions.{col}", f"column holds {row[col]!r} but the manifest says {expected['version'][col]!r}")
-        if [p["parent_id"] for p in parents.get(vid, [])] != manifest.get("parents", []) or [
-            p["position"] for p in parents.get(vid, [])
-        ] != list(range(len(manifest.get("parents", [])))):
-            fault(vid, "version_parents", "parent edges differ from the manifest's parents")
-        for p in manifest.get("parents", []):
-            if p not in ids:
-                fault(vid, "version_parents", f"parent {p[:12]} is missing")
-        if manifest.get("base") not in base_ids:
-            fault(vid, "base", f"base {str(manifest.get('base'))[:12]} is not recorded")
-        skeys = ("suite", "metric", "against", "value", "n")
-        if _norm_rows(score_rows.get(vid, []), skeys) != _norm_rows(expected["scores"], skeys):
-            fault(vid, "scores", "score rows differ from the manifest's scores")
-        akeys = ("check_name", "value", "threshold", "passed", "detail")
-        if _norm_rows(audit_rows.get(vid, []), akeys) != _norm_rows(expected["audits"], akeys):
-            fault(vid, "audits", "audit rows differ from the manifest's audit")
-        if not row["signature"] or not row["signer"]:
-            fault(vid, "signature", "the version is not signed")
-        elif row["signer"] not in trusted:
-            fault(vid, "signature", f"signer {row['signer'][:12]} is not a trusted signer of this registry")
-        elif not check_signature(trusted[row["signer"]], vid, row["signature"]):
-            fault(vid, "signature", "the signature does not match the version id")
-        if check_blobs:
-            for digest in referenced_blobs(manifest):
-                if digest not in blob_ok:
-                    blob_ok[digest] = repo.store.has(digest) and repo.store.check(digest)
-                if not blob_ok[digest]:
-                    why = "is corrupt (its bytes no longer hash to its name)" if repo.store.has(digest) else "is missing"
-                    fault(vid, "blob", f"blob {digest} {why}")
-    for vid in set(parents) - ids:
-        fault(vid, "version_parents", "edges recorded for a version that does not exist")
-    for vid in (set(score_rows) | set(audit_rows)) - ids:
-        fault(vid, "scores/audits", "rows recorded for a version that does not exist")
-    for name, target in ref_rows:
-        if name.startswith("refs/meta/"):
-            if not repo.store.has(target):
-                fault(None, f"ref {name}", f"points at {target}, which is not in the object store")
-        elif not target.startswith(SYMBOLIC) and target not in ids:
-            fault(None, f"ref {name}", f"points at {target[:12]}, which is not a version")
-    if check_blobs:
-        for digest in repo.store.iter_digests():
-            if digest not in blob_ok and not repo.store.check(digest):
-                fault(None, f"blob {digest}", "is corrupt (its bytes no longer hash to its name)")
-    return faults
+        doc = _journal_doc(reg, digest)
+        if doc is None:
+            continue
+        if doc.get("format") == REFLOG_FORMAT:
+            key = (doc.get("ref"), doc.get("old"), doc.get("new"), doc.get("time"), doc.get("signature"))
+            if key not in moves:
+                out.append(Fault(None, f"reflog of {doc.get('ref')}", f"the move to {_short(doc.get('new'))} at "
+                                 f"{doc.get('time')} is in the object store but not in the database: it was erased"))
+        elif digest[7:] not in ids:
+            out.append(Fault(digest[7:], "versions", "recorded in the object store but missing from the database: "
+                             "it was rolled back or deleted behind seal's back"))
+    return out
+
+
+def _journal_doc(reg, digest: str) -> dict | None:
+    try:
+        size, _ = reg.store.stat(digest)
+        if size > JOURNAL_MAX_BYTES:
+            return None
+        data = reg.store.get(digest)
+    except Exception:
+        return None
+    if not data.startswith(b"{"):
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if doc.get("format") == REFLOG_FORMAT:
+        return doc
+    if doc.get("format") == "seal.version/1" and "parents" in doc and sha256_hex(data) == digest[7:]:
+        return doc
+    return None
+
+
+def _short(value) -> str:
+    if value is None:
+        return "nothing"
+    return value[:12] if not str(value).startswith(SYMBOLIC) else value[len(SYMBOLIC):]

@@ -1,0 +1,184 @@
+"""The `seal` app object, its global options, and the one place errors become exit codes.
+
+Command modules register on :data:`app` with :func:`command` (which adds ``--repo`` to every
+command, so it works before or after the command name). Nothing here loads a model.
+
+Exit codes: 0 done or accepted; 1 recorded but rejected, differences found, a fault found, or
+a ref moved under you; 2 refused with one line that says what to do, nothing written (bad
+input, usage errors, a locked or damaged database, a full disk); 3 an internal error (a bug).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="seal",
+    help="A versioned registry for the LoRA state of language models, and the SEAL self-edit loop.",
+    no_args_is_help=False,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+db_app = typer.Typer(help="The lineage database's schema.", no_args_is_help=True)
+policy_app = typer.Typer(help="The gates and their thresholds (.seal/policy.toml), changed with a reason.", no_args_is_help=True)
+key_app = typer.Typer(help="This registry's signing key and the keys it trusts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(policy_app, name="policy")
+app.add_typer(key_app, name="key")
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+RepoOpt = typer.Option(None, "--repo", help="The registry folder (default: SEAL_DIR, or walk up from here).")
+
+
+class State:
+    repo_path: Optional[Path] = None
+
+
+state = State()
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"seal {version('seal-registry')}"
+    except PackageNotFoundError:
+        return "seal (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_text() + "\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global(
+    repo: Optional[Path] = RepoOpt,
+    version: bool = typer.Option(False, "--version", help="Print seal's version and exit.", is_eager=True,
+                                 callback=_show_version),
+) -> None:
+    """A versioned registry for the LoRA state of language models, and the SEAL self-edit loop."""
+    if repo is not None:
+        state.repo_path = repo
+
+
+def command(name: str | None = None, *, group: typer.Typer = app, **kwargs) -> Callable:
+    """Register ``fn`` as a command that also takes ``--repo``."""
+
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        params.append(inspect.Parameter("repo_path", inspect.Parameter.KEYWORD_ONLY, default=RepoOpt,
+                                        annotation=Optional[Path]))
+
+        @functools.wraps(fn)
+        def wrapper(*args, repo_path: Optional[Path] = None, **kw):
+            if repo_path is not None:
+                state.repo_path = repo_path
+            return fn(*args, **kw)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "repo_path": Optional[Path]}
+        group.command(name, **kwargs)(wrapper)
+        return fn
+
+    return deco
+
+
+def open_registry():
+    from seal.registry.repo import Registry
+
+    return Registry.open(state.repo_path)
+
+
+def _say(message: str) -> None:
+    text = " ".join(str(message).split()) if "\n" in str(message) else str(message)
+    sys.stderr.write(text + "\n")
+
+
+def _os_error(e: OSError) -> tuple[str, int]:
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}; free some space and run the command again (nothing was recorded)", 2
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {e.strerror}; check the folder's permissions and the disk (nothing was recorded)", 2
+    if e.errno == errno.EPIPE:
+        return "", 0
+    return f"{e.strerror or e}{where}; nothing was recorded", 2
+
+
+def _click_error(e) -> tuple[str, int]:
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None and getattr(ctx, "command_path", None) else "seal"
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    return f"{message} (see `{where} --help`)", int(getattr(e, "exit_code", 2) or 2)
+
+
+def run(argv: List[str]) -> int:
+    """Run the app on ``argv``; return the exit code instead of exiting (used in-process by tests)."""
+    from typer._click.exceptions import ClickException
+
+    from seal.registry.errors import SealError
+
+    _register_commands()
+    state.repo_path = None
+    if not argv:
+        _say("seal: error: no command given; see `seal --help`")
+        return 2
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="seal")
+        return rc if isinstance(rc, int) else 0
+    except SealError as e:
+        _say(f"seal: error: {e}")
+        return e.exit_code
+    except (typer.Exit,) as e:
+        return e.exit_code
+    except ClickException as e:
+        message, code = _click_error(e)
+        _say(f"seal: error: {message}")
+        return 2 if code not in (0, 1, 2) else code
+    except (typer.Abort, KeyboardInterrupt):
+        _say("seal: interrupted; nothing half-written was kept")
+        return 130
+    except OSError as e:
+        message, code = _os_error(e)
+        if message:
+            _say(f"seal: error: {message}")
+        return code
+    except MemoryError:
+        _say("seal: error: out of memory; try a smaller --candidates or --batch-size")
+        return 2
+    except Exception as e:
+        if os.environ.get("SEAL_DEBUG"):
+            raise
+        _say(f"seal: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+             f"(a bug in seal; rerun with SEAL_DEBUG=1 for the traceback and report it)")
+        return 3
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of the `seal` console script."""
+    code = run(list(sys.argv[1:] if argv is None else argv))
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `seal log | head`: the reader left; like git, say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = code if code else 0
+    sys.exit(code)
+
+
+def _register_commands() -> None:
+    """Import the command modules; each registers its commands on ``app`` (no model imports)."""
+    from . import registry_commands, edit_commands, hub_commands, diff_commands  # noqa: F401

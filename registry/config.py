@@ -1,0 +1,112 @@
+"""Where a registry lives and how it is configured: `.seal/`, `config.toml`, and the environment.
+
+The registry is found by walking up from the current folder to `.seal/`, or named by
+``--repo PATH`` or ``SEAL_DIR``. ``config.toml`` is validated when read: a wrong key or type is
+an error that names the key, never a traceback later.
+
+>>> cfg = parse_config('[base]\\nid = "' + "a" * 64 + '"\\nname = "tiny"\\n')
+>>> cfg.base_name, cfg.database_url
+('tiny', None)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NotARegistry, UserError
+
+SEAL_DIRNAME = ".seal"
+CONFIG_FILE = "config.toml"
+DB_FILE = "lineage.db"
+
+# section -> key -> what it must be (all strings today)
+_KNOWN = {
+    "base": ("id", "name"),
+    "database": ("url",),
+    "tracking": ("uri",),
+    "objects": ("url",),
+    "trust": ("allowed_signers",),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    base_id: str | None = None
+    base_name: str | None = None
+    database_url: str | None = None
+    tracking_uri: str | None = None
+    objects_url: str | None = None
+    allowed_signers: str | None = None
+
+
+def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{where} is not valid TOML ({e}); fix it by hand") from None
+    values: dict[str, str] = {}
+    for section, table in data.items():
+        if section not in _KNOWN or not isinstance(table, dict):
+            raise UserError(f"{where}: unknown section [{section}]; known: {', '.join(f'[{s}]' for s in _KNOWN)}")
+        for key, value in table.items():
+            if key not in _KNOWN[section]:
+                raise UserError(f"{where}: unknown key {section}.{key}; known in [{section}]: {', '.join(_KNOWN[section])}")
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{where}: {section}.{key} must be a non-empty string, not {value!r}")
+            values[f"{section}.{key}"] = value
+    return Config(
+        base_id=values.get("base.id"), base_name=values.get("base.name"),
+        database_url=values.get("database.url"), tracking_uri=values.get("tracking.uri"),
+        objects_url=values.get("objects.url"), allowed_signers=values.get("trust.allowed_signers"),
+    )
+
+
+def read_config(seal_dir: Path) -> Config:
+    path = seal_dir / CONFIG_FILE
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; fix it by hand") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror})") from None
+    return parse_config(text, str(path))
+
+
+def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url: str | None = None) -> str:
+    lines = [
+        "# seal registry configuration",
+        "[base]", f"id = {json.dumps(base_id)}", f"name = {json.dumps(base_name)}", "",
+        "[database]", "# SEAL_DATABASE_URL overrides this; the default is sqlite:///.seal/lineage.db",
+        f"url = {json.dumps(db_url)}" if db_url else '# url = "postgresql://user@host/db"', "",
+        "[objects]", "# SEAL_OBJECTS_URL overrides this; the default is .seal/objects",
+        f"url = {json.dumps(objects_url)}" if objects_url else '# url = "s3://bucket/prefix"', "",
+        "[tracking]", "# MLflow tracking URI; the default keeps runs in .seal/mlflow.db", "",
+        "[trust]", "# the trusted signing keys; the default is .seal/allowed_signers", "",
+    ]
+    return "\n".join(lines)
+
+
+def find_seal_dir(start: Path | str | None = None) -> Path:
+    """The `.seal/` folder for ``start`` (or ``SEAL_DIR``, or the current folder and its parents)."""
+    explicit = start is not None or bool(os.environ.get("SEAL_DIR"))
+    here = Path(start if start is not None else os.environ.get("SEAL_DIR") or Path.cwd()).expanduser()
+    if explicit:
+        for candidate in (here / SEAL_DIRNAME, here):
+            if candidate.name == SEAL_DIRNAME and (candidate / CONFIG_FILE).is_file():
+                return candidate.resolve()
+        raise NotARegistry(f"{here} is not a seal registry (no .seal/ there); run `seal init {here}` first")
+    try:
+        here = here.resolve()
+    except OSError as e:
+        raise NotARegistry(f"cannot read the current folder ({e.strerror}); cd somewhere else") from None
+    for folder in (here, *here.parents):
+        candidate = folder / SEAL_DIRNAME
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise NotARegistry(
+        f"not inside a seal registry ({here} or any parent); run `seal init`, or pass --repo PATH or set SEAL_DIR"
+    )

@@ -1,0 +1,167 @@
+"""The lineage as a graph: parents, ancestry in one query, first-parent lines, and log walks.
+
+Ancestry is one recursive query (SQLite and PostgreSQL alike), so a long history costs one
+round trip; ``log`` walks newest-first with a heap as git does, so ``-n 20`` costs about 20
+lookups however long the history is.
+
+>>> graph_lines([{"id": "b", "parents": ["a"]}, {"id": "a", "parents": []}])[0][0]
+'*'
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Iterator
+
+from .errors import UserError
+from .sql import Conn
+
+_ANCESTRY = """
+WITH RECURSIVE ancestry(id) AS (
+    SELECT CAST(? AS VARCHAR(64)) UNION SELECT p.parent_id FROM version_parents p JOIN ancestry a ON p.version_id = a.id
+)
+SELECT id FROM ancestry
+"""
+_FIRST_PARENTS = """
+WITH RECURSIVE line(id, depth) AS (
+    SELECT CAST(? AS VARCHAR(64)), 0
+    UNION ALL
+    SELECT p.parent_id, l.depth + 1 FROM version_parents p JOIN line l
+      ON p.version_id = l.id AND p.position = 0 WHERE l.depth < ?
+)
+SELECT id FROM line ORDER BY depth
+"""
+LOG_COLUMNS = ("id", "kind", "status", "created_at", "message", "author", "headline_metric", "headline_value")
+
+
+def parents_of(conn: Conn, vid: str) -> list[str]:
+    rows = conn.all("SELECT parent_id FROM version_parents WHERE version_id = ? ORDER BY position", (vid,))
+    return [r[0] for r in rows]
+
+
+def children_of(conn: Conn, vid: str) -> list[str]:
+    return [r[0] for r in conn.all("SELECT version_id FROM version_parents WHERE parent_id = ? ORDER BY version_id", (vid,))]
+
+
+def ancestors(conn: Conn, vid: str) -> set[str]:
+    """``vid`` and every version reachable from it through parent edges (git's ``rev-list``).
+
+    >>> ancestors(conn, head) - ancestors(conn, base)     # what head has that base lacks  # doctest: +SKIP
+    """
+    return {row[0] for row in conn.all(_ANCESTRY, (vid,))}
+
+
+def first_parent_line(conn: Conn, vid: str, limit: int = 1_000_000) -> list[str]:
+    """``vid``, its first parent, that one's first parent… (at most ``limit`` steps back)."""
+    return [row[0] for row in conn.all(_FIRST_PARENTS, (vid, limit))]
+
+
+def is_ancestor(conn: Conn, ancestor: str, vid: str) -> bool:
+    return ancestor in ancestors(conn, vid)
+
+
+def log_row(conn: Conn, vid: str) -> dict:
+    rows = conn.dicts(f"SELECT {', '.join(LOG_COLUMNS)} FROM versions WHERE id = ?", (vid,))
+    if not rows:
+        raise UserError(f"version {vid[:12]} is referenced but missing; run `seal verify`")
+    return rows[0]
+
+
+def walk(conn: Conn, start: str) -> Iterator[tuple[dict, list[str]]]:
+    """(row, parents) for ``start`` and its ancestors, newest first (ties by id)."""
+    seen = {start}
+    first = log_row(conn, start)
+    heap = [(_newest_first(first), start, first)]
+    while heap:
+        _, vid, row = heapq.heappop(heap)
+        ps = parents_of(conn, vid)
+        yield row, ps
+        for p in ps:
+            if p not in seen:
+                seen.add(p)
+                prow = log_row(conn, p)
+                heapq.heappush(heap, (_newest_first(prow), p, prow))
+
+
+def all_versions(conn: Conn, n: int | None) -> list[tuple[dict, list[str]]]:
+    """Every version, newest first, with its parents (the `log --all` listing)."""
+    sql = f"SELECT {', '.join(LOG_COLUMNS)} FROM versions ORDER BY created_at DESC, id DESC"
+    rows = conn.dicts(sql + (" LIMIT ?" if n is not None else ""), (n,) if n is not None else ())
+    parents: dict[str, list[str]] = {r["id"]: [] for r in rows}
+    ids = list(parents)
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        marks = ", ".join("?" for _ in part)
+        for vid, pid in conn.all(
+            f"SELECT version_id, parent_id FROM version_parents WHERE version_id IN ({marks}) "
+            f"ORDER BY version_id, position", part,
+        ):
+            parents[vid].append(pid)
+    return [(r, parents[r["id"]]) for r in rows]
+
+
+def _newest_first(row: dict) -> tuple:
+    # heapq is a min-heap; newest first means inverting the timestamp's order.
+    return tuple(-ord(c) for c in str(row["created_at"]))
+
+
+def graph_lines(items: list[dict]) -> list[tuple[str, dict | None]]:
+    """Lanes like `git log --graph`: (prefix, item) for version lines, (prefix, None) for joins.
+
+    Lane k is drawn at character 2k; a branch-out (``\\``) or join (``/``) sits between lanes.
+    """
+    columns: list[str] = []
+    out: list[tuple[str, dict | None]] = []
+    for item in items:
+        vid = item["id"]
+        if vid not in columns:
+            columns.append(vid)
+        col = columns.index(vid)
+        out.append((_row({2 * i: ("*" if i == col else "|") for i in range(len(columns))}, len(columns)), item))
+        nxt, extra = _next_lanes(columns, col, item["parents"])
+        if extra:
+            out.append((_fork_row(col, len(extra), len(nxt)), None))
+        columns = _join_lanes(nxt, out)
+    return out
+
+
+def _row(cells: dict[int, str], width: int) -> str:
+    chars = [" "] * (2 * width)
+    for pos, ch in cells.items():
+        chars[pos] = ch
+    return "".join(chars).rstrip()
+
+
+def _next_lanes(columns: list[str], col: int, parents: list[str]) -> tuple[list[str], list[str]]:
+    nxt = list(columns)
+    if parents:
+        nxt[col] = parents[0]
+    else:
+        nxt.pop(col)
+    extra = [p for p in parents[1:] if p not in nxt]
+    for k, p in enumerate(extra):
+        nxt.insert(col + 1 + k, p)
+    return nxt, extra
+
+
+def _fork_row(col: int, n_extra: int, width: int) -> str:
+    cells = {2 * i: "|" for i in range(col + 1)}
+    for k in range(n_extra):
+        cells[2 * (col + k) + 1] = "\\"
+    for i in range(col + 1 + n_extra, width):
+        cells[2 * i - 1] = "\\"
+    return _row(cells, width + 1)
+
+
+def _join_lanes(nxt: list[str], out: list[tuple[str, dict | None]]) -> list[str]:
+    """Lanes waiting for the same version join here."""
+    while True:
+        dup = next(((i, j) for i in range(len(nxt)) for j in range(i + 1, len(nxt)) if nxt[i] == nxt[j]), None)
+        if dup is None:
+            return nxt
+        _, j = dup
+        cells = {2 * i: "|" for i in range(j)}
+        for k in range(j, len(nxt)):
+            cells[2 * k - 1] = "/"
+        out.append((_row(cells, len(nxt)), None))
+        nxt.pop(j)

@@ -1,0 +1,95 @@
+"""Creating a registry: `.seal/` with its config, policy, key, trust file, database and root version.
+
+Everything is built in a temporary folder beside the target and renamed into place, so a failed
+init leaves nothing behind. The root version is the bare base model; it is deterministic (fixed
+time, no author), so every registry on the same base shares its id and pulled lineages join at
+the base.
+
+>>> reg = init_registry(Path("."), base=base_record(name="org/model", revision=None,   # doctest: +SKIP
+...                     source="hub", location=None))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import refs as R
+from .bases import insert_base
+from .config import CONFIG_FILE, SEAL_DIRNAME, config_text, read_config
+from .db import upgrade
+from .errors import UserError
+from .objects import build_manifest
+from .policy import read_policy, record_policy, write_default_policy
+from .repo import Registry
+from .signing import add_trusted, create_key, public_key_hex
+
+ROOT_TIME = "1970-01-01T00:00:00.000000Z"
+DEFAULT_BRANCH = "main"
+
+
+def root_manifest(base: dict) -> dict:
+    """The root version: the bare base model, with no adapter."""
+    return build_manifest(base=base["id"], parents=[], kind="root", status="accepted", created_at=ROOT_TIME,
+                          message=f"base model {base['name']}")
+
+
+def check_can_init(path: Path) -> Path:
+    """Refuse early (before any model is read) to create a registry where one cannot go."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is not a folder; give the folder to create the registry in")
+    if (path / SEAL_DIRNAME).exists():
+        raise UserError(f"{path} is already a seal registry ({path / SEAL_DIRNAME} exists); use it, or remove it first")
+    inside = next((p for p in path.resolve().parents if (p / SEAL_DIRNAME / CONFIG_FILE).is_file()), None) \
+        if path.exists() else None
+    if inside is not None and path.resolve().is_relative_to(inside / SEAL_DIRNAME):
+        raise UserError(f"{path} is inside the registry folder {inside / SEAL_DIRNAME}; choose a folder outside it")
+    return path
+
+
+def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_url: str | None = None,
+                  branch: str = DEFAULT_BRANCH) -> Registry:
+    """Create ``path/.seal`` with its database, key, trust file, the base's root version and ``main``."""
+    path = check_can_init(path)
+    R.check_ref_name(branch)
+    path.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".seal-init-", dir=path))
+    try:
+        _fill(staging, base, db_url, objects_url)
+        reg = Registry(staging, read_config(staging), db_url=db_url or os.environ.get("SEAL_DATABASE_URL"),
+                       objects_url=objects_url)
+        upgrade(reg.database_url)
+        _first_rows(reg, base, branch)
+        reg.close()
+        os.rename(staging, path / SEAL_DIRNAME)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    reg = Registry.open(path)
+    record_policy(reg, read_policy(reg))
+    return reg
+
+
+def _fill(staging: Path, base: dict, db_url: str | None, objects_url: str | None) -> None:
+    (staging / CONFIG_FILE).write_text(config_text(base_id=base["id"], base_name=base["name"], db_url=db_url,
+                                                   objects_url=objects_url))
+    write_default_policy(staging)
+    key = create_key(staging / "keys" / "signing.key")
+    add_trusted(staging / "allowed_signers", public_key_hex(key), R.actor())
+
+
+def _first_rows(reg: Registry, base: dict, branch: str) -> None:
+    """The base row, this registry's signer, the root version, ``main`` and HEAD (each only if missing)."""
+    with reg.write() as c:
+        insert_base(c, base)
+    if reg.read_ref(R.HEADS + branch) is None:
+        root = root_manifest(base)
+        reg.record(root, ref=R.HEADS + branch, expected=None, reason="init")
+    if reg.read_ref(R.HEAD) is None:
+        reg.move_ref(R.HEAD, new=R.SYMBOLIC + R.HEADS + branch, expected=None, reason="init")
+    else:
+        with reg.write() as c:
+            reg._register_signer(c)

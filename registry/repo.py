@@ -1,0 +1,343 @@
+"""The public registry API: :class:`Registry`, one object per registry, with typed methods.
+
+Every writer (import, edit, merge, consolidate, revert, pull, learn, the tests) records
+versions and moves refs through it, and the CLI is a thin skin over it.
+
+    >>> from seal.registry import Registry                            # doctest: +SKIP
+    >>> reg = Registry.open(".")                                      # walks up to .seal/
+    >>> head = reg.resolve("HEAD")
+    >>> [e.id[:12] for e in reg.log(n=3)]
+    >>> vid = reg.record(manifest, ref="refs/heads/main", expected=head, reason="import: x")
+    >>> reg.move_ref("refs/heads/main", new=head, expected=vid, reason="undo")
+    >>> reg.verify()                                                  # [] when everything checks out
+
+A registry is a folder (`.seal/`: config, keys, trust file, default SQLite database and object
+store), or, read-only, a database URL (``Registry.open("postgresql://…")``) for auditors who
+have no folder of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import graph, refs as R
+from .config import CONFIG_FILE, DB_FILE, SEAL_DIRNAME, Config, find_seal_dir, read_config
+from .errors import RevisionError, UserError
+from .objects import ManifestInvalid, canonical_json, check_manifest, manifest_bytes, referenced_blobs, version_id
+from .revisions import resolve_revision
+from .sql import Conn, Database
+from .versions import insert_version, load_manifest, version_exists, version_record
+
+WORKTREE = "adapter"
+KEEP = object()  # "do not move a ref"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of `seal log`; ``to_json()`` is the documented `log --json` item."""
+
+    id: str
+    parents: list[str]
+    kind: str
+    status: str
+    created_at: str
+    message: str
+    author: str
+    refs: list[str] = field(default_factory=list)
+    headline: dict | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RefMove:
+    """A ref moved by compare-and-swap in the same transaction as a recorded version."""
+
+    ref: str
+    expected: str | None
+    reason: str
+
+
+class Registry:
+    """One registry: its database, object store, signing key and trust file."""
+
+    def __init__(self, seal_dir: Path | None, config: Config, *, db_url: str | None = None,
+                 objects_url: str | None = None):
+        self.seal_dir = Path(seal_dir) if seal_dir is not None else None
+        self.config = config
+        self._db_url = db_url
+        self._objects_url = objects_url
+        self._signer_registered = False
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, where: str | Path | None = None) -> "Registry":
+        """A registry from a folder (walking up to `.seal/`), ``SEAL_DIR``, or a database URL."""
+        text = str(where) if where is not None else ""
+        if "://" in text:
+            return cls(None, Config(), db_url=text)
+        seal_dir = find_seal_dir(Path(where) if where is not None else None)
+        return cls(seal_dir, read_config(seal_dir))
+
+    @property
+    def root(self) -> Path:
+        return self._folder().parent
+
+    def _folder(self) -> Path:
+        if self.seal_dir is None:
+            raise UserError("this registry was opened from a database URL, read-only; attach a folder with `seal clone`")
+        return self.seal_dir
+
+    @property
+    def database_url(self) -> str:
+        return (self._db_url or os.environ.get("SEAL_DATABASE_URL") or self.config.database_url
+                or f"sqlite:///{(self._folder() / DB_FILE).resolve()}")
+
+    @property
+    def objects_url(self) -> str | None:
+        return self._objects_url or os.environ.get("SEAL_OBJECTS_URL") or self.config.objects_url
+
+    @cached_property
+    def db(self) -> Database:
+        from .db import open_database
+
+        return open_database(self.database_url)
+
+    @cached_property
+    def store(self):
+        from .object_store import open_object_store
+
+        return open_object_store(self.objects_url, self.seal_dir)
+
+    @cached_property
+    def signer(self):
+        from .signing import Signer
+
+        return Signer(self._folder() / "keys")
+
+    @property
+    def trust_path(self) -> Path:
+        configured = os.environ.get("SEAL_ALLOWED_SIGNERS") or self.config.allowed_signers
+        if configured:
+            path = Path(configured).expanduser()
+            return path if path.is_absolute() else self._folder().parent / path
+        from .signing import TRUST_FILE
+
+        return self._folder() / TRUST_FILE
+
+    def trusted(self) -> dict:
+        from .signing import read_trust_file
+
+        return read_trust_file(self.trust_path) if self.seal_dir is not None or self.config.allowed_signers else {}
+
+    @property
+    def tmp_dir(self) -> Path:
+        path = self._folder() / "tmp"
+        path.mkdir(exist_ok=True)
+        return path
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._folder() / "cache"
+
+    @property
+    def worktree(self) -> Path:
+        return self.root / WORKTREE
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.close()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(self):
+        """A read transaction on the database (a consistent snapshot)."""
+        return self.db.read()
+
+    def write(self):
+        """A write transaction (taken up front on SQLite)."""
+        return self.db.write()
+
+    def resolve(self, rev: str = "HEAD") -> str:
+        with self.read() as c:
+            return resolve_revision(c, rev)
+
+    def manifest(self, vid: str) -> dict:
+        with self.read() as c:
+            return load_manifest(c, vid)
+
+    def show(self, rev: str = "HEAD") -> dict:
+        """The manifest plus ``id``, ``signature``, ``signer``, ``refs`` and ``children``."""
+        with self.read() as c:
+            vid = resolve_revision(c, rev)
+            record = version_record(c, vid)
+            record["refs"] = R.refs_by_target(c).get(vid, [])
+            record["children"] = graph.children_of(c, vid)
+        return record
+
+    def log(self, rev: str | None = None, *, n: int | None = None, all: bool = False) -> list[LogEntry]:
+        """Versions newest first: the ancestors of ``rev`` (default HEAD), or every version with ``all``."""
+        if n is not None and n < 0:
+            raise UserError("-n must be 0 or more")
+        with self.read() as c:
+            names = R.refs_by_target(c)
+            if all and rev is None:
+                pairs = graph.all_versions(c, n)
+            else:
+                pairs = []
+                for row, ps in graph.walk(c, resolve_revision(c, rev or "HEAD")):
+                    if n is not None and len(pairs) >= n:
+                        break
+                    pairs.append((row, ps))
+        return [_entry(row, ps, names) for row, ps in pairs]
+
+    def ancestors(self, rev: str) -> set[str]:
+        with self.read() as c:
+            return graph.ancestors(c, resolve_revision(c, rev))
+
+    def head(self) -> tuple[str, str | None]:
+        """(the ref a new version moves, the version it points at now)."""
+        with self.read() as c:
+            return R.head_state(c)
+
+    def read_ref(self, name: str) -> str | None:
+        with self.read() as c:
+            return R.read_ref(c, name)
+
+    def refs(self, prefix: str = "") -> list[tuple[str, str]]:
+        with self.read() as c:
+            return R.list_refs(c, prefix)
+
+    def reflog(self, ref: str | None = None, n: int | None = None) -> list[dict]:
+        with self.read() as c:
+            sql = "SELECT id, ref, old, new, actor, reason, time, signer FROM reflog"
+            params: list[Any] = []
+            if ref:
+                sql += " WHERE ref = ?"
+                params.append(_full_ref_name(c, ref))
+            sql += " ORDER BY id DESC" + (" LIMIT ?" if n else "")
+            if n:
+                params.append(n)
+            return c.dicts(sql, params)
+
+    def base_id(self) -> str:
+        if self.config.base_id:
+            return self.config.base_id
+        with self.read() as c:
+            rows = c.all("SELECT id FROM bases ORDER BY created_at")
+        if not rows:
+            raise UserError("this registry has no base model recorded; re-run `seal init`")
+        return rows[0][0]
+
+    def base(self) -> dict:
+        from .bases import get_base
+
+        with self.read() as c:
+            return get_base(c, self.base_id())
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def record(self, manifest: dict, *, ref: str | None = None, expected: Any = KEEP,
+               reason: str | None = None) -> str:
+        """Sign and record one version; with ``ref``, move it from ``expected`` in the same transaction.
+
+        Refuses a manifest that breaks the schema or whose parents or blobs are missing, so no
+        version ever points at nothing. Recording the same manifest twice is a no-op.
+        """
+        move = RefMove(ref, None if expected is KEEP else expected, reason or f"{manifest['kind']}: {manifest.get('message', '')}") \
+            if ref is not None else None
+        return self.record_many([manifest], move=move)[0]
+
+    def record_many(self, manifests: list[dict], *, move: RefMove | None = None) -> list[str]:
+        """Record several versions in one transaction; ``move`` points its ref at the last one."""
+        ids = [self._prepare(m) for m in manifests]
+        signatures = [self.signer.sign_id(vid) for vid in ids]
+        entries: list[dict] = []
+        with self.write() as c:
+            self._register_signer(c)
+            for manifest, vid, sig in zip(manifests, ids, signatures):
+                _check_parents(c, manifest, ids)
+                insert_version(c, manifest, vid, sig, self.signer.id)
+            if move is not None:
+                entries.append(R.move_ref(c, move.ref, expected=move.expected, new=ids[-1],
+                                          reason=move.reason, signer=self.signer))
+        self._journal(manifests, entries)
+        return ids
+
+    def _prepare(self, manifest: dict) -> str:
+        try:
+            check_manifest(manifest)
+        except ManifestInvalid as e:
+            raise UserError(f"cannot record this version: {e}") from None
+        for digest in referenced_blobs(manifest):
+            if not self.store.has(digest):
+                raise UserError(f"blob {digest} is not in the object store; nothing was recorded")
+        return version_id(manifest)
+
+    def move_ref(self, name: str, *, new: str | None, expected: str | None, reason: str) -> dict:
+        """Move ``name`` from ``expected`` to ``new`` (None: create / delete) with its reflog row."""
+        with self.write() as c:
+            self._register_signer(c)
+            entry = R.move_ref(c, name, expected=expected, new=new, reason=reason, signer=self.signer)
+        self._journal([], [entry])
+        return entry
+
+    def insert_signed(self, records: Iterable[tuple[dict, str, str]], c: Conn) -> list[str]:
+        """Insert versions signed elsewhere (a pull), inside the caller's transaction ``c``."""
+        inserted = []
+        for manifest, signature, signer in records:
+            vid = version_id(manifest)
+            if insert_version(c, manifest, vid, signature, signer):
+                inserted.append(vid)
+        return inserted
+
+    def journal(self, manifests: list[dict], entries: list[dict]) -> None:
+        self._journal(manifests, entries)
+
+    def _journal(self, manifests: list[dict], entries: list[dict]) -> None:
+        """Copy what was just committed into the object store, so `verify` can find rows erased later."""
+        for manifest in manifests:
+            self.store.put(manifest_bytes(manifest))
+        for entry in entries:
+            self.store.put(canonical_json(entry))
+
+    def _register_signer(self, c: Conn) -> None:
+        if self._signer_registered or self.seal_dir is None:
+            return
+        from .objects import now_utc
+
+        c.insert_new("signers", {"id": self.signer.id, "public_key": self.signer.public_key,
+                                 "name": R.actor(), "created_at": now_utc()}, "id")
+        self._signer_registered = True
+
+
+def _check_parents(c: Conn, manifest: dict, batch: list[str]) -> None:
+    for parent in manifest["parents"]:
+        if parent not in batch and not version_exists(c, parent):
+            raise UserError(f"parent {parent[:12]} is not in this registry; nothing was recorded")
+
+
+def _entry(row: dict, parents: list[str], names: dict[str, list[str]]) -> LogEntry:
+    headline = None if row["headline_metric"] is None else {"metric": row["headline_metric"], "value": row["headline_value"]}
+    return LogEntry(id=row["id"], parents=parents, kind=row["kind"], status=row["status"],
+                    created_at=row["created_at"], message=row["message"], author=row["author"],
+                    refs=names.get(row["id"], []), headline=headline)
+
+
+def _full_ref_name(c: Conn, ref: str) -> str:
+    if ref == R.HEAD or ref.startswith("refs/"):
+        return ref
+    for prefix in (R.HEADS, R.TAGS, R.ALIASES, R.REMOTES):
+        name = prefix + ref.lstrip("@") if prefix == R.ALIASES else prefix + ref
+        if R.read_ref(c, name) is not None or c.one("SELECT 1 FROM reflog WHERE ref = ?", (name,)):
+            return name
+    raise RevisionError(f"no ref named {ref!r}; see `seal branch`, `seal tag` and `seal alias`")
+
+
+__all__ = ["Registry", "LogEntry", "RefMove", "KEEP", "SEAL_DIRNAME", "CONFIG_FILE", "WORKTREE"]

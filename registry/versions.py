@@ -1,0 +1,89 @@
+"""Versions as rows: what recording one writes, and reading manifests back.
+
+Plumbing under :class:`seal.registry.Registry`; `seal verify` recomputes exactly the rows
+:func:`version_rows` derives from a manifest.
+
+>>> rows = version_rows({"base": "b" * 64, "kind": "root", "status": "accepted", "parents": [],
+...                      "created_at": "t"}, "a" * 64, None, None)
+>>> sorted(rows)
+['audits', 'parents', 'scores', 'version']
+"""
+
+from __future__ import annotations
+
+from .errors import UserError
+from .objects import manifest_bytes, parse_manifest
+from .sql import Conn
+
+
+def headline_of(manifest: dict) -> tuple[str | None, float | None]:
+    head = manifest.get("headline")
+    if isinstance(head, dict):
+        return head.get("metric"), head.get("value")
+    return None, None
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def version_rows(manifest: dict, vid: str, signature: str | None, signer: str | None) -> dict:
+    """The rows that record one version; `verify` recomputes exactly these from the manifest."""
+    metric, value = headline_of(manifest)
+    adapter = manifest.get("adapter") or {}
+    return {
+        "version": {
+            "id": vid, "manifest": manifest_bytes(manifest).decode("utf-8"), "base_id": manifest["base"],
+            "kind": manifest["kind"], "status": manifest["status"], "created_at": manifest["created_at"],
+            "author": manifest.get("author", ""), "message": manifest.get("message", ""),
+            "adapter_digest": adapter.get("weights"), "headline_metric": metric, "headline_value": value,
+            "signature": signature, "signer": signer,
+        },
+        "parents": [{"version_id": vid, "position": i, "parent_id": p} for i, p in enumerate(manifest["parents"])],
+        "scores": [
+            {"version_id": vid, "suite": s["suite"], "metric": s["metric"], "against": s.get("against"),
+             "value": float(s["value"]), "n": s.get("n")}
+            for s in manifest.get("scores", [])
+        ],
+        "audits": [
+            {"version_id": vid, "check_name": a["check"], "value": _float(a.get("value")),
+             "threshold": _float(a.get("threshold")), "passed": bool(a["passed"]), "detail": a.get("detail", ""),
+             "ci_low": _float(a.get("ci_low")), "ci_high": _float(a.get("ci_high")), "n": a.get("n"),
+             "rule": a.get("rule")}
+            for a in manifest.get("audit", [])
+        ],
+    }
+
+
+def insert_version(conn: Conn, manifest: dict, vid: str, signature: str | None, signer: str | None) -> bool:
+    """Insert one version's rows unless it is already there; True when this call inserted it.
+
+    Two writers recording the same manifest (a pull racing a pull) both succeed: the second
+    finds the id taken and adds nothing.
+    """
+    rows = version_rows(manifest, vid, signature, signer)
+    if not conn.insert_new("versions", rows["version"], "id"):
+        return False
+    conn.insert("version_parents", rows["parents"])
+    conn.insert("scores", rows["scores"])
+    conn.insert("audits", rows["audits"])
+    return True
+
+
+def version_exists(conn: Conn, vid: str) -> bool:
+    return conn.one("SELECT 1 FROM versions WHERE id = ?", (vid,)) is not None
+
+
+def load_manifest(conn: Conn, vid: str) -> dict:
+    text = conn.scalar("SELECT manifest FROM versions WHERE id = ?", (vid,))
+    if text is None:
+        raise UserError(f"version {vid[:12]} is not in this registry")
+    return parse_manifest(text)
+
+
+def version_record(conn: Conn, vid: str) -> dict:
+    """The manifest plus ``id``, signature and signer: what `seal show --json` prints."""
+    row = conn.one("SELECT manifest, signature, signer FROM versions WHERE id = ?", (vid,))
+    if row is None:
+        raise UserError(f"version {vid[:12]} is not in this registry")
+    return {"id": vid, **parse_manifest(row[0]), "signature": row[1], "signer": row[2]}
