@@ -92,7 +92,9 @@ LineSpan = tuple[int, int, int, str]
 
 # ------------------------------------------------------------------------------ credentials
 
-_AWS_KEY_ID = re.compile(r"(?<![A-Z0-9])(?:A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+_AWS_KEY_ID = re.compile(
+    r"(?<![A-Z0-9])(?:A3T[A-Z0-9]|ABIA|ACCA|AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"
+)
 
 # Token formats that announce themselves by a prefix. Each is matched whole, so that redaction
 # removes all of it.
@@ -129,7 +131,8 @@ _PRIVATE_KEY_BLOCK = re.compile(
 # Secret-sounding names, after detect-secrets' keyword DENYLIST, plus tokens and credentials.
 # A glued suffix is not allowed ("tokenizer", "max_tokens" are no secrets); a separated one is.
 _SECRET_NAME = (
-    r"(?:pass(?:word|wd|phrase)?|pwd|secret|api[_.-]?key|apikey|token|credentials?|contrase(?:ñ|n)a"
+    r"(?:pass(?:word|wd|phrase)?|pwd|secret|api[_.-]?key|apikey|token|credentials?"
+    r"|contrase(?:ñ|n)a"
     r"|(?:access|auth|private|priv|client|account|service|db|database|signing|encryption)[_.-]?key)"
 )
 _ASSIGNMENT = re.compile(
@@ -382,7 +385,8 @@ def scan_text(text: str) -> list[Finding]:
         []
     """
     starts = _line_starts(text)
-    spans = [(starts[i] + a, starts[i] + b, kind) for i, a, b, kind in _line_spans(text.split("\n"))]
+    lines = text.split("\n")
+    spans = [(starts[i] + a, starts[i] + b, kind) for i, a, b, kind in _line_spans(lines)]
     spans += [(m.start(), m.end(), "Private Key") for m in _PRIVATE_KEY_BLOCK.finditer(text)]
     findings = []
     for a, b, kind in _merge(spans):
