@@ -240,6 +240,8 @@ def test_secret_names_without_a_secret_value_are_left(text):
 
 
 @pytest.mark.parametrize("text,kind", [
+    ("call 020 7946 0958 today", "phone"),  # British national format, via phonenumbers
+    ("call 4155552671 today", "phone"),  # digits alone, after a word that says phone
     ("call 415.555.2671 today", "phone"),
     ("Tel: +33 1 42 68 53 00", "phone"),
     ("card 4111-1111-1111-1111 exp", "card_number"),
@@ -354,6 +356,7 @@ def _modules_after(text: str) -> list[str]:
     return json.loads(out.replace("'", '"'))
 
 
-def test_clean_message_does_not_import_detect_secrets():
+def test_clean_message_imports_neither_detect_secrets_nor_phonenumbers():
     assert _modules_after("Import adapter from run 7 (lr 1e-4, 3 epochs)") == []
     assert _modules_after('db_password = "hunter2"') == ["detect_secrets"]
+    assert _modules_after("call +44 20 7946 0958") == ["phonenumbers"]
