@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -360,3 +362,30 @@ def test_clean_message_imports_neither_detect_secrets_nor_phonenumbers():
     assert _modules_after("Import adapter from run 7 (lr 1e-4, 3 epochs)") == []
     assert _modules_after('db_password = "hunter2"') == ["detect_secrets"]
     assert _modules_after("call +44 20 7946 0958") == ["phonenumbers"]
+
+
+# ------------------------------------------------------------------ shared evaluation data
+
+SHARED_DATA = Path("/work/shared/data")
+
+
+def _shared_texts() -> list[str]:
+    squad = SHARED_DATA / "squad-knowledge-200.jsonl"
+    xstest = SHARED_DATA / "xstest_prompts.csv"
+    if not (squad.exists() and xstest.exists()):
+        pytest.skip(f"the shared evaluation data is not in {SHARED_DATA}")
+    texts = []
+    for line in squad.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        texts += [row["title"], row["context"], *row["reference_self_edits"].values()]
+        texts += [part for qa in row["questions"] for part in (qa["question"], qa["answer"])]
+    with xstest.open(encoding="utf-8", newline="") as f:
+        texts += [row["prompt"] for row in csv.DictReader(f)]
+    return texts
+
+
+def test_no_findings_on_squad_passages_self_edits_and_xstest_prompts():
+    texts = _shared_texts()
+    assert len(texts) > 3000
+    flagged = {i: scan_text(t) for i, t in enumerate(texts)}
+    assert {i: f for i, f in flagged.items() if f} == {}
