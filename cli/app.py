@@ -42,6 +42,7 @@ RepoOpt = typer.Option(None, "--repo", help="The registry folder (default: SEAL_
 
 class State:
     repo_path: Optional[Path] = None
+    opened: list = []
 
 
 state = State()
@@ -99,7 +100,17 @@ def command(name: str | None = None, *, group: typer.Typer = app, **kwargs) -> C
 def open_registry():
     from seal.registry.repo import Registry
 
-    return Registry.open(state.repo_path)
+    reg = Registry.open(state.repo_path)
+    state.opened.append(reg)
+    return reg
+
+
+def _close_registries() -> None:
+    while state.opened:
+        try:
+            state.opened.pop().close()
+        except Exception:
+            pass
 
 
 def _say(message: str) -> None:
@@ -136,6 +147,17 @@ def run(argv: List[str]) -> int:
     if not argv:
         _say("seal: error: no command given; see `seal --help`")
         return 2
+    try:
+        return _dispatch(argv)
+    finally:
+        _close_registries()
+
+
+def _dispatch(argv: List[str]) -> int:
+    from typer._click.exceptions import ClickException
+
+    from seal.registry.errors import SealError
+
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="seal")
         return rc if isinstance(rc, int) else 0

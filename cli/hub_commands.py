@@ -5,6 +5,8 @@ huggingface_hub is imported only inside these commands, so other commands stay f
 
 from __future__ import annotations
 
+from typing import List
+
 import typer
 
 from .app import JsonOpt, command, open_registry
@@ -41,13 +43,15 @@ def push(
 @command()
 def pull(
     spec: str = typer.Argument(..., metavar="REPO_ID[@REVISION]", help="The Hub repo, and a branch, tag or commit."),
+    trust: List[str] = typer.Option([], "--trust", help="Trust this signer (its id or a 16+ hex prefix) and add it to the trust file."),
+    force: bool = typer.Option(False, "--force", help="Let the tracking ref move backwards or sideways."),
     json_: bool = JsonOpt,
 ) -> None:
     """Fetch a pushed lineage from the Hub; check every file name, digest, manifest id, signature and
     the base before importing anything; set the remote-tracking ref hub/REPO_ID."""
     from seal.registry.hub import pull as pull_lineage
 
-    out = pull_lineage(open_registry(), spec)
+    out = pull_lineage(open_registry(), spec, trust=trust, force=force)
     if json_:
         print_json(out)
         return

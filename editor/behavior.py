@@ -13,8 +13,9 @@ from pathlib import Path
 
 from seal.registry.bases import base_spec, get_base
 from seal.registry.errors import UserError
-from seal.registry.porcelain import materialize
-from seal.registry.repository import Repository, load_manifest
+from seal.registry.repo import Registry as Repository
+from seal.registry.versions import load_manifest
+from seal.registry.worktree import export_adapter as materialize
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -48,8 +49,8 @@ def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str]
     from .reflect import answer_prompts
     from .train import adapter_applied
 
-    with repo.connect() as conn:
-        base_row = get_base(conn, repo.base_id(conn))
+    with repo.read() as conn:
+        base_row = get_base(conn, repo.base_id())
         manifests = {vid: load_manifest(conn, vid) for vid in (a, b) if vid}
     try:
         base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=pick_device(device))

@@ -33,10 +33,11 @@ from seal.registry import refs as R
 from seal.registry.bases import base_spec, get_base
 from seal.registry.errors import RefConflict, UserError
 from seal.registry.objects import build_manifest, canonical_json, score_value
-from seal.registry.policy import current_policy
-from seal.registry.porcelain import materialize
-from seal.registry.repository import Repository, load_manifest, record_version
-from seal.registry.revisions import parents_of
+from seal.registry.graph import parents_of
+from seal.registry.policy import read_policy, record_policy
+from seal.registry.repo import Registry as Repository, RefMove
+from seal.registry.versions import load_manifest
+from seal.registry.worktree import export_adapter as materialize
 
 PROBESET_VERSION = "seal-probes/2"  # bump when probe data or decoding changes
 
@@ -290,11 +291,33 @@ def _progress() -> Callable[[str], None]:
     return say
 
 
-def secrets_audit(trigger: Trigger) -> tuple[list, dict]:
+def trigger_fields(trigger: Trigger, message: str = "") -> list[tuple[str, str]]:
+    """Every text of a trigger that could reach a blob, the database, MLflow or the Hub, after
+    JSON decoding (so an escaped ``\\u`` secret is seen as the secret it is)."""
+    fields = [("title", trigger.title)] if trigger.title else []
+    if trigger.kind == "passage":
+        fields.append(("passage", trigger.passage or ""))
+    for i, e in enumerate(trigger.examples):
+        fields += [(f"examples[{i}].{k}", _as_text(e.get(k))) for k in sorted(e)]
+    for i, q in enumerate(trigger.eval_items or []):
+        fields += [(f"eval[{i}].{k}", _as_text(q.get(k))) for k in sorted(q)]
+    if message:
+        fields.append(("message", message))
+    return fields
+
+
+def _as_text(value) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def secrets_audit(trigger: Trigger, message: str = "") -> tuple[list, dict]:
+    """Scan every field; findings keep field, kind and position, never the value."""
     from seal.registry.scan import scan_text
 
-    findings = scan_text(trigger.text if trigger.kind == "passage" else trigger.raw.decode("utf-8"))
-    detail = "; ".join(f"{f.kind} at line {f.line} col {f.column} (length {f.length})" for f in findings)
+    findings = [(field, f) for field, text in trigger_fields(trigger, message) for f in scan_text(text)]
+    detail = "; ".join(f"{f.kind} in {field} at line {f.line} col {f.column} (length {f.length})" for field, f in findings)
     return findings, {
         "check": "secrets", "value": float(len(findings)), "threshold": 0.0,
         "passed": not findings, "detail": detail or "no secrets or personal data found",
@@ -302,31 +325,30 @@ def secrets_audit(trigger: Trigger) -> tuple[list, dict]:
 
 
 def record_pii_rejection(repo: Repository, req: EditRequest, trigger: Trigger, findings, audit_row, head) -> dict:
-    """Reject before training: keep the finding's type and position and a redacted trigger."""
-    from seal.registry.scan import redact
+    """Reject before training: keep each finding's field, type and position and a redacted copy."""
+    from seal.registry.scan import redact, scan_text
 
-    text = trigger.text if trigger.kind == "passage" else trigger.raw.decode("utf-8")
-    redacted = redact(text, findings).encode("utf-8")
-    policy = current_policy(repo)
+    redacted = {field: redact(text, scan_text(text)) for field, text in trigger_fields(trigger, req.message)}
+    policy = read_policy(repo)
+    record_policy(repo, policy)
     ref, parent = head
-    with repo.connect() as conn:
-        base_id = repo.base_id(conn)
+    message = redacted.get("message") or f"edit on {trigger.kind} (rejected: secrets)"
     manifest = build_manifest(
-        base=base_id, parents=[parent], kind="edit", status="rejected",
-        trigger=repo.store.put(redacted), audit=[audit_row], policy=policy.digest,
-        author=R.actor(), message=req.message or f"edit on {trigger.kind} (rejected: secrets)",
+        base=repo.base_id(), parents=[parent], kind="edit", status="rejected",
+        trigger=repo.store.put(canonical_json(redacted)), audit=[audit_row], policy=policy.digest,
+        author=R.actor(), message=message,
         extra={
             "trigger_info": {"kind": trigger.kind, "redacted": True,
-                             "findings": [asdict(f) for f in findings]},
+                             "findings": [{"field": field, **asdict(f)} for field, f in findings]},
             "decision": {"accepted": False, "reason": "secrets or personal data in the trigger; nothing was trained",
                          "failed_gates": ["secrets"]},
         },
     )
-    with repo.transaction() as conn:
-        vid = record_version(repo, conn, manifest)
+    vid = repo.record(manifest)
     return {
-        "decision": {"accepted": False, "id": None, "reason": manifest["decision"]["reason"], "ref": R.short_name(ref)},
-        "candidates": [{"id": vid, "status": "rejected", "scores": {}, "gates": [audit_row]}],
+        "decision": {"accepted": False, "id": None, "reason": manifest["decision"]["reason"], "ref": R.short_name(ref),
+                     "parent": parent},
+        "candidates": [{"id": vid, "status": "rejected", "scores": [], "gates": [audit_row], "failed_gates": ["secrets"]}],
     }
 
 
@@ -355,20 +377,20 @@ def run_edit(repo: Repository, req: EditRequest) -> dict:
         device = pick_device(req.device, require_gpu=req.require_gpu)
     except ValueError as e:
         raise UserError(str(e)) from None
-    with repo.connect() as conn:
-        ref = R.head_branch(conn) or R.HEAD
-        parent = R.peel(conn, ref)
+    with repo.read() as conn:
+        ref, parent = R.head_state(conn)
         if parent is None:
             raise UserError("HEAD points at nothing; run `seal checkout main` first")
         parent_manifest = load_manifest(conn, parent)
-        base_row = get_base(conn, repo.base_id(conn))
-    findings, secrets_row = secrets_audit(trigger)
+        base_row = get_base(conn, repo.base_id())
+    findings, secrets_row = secrets_audit(trigger, req.message)
     if findings and not req.allow_pii:
         return record_pii_rejection(repo, req, trigger, findings, secrets_row, (ref, parent))
     if findings:
         secrets_row = {**secrets_row, "passed": True, "detail": "allowed by --allow-pii: " + secrets_row["detail"]}
     say = _progress()
-    policy = current_policy(repo)
+    policy = read_policy(repo)
+    record_policy(repo, policy)
     work = Path(tempfile.mkdtemp(prefix="edit-", dir=repo.tmp_dir))
     try:
         return _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, policy, secrets_row, work, say)
@@ -542,7 +564,7 @@ def _run(repo, req, trigger, device, ref, parent, parent_manifest, base_row, pol
             parent_m = measure_probes(model, tok, probes, support=session.base_m.dist.indices)
     session.timings["reflect_s"] = time.perf_counter() - t
 
-    with repo.connect() as conn:
+    with repo.read() as conn:
         history = recent_edit_norms(repo, conn, parent, int(policy.settings["weight_norm_window"]))
     hyper = {"r": req.r, "lora_alpha": req.alpha, "target_modules": req.target_modules, "lr": req.lr,
              "epochs": req.epochs, "batch_size": req.batch_size}
@@ -661,8 +683,7 @@ def record_attempts(session: Session, candidates: list[dict], winner: int | None
         if track:
             manifest["train"]["mlflow_run_id"] = _track(repo, manifest, c)
         manifests.append(manifest)
-    with repo.transaction() as conn:
-        ids = [record_version(repo, conn, m) for m in manifests]
+    ids = repo.record_many(manifests)
     for c, vid, m in zip(candidates, ids, manifests):
         c["id"] = vid
         if track and m["train"].get("mlflow_run_id"):
@@ -671,9 +692,8 @@ def record_attempts(session: Session, candidates: list[dict], winner: int | None
     if winner is not None and ref is not None:
         winner_id = ids[winner]
         try:
-            with repo.transaction() as conn:
-                R.compare_and_swap(conn, ref, old=expected, new=winner_id,
-                                   reason=f"{kind}: accepted candidate {winner + 1} of {len(candidates)}")
+            repo.move_ref(ref, new=winner_id, expected=expected,
+                          reason=f"{kind}: accepted candidate {winner + 1} of {len(candidates)}")
             moved = R.short_name(ref)
             say(f"[bold green]accepted[/bold green] {winner_id[:12]}; {moved} moved")
         except RefConflict as e:

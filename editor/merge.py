@@ -23,9 +23,11 @@ from seal.registry import refs as R
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
 from seal.registry.objects import canonical_json, score_value
-from seal.registry.policy import current_policy
-from seal.registry.repository import Repository, load_manifest
-from seal.registry.revisions import parents_of, resolve_revision
+from seal.registry.graph import parents_of
+from seal.registry.policy import read_policy, record_policy
+from seal.registry.repo import Registry as Repository
+from seal.registry.revisions import resolve_revision
+from seal.registry.versions import load_manifest
 
 from .loop import (Trigger, _progress, efficacy_spec, measure_efficacy, open_session, parent_state, read_jsonl,
                    record_attempts, recent_edit_norms, score_candidate)
@@ -178,13 +180,12 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
         raise UserError("--density must be in (0, 1]")
     if svd_rank is not None and svd_rank < 1:
         raise UserError("--svd-rank must be at least 1")
-    with repo.connect() as conn:
+    with repo.read() as conn:
         ids = [resolve_revision(conn, r) for r in revs]
         if len(set(ids)) != len(ids):
             raise UserError("the same version is named twice; give distinct revisions")
-        ref = R.head_branch(conn) or R.HEAD
-        head = R.peel(conn, ref)
-        base_row = get_base(conn, repo.base_id(conn))
+        ref, head = R.head_state(conn)
+        base_row = get_base(conn, repo.base_id())
         manifests = {vid: load_manifest(conn, vid) for vid in ids}
     check_mergeable(manifests, method, base_row["id"])
     w = _parse_weights(weights, len(ids))
@@ -202,7 +203,8 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
     w = [weight_of[vid] for vid in ids]
     device = _prepare(repo, device, require_gpu)
     say = _progress()
-    policy = current_policy(repo)
+    policy = read_policy(repo)
+    record_policy(repo, policy)
     work = Path(tempfile.mkdtemp(prefix="merge-", dir=repo.tmp_dir))
     try:
         session = open_session(repo, base_row, device, policy, work, say)
@@ -224,7 +226,7 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
         session.timings["merge_s"] = time.perf_counter() - t
         t = time.perf_counter()
         say("[bold]evaluate[/bold] the merged adapter")
-        with repo.connect() as conn:
+        with repo.read() as conn:
             history = recent_edit_norms(repo, conn, ids[0], int(policy.settings["weight_norm_window"]))
         cand = score_candidate(session, out, parent_dir=parent_dir, parent_m=parent_m, spec=spec,
                                parent_eff=parent_eff, history=history, answer_tokens=answer_tokens, extra_audit=[])
@@ -266,11 +268,10 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
     folded edit keeps its efficacy within the policy's ``consolidate_efficacy_drop_max``."""
     if rank is not None and rank < 1:
         raise UserError("--rank must be at least 1")
-    with repo.connect() as conn:
+    with repo.read() as conn:
         chain, _ = chain_of(conn, range_spec)
-        ref = R.head_branch(conn) or R.HEAD
-        head = R.peel(conn, ref)
-        base_row = get_base(conn, repo.base_id(conn))
+        ref, head = R.head_state(conn)
+        base_row = get_base(conn, repo.base_id())
         manifests = {vid: load_manifest(conn, vid) for vid in chain}
     if len(chain) < 2:
         raise UserError(f"{range_spec} holds {len(chain)} version(s); consolidation folds two or more")
@@ -284,7 +285,8 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
     rank = rank or max_rank
     device = _prepare(repo, device, require_gpu)
     say = _progress()
-    policy = current_policy(repo)
+    policy = read_policy(repo)
+    record_policy(repo, policy)
     drop_max = policy.gates.get("consolidate_efficacy_drop_max")
     work = Path(tempfile.mkdtemp(prefix="consolidate-", dir=repo.tmp_dir))
     try:
@@ -326,7 +328,7 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
                     "threshold": drop_max, "passed": passed,
                     "detail": f"efficacy of folded version {vid[:12]}: {recorded:.4g} -> {now:.4g} (drop {drop:.4g})",
                 })
-        with repo.connect() as conn:
+        with repo.read() as conn:
             history = recent_edit_norms(repo, conn, tip, int(policy.settings["weight_norm_window"]))
         # Folding cannot beat the tip it compresses, so the efficacy-gain gate gives way to the
         # per-version checks above.

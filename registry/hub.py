@@ -41,18 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
 
 from . import refs as R
 from .adapters import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE, safetensors_header
 from .bases import get_base
 from .errors import RefConflict, SealError, UserError
 from .object_store import file_digest
-from .objects import DIGEST_PREFIX, blob_digest, is_digest, referenced_blobs, version_id
-from .repository import Repository, insert_versions, version_exists
-from .revisions import parents_of, resolve_revision
-from .schema import signers, versions
+from .objects import DIGEST_PREFIX, ManifestInvalid, blob_digest, check_manifest, is_digest, referenced_blobs, version_id
+from .graph import ancestors, parents_of
+from .repo import Registry as Repository
+from .revisions import resolve_revision
+from .sql import Conn as Connection
+from .versions import version_exists
 
 LINEAGE_FILE = "seal/lineage.json"
 LINEAGE_FORMAT = "seal.lineage/1"
@@ -286,14 +286,12 @@ def load_lineage(conn: Connection, vid: str) -> Lineage:
         stack.extend(p for p in parents[v] if p not in parents)
     manifests, sigs = {}, {}
     for v in parents:
-        row = conn.execute(
-            select(versions.c.manifest, versions.c.signature, versions.c.signer).where(versions.c.id == v)
-        ).first()
+        row = conn.one("SELECT manifest, signature, signer FROM versions WHERE id = ?", (v,))
         if row is None:
             raise UserError(f"version {short_id(v)} is referenced but missing; run `seal verify`")
         manifests[v] = json.loads(row[0])
         sigs[v] = (row[1], row[2])
-    keys = {r[0]: r[1] for r in conn.execute(select(signers.c.id, signers.c.public_key))}
+    keys = {r[0]: r[1] for r in conn.all("SELECT id, public_key FROM signers")}
     order = topo_order(parents, {v: manifests[v]["created_at"] for v in parents})
     base = get_base(conn, manifests[vid]["base"])
     return Lineage(order, parents, manifests, sigs, keys, base)
@@ -380,7 +378,8 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         if status == 412:
-            raise RefConflict(CONFLICT_HINT.format(repo=repo_id)) from None
+            raise RefConflict(f"hub:{repo_id}", expected=None, actual=None,
+                              message=CONFLICT_HINT.format(repo=repo_id)) from None
         if status in (401, 403):
             raise UserError(
                 f"the Hub refused the request to {repo_id} ({status}); set HF_TOKEN to a token with write "
@@ -450,7 +449,7 @@ def plan_push(
 
     check_repo_id(repo_id)
     R.check_ref_name(branch, "Hub branch")
-    with repo.connect() as conn:
+    with repo.read() as conn:
         vid = resolve_revision(conn, rev)
         lineage = load_lineage(conn, vid)
     if not lineage.manifests[vid].get("adapter"):
@@ -482,7 +481,7 @@ def plan_push(
     if vid in hub_ids:
         to_push: list[str] = []
     elif hub_head is not None and hub_head not in path:
-        raise RefConflict(
+        raise RefConflict(f"hub:{repo_id}@{branch}", expected=None, actual=hub_head, message=
             f"the Hub branch {repo_id}@{branch} holds version {short_id(hub_head)}, which is not an ancestor of "
             f"{rev} ({short_id(vid)}); run `seal pull {repo_id}` and merge, or push to another --branch"
         )
@@ -595,8 +594,7 @@ def push(
 
 # --- pull -------------------------------------------------------------------------------------
 
-class PullRefused(UserError):
-    """A download that fails a check: nothing from it is stored."""
+from .errors import PullRefused, UntrustedSigner  # noqa: E402
 
 
 def check_remote_names(names: list[str], where: str) -> None:
@@ -681,8 +679,10 @@ def check_lineage(doc, *, local_base: dict, known: set[str], where: str) -> Chec
             refuse(f"version {short_id(vid)} is not signed by a key included in {LINEAGE_FILE}")
         if not check_signature(keys[signer], vid, signature):
             refuse(f"the signature of version {short_id(vid)} does not verify")
-        if not isinstance(manifest.get("parents"), list) or manifest.get("kind") is None or "created_at" not in manifest:
-            refuse(f"the manifest of {short_id(vid)} lacks parents, kind or created_at")
+        try:
+            check_manifest(manifest)
+        except ManifestInvalid as e:
+            refuse(f"the manifest of {short_id(vid)} breaks seal's schema ({e})")
         manifests[vid] = manifest
         sigs[vid] = (signature, signer)
     if not isinstance(head, str) or head not in manifests:
@@ -733,7 +733,7 @@ def _snapshot_files(folder: Path) -> dict[str, Path]:
     return out
 
 
-def pull(repo: Repository, spec: str) -> dict:
+def pull(repo: Repository, spec: str, *, trust: list[str] | None = None, force: bool = False) -> dict:
     """Fetch ``REPO_ID[@REVISION]``, check everything, then import the versions this registry lacks
     and set ``refs/remotes/hub/<repo_id>``. A failed check imports nothing.
 
@@ -742,7 +742,7 @@ def pull(repo: Repository, spec: str) -> dict:
     from huggingface_hub import HfApi
 
     repo_id, revision = parse_repo_spec(spec)
-    with repo.connect() as conn:
+    with repo.read() as conn:
         local_base = get_base(conn, repo.base_id(conn))
     api = HfApi()
     with tempfile.TemporaryDirectory(prefix="pull-", dir=repo.tmp_dir) as tmpname:
@@ -763,7 +763,7 @@ def pull(repo: Repository, spec: str) -> dict:
             doc = json.loads(lineage_path.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise PullRefused(f"{where}: {LINEAGE_FILE} is not valid JSON ({e}); nothing was imported") from None
-        with repo.connect() as conn:
+        with repo.read() as conn:
             known_ids = _known(conn, doc)
         checked = check_lineage(doc, local_base=local_base, known=known_ids, where=where)
         # The head commit's own files: adapter, config and data blobs, each against its digest.
@@ -807,7 +807,7 @@ def pull(repo: Repository, spec: str) -> dict:
                         f"(corrupt or tampered); nothing was imported"
                     )
                 available[digest] = path
-        return _import(repo, repo_id, commit, checked, available)
+        return _import(repo, repo_id, commit, checked, available, trust=trust, force=force)
 
 
 def _known(conn: Connection, doc) -> set[str]:
@@ -834,50 +834,68 @@ def _fetch_tagged(api, repo_id: str, vid: str, name: str, cache: Path, where: st
         ) from None
 
 
-def _import(repo: Repository, repo_id: str, commit: str, checked: CheckedLineage, available: dict[str, Path]) -> dict:
-    """Store the checked blobs, then insert versions, signers and the remote-tracking ref in one transaction."""
-    from .objects import now_utc
+def _import(repo: Repository, repo_id: str, commit: str, checked: CheckedLineage, available: dict[str, Path],
+            *, trust: list[str] | None = None, force: bool = False) -> dict:
+    """Store the checked blobs, then insert versions, signers and the remote-tracking ref in one transaction.
 
-    added: list[str] = []
-    try:
-        for digest, path in available.items():
+    Blobs are never unlinked here, even when the pull fails or loses a race: another pull may have
+    just committed the same blob. `seal gc` removes what no version references.
+    """
+    from .objects import now_utc
+    from .signing import add_trusted
+
+    untrusted = _untrusted(repo, checked, trust or [])
+    if untrusted:
+        raise UntrustedSigner(
+            f"{repo_id}@{commit[:12]} is signed by key(s) not in your trust file: "
+            + ", ".join(f"{sid[:16]}" for sid in untrusted)
+            + "; check the fingerprint with the publisher, then pull again with --trust KEYID (nothing was imported)",
+            untrusted)
+    for sid in sorted({s for _, s in checked.signatures.values()}):
+        add_trusted(repo.trust_path, checked.signer_keys[sid], f"pulled from hub:{repo_id}")
+    added = 0
+    for digest, path in available.items():
+        if not repo.store.has(digest):
+            if repo.store.put_file(path) != digest:
+                raise PullRefused(f"{path.name} changed while it was stored; nothing was imported")
+            added += 1
+    for v in checked.to_import:
+        for digest in referenced_blobs(checked.manifests[v]):
             if not repo.store.has(digest):
-                if repo.store.put_file(path) != digest:
-                    raise PullRefused(f"{path.name} changed while it was stored; nothing was imported")
-                added.append(digest)
-        for v in checked.to_import:
-            for digest in referenced_blobs(checked.manifests[v]):
-                if not repo.store.has(digest):
-                    raise PullRefused(f"blob {digest} of version {short_id(v)} was not fetched; nothing was imported")
-        ref = remote_ref(repo_id)
-        with repo.transaction() as conn:
-            fresh = [v for v in checked.to_import if not version_exists(conn, v)]
-            for sid in sorted({checked.signatures[v][1] for v in fresh}):
-                if conn.execute(select(signers.c.id).where(signers.c.id == sid)).first() is None:
-                    conn.execute(insert(signers).values(
-                        id=sid, public_key=checked.signer_keys[sid], name=f"pulled from hub:{repo_id}",
-                        created_at=now_utc(),
-                    ))
-            insert_versions(conn, [(checked.manifests[v], *checked.signatures[v]) for v in fresh])
-            old = R.read_ref(conn, ref)
-            if old != checked.head:
-                R.compare_and_swap(conn, ref, old=old, new=checked.head, reason=f"pull: {repo_id}@{commit}")
-    except BaseException:
-        for digest in added:  # only blobs this pull wrote, so no version can point at them
-            try:
-                repo.store.path_of(digest).unlink()
-            except OSError:
-                pass
-        raise
-    return {
-        "repo_id": repo_id,
-        "commit": commit,
-        "head": checked.head,
-        "imported": fresh,
-        "ref": R.short_name(ref),
-        "up_to_date": not fresh,
-        "blobs": len(added),
-    }
+                raise PullRefused(f"blob {digest} of version {short_id(v)} was not fetched; nothing was imported")
+    ref = remote_ref(repo_id)
+    entries = []
+    with repo.write() as conn:
+        for sid in sorted({checked.signatures[v][1] for v in checked.to_import}):
+            conn.insert_new("signers", {"id": sid, "public_key": checked.signer_keys[sid],
+                                        "name": f"pulled from hub:{repo_id}", "created_at": now_utc()}, "id")
+        fresh = repo.insert_signed(((checked.manifests[v], *checked.signatures[v]) for v in checked.to_import), conn)
+        old = R.read_ref(conn, ref)
+        if old != checked.head:
+            if old is not None and not force and old not in ancestors(conn, checked.head):
+                raise UserError(
+                    f"{R.short_name(ref)} is at {short_id(old)}, which {short_id(checked.head)} does not descend from; "
+                    f"pulling it would move the tracking ref backwards or sideways: pass --force to do so"
+                )
+            repo._register_signer(conn)
+            entries.append(R.move_ref(conn, ref, expected=old, new=checked.head, reason=f"pull: {repo_id}@{commit}",
+                                      signer=repo.signer))
+    repo.journal([checked.manifests[v] for v in fresh], entries)
+    return {"repo_id": repo_id, "commit": commit, "head": checked.head, "imported": fresh,
+            "ref": R.short_name(ref), "up_to_date": not fresh, "blobs": added,
+            "signers": sorted({s for _, s in checked.signatures.values()})}
+
+
+def _untrusted(repo: Repository, checked: CheckedLineage, trust: list[str]) -> list[str]:
+    """Signers of the versions to import that neither the trust file nor --trust names."""
+    trusted = set(repo.trusted())
+    wanted = {t.lower() for t in trust}
+    out = []
+    for sid in sorted({checked.signatures[v][1] for v in checked.to_import}):
+        if sid in trusted or any(sid.startswith(w) for w in wanted if len(w) >= 8):
+            continue
+        out.append(sid)
+    return out
 
 
 __all__ = [

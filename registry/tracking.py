@@ -28,7 +28,7 @@ EXPERIMENT = "seal"
 def tracking_uri(repo) -> str:
     return (
         os.environ.get("MLFLOW_TRACKING_URI")
-        or (repo.config.get("tracking") or {}).get("uri")
+        or repo.config.tracking_uri
         or f"sqlite:///{(repo.seal_dir / 'mlflow.db').resolve()}"
     )
 

@@ -280,3 +280,12 @@ def _folder_state(folder: Path, marker: Marker | None, head: str | None, has_ada
         return {"state": "stale", "detail": f"the folder holds {marker.version[:12]} but HEAD is "
                 f"{(head or 'nothing')[:12]}; run `seal checkout HEAD`", "changed": [], "folder_version": marker.version}
     return {"state": "clean", "detail": f"the folder holds HEAD ({head[:12]})", "changed": []}
+
+
+def export_adapter(reg, manifest: dict, vid: str, dest: Path) -> Path:
+    """Write a version's adapter into a new folder (scratch work of the editor; no HEAD change)."""
+    if Path(dest).exists() and any(Path(dest).iterdir()):
+        raise UserError(f"{dest} is not empty")
+    files = adapter_files(reg, manifest, vid)
+    weights = (manifest.get("adapter") or {}).get("weights")
+    return write_folder(Path(dest), vid, files, force=False, expect={WEIGHTS_FILE: weights} if weights else None)

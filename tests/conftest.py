@@ -1,11 +1,21 @@
-"""Shared fixtures: tiny models and adapters, lineage databases (SQLite and PostgreSQL), a CLI runner."""
+"""Shared fixtures: tiny models and adapters, lineage databases (SQLite and PostgreSQL), the CLI.
+
+The CLI runs in-process by default (``seal.cli.app.run``), with the same argv, environment,
+folder, stdout/stderr and exit code a user would see; only the few tests that need a real
+process (kill -9, races, the exit-code contract, import times) start one. Registries for tests
+are built in-process from a base record computed once per session, so no test pays for a
+torch import per registry.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,11 +48,26 @@ def tiny_base(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_record(tiny_base) -> dict:
+    """The base record `seal init --base TINY` would make, computed once."""
+    from seal.cli.bases import describe_base
+
+    return describe_base(str(tiny_base["base"]))
+
+
+@pytest.fixture(scope="session")
 def tiny_chat_base(tmp_path_factory) -> Path:
     """A tiny random Llama with a tokenizer trained in the fixture and a chat template."""
     from tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tinychat") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_record(tiny_chat_base) -> dict:
+    from seal.cli.bases import describe_base
+
+    return describe_base(str(tiny_chat_base))
 
 
 @pytest.fixture(scope="session")
@@ -72,27 +97,67 @@ def db_url(request, tmp_path) -> str | None:
     return create_database(admin, "seal_" + uuid.uuid4().hex[:12])
 
 
-class Seal:
-    """Runs the real `seal` in a subprocess, as a user would."""
+@dataclass
+class Result:
+    args: list
+    returncode: int
+    stdout: str
+    stderr: str
 
-    def __init__(self, cwd: Path, env: dict | None = None):
+
+@contextlib.contextmanager
+def _environment(cwd: Path, env: dict, stdin: str | None):
+    old_env, old_cwd, old_stdin = dict(os.environ), os.getcwd(), sys.stdin
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+        os.chdir(old_cwd)
+        sys.stdin = old_stdin
+
+
+class Seal:
+    """Runs `seal` as a user would: in-process by default, or as a real process with ``process=True``."""
+
+    def __init__(self, cwd: Path, env: dict | None = None, process: bool = False):
         self.cwd = Path(cwd)
         self.env = {**os.environ, **(env or {})}
+        self.process = process
 
-    def __call__(self, *args, check: bool = True, expect: int | None = None, input: str | None = None):
-        proc = subprocess.run(
-            [*SEAL, *map(str, args)], cwd=self.cwd, env=self.env, capture_output=True, text=True, input=input,
-        )
+    def run(self, *args, input: str | None = None) -> Result:
+        argv = [str(a) for a in args]
+        if self.process:
+            proc = subprocess.run([*SEAL, *argv], cwd=self.cwd, env=self.env, capture_output=True, text=True, input=input)
+            return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+        from seal.cli.app import run
+
+        out, err = io.StringIO(), io.StringIO()
+        with _environment(self.cwd, self.env, input), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(argv)
+        return Result(argv, code, out.getvalue(), err.getvalue())
+
+    def __call__(self, *args, check: bool = True, expect: int | None = None, input: str | None = None) -> Result:
+        proc = self.run(*args, input=input)
         if expect is not None:
-            assert proc.returncode == expect, f"seal {' '.join(map(str, args))} exited {proc.returncode}, not {expect}\n{proc.stdout}\n{proc.stderr}"
+            assert proc.returncode == expect, f"seal {' '.join(proc.args)} exited {proc.returncode}, not {expect}\n{proc.stdout}\n{proc.stderr}"
         elif check and proc.returncode != 0:
-            raise AssertionError(f"seal {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(f"seal {' '.join(proc.args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def json(self, *args):
         import json
 
         return json.loads(self(*args, "--json").stdout)
+
+    def as_process(self) -> "Seal":
+        twin = Seal(self.cwd, process=True)
+        twin.env = dict(self.env)
+        return twin
 
 
 @pytest.fixture
@@ -103,8 +168,34 @@ def seal(tmp_path, db_url) -> Seal:
     return Seal(tmp_path, env)
 
 
+def make_registry(path: Path, record: dict, db_url: str | None = None):
+    """A registry on ``record`` built in-process (what `seal init` does after describing the base)."""
+    from seal.registry.init import init_registry
+
+    old = os.environ.get("SEAL_ACTOR")
+    os.environ["SEAL_ACTOR"] = "tester"
+    try:
+        reg = init_registry(Path(path), base=record, db_url=db_url)
+    finally:
+        if old is None:
+            os.environ.pop("SEAL_ACTOR", None)
+        else:
+            os.environ["SEAL_ACTOR"] = old
+    return reg
+
+
 @pytest.fixture
-def registry(seal, tiny_base) -> Seal:
-    """A registry in the test's folder, initialised on the tiny base."""
-    seal("init", ".", "--base", tiny_base["base"])
+def registry(seal, tiny_base_record, db_url) -> Seal:
+    """A registry in the test's folder, initialised on the tiny base (no model is loaded)."""
+    make_registry(seal.cwd, tiny_base_record, db_url).close()
     return seal
+
+
+@pytest.fixture
+def reg(registry):
+    """The same registry through the library API."""
+    from seal.registry.repo import Registry
+
+    r = Registry.open(registry.cwd)
+    yield r
+    r.close()

@@ -1,0 +1,206 @@
+"""The exit-code contract, as subprocesses: every bad invocation exits 2 with one line, no
+traceback, and leaves the registry byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Seal, make_registry
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the sha256 of its bytes."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def contract_repo(tmp_path_factory, tiny_base, tiny_base_record):
+    root = tmp_path_factory.mktemp("contract")
+    make_registry(root, tiny_base_record).close()
+    seal = Seal(root, {"SEAL_ACTOR": "tester"})
+    seal("import", tiny_base["adapters"][0], "-m", "first")
+    seal("tag", "v1")
+    files = root / "files"
+    files.mkdir()
+    (files / "bad.jsonl").write_text('{"prompt": "x"}\nnot json\n')
+    (files / "passage.txt").write_text("# Title\nSome facts about the Zorblat river.\n")
+    (files / "empty.txt").write_text("")
+    (files / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (files / "qa.json").write_text(json.dumps({"title": "t", "context": "c", "questions": [{"question": 1}]}))
+    broken = root / "broken-adapter"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": NaN}')
+    (broken / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    return seal
+
+
+BAD = [
+    ["--bogus"],
+    ["nosuchcmd"],
+    [],
+    ["log", "-n", "abc"],
+    ["log", "--no-such-option"],
+    ["log", "-n", "-3"],
+    ["show", "nosuchbranch"],
+    ["show", "HEAD~99"],
+    ["show", "HEAD^3"],
+    ["show", "ab"],
+    ["show", "HEAD~x"],
+    ["show", "\x1b[31mred"],
+    ["checkout", "nosuch"],
+    ["checkout", "HEAD", "--to", "."],
+    ["checkout", "HEAD", "--to", ".seal"],
+    ["checkout", "HEAD", "--to", ".seal/objects"],
+    ["checkout", "HEAD", "--to", "files"],
+    ["checkout", "HEAD", "--to", ".."],
+    ["checkout", "-b", "x", "HEAD", "--to", "out"],
+    ["checkout", "-b", "bad name"],
+    ["checkout", "-b", "cafe12"],
+    ["branch", "main"],
+    ["branch", "deadbeef"],
+    ["branch", "-d", "nosuch"],
+    ["branch", "-d", "main"],
+    ["tag", "v1"],
+    ["tag", "bad..name"],
+    ["alias", "prod", "HEAD"],
+    ["import", "files/missing"],
+    ["import", "files"],
+    ["import", "broken-adapter"],
+    ["import", "files/passage.txt"],
+    ["diff", "HEAD", "nosuch"],
+    ["revert", "HEAD", "--to", "HEAD"],
+    ["audit", "--format", "pdf"],
+    ["audit", "-o", "no/such/dir/a.md"],
+    ["gc", "--grace", "soon"],
+    ["policy", "set", "no_such_gate", "1", "-m", "x"],
+    ["policy", "set", "kl_vs_base_max", "inf", "-m", "x"],
+    ["policy", "set", "kl_vs_base_max", "nan", "-m", "x"],
+    ["policy", "set", "kl_vs_base_max", "1.0"],
+    ["key", "trust", "xyz"],
+    ["edit", "--passage", "files/passage.txt", "--lr", "nan"],
+    ["edit", "--passage", "files/passage.txt", "--lr", "inf"],
+    ["edit", "--passage", "files/passage.txt", "--temperature", "-1"],
+    ["edit", "--passage", "files/passage.txt", "--top-p", "5"],
+    ["edit", "--passage", "files/passage.txt", "--max-tokens", "0"],
+    ["edit", "--passage", "files/passage.txt", "--targets", "no_such_module"],
+    ["edit", "--passage", "files/passage.txt", "--candidates", "0"],
+    ["edit", "--passage", "files/passage.txt", "--epochs", "0"],
+    ["edit", "--passage", "files/passage.txt", "--style", "poem"],
+    ["edit", "--passage", "files/passage.txt", "--device", "tpu"],
+    ["edit", "--passage", "files/empty.txt"],
+    ["edit", "--passage", "files/latin1.txt"],
+    ["edit", "--passage", "files/qa.json"],
+    ["edit", "--examples", "files/bad.jsonl"],
+    ["edit"],
+    ["merge", "HEAD"],
+    ["merge", "HEAD", "v1", "--method", "magic"],
+    ["merge", "HEAD", "v1", "--weights", "1,2,3"],
+    ["consolidate", "nonsense"],
+    ["pull", "not a repo id"],
+    ["push", "bad//id"],
+    ["db", "upgrade", "--bogus"],
+]
+
+
+def test_bad_invocations_exit_2_and_change_nothing(contract_repo):
+    seal = contract_repo.as_process()
+    before = tree_state(seal.cwd)
+    failures = []
+    for args in BAD:
+        proc = seal.run(*args)
+        err = proc.stderr.strip()
+        if proc.returncode != 2 or "Traceback" in proc.stderr or len(err.splitlines()) != 1 or proc.stdout.strip():
+            failures.append((args, proc.returncode, proc.stdout[-300:], proc.stderr[-600:]))
+    assert not failures, "\n".join(map(repr, failures))
+    assert tree_state(seal.cwd) == before
+    assert len(BAD) >= 30
+
+
+def test_usage_basics(contract_repo):
+    seal = contract_repo.as_process()
+    version = seal("--version")
+    assert version.stdout.startswith("seal ") and version.returncode == 0
+    helped = seal("log", "--help")
+    assert "Example" in helped.stdout
+    outside = Seal(seal.cwd.parent, process=True)
+    proc = outside.run("log")
+    assert proc.returncode == 2 and "not inside a seal registry" in proc.stderr
+
+
+def test_read_commands_import_no_model_library(contract_repo):
+    seal = contract_repo.as_process()
+    heavy = ("torch", "transformers", "peft", "mlflow", "sqlalchemy", "alembic")
+    for args in (["log", "-n", "5"], ["show", "HEAD"], ["verify"], ["status"], ["reflog"]):
+        env = {**seal.env, "PYTHONPROFILEIMPORTTIME": "1"}
+        proc = Seal(seal.cwd, env, process=True).run(*args)
+        assert proc.returncode == 0, proc.stderr
+        loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+        assert not loaded & set(heavy), (args, loaded & set(heavy))
+
+
+def test_checkout_to_never_destroys(registry, tiny_base, tmp_path):
+    seal = registry
+    seal("import", tiny_base["adapters"][0])
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("my notes")
+    (seal.cwd / "precious.txt").write_text("keep me")
+    before = tree_state(seal.cwd)
+    for target in (seal.cwd, seal.cwd / ".seal", seal.cwd / ".seal" / "objects", user, tmp_path.parent):
+        for force in ([], ["--force"]):
+            proc = seal.run("checkout", "HEAD", "--to", target, *force)
+            assert proc.returncode == 2, (target, proc.stdout, proc.stderr)
+    assert tree_state(seal.cwd) == before
+    assert (user / "notes.txt").read_text() == "my notes"
+
+
+def test_checkout_force_replaces_only_seal_files(registry, tiny_base, tmp_path):
+    seal = registry
+    first = seal.json("import", tiny_base["adapters"][0])["id"]
+    second = seal.json("import", tiny_base["adapters"][1])["id"]
+    out = tmp_path / "out"
+    seal("checkout", first, "--to", out)
+    (out / "mine.txt").write_text("user file")
+    (out / "adapter_config.json").write_text("{}")  # a local change to a file seal wrote
+    refused = seal.run("checkout", second, "--to", out)
+    assert refused.returncode == 2 and "local changes" in refused.stderr
+    seal("checkout", second, "--to", out, "--force")
+    assert (out / "mine.txt").read_text() == "user file"
+    assert json.loads((out / ".seal-checkout.json").read_text())["version"] == second
+
+
+def test_status_reports_each_state(registry, tiny_base):
+    seal = registry
+    seal("import", tiny_base["adapters"][0])
+    assert seal.json("status")["state"] == "missing"
+    seal("checkout", "main")
+    assert seal.json("status")["state"] == "clean"
+    seal("import", tiny_base["adapters"][1])
+    assert seal.json("status")["state"] == "stale"
+    seal("checkout", "main")
+    (seal.cwd / "adapter" / "adapter_config.json").write_text("{}")
+    assert seal.json("status")["state"] == "modified"
+
+
+def test_failed_checkout_moves_nothing(registry, tiny_base, reg):
+    seal = registry
+    vid = seal.json("import", tiny_base["adapters"][0])["id"]
+    seal("checkout", "-b", "side", "HEAD~1")
+    blob = reg.manifest(vid)["adapter"]["weights"]
+    path = reg.store.path_of(blob)
+    os.chmod(path, 0o600)
+    path.unlink()
+    head_before = reg.read_ref("HEAD")
+    reflog_before = len(reg.reflog())
+    proc = seal.run("checkout", "main")
+    assert proc.returncode == 2 and "missing" in proc.stderr
+    assert reg.read_ref("HEAD") == head_before and len(reg.reflog()) == reflog_before
