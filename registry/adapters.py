@@ -198,17 +198,19 @@ class _Bytes:
         except OSError as e:
             raise UserError(f"{where} cannot be read ({e.strerror}); check the path") from None
 
-    def read(self, offset: int, n: int) -> bytes:
+    def read(self, offset: int, n: int) -> bytearray:
+        """A fresh, writable copy, so arrays made from it are writable too."""
         if self.data is not None:
-            out = bytes(self.data[offset:offset + n])
+            out, got = bytearray(self.data[offset:offset + n]), min(n, max(len(self.data) - offset, 0))
         else:
+            out = bytearray(n)
             try:
                 with open(self.path, "rb") as fh:
                     fh.seek(offset)
-                    out = fh.read(n)
+                    got = fh.readinto(out)
             except OSError as e:
                 raise UserError(f"{self.where} cannot be read ({e.strerror}); check the file") from None
-        if len(out) != n:
+        if got != n:
             raise UserError(f"{self.where} is truncated (it changed while being read); copy it again")
         return out
 
