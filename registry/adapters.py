@@ -153,14 +153,14 @@ def _check_json_value(value: Any, where: str, depth: int = 0) -> None:
     elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise UserError(f"{where} has a non-string key {key!r}; JSON keys are strings")
+                raise UserError(f"{where} has a non-string key {key!r:.40}; use string keys, as JSON does")
             _check_json_value(key, where, depth + 1)
             _check_json_value(item, where, depth + 1)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _check_json_value(item, where, depth + 1)
     else:
-        raise UserError(f"{where} holds a {type(value).__name__}, which is not a JSON value")
+        raise UserError(f"{where} holds a {type(value).__name__}, which is not a JSON value; keep to JSON types")
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,7 +584,7 @@ def _module(name: str, kind: str, pair: Mapping[str, TensorInfo], rank: int, whe
     if A.shape[0] != rank or B.shape[1] != rank:
         raise UserError(
             f"{where}: module {name!r:.120} has lora_A {list(A.shape)} and lora_B {list(B.shape)}, but the config's rank "
-            f"for it is {rank} (A is [r, in], B is [out, r]); the config and weights do not belong together"
+            f"for it is {rank} (A is [r, in], B is [out, r]); the config and weights do not belong together, save both with PEFT again"
         )
     return LoraModule(name=name, kind=kind, r=rank, in_features=A.shape[1], out_features=B.shape[0])
 
@@ -635,18 +635,19 @@ def check_against_base(modules: Mapping[str, LoraModule], settings: LoraSettings
     base = _base_map(base_shapes)
     for m in modules.values():
         if m.name not in base:
-            raise UserError(f"{where}: module {m.name!r:.120} is not in the base model; the adapter was trained on another base")
+            raise UserError(f"{where}: module {m.name!r:.120} is not in the base model; the adapter was trained on "
+                            "another base, use it with a registry on that base")
         rows, cols = base[m.name]
         transposed = m.kind == "embedding" or settings.fan_in_fan_out
         out_f, in_f = (cols, rows) if transposed else (rows, cols)
         if (m.out_features, m.in_features) != (out_f, in_f):
             raise UserError(
                 f"{where}: module {m.name!r:.120} maps {m.in_features} -> {m.out_features} features but the base's "
-                f"maps {in_f} -> {out_f}; the adapter was trained on another base"
+                f"maps {in_f} -> {out_f}; the adapter was trained on another base, use it with a registry on that base"
             )
         if not settings.targets(m.name):
             raise UserError(f"{where}: module {m.name!r:.120} is adapted but target_modules does not select it; "
-                            "the config and weights do not belong together")
+                            "the config and weights do not belong together, save both with PEFT again")
     if settings.target_modules != "all-linear":
         missing = sorted(n for n in base if n not in modules and settings.targets(n))
         if missing:
@@ -735,12 +736,12 @@ class AdapterFolder:
 
 def _read_config(cfg_path: Path) -> Any:
     try:
-        size = cfg_path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise UserError(f"{cfg_path} is {size} bytes, too large for an adapter config; re-save the adapter with PEFT")
-        raw = cfg_path.read_bytes()
+        with open(cfg_path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # not stat(): some files report size 0 and never end
     except OSError as e:
         raise UserError(f"{cfg_path} cannot be read ({e.strerror}); check its permissions") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UserError(f"{cfg_path} is over {MAX_CONFIG_BYTES} bytes, too large for an adapter config; re-save the adapter with PEFT")
     return parse_json(raw, str(cfg_path))
 
 

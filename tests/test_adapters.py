@@ -217,6 +217,7 @@ HOSTILE = {
     "config lone surrogate": (_config_text('"peft_version": "', '"peft_version": "\\ud800'), "lone surrogate"),
     "config nested deep": (_config_text('"eva_config": null', '"eva_config": ' + "[" * 100_000 + "]" * 100_000),
                            "nested"),
+    "config too large": (lambda f: (f / "adapter_config.json").write_text("{}" + " " * (2 << 20)), "too large"),
     "r = 0": (_edit_config(lambda c: _set(c, "r", 0)), "r is 0"),
     "r = 5000": (_edit_config(lambda c: _set(c, "r", 5000)), "r is 5000"),
     "r a string": (_edit_config(lambda c: _set(c, "r", "4")), "r is '4'"),
@@ -252,6 +253,16 @@ def test_hostile_adapter_is_one_user_error(tiny, tmp_path, case):
         read_adapter_folder(folder, base_shapes=tiny["shapes"])
     message = str(caught.value)
     assert needle in message and "\n" not in message, message
+
+
+def test_missing_or_wrong_paths(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_adapter_folder(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="not a folder"):
+        read_adapter_folder(tmp_path / "file")
+    with pytest.raises(UserError, match="cannot be read"):
+        safetensors_header(tmp_path / "missing.safetensors")
 
 
 # ---------------------------------------------------------------- what passes
