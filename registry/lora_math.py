@@ -26,17 +26,16 @@ This module must not import torch, transformers or peft.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import numpy as np
 
+from .adapters import parse_json, pattern_value, safetensors_header, tensor_array
 from .errors import UserError
 
 __all__ = [
@@ -79,36 +78,13 @@ AdapterSource = Union[str, os.PathLike, tuple[Mapping[str, Any], Union[str, os.P
 # Reading safetensors without torch
 # --------------------------------------------------------------------------------------------
 
-# safetensors dtype codes that numpy represents natively.
-_NUMPY_DTYPES: dict[str, str] = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
-}
-
-
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """Return the safetensors JSON header and the byte offset where tensor data starts."""
-    with open(path, "rb") as fh:
-        raw_len = fh.read(8)
-        if len(raw_len) != 8:
-            raise UserError(f"{path} is not a safetensors file (shorter than 8 bytes).")
-        (header_len,) = struct.unpack("<Q", raw_len)
-        # The format caps the header at 100 MB; a bigger value means this is not safetensors.
-        if header_len > 100_000_000:
-            raise UserError(f"{path} is not a safetensors file (header length {header_len}).")
-        header = json.loads(fh.read(header_len))
-    return header, 8 + header_len
-
-
 def read_safetensors(path: str | os.PathLike, *, keys: Iterable[str] | None = None
                      ) -> dict[str, np.ndarray]:
     """Read tensors of a safetensors file into numpy arrays, bf16 included.
 
-    ``safetensors.numpy`` cannot return bf16 (numpy has no such dtype), and LoRA adapters
-    trained on a GPU are often saved in bf16. Those tensors are read from their byte range and
-    widened to float32: a bf16 value is the top half of a float32, so shifting the 16 bits left
-    by 16 is exact. Every other dtype goes through ``safetensors.safe_open(framework="np")``.
+    numpy has no bf16, and LoRA adapters trained on a GPU are often saved in bf16. Those tensors
+    are widened to float32: a bf16 value is the top half of a float32, so shifting the 16 bits
+    left by 16 is exact. The layout is checked first by :func:`seal.registry.adapters.safetensors_header`.
 
         >>> tensors = read_safetensors("adapter/adapter_model.safetensors")   # doctest: +SKIP
         >>> key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -116,35 +92,13 @@ def read_safetensors(path: str | os.PathLike, *, keys: Iterable[str] | None = No
         (16, 576)
     """
     path = Path(path)
-    header, data_start = _read_header(path)
-    wanted = [k for k in header if k != "__metadata__"] if keys is None else list(keys)
+    header = safetensors_header(path)
+    wanted = list(header.tensors) if keys is None else list(keys)
     out: dict[str, np.ndarray] = {}
-    via_library: list[str] = []
-    with open(path, "rb") as fh:
-        for key in wanted:
-            info = header.get(key)
-            if info is None:
-                raise KeyError(f"{key!r} is not in {path}")
-            dtype = info["dtype"]
-            if dtype == "BF16":
-                begin, end = info["data_offsets"]
-                fh.seek(data_start + begin)
-                raw = np.frombuffer(fh.read(end - begin), dtype="<u2")
-                widened = (raw.astype(np.uint32) << 16).view(np.float32)
-                out[key] = widened.reshape(info["shape"])
-            elif dtype in _NUMPY_DTYPES:
-                via_library.append(key)
-            else:
-                raise UserError(
-                    f"{path}: tensor {key!r} has dtype {dtype}, which seal cannot read without "
-                    "torch; save the adapter in float32, float16 or bfloat16."
-                )
-    if via_library:
-        from safetensors import safe_open  # the library validates offsets and shapes for us
-
-        with safe_open(str(path), framework="np") as st:
-            for key in via_library:
-                out[key] = st.get_tensor(key)
+    for key in wanted:
+        if key not in header.tensors:
+            raise KeyError(f"{key!r} is not in {path}")
+        out[key] = tensor_array(path, header, key)
     return out
 
 
@@ -172,18 +126,6 @@ def module_layer(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    """Look a module up in PEFT's ``rank_pattern``/``alpha_pattern`` the way PEFT does.
-
-    Mirrors ``peft.utils.other.get_pattern_key``: the first pattern key that matches the end of
-    the module name, on a dot boundary, as a regular expression, wins.
-    """
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return patterns[key]
-    return default
-
-
 def lora_scale(config: Mapping[str, Any], module: str) -> float:
     """PEFT's scaling factor for one module: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA.
 
@@ -195,8 +137,8 @@ def lora_scale(config: Mapping[str, Any], module: str) -> float:
         >>> lora_scale({"r": 16, "lora_alpha": 32, "use_rslora": True}, "x.q_proj")
         8.0
     """
-    r = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r", 8))
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    r = pattern_value(config.get("rank_pattern") or {}, module, config.get("r", 8))
+    alpha = pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
     if config.get("use_rslora", False):
         return float(alpha) / math.sqrt(float(r))
     return float(alpha) / float(r)
@@ -272,13 +214,12 @@ def load_lora_factors(source: AdapterSource) -> dict[str, LoraFactors]:
             hint = (" (it has adapter_model.bin: re-save it with safe_serialization=True)"
                     if (folder / "adapter_model.bin").exists() else "")
             raise UserError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}{hint}.")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = parse_json(config_path.read_bytes(), str(config_path))
         where = str(folder)
     weights = Path(weights)
-    header, _ = _read_header(weights)
+    header = safetensors_header(weights)
     # Only the LoRA tensors are read: an adapter may also carry large modules_to_save copies.
-    lora_keys = [k for k in header
-                 if k != "__metadata__" and (_LORA_KEY.match(k) or "lora_magnitude_vector" in k)]
+    lora_keys = [k for k in header.tensors if _LORA_KEY.match(k) or "lora_magnitude_vector" in k]
     tensors = read_safetensors(weights, keys=lora_keys)
     return _factors_from_tensors(config, tensors, where)
 
