@@ -14,11 +14,13 @@ def describe_base(spec: str | None) -> dict:
         desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=default_cache_dir())
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
+    from seal.registry.adapters import linear_shapes
+
     return base_record(
         fingerprint=fingerprint,
         name=desc["name"],
         revision=desc["revision"],
         source=desc["kind"],
         location=desc["source"],
-        info={"weights_dir": str(weights_dir)},
+        info={"weights_dir": str(weights_dir), "shapes": {k: list(v) for k, v in linear_shapes(weights_dir).items()}},
     )

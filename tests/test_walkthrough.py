@@ -71,7 +71,7 @@ def test_checkout_refuses_to_clobber(registry, tiny_base, tmp_path):
     precious.mkdir()
     (precious / "notes.txt").write_text("mine")
     r = seal("checkout", "HEAD", "--to", precious, expect=2)
-    assert "not a seal checkout" in r.stderr and (precious / "notes.txt").read_text() == "mine"
+    assert "seal did not write it" in r.stderr and (precious / "notes.txt").read_text() == "mine"
     out = tmp_path / "co"
     seal("checkout", "HEAD", "--to", out)
     (out / "adapter_config.json").write_text("{}")
