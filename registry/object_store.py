@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from .errors import SealError
+from .errors import SealError, UserError
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
 _CHUNK = 1 << 20
@@ -138,3 +138,30 @@ class LocalObjectStore:
     def check(self, digest: str) -> bool:
         """Whether the stored bytes still hash to their name."""
         return file_digest(self.path_of(digest)) == digest
+
+
+def open_object_store(url: str | None, seal_dir: Path) -> ObjectStore:
+    """The object store that ``SEAL_OBJECTS_URL`` names; the local one under ``seal_dir`` by default.
+
+    ``s3://bucket/prefix`` imports the S3 client only here, so commands that never touch S3
+    do not pay for it; its read cache is ``seal_dir/cache/objects``.
+
+    >>> open_object_store(None, Path(".seal"))                  # doctest: +ELLIPSIS
+    <...LocalObjectStore object at ...>
+    >>> open_object_store("s3://blobs/seal", Path(".seal"))    # doctest: +SKIP
+    S3ObjectStore('s3://blobs/seal', endpoint='AWS S3')
+    """
+    scheme, _, rest = (url or "").partition("://")
+    if not url or (scheme == "file" and not rest):
+        return LocalObjectStore(Path(seal_dir) / "objects")
+    if scheme == "file" and rest.startswith("/"):
+        return LocalObjectStore(Path(rest))
+    if scheme == "s3":
+        try:
+            from .s3_store import S3ObjectStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "obstore":
+                raise
+            raise UserError(f"{url} needs the S3 client: pip install 'seal-registry[s3]'") from None
+        return S3ObjectStore.from_url(url, cache=Path(seal_dir) / "cache" / "objects")
+    raise UserError(f"cannot store blobs at {url!r}: use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")
