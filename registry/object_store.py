@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from .errors import SealError
+from .errors import SealError, UserError
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
 _CHUNK = 1 << 20
@@ -228,13 +228,31 @@ class LocalObjectStore:
 
 
 def open_object_store(url: str | None, seal_dir: Path | None) -> ObjectStore:
-    """The store a registry's blobs live in: ``.seal/objects`` by default, or ``file://PATH``."""
-    from .errors import UserError
+    """The object store that ``SEAL_OBJECTS_URL`` names; the local one under ``seal_dir`` by default.
 
-    if not url:
-        if seal_dir is None:
-            raise UserError("no object store: set SEAL_OBJECTS_URL, or open the registry from its folder")
+    ``s3://bucket/prefix`` imports the S3 client only here, so commands that never touch S3
+    do not pay for it; its read cache is ``seal_dir/cache/objects``.
+
+    >>> open_object_store(None, Path(".seal"))                  # doctest: +ELLIPSIS
+    <...LocalObjectStore object at ...>
+    >>> open_object_store("s3://blobs/seal", Path(".seal"))    # doctest: +SKIP
+    S3ObjectStore('s3://blobs/seal', endpoint='AWS S3')
+    """
+    scheme, _, rest = (url or "").partition("://")
+    if seal_dir is None and (not url or scheme != "s3"):
+        raise UserError("no object store: set SEAL_OBJECTS_URL, or open the registry from its folder")
+    if not url or (scheme == "file" and not rest):
         return LocalObjectStore(Path(seal_dir) / "objects")
-    if url.startswith("file://"):
-        return LocalObjectStore(Path(url[len("file://"):]))
-    raise UserError(f"cannot use object store URL {url!r}; give file://PATH")
+    if scheme == "file" and rest.startswith("/"):
+        return LocalObjectStore(Path(rest))
+    if scheme == "s3":
+        try:
+            from .s3_store import S3ObjectStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "obstore":
+                raise
+            raise UserError(f"{url} needs the S3 client: pip install 'seal-registry[s3]'") from None
+        cache = Path(seal_dir) / "cache" / "objects" if seal_dir is not None else Path(
+            os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seal" / "objects"
+        return S3ObjectStore.from_url(url, cache=cache)
+    raise UserError(f"cannot store blobs at {url!r}: use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")

