@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from seal.registry.policy import DEFAULT_GATES
+from seal.registry.vocabulary import GATES
 
 Scores = Mapping[str, Any]
 
@@ -42,7 +42,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 # One source of defaults: the policy file `seal init` writes is rendered from the same table.
-DEFAULT_POLICY: dict[str, float] = {key: value for key, (value, _) in DEFAULT_GATES.items()}
+DEFAULT_POLICY: dict[str, float] = {g.policy_key: g.default for g in GATES}
 
 
 @dataclass(frozen=True)

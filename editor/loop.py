@@ -122,12 +122,6 @@ def read_trigger(req: EditRequest) -> Trigger:
     """Check the user's files before anything heavy happens."""
     if (req.passage is None) == (req.examples is None):
         raise UserError("give exactly one of --passage FILE or --examples FILE")
-    if req.candidates < 1 or req.candidates > 64:
-        raise UserError("--candidates must be between 1 and 64")
-    if req.epochs < 1 or req.batch_size < 1 or req.r < 1 or req.lr <= 0:
-        raise UserError("--epochs, --batch-size and --r must be at least 1, and --lr above 0")
-    if req.style not in ("implications", "rewrite", "self-qa"):
-        raise UserError("--style must be implications, rewrite or self-qa")
     eval_items = eval_raw = None
     if req.eval is not None:
         eval_items, eval_raw = read_jsonl(req.eval, "eval", ("question", "answer|answers"))
@@ -370,6 +364,9 @@ def recent_edit_norms(repo: Repository, conn, start: str, window: int) -> list[f
 
 def run_edit(repo: Repository, req: EditRequest) -> dict:
     """Run one SEAL self-edit on HEAD and record every candidate. See the module docstring."""
+    from .options import check_edit_request
+
+    check_edit_request(req, repo.base())
     trigger = read_trigger(req)
     from .device import pick_device
 

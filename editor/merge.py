@@ -161,7 +161,9 @@ def _parse_weights(weights: str | None, n: int) -> list[float]:
 
 def _prepare(repo: Repository, device: str, require_gpu: bool):
     from .device import pick_device
+    from .options import check_device_name
 
+    check_device_name(device)
     try:
         device = pick_device(device, require_gpu=require_gpu)
     except ValueError as e:
@@ -174,6 +176,9 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
               message: str = "", device: str = "auto", require_gpu: bool = False, track: bool = True,
               answer_tokens: int = 48) -> dict:
     """Merge two or more versions with PEFT, evaluate and gate the result, and record it."""
+    from .options import check_device_name
+
+    check_device_name(device)
     if len(revs) < 2:
         raise UserError("give at least two revisions to merge")
     if density is not None and not 0 < density <= 1:
@@ -266,6 +271,9 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
                     answer_tokens: int = 48) -> dict:
     """Fold a chain of accepted edits into one adapter of bounded rank (SVD), gated so that every
     folded edit keeps its efficacy within the policy's ``consolidate_efficacy_drop_max``."""
+    from .options import check_device_name
+
+    check_device_name(device)
     if rank is not None and rank < 1:
         raise UserError("--rank must be at least 1")
     with repo.read() as conn:

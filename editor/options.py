@@ -1,0 +1,77 @@
+"""Checking what `seal edit`, `merge` and `consolidate` were given, before any model loads.
+
+Everything here is torch-free: a bad option costs milliseconds and writes nothing. Target modules
+are checked against the base's linear layers as recorded at `seal init` (no weights are read).
+
+>>> check_device_name("cuda:1")
+'cuda:1'
+>>> check_number("--lr", float("nan"), low=0, low_open=True)
+Traceback (most recent call last):
+seal.registry.errors.UserError: --lr must be a finite number, not nan
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from seal.registry.errors import UserError
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+STYLES = ("implications", "rewrite", "self-qa")
+
+
+def check_device_name(name: str) -> str:
+    if not isinstance(name, str) or not _DEVICE.match(name.strip().lower()):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name.strip().lower()
+
+
+def check_number(option: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False):
+    """A finite number within [low, high] (or (low, high] with ``low_open``), else a UserError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{option} must be a finite number, not {value}")
+    if integer and int(value) != value:
+        raise UserError(f"{option} must be a whole number, not {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        lo = "" if low is None else (f"above {low:g}" if low_open else f"at least {low:g}")
+        hi = "" if high is None else f"at most {high:g}"
+        raise UserError(f"{option} must be {' and '.join(x for x in (lo, hi) if x)}, not {value:g}")
+    return value
+
+
+def check_targets(targets, base_row: dict | None) -> None:
+    """Each named target module must exist among the base's linear layers ('all-linear' always does)."""
+    if targets == "all-linear":
+        return
+    names = [targets] if isinstance(targets, str) else list(targets)
+    if not names or any(not isinstance(t, str) or not t.strip() for t in names):
+        raise UserError("--targets needs module names (e.g. q_proj,v_proj) or all-linear")
+    shapes = ((base_row or {}).get("info") or {}).get("shapes") or {}
+    if not shapes:
+        return  # a base recorded before seal kept its shapes: PEFT checks when it attaches the adapter
+    leaves = {name.rsplit(".", 1)[-1] for name in shapes}
+    unknown = [t for t in names if t not in leaves and t not in shapes]
+    if unknown:
+        known = ", ".join(sorted(leaves - {"lm_head"}))
+        raise UserError(f"--targets {', '.join(unknown)}: no such linear layer in the base; known: {known}")
+
+
+def check_edit_request(req, base_row: dict | None) -> None:
+    """Every option of `seal edit`, before anything is read or loaded."""
+    check_number("--candidates", req.candidates, low=1, high=64, integer=True)
+    check_number("--lr", req.lr, low=0, low_open=True, high=1e6)
+    check_number("--epochs", req.epochs, low=1, high=1000, integer=True)
+    check_number("--batch-size", req.batch_size, low=1, high=4096, integer=True)
+    check_number("--r", req.r, low=1, high=4096, integer=True)
+    check_number("--alpha", req.alpha, low=0, low_open=True, high=1e6)
+    check_number("--temperature", req.temperature, low=0, high=10)
+    check_number("--top-p", req.top_p, low=0, low_open=True, high=1)
+    check_number("--max-tokens", req.max_new_tokens, low=1, high=4096, integer=True)
+    check_number("--seed", req.seed, low=0, high=2**32 - 1, integer=True)
+    if req.style not in STYLES:
+        raise UserError(f"--style must be one of {', '.join(STYLES)}, not {req.style!r}")
+    check_device_name(req.device)
+    check_targets(req.target_modules, base_row)
