@@ -1,7 +1,8 @@
-"""Tamper evidence, append-only tables, compare-and-swap under concurrency, schema checks."""
+"""Tamper evidence: append-only tables, forged rows, moved refs, erased history, and CAS races."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import sqlite3
@@ -11,16 +12,17 @@ import pytest
 
 from seal.registry import refs as R
 from seal.registry.errors import RefConflict
-from seal.registry.repository import Repository
+from seal.registry.objects import build_manifest, canonical_json, version_id
+from seal.registry.repo import Registry
 
 
-def _raw(seal, sql: str):
+def _raw(seal, sql: str, params: tuple = ()):
     """Run SQL straight against the database, behind seal's back (sqlite3 or psycopg)."""
     url = seal.env.get("SEAL_DATABASE_URL")
     if url is None:
         conn = sqlite3.connect(seal.cwd / ".seal" / "lineage.db")
         try:
-            conn.executescript(sql)
+            conn.execute(sql, params) if params else conn.executescript(sql)
             conn.commit()
         finally:
             conn.close()
@@ -28,7 +30,7 @@ def _raw(seal, sql: str):
         import psycopg
 
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
-            conn.execute(sql)
+            conn.execute(sql.replace("?", "%s"), params or None)
 
 
 def _drop_triggers(seal, table: str):
@@ -36,6 +38,13 @@ def _drop_triggers(seal, table: str):
         _raw(seal, f"DROP TRIGGER {table}_append_only_update; DROP TRIGGER {table}_append_only_delete;")
     else:
         _raw(seal, f"DROP TRIGGER {table}_append_only ON {table}")
+
+
+def _faults(seal) -> list[dict]:
+    proc = seal.run("verify", "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == (1 if doc["faults"] else 0)
+    return doc["faults"]
 
 
 @pytest.mark.parametrize("sql", [
@@ -89,13 +98,67 @@ def test_forged_signature_is_caught_by_verify(registry, tiny_base):
     assert vid[:12] in r.stdout and "signature" in r.stdout
 
 
+def test_insert_only_forged_signer_and_version_are_named(registry, reg, tiny_base):
+    """An attacker with INSERT rights alone: a signer of their own and an 'accepted' version it signed."""
+    from seal.registry.signing import create_key, public_key_hex, signer_id
+    from seal.registry.versions import version_rows
+
+    registry("import", tiny_base["adapters"][0])
+    head = reg.resolve("HEAD")
+    key = create_key(registry.cwd / "attacker.key")
+    public = public_key_hex(key)
+    sid = signer_id(public)
+    manifest = build_manifest(base=reg.base_id(), parents=[head], kind="edit", status="accepted",
+                              author="mallory", message="approved by the board")
+    vid = version_id(manifest)
+    _raw(registry, "INSERT INTO signers (id, public_key, name, created_at) VALUES (?, ?, ?, ?)",
+         (sid, public, "mallory", "2026-01-01T00:00:00.000000Z"))
+    row = version_rows(manifest, vid, key.sign(vid.encode()).hex(), sid)["version"]
+    _raw(registry, f"INSERT INTO versions ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
+    _raw(registry, "INSERT INTO version_parents (version_id, position, parent_id) VALUES (?, 0, ?)", (vid, head))
+    faults = _faults(registry)
+    assert any(f["version"] == vid and "not in the trust file" in f["fault"] for f in faults), faults
+    assert any(sid[:12] in f["object"] for f in faults), faults
+
+
+def test_ref_moved_by_sql_is_named(registry, tiny_base):
+    first = registry.json("import", tiny_base["adapters"][0])["id"]
+    registry("import", tiny_base["adapters"][1])
+    registry("tag", "v1")
+    _raw(registry, f"UPDATE refs SET target = '{first}' WHERE name = 'refs/tags/v1'")
+    _raw(registry, "INSERT INTO refs (name, target, updated_at) VALUES ('refs/heads/sneaky', ?, 't')", (first,))
+    objects = {f["object"] for f in _faults(registry)}
+    assert {"ref refs/tags/v1", "ref refs/heads/sneaky"} <= objects
+
+
+def test_erased_reflog_and_rolled_back_version_are_caught(registry, reg, tiny_base):
+    first = registry.json("import", tiny_base["adapters"][0])["id"]
+    newest = registry.json("import", tiny_base["adapters"][1])["id"]
+    for table in ("reflog", "versions", "version_parents"):
+        _drop_triggers(registry, table)
+    # Roll back the newest version: its rows, its reflog row, and main pointed back.
+    _raw(registry, f"DELETE FROM version_parents WHERE version_id = '{newest}'")
+    _raw(registry, f"DELETE FROM versions WHERE id = '{newest}'")
+    _raw(registry, f"DELETE FROM reflog WHERE new = '{newest}'")
+    _raw(registry, f"UPDATE refs SET target = '{first}' WHERE name = 'refs/heads/main'")
+    faults = _faults(registry)
+    assert any(f["version"] == newest and "rolled back" in f["fault"] for f in faults), faults
+    assert any("erased" in f["fault"] for f in faults), faults
+
+
+def test_unsigned_reflog_row_is_named(registry, tiny_base):
+    vid = registry.json("import", tiny_base["adapters"][0])["id"]
+    _raw(registry, "INSERT INTO reflog (ref, old, new, actor, reason, time) VALUES ('refs/tags/x', NULL, ?, 'm', 'r', 't')", (vid,))
+    _raw(registry, "INSERT INTO refs (name, target, updated_at) VALUES ('refs/tags/x', ?, 't')", (vid,))
+    assert any("not signed" in f["fault"] for f in _faults(registry))
+
+
 def _race(seal_dir: str, env: dict, old: str, new: str, barrier, results):
     os.environ.update(env)
-    repo = Repository.find(seal_dir)
+    reg = Registry.open(seal_dir)
+    barrier.wait(timeout=30)
     try:
-        with repo.transaction() as conn:
-            barrier.wait(timeout=30)
-            R.compare_and_swap(conn, R.HEADS + "main", old=old, new=new, reason=f"race to {new[:8]}")
+        reg.move_ref(R.HEADS + "main", new=new, expected=old, reason=f"race to {new[:8]}")
         results.put(("won", new))
     except RefConflict as e:
         results.put(("lost", str(e)))
@@ -121,36 +184,33 @@ def test_two_processes_race_for_main(registry, tiny_base):
     moves = [e for e in seal.json("reflog", "main") if e["reason"].startswith("race")]
     assert len(moves) == 1 and moves[0]["old"] == a and moves[0]["new"] == outcomes[1][1]
     assert seal.json("show", "main")["id"] == outcomes[1][1]
+    assert _faults(seal) == []
 
 
-def test_import_loses_cleanly_when_main_moves(registry, tiny_base):
-    """The CAS inside import: a stale head means nothing is recorded."""
-    from seal.registry.porcelain import import_adapter
+def test_record_with_a_stale_head_records_nothing(registry, reg, tiny_base):
+    """A version and its ref move are one transaction: a lost compare-and-swap records neither."""
+    first = registry.json("import", tiny_base["adapters"][0])["id"]
+    registry("import", tiny_base["adapters"][1])
+    before = len(registry.json("log", "--all"))
+    manifest = build_manifest(base=reg.base_id(), parents=[first], kind="revert", status="accepted", message="late")
+    with pytest.raises(RefConflict, match="moved from"):
+        reg.record(manifest, ref=R.HEADS + "main", expected=first, reason="late")
+    assert len(registry.json("log", "--all")) == before
+    assert _faults(registry) == []
 
-    seal = registry
-    env = {k: v for k, v in seal.env.items() if k.startswith("SEAL_")}
-    os.environ.update(env)
-    try:
-        repo = Repository.find(seal.cwd)
-        before = len(seal.json("log", "--all"))
-        real_head_state = __import__("seal.registry.porcelain", fromlist=["_head_state"])._head_state
-        moved = {}
 
-        def stale_head(conn):
-            ref, head = real_head_state(conn)
-            if not moved:
-                moved["x"] = seal.json("import", tiny_base["adapters"][1])["id"]
-            return ref, head
+def test_journal_copies_versions_and_moves(registry, reg, tiny_base):
+    vid = registry.json("import", tiny_base["adapters"][0])["id"]
+    assert reg.store.has("sha256:" + vid)
+    entry = reg.reflog("main", 1)[0]
+    doc = R.reflog_entry(entry["ref"], entry["old"], entry["new"], actor=entry["actor"], reason=entry["reason"],
+                         time=entry["time"], signer=entry["signer"])
+    signature = next(r["signature"] for r in _reflog_rows(registry) if r["time"] == entry["time"] and r["ref"] == entry["ref"])
+    assert reg.store.has(__import__("seal.registry.objects", fromlist=["blob_digest"]).blob_digest(
+        canonical_json({**doc, "signature": signature})))
 
-        import seal.registry.porcelain as P
 
-        P._head_state, saved = stale_head, P._head_state
-        try:
-            with pytest.raises(RefConflict, match="moved from"):
-                import_adapter(repo, tiny_base["adapters"][0], message="late")
-        finally:
-            P._head_state = saved
-        assert len(seal.json("log", "--all")) == before + 1  # only the winner's version
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
+def _reflog_rows(seal) -> list[dict]:
+    reg = Registry.open(seal.cwd)
+    with reg.read() as c:
+        return c.dicts("SELECT * FROM reflog")
