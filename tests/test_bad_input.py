@@ -81,49 +81,31 @@ def test_revision_errors(registry, tiny_base):
     assert _snapshot(seal) == before
 
 
-def test_ambiguous_prefix_lists_candidates(registry, tiny_base):
+def test_ambiguous_prefix_lists_candidates(registry, reg, tiny_base):
     """Many versions make a shared 4-hex prefix certain; the error names each candidate."""
     from seal.registry.errors import RevisionError
-    from seal.registry.repository import Repository
-    from seal.registry.revisions import resolve_revision
-    from sqlalchemy import select
-    from seal.registry.schema import versions
-    import os
 
     seal = registry
     seal("import", tiny_base["adapters"][0])
-    os.environ.update({k: v for k, v in seal.env.items() if k.startswith("SEAL_")})
-    try:
-        repo = Repository.find(seal.cwd)
-        _bulk_versions(repo, 2000)
-        with repo.connect() as conn:
-            ids = sorted(r[0] for r in conn.execute(select(versions.c.id)))
-        pairs = [(a, b) for a, b in zip(ids, ids[1:]) if a[:4] == b[:4]]
-        assert pairs, "2000 random ids share a 4-digit prefix with near certainty"
-        a, b = pairs[0]
-        with repo.connect() as conn:
-            with pytest.raises(RevisionError) as info:
-                resolve_revision(conn, a[:4])
-        assert a[:12] in str(info.value) and b[:12] in str(info.value)
-        proc = seal("show", a[:4], check=False)
-        _one_line_error(proc, "ambiguous", a[:12], b[:12])
-    finally:
-        for k in list(os.environ):
-            if k.startswith("SEAL_") and k != "SEAL_ACTOR":
-                os.environ.pop(k)
+    _bulk_versions(reg, 2000)
+    with reg.read() as c:
+        ids = sorted(r[0] for r in c.all("SELECT id FROM versions"))
+    pairs = [(a, b) for a, b in zip(ids, ids[1:]) if a[:4] == b[:4]]
+    assert pairs, "2000 random ids share a 4-digit prefix with near certainty"
+    a, b = pairs[0]
+    with pytest.raises(RevisionError) as info:
+        reg.resolve(a[:4])
+    assert a[:12] in str(info.value) and b[:12] in str(info.value)
+    proc = seal("show", a[:4], check=False)
+    _one_line_error(proc, "ambiguous", a[:12], b[:12])
 
 
-def _bulk_versions(repo, n):
+def _bulk_versions(reg, n):
     from seal.registry.objects import build_manifest
-    from seal.registry.repository import insert_versions
 
-    with repo.transaction() as conn:
-        base = repo.base_id(conn)
-        records = [
-            (build_manifest(base=base, parents=[], kind="import", status="rejected", message=f"bulk {i}"), None, None)
-            for i in range(n)
-        ]
-        insert_versions(conn, records)
+    base = reg.base_id()
+    reg.record_many([build_manifest(base=base, parents=[], kind="import", status="rejected", message=f"bulk {i}")
+                     for i in range(n)])
 
 
 def test_not_a_registry(tmp_path, seal):
