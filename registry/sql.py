@@ -63,7 +63,7 @@ class Conn:
         self.dialect = dialect
 
     def _sql(self, sql: str) -> str:
-        return _PARAM.sub("%s", sql) if self.dialect == "postgresql" else sql
+        return _PARAM.sub("%s", sql.replace("%", "%%")) if self.dialect == "postgresql" else sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self.raw.cursor()
