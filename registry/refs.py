@@ -16,10 +16,8 @@ that put it there.
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
-import socket
 from typing import Protocol
 
 from .errors import RefConflict, UserError
@@ -50,6 +48,9 @@ def actor() -> str:
     env = os.environ.get("SEAL_ACTOR")
     if env:
         return env
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except Exception:
