@@ -52,14 +52,14 @@ def make_adapter(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def bench_base() -> dict:
+def bench_base(shapes: dict | None = None) -> dict:
     from seal.registry.bases import base_record
 
-    shapes = {f"model.layers.{i}.self_attn.{m}": [64, 64] for i in range(2) for m in ("q_proj", "v_proj")}
+    shapes = shapes or {f"model.layers.{i}.self_attn.{m}": [64, 64] for i in range(2) for m in ("q_proj", "v_proj")}
     return base_record(name="bench-base", revision=None, source="hub", location=None, info={"shapes": shapes})
 
 
-def build(root: Path, n: int) -> float:
+def build(root: Path, n: int, adapter: Path | None = None, base: dict | None = None) -> float:
     """``n`` versions on main (every tenth a rejected sibling), inserted in bulk; returns seconds."""
     from seal.registry import refs as R
     from seal.registry.init import init_registry
@@ -67,9 +67,9 @@ def build(root: Path, n: int) -> float:
     from seal.registry.versions import insert_version
 
     t0 = time.perf_counter()
-    base = bench_base()
+    base = base or bench_base()
     reg = init_registry(root, base=base)
-    adapter = make_adapter(root / "adapter-src")
+    adapter = adapter or make_adapter(root / "adapter-src")
     digest = reg.store.put_file(adapter / "adapter_model.safetensors")
     config = json.loads((adapter / "adapter_config.json").read_text())
     root_id = head = reg.resolve("main")

@@ -365,3 +365,20 @@ def test_module_imports_no_torch():
     code = ("import sys, seal.registry.adapters, seal.registry.lora_math; "
             "bad = {'torch', 'transformers', 'peft'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype,np_dtype", [("F16", "<f2"), ("F32", "<f4"), ("F64", "<f8"), ("BF16", None)])
+def test_non_finite_agrees_with_numpy(dtype, np_dtype):
+    import numpy as np
+
+    from seal.registry.adapters import non_finite
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(4097).astype(np.float32) * np.float32(1e3)
+    for bad in (None, np.nan, np.inf, -np.inf):
+        x = values.copy()
+        if bad is not None:
+            x[1234] = bad
+        raw = (x.view("<u4") >> 16).astype("<u2").tobytes() if np_dtype is None else x.astype(np_dtype).tobytes()
+        assert non_finite(raw, dtype) == (bad is not None), (dtype, bad)
+    assert not non_finite(np.array([65504.0, -65504.0, 6e-8], "<f2").tobytes(), "F16")  # largest and tiniest finite halves
