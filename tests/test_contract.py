@@ -204,3 +204,64 @@ def test_failed_checkout_moves_nothing(registry, tiny_base, reg):
     proc = seal.run("checkout", "main")
     assert proc.returncode == 2 and "missing" in proc.stderr
     assert reg.read_ref("HEAD") == head_before and len(reg.reflog()) == reflog_before
+
+
+def test_missing_signing_key_is_named_and_never_replaced(registry, reg, tiny_base):
+    key = registry.cwd / ".seal" / "keys" / "signing.key"
+    key.unlink()
+    proc = registry.run("import", tiny_base["adapters"][0])
+    assert proc.returncode == 2 and "signing key" in proc.stderr and "seal key new" in proc.stderr
+    assert not key.exists()
+    registry("key", "new")
+    registry("import", tiny_base["adapters"][0])
+    assert registry.run("verify").returncode == 0
+
+
+def test_corrupt_config_and_policy_name_the_key(registry, tiny_base):
+    config = registry.cwd / ".seal" / "config.toml"
+    good = config.read_text()
+    config.write_text(good + "\n[database]\nurl = 5\n")
+    proc = registry.run("log")
+    assert proc.returncode == 2 and "config.toml" in proc.stderr
+    config.write_text(good + "\n[bogus]\nx = 'y'\n")
+    assert "unknown section [bogus]" in registry.run("log").stderr
+    config.write_text(good)
+    policy = registry.cwd / ".seal" / "policy.toml"
+    policy.write_text(policy.read_text().replace("kl_vs_base_max = 2.0", "kl_vs_base_max = inf"))
+    proc = registry.run("policy", "show")
+    assert proc.returncode == 2 and "kl_vs_base_max" in proc.stderr
+
+
+def _small_filesystem(path: Path, size: str = "2m") -> bool:
+    import subprocess
+
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_base_record):
+    disk = tmp_path / "disk"
+    if not _small_filesystem(disk):
+        pytest.skip("cannot mount a small tmpfs here (needs root); the full-disk path is not exercised")
+    try:
+        make_registry(disk, tiny_base_record).close()
+        seal = Seal(disk, {"SEAL_ACTOR": "tester"})
+        before = seal.json("log", "--all")
+        filler = disk / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        proc = seal.run("import", tiny_base["adapters"][0], "-m", "no room")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        filler.unlink()
+        assert seal.json("log", "--all") == before
+        assert seal.run("verify").returncode == 0
+    finally:
+        import subprocess
+
+        subprocess.run(["umount", str(disk)], capture_output=True)
