@@ -241,7 +241,31 @@ class Registry:
         with self.read() as c:
             return get_base(c, self.base_id())
 
+    def verify(self, *, check_blobs: bool = True) -> list[dict]:
+        """Every fault found (empty when the registry checks out); see :mod:`seal.registry.verify`."""
+        from .verify import verify_registry
+
+        return verify_registry(self, check_blobs=check_blobs)
+
+    def status(self) -> dict:
+        """HEAD against the ``./adapter`` folder: clean, modified, stale, incomplete or missing."""
+        from .worktree import status
+
+        return status(self)
+
     # --- writing ---------------------------------------------------------------------------
+
+    def checkout(self, rev: str, *, branch: str | None = None, to: Path | None = None, force: bool = False) -> dict:
+        """Write ``rev``'s adapter folder, then move HEAD (or only write the folder with ``to``)."""
+        from .worktree import checkout
+
+        return checkout(self, rev, branch=branch, to=to, force=force)
+
+    def gc(self, *, dry_run: bool = False, grace_s: float | None = None):
+        """Remove litter and unreferenced blobs older than the grace period; the only deleter of blobs."""
+        from .gc import DEFAULT_GRACE_S, gc
+
+        return gc(self, dry_run=dry_run, grace_s=DEFAULT_GRACE_S if grace_s is None else grace_s)
 
     def record(self, manifest: dict, *, ref: str | None = None, expected: Any = KEEP,
                reason: str | None = None) -> str:
