@@ -74,11 +74,11 @@ def gate_cell(g: dict | None) -> str:
         return "-"
     text = verdict(g)
     if g.get("value") is not None:
-        text += f" {num(float(g['value']))}"
+        text += f" {num(g['value'])}"
     if g.get("ci_low") is not None and g.get("ci_high") is not None:
-        text += f" [{num(float(g['ci_low']))}, {num(float(g['ci_high']))}]"
+        text += f" [{num(g['ci_low'])}, {num(g['ci_high'])}]"
     if g.get("threshold") is not None:
-        text += f" (threshold {num(float(g['threshold']))})"
+        text += f" (threshold {num(g['threshold'])})"
     return text
 
 

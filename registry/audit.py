@@ -116,12 +116,14 @@ def _self_edit_lines(reg, digest: str | None) -> list[str]:
         doc = json.loads(text) if text else None
     except json.JSONDecodeError:
         doc = None
-    if isinstance(doc, dict):
-        lines = doc.get("lines") or doc.get("sequences") or [
-            f"{r.get('prompt')} -> {r.get('target')} (model said: {r.get('predicted')})"
-            for r in doc.get("records", []) if isinstance(r, dict)]
-        return _redacted_lines("\n".join(str(x) for x in lines), n=5)
-    return _redacted_lines(text)
+    if not isinstance(doc, dict):
+        return _redacted_lines(text)
+    lines = next((doc[k] for k in ("lines", "sequences") if isinstance(doc.get(k), list) and doc[k]), None)
+    if lines is None:
+        records = doc.get("records") if isinstance(doc.get("records"), list) else []
+        lines = [f"{r.get('prompt')} -> {r.get('target')} (model said: {r.get('predicted')})"
+                 for r in records if isinstance(r, dict)]
+    return _redacted_lines("\n".join(str(x) for x in lines), n=5) if lines else _redacted_lines(text)
 
 
 _PATH_ORDER = """
@@ -186,12 +188,37 @@ def audit_report(reg, rev: str = "HEAD") -> dict:
 
 
 def _decision(m: dict) -> dict:
-    return m.get("decision") or {"accepted": m["status"] == "accepted", "reason": f"{m['kind']} recorded as {m['status']}"}
+    d = m.get("decision")
+    if not isinstance(d, dict):
+        return {"accepted": m["status"] == "accepted", "reason": f"{m['kind']} recorded as {m['status']}"}
+    return {**d, "accepted": bool(d.get("accepted", m["status"] == "accepted")), "reason": str(d.get("reason") or "")}
+
+
+# A pulled manifest is checked for its schema, not for the shape of every optional field: the
+# report takes what it shows from those fields only in the shapes the editor writes.
+
+def _revert(m: dict) -> dict | None:
+    r = m.get("revert")
+    if m["kind"] != "revert" or not isinstance(r, dict):
+        return None
+    return {k: (None if r.get(k) is None else str(r[k])) for k in ("of", "to", "reason", "scores_from")}
+
+
+def _findings(info: dict) -> list[dict]:
+    found = info.get("findings")
+    return [{k: f.get(k, "?") for k in ("kind", "line", "column")}
+            for f in (found if isinstance(found, list) else []) if isinstance(f, dict)]
+
+
+def _score(s: dict) -> dict:
+    against = s.get("against")
+    return {**s, "against": against if against is None or isinstance(against, str) else str(against),
+            "method": V.method_of(s)}
 
 
 def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:
     m, row = data["manifests"][vid], data["rows"][vid]
-    info = m.get("trigger_info") or {}
+    info = m.get("trigger_info") if isinstance(m.get("trigger_info"), dict) else {}
     decision = _decision(m)
     train = m.get("train") or {}
     return {
@@ -201,16 +228,16 @@ def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:
         "input_data": {
             "trigger": m.get("trigger"), "trigger_kind": info.get("kind"),
             "trigger_first_lines": _redacted_lines(head_text(reg, m.get("trigger"))),
-            "redacted": bool(info.get("redacted")), "findings": info.get("findings", []),
+            "redacted": bool(info.get("redacted")), "findings": _findings(info),
             "eval": m.get("eval"), "adapter": (m.get("adapter") or {}).get("weights"),
         },
         "self_edit": {"digest": m["self_edit"], "first_lines": _self_edit_lines(reg, m["self_edit"])} if m.get("self_edit") else None,
         "writer": m.get("writer"),
-        "evaluation": [{**s, "method": V.method_of(s)} for s in m.get("scores", [])],
+        "evaluation": [_score(s) for s in m.get("scores", [])],
         "gates": m.get("audit", []),
         "gated": bool(decision.get("gated", bool(m.get("audit")))),
         "decision": decision,
-        "revert": m.get("revert"),
+        "revert": _revert(m),
         "approver": {"author": m.get("author", ""), "signer": row["signer"], "policy": m.get("policy"),
                      "trusted_signer": row["signer"] in trusted,
                      "moved_by": sorted({mv["actor"] for mv in data["moves"] if mv["new"] == vid})},

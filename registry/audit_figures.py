@@ -31,6 +31,8 @@ NODE_STYLE = {
 DOT_TIMEOUT = 60
 #: GitHub renders mermaid graphs up to a size; larger lineages show their newest versions.
 MERMAID_NODES = 300
+#: The html lineage draws at most this many versions (the newest): more make an unreadable picture.
+GRAPH_NODES = 400
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,19 @@ def _dot_svg(source: str) -> str:
     return svg[start:]  # drop the XML declaration and DOCTYPE: the SVG sits inside an HTML page
 
 
-def lineage_figure(report: dict) -> LineageFigure:
+def lineage_figure(report: dict, limit: int = GRAPH_NODES) -> LineageFigure:
     """The lineage laid out by graphviz, or by lanes (with a note saying why) when dot is unavailable."""
+    shown = _newest_first(report)[:limit]
+    part = {**report, "versions": shown}
+    cut = f"The {len(shown)} newest of {len(report['versions'])} versions are drawn. " \
+        if len(shown) < len(report["versions"]) else ""
     try:
-        return LineageFigure(_dot_svg(lineage_dot(report)), "graphviz", None)
+        return LineageFigure(_dot_svg(lineage_dot(part)), "graphviz", cut or None)
     except FileNotFoundError:
-        note = "graphviz is not installed (Debian: apt-get install graphviz), so edges may cross versions"
+        why = "graphviz is not installed (Debian: apt-get install graphviz), so edges may cross versions"
     except (RuntimeError, subprocess.TimeoutExpired, OSError, UnicodeDecodeError) as e:
-        note = f"graphviz failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}), so edges may cross versions"
-    return LineageFigure(lanes_svg(report), "lanes", f"Drawn in lanes like `seal log --graph`: {note}.")
+        why = f"graphviz failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}), so edges may cross versions"
+    return LineageFigure(lanes_svg(part), "lanes", f"{cut}Drawn in lanes like `seal log --graph`: {why}.")
 
 
 # --- lanes (the fallback) ---------------------------------------------------------------------

@@ -250,12 +250,20 @@ def _base_section(conn: Conn, m_old: dict | None, m_new: dict) -> dict:
 # --- scores and gates -------------------------------------------------------------------------
 
 def _score_key(s: dict) -> tuple:
-    return (s.get("suite"), s.get("metric"), s.get("against"))
+    against = s.get("against")
+    return (s.get("suite"), s.get("metric"), against if against is None or isinstance(against, str) else str(against))
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _number(row: dict | None) -> float | None:
-    value = None if row is None else row.get("value")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return None if row is None else _float(row.get("value"))
 
 
 def _scores_section(m_old: dict | None, m_new: dict, include_all: bool) -> list[dict]:
@@ -268,8 +276,8 @@ def _scores_section(m_old: dict | None, m_new: dict, include_all: bool) -> list[
         row = {
             "suite": key[0], "metric": key[1], "against": key[2], "old": v_old, "new": v_new,
             "delta": None if v_old is None or v_new is None else v_new - v_old,
-            "n_old": None if old is None else old.get("n"),
-            "n_new": None if new is None else new.get("n"),
+            "n_old": None if old is None else _count(old.get("n")),
+            "n_new": None if new is None else _count(new.get("n")),
         }
         row["changed"] = v_old != v_new or row["n_old"] != row["n_new"]
         if include_all or row["changed"]:
@@ -278,9 +286,20 @@ def _scores_section(m_old: dict | None, m_new: dict, include_all: bool) -> list[
 
 
 def _gate(row: dict | None) -> dict | None:
+    """A gate row in the schema's shapes: numbers as numbers, ``n`` an integer, ``rule`` and ``detail`` text."""
     if row is None:
         return None
-    return {"passed": bool(row.get("passed")), **{k: row.get(k) for k in GATE_FIELDS if k in row}}
+    out: dict[str, Any] = {"passed": bool(row.get("passed"))}
+    for k in GATE_FIELDS:
+        if k not in row:
+            continue
+        if k == "n":
+            out[k] = _count(row[k])
+        elif k in ("rule", "detail"):
+            out[k] = row[k] if isinstance(row[k], str) else None
+        else:
+            out[k] = _float(row[k])
+    return out
 
 
 def _gates_section(m_old: dict | None, m_new: dict, include_all: bool) -> list[dict]:

@@ -277,13 +277,44 @@ def test_audit_html_is_tables_policy_and_an_uncrossed_graph(lineage):
 @sqlite_only
 def test_audit_lineage_falls_back_to_lanes_without_dot(lineage, monkeypatch, tmp_path):
     from seal.registry.audit import audit_report
+    from seal.registry.audit_figures import lineage_figure
     from seal.registry.audit_render import render_html
 
     monkeypatch.setenv("PATH", str(tmp_path))   # no `dot` on it
-    page = render_html(audit_report(lineage.reg))
+    report = audit_report(lineage.reg)
+    page = render_html(report)
     svg = page.split('<section id="lineage">', 1)[1].split("</section>", 1)[0]
     assert 'id="lineage-note"' in svg and "apt-get install graphviz" in svg and "<circle" in svg
     assert svg.count("<circle") == 6
+    # A long lineage draws its newest versions, and says so.
+    cut = lineage_figure(report, limit=3)
+    assert cut.layout == "lanes" and cut.svg.count("<circle") == 3 and cut.note.startswith("The 3 newest of 6 versions")
+
+
+@sqlite_only
+def test_audit_and_diff_survive_odd_optional_fields(lineage, tmp_path):
+    """A pulled manifest passes the schema, but its optional fields may have any shape: no crash, no schema break."""
+    from test_diff import check_schema
+
+    from seal.registry.objects import build_manifest
+
+    reg, seal = lineage.reg, lineage.seal
+    odd = build_manifest(
+        base=reg.base_id(), parents=[lineage.ids["revert"]], kind="revert", status="accepted", author="mallory",
+        message="odd", scores=[{"suite": "efficacy", "metric": "f1", "against": "x", "value": 0.5, "n": "many"}],
+        audit=[{"check": "retention_vs_parent", "passed": False, "value": 0.2, "ci_high": 2, "n": 2.5, "detail": ""}],
+        self_edit=reg.store.put(b'{"lines": 5, "records": "x"}'),
+        extra={"decision": "yes", "revert": 5, "trigger_info": {"kind": ["x"], "findings": [{"kind": 1}, "x"]}},
+    )
+    reg.record(odd, ref="refs/heads/main", expected=lineage.ids["revert"], reason="pull: odd")
+    for fmt in ("html", "md", "json"):
+        seal("audit", "--format", fmt, "-o", tmp_path / f"a.{fmt}")
+    page = (tmp_path / "a.html").read_text()
+    assert "FAIL" in page and "1 at line ? col ?" in page and '{&#34;lines&#34;: 5' in page
+    report = check_schema(seal.json("diff", "HEAD"))
+    assert report["gates"][0]["new"] == {"passed": False, "value": 0.2, "ci_high": 2.0, "n": None, "detail": ""}
+    assert {s["n_new"] for s in report["scores"]} == {None}
+    assert "FAIL" in seal("diff", "HEAD", "--exit-code", expect=1).stdout
 
 
 @sqlite_only
