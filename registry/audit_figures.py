@@ -123,7 +123,7 @@ def lineage_figure(report: dict, limit: int = GRAPH_NODES) -> LineageFigure:
         why = "graphviz is not installed (Debian: apt-get install graphviz), so edges may cross versions"
     except (RuntimeError, subprocess.TimeoutExpired, OSError, UnicodeDecodeError) as e:
         why = f"graphviz failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}), so edges may cross versions"
-    return LineageFigure(lanes_svg(part), "lanes", f"{cut}Drawn in lanes like `seal log --graph`: {why}.")
+    return LineageFigure(lanes_svg(part), "lanes", f"{cut}Drawn in lanes, as seal log --graph draws them: {why}.")
 
 
 # --- lanes (the fallback) ---------------------------------------------------------------------
