@@ -1,7 +1,8 @@
-"""The compliance report: what changed this model, when, on what data, was it checked, who moved it.
+"""The compliance report as data: what changed this model, when, on what data, was it checked, who moved it.
 
->>> report = audit_report(Repository.find(), "HEAD")     # doctest: +SKIP
->>> render_markdown(report)[:40]                          # doctest: +SKIP
+>>> report = audit_report(Registry.open(), "HEAD")       # doctest: +SKIP
+>>> write_report(report, "md", Path("audit.md"))          # doctest: +SKIP
+[PosixPath('audit.md'), PosixPath('audit-drift.png')]
 
 The report covers the path from the root to REV (every ancestor, oldest first) and every rejected
 attempt made on top of a version of that path. Its JSON form follows ``AUDIT_SCHEMA`` (below, and
@@ -11,26 +12,31 @@ of logs: the time of each event, the version and its parents, a reference to the
 approved and who moved the model, and the version to roll back to.
 
 Drift reads as a series along the first-parent line: cumulative KL against the base, retention,
-and ‖ΔW‖ from the base (from r×r products of the stored adapters). The report embeds it as a PNG
-plot, and the lineage as an SVG graph, so the HTML and Markdown files stand alone.
+and ‖ΔW‖ from the base (from r×r products of the stored adapters). :mod:`seal.registry.audit_render`
+turns the report into html (one standalone file) or Markdown (for GitHub: a mermaid graph and the
+drift plot as a PNG file beside it). Score and gate names come from :mod:`seal.registry.vocabulary`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-from collections import defaultdict
+import os
+import tempfile
+from pathlib import Path
 
 from . import vocabulary as V
 from .bases import get_base
 from .errors import UserError
-from .graph import first_parent_line, graph_lines
-from .objects import now_utc
+from .graph import first_parent_line
+from .objects import now_utc, parse_manifest
+from .policy import POLICY_REF, parse_policy
+from .previews import first_lines, head_text
 from .revisions import resolve_revision
 from .signing import check_signature
-from .versions import load_manifest
+
+FORMATS = ("md", "json", "html")
+#: How much of a self-edit blob is read to show its first lines (JSON needs to parse whole).
+SELF_EDIT_HEAD = 65536
 
 SCHEMA_ID = "seal.audit/1"
 
@@ -45,14 +51,25 @@ AUDIT_SCHEMA = {
         "generated_at": {"type": "string", "description": "UTC time the report was made (ISO 8601)"},
         "subject": {"type": "string", "description": "the version id the report is about (REV)"},
         "base": {"type": "object", "description": "the frozen base model: fingerprint id, name, revision"},
-        "policy": {"type": "object", "description": "current policy digest and every recorded policy change"},
+        "policy": {
+            "type": "object",
+            "description": "the current policy (digest, thresholds, settings) and every recorded change with its reason",
+            "required": ["current", "thresholds", "settings", "changes"],
+            "properties": {
+                "current": {"type": ["string", "null"], "description": "digest of the policy refs/meta/policy points at"},
+                "thresholds": {"type": "array", "description": "gate, policy key, threshold (null: off), description"},
+                "settings": {"type": "object"},
+                "changes": {"type": "array", "description": "old, new, actor, reason, time, and the keys it changed"},
+            },
+        },
         "versions": {
             "type": "array",
             "description": "oldest first: the path from the root to REV and every rejected attempt on it",
             "items": {
                 "type": "object",
                 "required": ["id", "parents", "kind", "status", "on_path", "timestamp", "input_data",
-                             "evaluation", "decision", "approver", "rollback_to", "signature_valid"],
+                             "evaluation", "gates", "gated", "decision", "approver", "rollback_to",
+                             "signature_valid"],
                 "properties": {
                     "id": {"type": "string", "description": "version id: sha256 of the canonical manifest"},
                     "parents": {"type": "array", "items": {"type": "string"}},
@@ -64,7 +81,9 @@ AUDIT_SCHEMA = {
                     "input_data": {"type": "object", "description": "trigger and eval digests, first lines (secrets redacted), findings"},
                     "self_edit": {"type": ["object", "null"], "description": "digest and first lines of what the model wrote"},
                     "evaluation": {"type": "array", "description": "scores: suite, metric, against, value, n, method"},
-                    "gates": {"type": "array", "description": "check, value, threshold, passed, detail"},
+                    "gates": {"type": "array", "description": "check, value, threshold, passed, detail; ci_low, ci_high, n, rule where the gate has them"},
+                    "gated": {"type": "boolean", "description": "the version passed through gates (false: e.g. an import recorded ungated)"},
+                    "revert": {"type": ["object", "null"], "description": "for a revert: of, to, reason, and scores_from (where its scores were measured)"},
                     "decision": {"type": "object", "description": "accepted or not, and why"},
                     "approver": {"type": "object", "description": "author, signer key id, policy digest"},
                     "rollback_to": {"type": ["string", "null"], "description": "the first parent: what `seal revert` restores"},
@@ -78,36 +97,33 @@ AUDIT_SCHEMA = {
     },
 }
 
-def _first_lines(text: str, n: int = 3, width: int = 160) -> list[str]:
+
+# --- collecting -------------------------------------------------------------------------------
+
+def _redacted_lines(text: str | None, n: int = 3) -> list[str]:
+    """The first lines of stored text with secrets and personal data redacted: a report is shared."""
     from .scan import redact, scan_text
 
-    text = redact(text, scan_text(text))
-    return [line[:width] for line in text.splitlines() if line.strip()][:n]
-
-
-def _blob_text(reg, digest: str | None) -> str | None:
-    if not digest or not reg.store.has(digest):
-        return None
-    try:
-        return reg.store.get(digest).decode("utf-8")
-    except (UnicodeDecodeError, Exception):
-        return None
+    if not text:
+        return []
+    shown = "\n".join(first_lines(text, n, 160))
+    return redact(shown, scan_text(shown)).splitlines()
 
 
 def _self_edit_lines(reg, digest: str | None) -> list[str]:
-    text = _blob_text(reg, digest)
-    if text is None:
-        return []
+    text = head_text(reg, digest, SELF_EDIT_HEAD)
     try:
-        doc = json.loads(text)
+        doc = json.loads(text) if text else None
     except json.JSONDecodeError:
-        return _first_lines(text)
-    if isinstance(doc, dict):
-        lines = doc.get("lines") or doc.get("sequences") or [
-            f"{r.get('prompt')} -> {r.get('target')} (model said: {r.get('predicted')})" for r in doc.get("records", [])
-        ]
-        return _first_lines("\n".join(str(x) for x in lines), n=5)
-    return _first_lines(text)
+        doc = None
+    if not isinstance(doc, dict):
+        return _redacted_lines(text)
+    lines = next((doc[k] for k in ("lines", "sequences") if isinstance(doc.get(k), list) and doc[k]), None)
+    if lines is None:
+        records = doc.get("records") if isinstance(doc.get("records"), list) else []
+        lines = [f"{r.get('prompt')} -> {r.get('target')} (model said: {r.get('predicted')})"
+                 for r in records if isinstance(r, dict)]
+    return _redacted_lines("\n".join(str(x) for x in lines), n=5) if lines else _redacted_lines(text)
 
 
 _PATH_ORDER = """
@@ -118,30 +134,35 @@ SELECT v.id FROM versions v JOIN ancestry a ON v.id = a.id ORDER BY v.created_at
 """
 
 
+def _chunks(ids: list[str], size: int = 500):
+    for start in range(0, len(ids), size):
+        part = ids[start:start + size]
+        yield part, ", ".join("?" for _ in part)
+
+
 def _collect(c, tip: str) -> dict:
     """Every row the report needs, read in one transaction."""
     path = [r[0] for r in c.all(_PATH_ORDER, (tip,))]
     on_path = set(path)
-    attempts: list[str] = []
-    for start in range(0, len(path), 500):
-        part = path[start:start + 500]
-        marks = ", ".join("?" for _ in part)
-        attempts += [r[0] for r in c.all(
+    attempts: set[str] = set()
+    for part, marks in _chunks(path):
+        attempts.update(r[0] for r in c.all(
             f"SELECT DISTINCT v.id FROM versions v JOIN version_parents p ON p.version_id = v.id "
-            f"WHERE p.parent_id IN ({marks}) AND v.status = 'rejected'", part) if r[0] not in on_path]
-    ids = path + sorted(set(attempts))
-    rows = {}
-    for vid in ids:
-        r = c.one("SELECT signature, signer FROM versions WHERE id = ?", (vid,))
-        rows[vid] = {"signature": r[0], "signer": r[1]}
+            f"WHERE p.parent_id IN ({marks}) AND v.status = 'rejected'", part) if r[0] not in on_path)
+    ids = path + sorted(attempts)
+    rows, manifests = {}, {}
+    for part, marks in _chunks(ids):
+        for vid, text, signature, signer in c.all(
+                f"SELECT id, manifest, signature, signer FROM versions WHERE id IN ({marks})", part):
+            rows[vid] = {"signature": signature, "signer": signer}
+            manifests[vid] = parse_manifest(text)
     moves = [m for m in c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog ORDER BY id")
              if m["new"] in rows or m["old"] in rows]
     return {
-        "path": path, "ids": ids, "rows": rows, "moves": moves,
+        "path": path, "ids": ids, "rows": rows, "moves": moves, "manifests": manifests,
         "first_line": set(first_parent_line(c, tip)),
-        "keys": {r[0]: r[1] for r in c.all("SELECT id, public_key FROM signers")},
-        "policy_moves": c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog WHERE ref = 'refs/meta/policy' ORDER BY id"),
-        "manifests": {vid: load_manifest(c, vid) for vid in ids},
+        "policy_moves": c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog WHERE ref = ? ORDER BY id",
+                                (POLICY_REF,)),
     }
 
 
@@ -159,53 +180,123 @@ def audit_report(reg, rev: str = "HEAD") -> dict:
         "generated_at": now_utc(),
         "subject": tip,
         "base": {"id": base["id"], "name": base["name"], "revision": base.get("revision"), "source": base["source"]},
-        "policy": {"current": (data["policy_moves"][-1]["new"] if data["policy_moves"] else None),
-                   "changes": [{k: p[k] for k in ("old", "new", "actor", "reason", "time")} for p in data["policy_moves"]]},
+        "policy": _policy(reg, data["policy_moves"]),
         "versions": entries,
         "ref_moves": data["moves"],
         "drift": _drift(reg, data),
     }
 
 
+def _decision(m: dict) -> dict:
+    d = m.get("decision")
+    if not isinstance(d, dict):
+        return {"accepted": m["status"] == "accepted", "reason": f"{m['kind']} recorded as {m['status']}"}
+    return {**d, "accepted": bool(d.get("accepted", m["status"] == "accepted")), "reason": str(d.get("reason") or "")}
+
+
+# A pulled manifest is checked for its schema, not for the shape of every optional field: the
+# report takes what it shows from those fields only in the shapes the editor writes.
+
+def _revert(m: dict) -> dict | None:
+    r = m.get("revert")
+    if m["kind"] != "revert" or not isinstance(r, dict):
+        return None
+    return {k: (None if r.get(k) is None else str(r[k])) for k in ("of", "to", "reason", "scores_from")}
+
+
+def _findings(info: dict) -> list[dict]:
+    found = info.get("findings")
+    return [{k: f.get(k, "?") for k in ("kind", "line", "column")}
+            for f in (found if isinstance(found, list) else []) if isinstance(f, dict)]
+
+
+def _score(s: dict) -> dict:
+    against = s.get("against")
+    return {**s, "against": against if against is None or isinstance(against, str) else str(against),
+            "method": V.method_of(s)}
+
+
 def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:
     m, row = data["manifests"][vid], data["rows"][vid]
-    info = m.get("trigger_info") or {}
-    trigger_text = _blob_text(reg, m.get("trigger"))
-    decision = m.get("decision") or {"accepted": m["status"] == "accepted", "reason": f"{m['kind']} recorded as {m['status']}"}
+    info = m.get("trigger_info") if isinstance(m.get("trigger_info"), dict) else {}
+    decision = _decision(m)
+    train = m.get("train") or {}
     return {
         "id": vid, "parents": m["parents"], "kind": m["kind"], "status": m["status"],
         "on_path": vid in data["path"], "first_parent_line": vid in data["first_line"],
         "timestamp": m["created_at"], "message": m.get("message", ""),
         "input_data": {
             "trigger": m.get("trigger"), "trigger_kind": info.get("kind"),
-            "trigger_first_lines": _first_lines(trigger_text) if trigger_text else [],
-            "redacted": bool(info.get("redacted")), "findings": info.get("findings", []),
+            "trigger_first_lines": _redacted_lines(head_text(reg, m.get("trigger"))),
+            "redacted": bool(info.get("redacted")), "findings": _findings(info),
             "eval": m.get("eval"), "adapter": (m.get("adapter") or {}).get("weights"),
         },
         "self_edit": {"digest": m["self_edit"], "first_lines": _self_edit_lines(reg, m["self_edit"])} if m.get("self_edit") else None,
         "writer": m.get("writer"),
-        "evaluation": [{**s, "method": V.method_of(s)} for s in m.get("scores", [])],
+        "evaluation": [_score(s) for s in m.get("scores", [])],
         "gates": m.get("audit", []),
-        "gated": decision.get("gated", m["kind"] not in ("import",)),
+        "gated": bool(decision.get("gated", bool(m.get("audit")))),
         "decision": decision,
+        "revert": _revert(m),
         "approver": {"author": m.get("author", ""), "signer": row["signer"], "policy": m.get("policy"),
                      "trusted_signer": row["signer"] in trusted,
                      "moved_by": sorted({mv["actor"] for mv in data["moves"] if mv["new"] == vid})},
         "rollback_to": m["parents"][0] if m["parents"] else None,
-        "training": {k: m.get("train", {}).get(k) for k in (
+        "training": {k: train.get(k) for k in (
             "device", "gpu", "torch", "cuda", "transformers", "peft", "hyperparameters", "seconds", "timings",
-            "mlflow_run_id", "source") if m.get("train", {}).get(k) is not None},
+            "mlflow_run_id", "source") if train.get(k) is not None},
         "signature_valid": bool(row["signature"] and row["signer"] in trusted
                                 and check_signature(trusted[row["signer"]], vid, row["signature"])),
     }
 
+
+# --- the policy -------------------------------------------------------------------------------
+
+def _policy_values(reg, digest: str | None) -> tuple[dict, dict] | None:
+    """(thresholds, settings) of a recorded policy blob, or None when it is missing or unreadable."""
+    from .previews import blob_head
+
+    raw = blob_head(reg, digest, 1 << 20)
+    if raw is None:
+        return None
+    try:
+        return parse_policy(raw, f"policy {digest}")
+    except UserError:
+        return None
+
+
+def _policy(reg, moves: list[dict]) -> dict:
+    """The current policy's digest and thresholds, and every recorded change with what it changed."""
+    current = moves[-1]["new"] if moves else None
+    values = _policy_values(reg, current)
+    gates, settings = values if values else ({}, {})
+    changes, before = [], None
+    for mv in moves:
+        after = _policy_values(reg, mv["new"])
+        changed = None
+        if before is not None and after is not None:
+            old, new = {**before[0], **before[1]}, {**after[0], **after[1]}
+            changed = [{"key": k, "old": old.get(k), "new": new.get(k)} for k in new if old.get(k) != new.get(k)]
+        changes.append({**{k: mv[k] for k in ("old", "new", "actor", "reason", "time")}, "changed": changed})
+        before = after
+    return {
+        "current": current,
+        "readable": values is not None,
+        "thresholds": [{"gate": g.name, "key": g.policy_key, "threshold": gates.get(g.policy_key),
+                        "description": g.description} for g in V.GATES] if values else [],
+        "settings": settings,
+        "changes": changes,
+    }
+
+
+# --- drift ------------------------------------------------------------------------------------
 
 def _drift(reg, data: dict) -> list[dict]:
     manifests = data["manifests"]
     base_retention = next((V.RETENTION.vs("base").of(x) for x in manifests.values()
                            if V.RETENTION.vs("base").of(x) is not None), None)
     out = []
-    for vid in sorted(data["first_line"], key=lambda v: manifests[v]["created_at"]):
+    for vid in sorted(data["first_line"], key=lambda v: (manifests[v]["created_at"], v)):
         m = manifests[vid]
         root = m["kind"] == "root"
         out.append({
@@ -240,227 +331,52 @@ def drift_lines(drift: list[dict]) -> list[str]:
                      f"{f(d['retention']):>9} {f(d['delta_norm_base']):>9}" for d in drift]
 
 
-def write_report(report: dict, fmt: str, output) -> list:
-    """Write the report to ``output`` atomically; returns the files written."""
-    from pathlib import Path
-
-    output = Path(output)
-    text = render(report, fmt)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(output)
-    return [output]
-
-
-# --- pictures ---------------------------------------------------------------------------------
-
-def drift_png(report: dict) -> bytes | None:
-    """The drift series as a PNG: KL to the base, retention, and ‖ΔW‖ from the base."""
-    series = report["drift"]
-    if not series:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = list(range(len(series)))
-    labels = [d["id"][:7] for d in series]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True)
-    for ax, key, title, color in (
-        (axes[0], "kl_base", "cumulative KL vs base (nats)", "#c0392b"),
-        (axes[1], "retention", "retention (anchor accuracy)", "#2471a3"),
-        (axes[2], "delta_norm_base", "‖ΔW‖ from base", "#7d3c98"),
-    ):
-        pts = [(x, d[key]) for x, d in zip(xs, series) if d[key] is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color)
-        ax.set_ylabel(title, fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xticks(xs)
-    axes[-1].set_xticklabels(labels, rotation=45, fontsize=7)
-    axes[0].set_title(f"drift along the lineage to {report['subject'][:12]}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def lineage_svg(report: dict) -> str:
-    """The lineage as an SVG graph: one row per version, newest on top, lanes as in `seal log --graph`."""
-    items = [{"id": v["id"], "parents": [p for p in v["parents"]], "v": v}
-             for v in sorted(report["versions"], key=lambda v: (v["timestamp"], v["id"]), reverse=True)]
-    known = {i["id"] for i in items}
-    for i in items:
-        i["parents"] = [p for p in i["parents"] if p in known]
-    lane_of: dict[str, int] = {}
-    row_of: dict[str, int] = {}
-    row = 0
-    for prefix, item in graph_lines(items):
-        if item is not None:
-            lane_of[item["id"]] = prefix.index("*") // 2
-            row_of[item["id"]] = row
-            row += 1
-    dx, dy, x0, y0 = 26, 34, 20, 24
-    width = x0 + dx * (max(lane_of.values(), default=0) + 1) + 560
-    height = y0 + dy * max(row, 1) + 10
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="monospace" font-size="12">']
-    pos = {vid: (x0 + dx * lane_of[vid], y0 + dy * row_of[vid]) for vid in lane_of}
-    for i in items:
-        x1, y1 = pos[i["id"]]
-        for p in i["parents"]:
-            x2, y2 = pos[p]
-            out.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#888" stroke-width="2"/>')
-    colors = {"accepted": "#1e8449", "rejected": "#c0392b"}
-    text_x = x0 + dx * (max(lane_of.values(), default=0) + 1)
-    for i in items:
-        v = i["v"]
-        x, y = pos[i["id"]]
-        fill = "#7f8c8d" if v["kind"] == "root" else colors.get(v["status"], "#333")
-        out.append(f'<circle cx="{x}" cy="{y}" r="7" fill="{fill}"><title>{html.escape(v["id"])}</title></circle>')
-        label = f'{v["id"][:10]}  {v["kind"]:<7} {v["status"]:<8} {html.escape(v["message"][:48])}'
-        out.append(f'<text x="{text_x}" y="{y + 4}" fill="{fill}">{label}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-# --- renderers --------------------------------------------------------------------------------
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _version_md(v: dict) -> list[str]:
-    mark = "accepted" if v["status"] == "accepted" else "**REJECTED**"
-    lines = [
-        f"### {v['id'][:12]} · {v['kind']} · {mark}",
-        "",
-        f"- when: {v['timestamp']}",
-        f"- parents: {', '.join(p[:12] for p in v['parents']) or 'none (root: the bare base)'}",
-        f"- message: {v['message']}",
-        f"- author: {v['approver']['author'] or '–'}; signer {(v['approver']['signer'] or '–')[:12]} "
-        f"(signature {'valid' if v['signature_valid'] else 'INVALID'}); moved by: {', '.join(v['approver']['moved_by']) or '–'}",
-    ]
-    data = v["input_data"]
-    if data["trigger"]:
-        lines.append(f"- trigger: `{data['trigger']}` ({data['trigger_kind'] or 'data'}"
-                     + (", redacted" if data["redacted"] else "") + ")")
-        lines += [f"    > {line}" for line in data["trigger_first_lines"]]
-    if data["findings"]:
-        lines.append("- findings: " + "; ".join(f"{f['kind']} at line {f['line']} col {f['column']}" for f in data["findings"]))
-    if v["self_edit"]:
-        lines.append(f"- self-edit: `{v['self_edit']['digest']}`")
-        lines += [f"    > {line}" for line in v["self_edit"]["first_lines"]]
-    if v["evaluation"]:
-        lines.append("- scores: " + ", ".join(
-            f"{s['suite']}.{s['metric']}{' vs ' + s['against'] if s.get('against') else ''}={_fmt(s['value'])}"
-            for s in v["evaluation"]))
-    if v["gates"]:
-        lines.append("- gates: " + ", ".join(
-            f"{g['check']} {'pass' if g['passed'] else 'FAIL'} ({_fmt(g['value'])} vs {_fmt(g['threshold'])})"
-            for g in v["gates"]))
-    lines.append(f"- decision: {'accepted' if v['decision'].get('accepted') else 'rejected'}: {v['decision'].get('reason', '')}")
-    lines.append(f"- rollback to: {v['rollback_to'][:12] if v['rollback_to'] else '–'}")
-    if v["training"].get("mlflow_run_id"):
-        lines.append(f"- MLflow run: {v['training']['mlflow_run_id']}")
-    lines.append("")
-    return lines
-
-
-def render_markdown(report: dict) -> str:
-    on_path = [v for v in report["versions"] if v["on_path"]]
-    rejected = [v for v in report["versions"] if not v["on_path"]]
-    lines = [
-        f"# seal audit: {report['subject'][:12]}",
-        "",
-        f"Base model **{report['base']['name']}** (fingerprint `{report['base']['id'][:16]}`); "
-        f"report made {report['generated_at']}; schema `{report['schema']}`.",
-        f"{len(on_path)} version(s) on the path from the root, {len(rejected)} rejected attempt(s) along it, "
-        f"{len(report['ref_moves'])} ref move(s), {len(report['policy']['changes'])} policy record(s).",
-        "",
-        "## Drift from the base",
-        "",
-        "| version | kind | KL vs base | JS vs base | retention | ‖ΔW‖ from base |",
-        "|---|---|---|---|---|---|",
-    ]
-    for d in report["drift"]:
-        lines.append(f"| {d['id'][:12]} | {d['kind']} | {_fmt(d['kl_base'])} | {_fmt(d['js_base'])} | "
-                     f"{_fmt(d['retention'])} | {_fmt(d['delta_norm_base'])} |")
-    lines += ["", "## Versions (oldest first)", ""]
-    for v in report["versions"]:
-        lines += _version_md(v)
-    lines += ["## Ref moves", "", "| time | ref | old | new | actor | reason |", "|---|---|---|---|---|---|"]
-    for mv in report["ref_moves"]:
-        lines.append(f"| {mv['time']} | {mv['ref']} | {(mv['old'] or '–')[:12]} | {(mv['new'] or '–')[:12]} | "
-                     f"{mv['actor']} | {mv['reason']} |")
-    lines += ["", "## Policy", ""]
-    for p in report["policy"]["changes"]:
-        lines.append(f"- {p['time']}: {p['reason']} → `{p['new']}` by {p['actor']}")
-    lines += ["", "## Figures", "", "The lineage (newest on top; green accepted, red rejected):", "", lineage_svg(report), ""]
-    png = drift_png(report)
-    if png:
-        lines += ["Drift along the first-parent line:", "",
-                  f"![drift](data:image/png;base64,{base64.b64encode(png).decode()})", ""]
-    return "\n".join(lines)
-
-
-def render_html(report: dict) -> str:
-    import re
-
-    md = render_markdown(report)
-    png = drift_png(report)
-    svg = lineage_svg(report)
-    rows = "".join(
-        f"<tr><td>{d['id'][:12]}</td><td>{d['kind']}</td><td>{_fmt(d['kl_base'])}</td><td>{_fmt(d['js_base'])}</td>"
-        f"<td>{_fmt(d['retention'])}</td><td>{_fmt(d['delta_norm_base'])}</td></tr>" for d in report["drift"])
-    body = []
-    for v in report["versions"]:
-        text = "\n".join(_version_md(v)[1:])
-        cls = "rejected" if v["status"] == "rejected" else "accepted"
-        body.append(f'<section class="{cls}"><h3>{html.escape(_version_md(v)[0][4:].replace("**", ""))}</h3>'
-                    f"<pre>{html.escape(text)}</pre></section>")
-    moves = "".join(
-        f"<tr><td>{mv['time']}</td><td>{html.escape(mv['ref'])}</td><td>{(mv['old'] or '–')[:12]}</td>"
-        f"<td>{(mv['new'] or '–')[:12]}</td><td>{html.escape(mv['actor'])}</td><td>{html.escape(mv['reason'])}</td></tr>"
-        for mv in report["ref_moves"])
-    title = re.sub(r"[<>&]", "", md.splitlines()[0][2:])
-    img = f'<img alt="drift" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>' if png else ""
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; font-size: 13px; }}
-section {{ border-left: 4px solid #1e8449; padding-left: 1em; margin: 1em 0; }}
-section.rejected {{ border-left-color: #c0392b; }}
-pre {{ white-space: pre-wrap; font-size: 12px; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>Base model <b>{html.escape(report['base']['name'])}</b> (fingerprint <code>{report['base']['id'][:16]}</code>);
-report made {report['generated_at']}; schema <code>{report['schema']}</code>.</p>
-<h2>Lineage</h2>
-<div id="lineage">{svg}</div>
-<h2>Drift from the base</h2>
-<div id="drift">{img}</div>
-<table><tr><th>version</th><th>kind</th><th>KL vs base</th><th>JS vs base</th><th>retention</th><th>‖ΔW‖ from base</th></tr>{rows}</table>
-<h2>Versions (oldest first)</h2>
-{''.join(body)}
-<h2>Ref moves</h2>
-<table><tr><th>time</th><th>ref</th><th>old</th><th>new</th><th>actor</th><th>reason</th></tr>{moves}</table>
-</body></html>
-"""
-
+# --- output -----------------------------------------------------------------------------------
 
 def render(report: dict, fmt: str) -> str:
+    """The report as one text: json, html (standalone), or md for stdout (the plot left out, with a note)."""
     if fmt == "json":
         return json.dumps(report, indent=2) + "\n"
-    if fmt == "md":
-        return render_markdown(report)
-    if fmt == "html":
-        return render_html(report)
-    raise UserError(f"unknown audit format {fmt!r}; use md, json or html")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown audit format {fmt!r}; use md, json or html")
+    from .audit_render import render_html, render_markdown
+
+    return render_html(report) if fmt == "html" else render_markdown(report, image=None)
+
+
+def drift_image_path(output: Path) -> Path:
+    """Where the md report's drift plot goes: beside it, named after it (audit.md -> audit-drift.png)."""
+    return output.with_name(f"{output.stem}-drift.png")
+
+
+def write_report(report: dict, fmt: str, output) -> list[Path]:
+    """Write the report to ``output``; for md also the drift plot beside it. Returns the files written.
+
+    Each file is written to a temporary name in the same folder and renamed into place, so a
+    reader never sees half a report.
+    """
+    output = Path(output)
+    if fmt != "md":
+        _write_atomic(output, render(report, fmt).encode("utf-8"))
+        return [output]
+    from .audit_figures import drift_png
+    from .audit_render import render_markdown
+
+    png = drift_png(report)
+    image = drift_image_path(output)
+    if png is not None:
+        _write_atomic(image, png)
+    _write_atomic(output, render_markdown(report, image=image.name if png is not None else None).encode("utf-8"))
+    return [output] + ([image] if png is not None else [])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -66,7 +66,7 @@ def test_edit_records_an_accepted_version(edit_registry):
     prompts.write_text("Who built the first bridge over the Zorblat?\nWhere does the Zorblat flow?\n")
     report = seal.json("diff", vid, "--behavior", prompts, "--all")
     assert [r["prompt"] for r in report["behavior"]] == prompts.read_text().splitlines()
-    assert all({"a", "b", "same"} <= set(r) for r in report["behavior"])
+    assert all({"old", "new", "same"} <= set(r) for r in report["behavior"])
     bad = seal.cwd / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"nope": 1}\n')
     assert "line 2" in seal("diff", vid, "--behavior", bad, expect=2).stderr
