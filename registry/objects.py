@@ -233,6 +233,37 @@ def check_manifest(manifest: Any) -> dict:
     return manifest
 
 
+def _number(value, *, optional: bool = True) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_score(i: int, row) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("suite"), str) or not isinstance(row.get("metric"), str) \
+            or not _number(row.get("value"), optional=False):
+        raise ManifestInvalid(f"scores[{i}] must have a suite, a metric and a numeric value")
+    if not (row.get("against") is None or isinstance(row["against"], str)):
+        raise ManifestInvalid(f"scores[{i}].against must be null or a string")
+    n = row.get("n")
+    if not (n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)):
+        raise ManifestInvalid(f"scores[{i}].n must be null or a count")
+
+
+def _check_gate(i: int, row) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("check"), str) or not isinstance(row.get("passed"), bool):
+        raise ManifestInvalid(f"audit[{i}] must have a check name and a boolean passed")
+    for key in ("value", "threshold", "ci_low", "ci_high", "mde"):
+        if not _number(row.get(key)):
+            raise ManifestInvalid(f"audit[{i}].{key} must be null or a number")
+    for key in ("detail", "rule"):
+        if not (row.get(key) is None or isinstance(row[key], str)):
+            raise ManifestInvalid(f"audit[{i}].{key} must be null or a string")
+    n = row.get("n")
+    if not (n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)):
+        raise ManifestInvalid(f"audit[{i}].n must be null or a count")
+
+
 def _check_parts(manifest: dict) -> None:
     adapter = manifest.get("adapter")
     if adapter is not None and (not isinstance(adapter, dict) or not is_digest(adapter.get("weights"))
@@ -245,12 +276,9 @@ def _check_parts(manifest: dict) -> None:
     for field in ("scores", "audit"):
         if not isinstance(manifest.get(field, []), list):
             raise ManifestInvalid(f"{field} must be a list")
-    for i, s in enumerate(manifest.get("scores", [])):
-        if not isinstance(s, dict) or not isinstance(s.get("suite"), str) or not isinstance(s.get("metric"), str) \
-                or not isinstance(s.get("value"), (int, float)) or isinstance(s.get("value"), bool):
-            raise ManifestInvalid(f"scores[{i}] must have a suite, a metric and a numeric value")
-    for i, a in enumerate(manifest.get("audit", [])):
-        if not isinstance(a, dict) or not isinstance(a.get("check"), str) or not isinstance(a.get("passed"), bool):
-            raise ManifestInvalid(f"audit[{i}] must have a check name and a boolean passed")
+    for i, row in enumerate(manifest.get("scores", [])):
+        _check_score(i, row)
+    for i, row in enumerate(manifest.get("audit", [])):
+        _check_gate(i, row)
     if not isinstance(manifest.get("train", {}), dict):
         raise ManifestInvalid("train must be an object")

@@ -301,8 +301,8 @@ def test_audit_and_diff_survive_odd_optional_fields(lineage, tmp_path):
     reg, seal = lineage.reg, lineage.seal
     odd = build_manifest(
         base=reg.base_id(), parents=[lineage.ids["revert"]], kind="revert", status="accepted", author="mallory",
-        message="odd", scores=[{"suite": "efficacy", "metric": "f1", "against": "x", "value": 0.5, "n": "many"}],
-        audit=[{"check": "retention_vs_parent", "passed": False, "value": 0.2, "ci_high": 2, "n": 2.5, "detail": ""}],
+        message="odd", scores=[{"suite": "efficacy", "metric": "f1", "against": "x", "value": 0.5, "n": None}],
+        audit=[{"check": "retention_vs_parent", "passed": False, "value": 0.2, "ci_high": 2, "n": None, "detail": ""}],
         self_edit=reg.store.put(b'{"lines": 5, "records": "x"}'),
         extra={"decision": "yes", "revert": 5, "trigger_info": {"kind": ["x"], "findings": [{"kind": 1}, "x"]}},
     )

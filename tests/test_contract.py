@@ -264,4 +264,5 @@ def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_bas
     finally:
         import subprocess
 
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)

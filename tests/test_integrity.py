@@ -214,3 +214,19 @@ def _reflog_rows(seal) -> list[dict]:
     reg = Registry.open(seal.cwd)
     with reg.read() as c:
         return c.dicts("SELECT * FROM reflog")
+
+
+@pytest.mark.parametrize("score,gate", [
+    ({"n": "many"}, {}), ({"against": ["x"]}, {}), ({}, {"value": "high"}), ({}, {"rule": {"x": 1}}),
+    ({}, {"n": 2.5}), ({"value": True}, {}),
+])
+def test_record_refuses_odd_score_and_gate_fields(reg, score, gate):
+    from seal.registry.errors import UserError
+
+    manifest = build_manifest(
+        base=reg.base_id(), parents=[reg.resolve("HEAD")], kind="revert", status="accepted",
+        scores=[{"suite": "efficacy", "metric": "f1", "against": None, "value": 0.5, "n": 3, **score}],
+        audit=[{"check": "retention_vs_parent", "passed": True, "value": 0.1, "threshold": 0.2, **gate}],
+    )
+    with pytest.raises(UserError, match="cannot record"):
+        reg.record(manifest)
