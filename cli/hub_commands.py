@@ -88,8 +88,8 @@ def _pull_lines(out: dict) -> list[str]:
     else:
         attempts = f" ({len(out['attempts'])} rejected attempt(s))" if out["attempts"] else ""
         moved = f"; {ref} -> {short(out['head'])}" if out["moved"] else ""
-        lines = [f"pulled {len(out['imported'])} version(s){attempts} from {out['repo_id']}@{out['revision']} "
-                 f"(commit {out['commit'][:12]}){moved}"]
+        got = f"pulled {len(out['imported'])} version(s){attempts}" if out["imported"] else "every version was here"
+        lines = [f"{got} from {out['repo_id']}@{out['revision']} (commit {out['commit'][:12]}){moved}"]
     for s in out["signers"]:
         lines.append(f"signed by {s['id']} ({s['status']}, {s['versions']} version(s))")
     if out["withheld"]:

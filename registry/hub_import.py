@@ -126,5 +126,3 @@ def import_checked(reg, remote, checked: CheckedLineage, paths: dict[str, Path],
         "signers": signers,
     }
 
-
-__all__ = ["import_checked", "plan_ref", "ref_verdict", "descends", "UserError"]

@@ -56,6 +56,7 @@ _BLOB_NAME = re.compile(r"^seal/blobs/[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _SHORT_ID = re.compile(r"^[0-9a-f]{12}$")
 _FULL_ID = re.compile(r"^[0-9a-f]{64}$")
+_REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 
 
 def short_id(vid: str) -> str:
@@ -176,7 +177,9 @@ def hub_revision(rev: Revision) -> str:
 
 def tracking_ref(repo_id: str, rev: Revision) -> str | None:
     """The ref a pull of ``rev`` sets, or None for a version or a commit (its id names it already)."""
-    base = REMOTE_PREFIX + repo_id
+    base = REMOTE_PREFIX + check_repo_id(repo_id)
+    if rev.kind in ("branch", "tag", "alias") and not _REF_PART.match(rev.name):
+        raise UserError(f"the Hub revision {rev.name[:60]!r} cannot name a tracking ref; pull it by commit or version id")
     if rev.kind == "branch":
         return base if rev.name == DEFAULT_BRANCH else f"{base}/heads/{rev.name}"
     if rev.kind == "tag":

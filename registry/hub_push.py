@@ -30,7 +30,7 @@ from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .errors import RefConflict, UserError
 from .hub_card import model_card
 from .hub_errors import bounded_bar, hub_errors, quiet_unless_terminal
-from .hub_layout import (ALIAS_TAG, LINEAGE_FILE, README_FILE, alias_tag, blob_file, check_repo_id,
+from .hub_layout import (ALIAS_TAG, LINEAGE_FILE, README_FILE, alias_tag, blob_file, check_repo_id, config_bytes,
                          is_short_id_tag, max_lineage_bytes, short_id)
 from .hub_lineage import Lineage, ancestors_in, blob_roles, lineage_bytes, lineage_document, load_lineage
 from .hub_withheld import DATA_FIELDS, read_withheld
@@ -283,8 +283,6 @@ def _blob_path(reg, digest: str) -> Path:
 
 def _commit_ops(reg, plan: PushPlan, v: str) -> list:
     from huggingface_hub import CommitOperationAdd
-
-    from .hub_layout import config_bytes
 
     manifest = plan.lineage.manifests[v]
     doc = lineage_document(plan.lineage, v, sizes=plan.sizes, withheld=plan.withheld)

@@ -99,6 +99,12 @@ def record_edit(seal: Seal, adapters: list[Path], *, message: str, accept: int |
     return ids
 
 
+def loud_bars(env: dict) -> dict:
+    """An environment where huggingface_hub would draw its progress bars even into a pipe
+    (``TQDM_POSITION=-1``), unless seal quiets them."""
+    return {**{k: v for k, v in env.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}, "TQDM_POSITION": "-1"}
+
+
 def front_matter(card: str) -> dict:
     assert card.startswith("---\n")
     return yaml.safe_load(card.split("---\n")[1])
@@ -155,6 +161,9 @@ def test_push_is_private_and_carries_tags_attempts_policy_and_data(published, lo
     assert out["private"] and hf_api.model_info(REPO).private
     with pytest.raises(RepositoryNotFoundError):  # a stranger (no token) cannot see it
         HfApi(endpoint=local_hub.endpoint, token=False).model_info(REPO)
+    stranger = Seal(published["b"].cwd)
+    stranger.env = {k: v for k, v in published["b"].env.items() if k != "HF_TOKEN"}
+    assert_one_line_error(stranger.run("pull", REPO), "not found on the Hub, or your token cannot see it", code=2)
     assert [p["id"] for p in out["pushed"]] == [v0, edit]
     tags = {t.name: t.target_commit for t in hf_api.list_repo_refs(REPO).tags}
     commits = {p["id"]: p["commit"] for p in out["pushed"]}
@@ -393,33 +402,42 @@ def test_pickles_unexpected_files_other_bases_and_bad_names_are_refused(publishe
 
 def test_concurrent_pulls_of_one_lineage_leave_verify_clean(published, db_url, tiny_base_record, tmp_path):
     key = published["key"]
-    puller = new_registry(tmp_path, "p", tiny_base_record, db_url).as_process()
-    procs = [subprocess.Popen([*SEAL, "pull", REPO, "--trust", key, "--json"], cwd=puller.cwd, env=puller.env,
+    puller = new_registry(tmp_path, "p", tiny_base_record, db_url)
+    procs = [subprocess.Popen([*SEAL, "pull", REPO, "--trust", key, "--json"], cwd=puller.cwd, env=loud_bars(puller.env),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     results = [(p.wait(120), *p.communicate()) for p in procs]
     assert [r[0] for r in results] == [0] * 6, [r[2] for r in results]
     imported = [json.loads(r[1])["imported"] for r in results]
     assert sorted(v for got in imported for v in got) == sorted([published["v0"], published["edit"], published["attempt"]])
     for _, _, err in results:  # the Hub client's progress bars stay quiet when stderr is not a terminal
-        assert "it/s" not in err and "%|" not in err and "Traceback" not in err, err
-    check = Seal(puller.cwd, puller.env).run("verify", "--json")
+        assert "%|" not in err and "Traceback" not in err, err
+    check = puller.run("verify", "--json")
     assert check.returncode == 0, check.stdout
     assert puller.json("show", f"hub/{REPO}")["id"] == published["edit"]
     assert len(puller.json("reflog", f"refs/remotes/hub/{REPO}")) == 1
 
 
-def test_kill_9_at_random_points_of_pull_leaves_verify_clean(published, tiny_base_record, tmp_path):
+def test_kill_9_at_random_points_of_pull_leaves_verify_clean(published, local_hub, tiny_base_record, tmp_path):
+    """Each pull is killed after a random number of Hub requests (listing, lineage, each blob) plus a
+    random delay, so kills land while downloading, storing blobs and writing the rows."""
     key, rng = published["key"], random.Random(7)
+    mark = len(local_hub.requests)
+    new_registry(tmp_path, "calibrate", tiny_base_record)("pull", REPO, "--trust", key)
+    requests = len(local_hub.requests) - mark  # what one pull asks the Hub, to time the kills by
     puller = new_registry(tmp_path, "k", tiny_base_record)
-    for _ in range(4):
+    for target in sorted(rng.sample(range(1, requests + 1), 3)) + [requests + 1]:
+        mark = len(local_hub.requests)
         proc = subprocess.Popen([*SEAL, "pull", REPO, "--trust", key], cwd=puller.cwd, env=puller.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.0))
+        while len(local_hub.requests) - mark < min(target, requests) and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.3) if target > requests else rng.uniform(0, 0.02))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         check = puller.run("verify", "--json")
         assert check.returncode == 0, check.stdout
-    puller("gc", "--grace", "0")  # the litter of killed pulls: staging folders, blobs no version names
+    assert list((puller.cwd / ".seal" / "tmp").iterdir())  # the kills left staging litter behind
+    puller("gc", "--grace", "0")
     assert puller("verify").returncode == 0 and puller.json("gc", "--dry-run", "--grace", "0")["items"] == []
     assert puller.run("pull", REPO, "--trust", key).returncode == 0
     assert puller("verify").returncode == 0 and puller.json("show", f"hub/{REPO}")["id"] == published["edit"]
@@ -446,7 +464,7 @@ def test_concurrent_pushes_exactly_one_wins(local_hub, hf_api, tiny_base, tiny_b
 
     def run(name: str, seal: Seal) -> None:
         barrier.wait()
-        procs[name] = seal.as_process().run("push", "race/two")
+        procs[name] = Seal(seal.cwd, loud_bars(seal.env), process=True).run("push", "race/two")
 
     threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("a", a), ("b", b))]
     for t in threads:
@@ -454,6 +472,7 @@ def test_concurrent_pushes_exactly_one_wins(local_hub, hf_api, tiny_base, tiny_b
     for t in threads:
         t.join(120)
     assert sorted(p.returncode for p in procs.values()) == [0, 1], {n: p.stderr for n, p in procs.items()}
+    assert not any("%|" in p.stderr for p in procs.values())  # no upload bars in a pipe
     winner = next(n for n, p in procs.items() if p.returncode == 0)
     assert_one_line_error(procs["b" if winner == "a" else "a"], "run `seal pull race/two`")
     assert json.loads(local_hub.read("race/two", "seal/lineage.json"))["head"] == {"a": a_id, "b": b_id}[winner]
@@ -484,3 +503,10 @@ def test_hub_http_errors_become_one_line_seal_errors(status, kind, needle):
                     raise
         assert type(caught.value).__name__ == kind and needle in str(caught.value)
         assert "\n" not in str(caught.value)
+
+
+def test_messages_name_hf_download_not_the_old_cli():
+    root = Path(__file__).resolve().parent.parent
+    offenders = [str(p.relative_to(root)) for folder in ("registry", "cli", "editor") for p in (root / folder).rglob("*.py")
+                 if "huggingface-cli" in p.read_text()]
+    assert offenders == []
