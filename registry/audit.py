@@ -160,11 +160,31 @@ def audit_report(reg, rev: str = "HEAD") -> dict:
         "subject": tip,
         "base": {"id": base["id"], "name": base["name"], "revision": base.get("revision"), "source": base["source"]},
         "policy": {"current": (data["policy_moves"][-1]["new"] if data["policy_moves"] else None),
-                   "changes": [{k: p[k] for k in ("old", "new", "actor", "reason", "time")} for p in data["policy_moves"]]},
+                   "changes": [{k: p[k] for k in ("old", "new", "actor", "reason", "time")} for p in data["policy_moves"]],
+                   "cited": _cited_policies(reg, data)},
         "versions": entries,
         "ref_moves": data["moves"],
         "drift": _drift(reg, data),
     }
+
+
+def _cited_policies(reg, data: dict) -> list[dict]:
+    """The policies the versions cite (a pulled lineage cites its publisher's), with their gates."""
+    from .policy import parse_policy
+
+    cited: dict[str, list[str]] = defaultdict(list)
+    for vid in data["ids"]:
+        if data["manifests"][vid].get("policy"):
+            cited[data["manifests"][vid]["policy"]].append(vid)
+    out = []
+    for digest, vids in sorted(cited.items()):
+        text = _blob_text(reg, digest)
+        try:
+            gates = parse_policy(text.encode(), digest)[0] if text is not None else None
+        except UserError:
+            gates = None
+        out.append({"digest": digest, "versions": len(vids), "gates": gates})
+    return out
 
 
 def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:
@@ -402,6 +422,9 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Policy", ""]
     for p in report["policy"]["changes"]:
         lines.append(f"- {p['time']}: {p['reason']} → `{p['new']}` by {p['actor']}")
+    for p in report["policy"].get("cited", []):
+        gates = ", ".join(f"{k}={v}" for k, v in (p["gates"] or {}).items()) or "its text is not here"
+        lines.append(f"- cited by {p['versions']} version(s): `{p['digest']}` ({gates})")
     lines += ["", "## Figures", "", "The lineage (newest on top; green accepted, red rejected):", "", lineage_svg(report), ""]
     png = drift_png(report)
     if png:
