@@ -143,6 +143,7 @@ def published(local_hub, tiny_base, tiny_base_record, tmp_path) -> dict:
     b = new_registry(tmp_path, "b", tiny_base_record)
     v0 = a.json("import", tiny_base["adapters"][0], "-m", "v0")["id"]
     a("tag", "v1", v0)
+    a("policy", "set", "js_vs_parent_max", "0.3", "-m", "measured 0.12-0.19 per edit")  # unlike b's default 0.2
     edit, attempt = record_edit(a, tiny_base["adapters"][1:3], message="learn Normandy")
     a("alias", "production", edit, "-m", "ship it")
     push = a.run("push", REPO, "--json")
@@ -243,11 +244,13 @@ def test_pull_refuses_an_unknown_signer_then_imports_with_trust(published, local
     audit = json.loads(b("audit", f"hub/{REPO}", "--format", "json").stdout)
     rejected = [v for v in audit["versions"] if v["status"] == "rejected"]
     assert [v["id"] for v in rejected] == [published["attempt"]]
-    policy = {v["approver"]["policy"] for v in audit["versions"] if v["kind"] == "edit"}
+    policy = a.json("show", published["edit"])["policy"]
+    assert {v["approver"]["policy"] for v in audit["versions"] if v["kind"] == "edit"} == {policy}
+    assert [(c["digest"], c["gates"]["js_vs_parent_max"]) for c in audit["policy"]["cited"]] == [(policy, 0.3)]
+    assert f"cited by 2 version(s): `{policy}`" in b("audit", f"hub/{REPO}").stdout
     reg = registry_of(b)
-    assert len(policy) == 1 and reg.store.get(policy.pop()) == (a.cwd / ".seal" / "policy.toml").read_bytes()
-    assert reg.read_ref(WITHHELD_REF) is None
-    parse_policy(reg.store.get(a.json("show", published["edit"])["policy"]))
+    assert reg.store.get(policy) == (a.cwd / ".seal" / "policy.toml").read_bytes()
+    assert parse_policy(reg.store.get(policy))[0]["js_vs_parent_max"] == 0.3 and reg.read_ref(WITHHELD_REF) is None
     # The checked-out adapter is the publisher's, byte for byte; pulling again changes nothing.
     b("checkout", f"hub/{REPO}", "--to", tmp_path / "out")
     assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == \
