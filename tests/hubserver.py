@@ -370,8 +370,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             if isinstance(body, Filler):
-                for start in range(0, len(body), 1 << 20):
-                    self.wfile.write(body[start:start + (1 << 20)])
+                try:
+                    for start in range(0, len(body), 1 << 20):
+                        self.wfile.write(body[start:start + (1 << 20)])
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
+                    self.close_connection = True
+                    return
             else:
                 self.wfile.write(body)
         self.server.hub.requests.append((self.command, self.path, status, self.headers.get("Range")))

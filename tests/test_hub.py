@@ -346,6 +346,14 @@ def test_oversized_files_are_refused_before_download(published, local_hub, monke
     assert_one_line_error(Seal(b.cwd, b.env).run("pull", REPO, "--trust", key), "over the 104857600-byte limit", code=2)
     assert local_hub.requested(junk) == []  # not even a HEAD for it
     monkeypatch.delenv("SEAL_PULL_MAX_BYTES")
+    # A server that lists the right size and then sends 300 MB: the download stops near the listed size.
+    from hubserver import Filler
+
+    hub_repo = local_hub.repos[("model", REPO)]
+    hub_repo.branches["main"] = hub_repo.tags[published["edit"][:12]]  # undo the plant
+    hub_repo.blobs[self_edit[7:]] = Filler(300 * 2**20)
+    assert_one_line_error(Seal(b.cwd, b.env).run("pull", REPO, "--trust", key), f"{junk} sent more than its",
+                          "stopped the download", code=2)
     planted = local_hub.plant(REPO, "seal/lineage.json", 300 * 2**20)
     assert_one_line_error(Seal(b.cwd, b.env).run("pull", REPO), "seal/lineage.json is 314572800 bytes", code=2)
     assert local_hub.requested(f"{planted}/seal/lineage.json") == []
@@ -513,3 +521,40 @@ def test_messages_name_hf_download_not_the_old_cli():
     offenders = [str(p.relative_to(root)) for folder in ("registry", "cli", "editor") for p in (root / folder).rglob("*.py")
                  if "huggingface-cli" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("status", "approved-by-board", "status must be one of"),
+    ("created_at", "9999-01-01T00:00:00.000000Z", "lies in the future"),
+    ("created_at", 1700000000, "RFC 3339"),
+    ("message", "all good\x1b[2J\x1b[31m", "control or bidirectional-override characters"),
+])
+def test_signed_manifests_that_break_the_schema_are_refused(field, value, needle, local_hub, hf_api, tiny_base,
+                                                            tiny_base_record, tmp_path):
+    """A lineage signed by its own (trusted on the spot) key still has to follow seal's schema."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from seal.registry.hub_lineage import LINEAGE_FORMAT
+    from seal.registry.init import root_manifest
+    from seal.registry.objects import blob_digest, build_manifest, version_id
+    from seal.registry.signing import public_key_hex, signer_id
+
+    b = new_registry(tmp_path, "b", tiny_base_record)
+    weights = (tiny_base["adapters"][0] / "adapter_model.safetensors").read_bytes()
+    manifest = build_manifest(base=tiny_base_record["id"], parents=[version_id(root_manifest(tiny_base_record))],
+                              kind="import", status="accepted", adapter={"weights": blob_digest(weights), "config": {}})
+    manifest[field] = value
+    key = ed25519.Ed25519PrivateKey.generate()
+    pub = public_key_hex(key)
+    vid = version_id(manifest)
+    doc = {"format": LINEAGE_FORMAT, "head": vid, "base": {"id": tiny_base_record["id"], "name": "base"},
+           "signers": {signer_id(pub): pub}, "blobs": {blob_digest(weights): len(weights)}, "withheld": {},
+           "versions": [{"id": vid, "manifest": manifest, "signature": key.sign(vid.encode()).hex(),
+                         "signer": signer_id(pub)}]}
+    hf_api.create_repo("evil/adapter")
+    hf_api.create_commit("evil/adapter", [_add("adapter_config.json", b"{}\n"), _add("adapter_model.safetensors", weights),
+                                          _add("seal/lineage.json", json.dumps(doc).encode())], commit_message="x")
+    before = state(b)
+    assert_one_line_error(b.run("pull", "evil/adapter", "--trust", signer_id(pub)), "breaks seal's schema", needle,
+                          code=2)
+    assert state(b) == before
