@@ -113,7 +113,7 @@ def pull(
                                help="The Hub repo, and a branch, tag, alias-NAME tag, commit or version id."),
     trust: List[str] = typer.Option([], "--trust", help="Trust this signer (its 64-hex fingerprint, or 16+ hex of "
                                     "it) and add it to the trust file; repeatable."),
-    force: bool = typer.Option(False, "--force", help="Let the tracking ref move backwards or sideways."),
+    force: bool = typer.Option(False, "--force", help="Let the tracking ref move backwards or sideways (or, for a tag, at all)."),
     json_: bool = JsonOpt,
 ) -> None:
     from seal.registry.hub import pull as pull_lineage

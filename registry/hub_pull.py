@@ -29,9 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import refs as R
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
-from .errors import PullRefused, RefConflict, UntrustedSigner, UserError
+from .errors import PullRefused, UntrustedSigner, UserError
 from .hub_errors import bounded_bar, hub_errors, quiet_unless_terminal
 from .hub_layout import (LINEAGE_FILE, Revision, blob_file, check_remote_names, classify_revision, config_bytes,
                          git_blob_id, hub_revision, max_bytes, max_lineage_bytes, parse_repo_spec, short_id,
@@ -40,7 +39,6 @@ from .hub_lineage import CheckedLineage, check_lineage, doc_ids, known_ids, pars
 from .object_store import file_digest
 from .objects import DIGEST_PREFIX, sha256_hex
 
-RETRIES = 8
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 
 

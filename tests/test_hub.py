@@ -184,8 +184,15 @@ def test_push_is_private_and_carries_tags_attempts_policy_and_data(published, lo
     assert "uploading 4 data blob(s) to the private repo" in published["push"].stderr
     for role in ("trigger", "self_edit", "eval"):
         assert role in published["push"].stderr
-    # Pushing again is a no-op; a public repo is refused without --public; --public publishes.
+    # Pushing again is a no-op; a new tag or a moved alias alone is pushed as Hub tags, without commits.
     assert a.json("push", REPO)["up_to_date"]
+    a("tag", "stable", v0)
+    a("alias", "production", v0, "-m", "roll back")
+    again = a.json("push", REPO)
+    assert again["pushed"] == [] and again["tags"] == {"stable": v0[:12], "alias-production": v0[:12]}
+    tags = {t.name: t.target_commit for t in hf_api.list_repo_refs(REPO).tags}
+    assert tags["stable"] == tags["alias-production"] == commits[v0]
+    # A public repo is refused without --public; --public publishes.
     hf_api.create_repo("seal-test/open", private=False)
     assert_one_line_error(a.run("push", "seal-test/open"), "is public on the Hub; pass --public", code=2)
     assert a.json("push", REPO, "--public")["made_public"] and not hf_api.model_info(REPO).private
