@@ -324,6 +324,9 @@ def test_no_data_keeps_data_local_and_the_pull_records_it(local_hub, hf_api, tin
     assert withheld_digests(reg) == set(data) and not any(reg.store.has(d) for d in data)
     assert b("verify").returncode == 0
     assert b.json("reflog", WITHHELD_REF)[0]["reason"].startswith(f"pull: hub:{REPO}@")
+    mirrored = b.json("push", "seal-test/mirror", f"hub/{REPO}")  # passed on, still without the data
+    assert {w["digest"] for w in mirrored["withheld"]} == set(data)
+    assert json.loads(local_hub.read("seal-test/mirror", "seal/lineage.json"))["withheld"] == data
     # A lineage that withholds anything but data (here: an adapter) is refused.
     weights = next(iter(d for d in doc["blobs"] if doc["blobs"][d] > 1000))
     forged = dict(doc, blobs={d: s for d, s in doc["blobs"].items() if d != weights},
