@@ -40,6 +40,7 @@ from .object_store import file_digest
 from .objects import DIGEST_PREFIX, sha256_hex
 
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def open_remote(api, repo_id: str, revision: str | None) -> Remote:
         lfs = getattr(s, "lfs", None)
         files[s.rfilename] = Listed(getattr(s, "size", None), getattr(lfs, "sha256", None) if lfs else None,
                                     getattr(s, "blob_id", None))
+    if not isinstance(info.sha, str) or not _COMMIT.match(info.sha):
+        raise PullRefused(f"{repo_id}@{rev.name}: the Hub answered with a malformed commit id; nothing was imported")
     remote = Remote(repo_id, rev, info.sha, files)
     check_remote_names(list(files), remote.where)
     return remote
