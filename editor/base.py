@@ -120,7 +120,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     except Exception as exc:  # LocalEntryNotFoundError, RevisionNotFoundError, ...
         raise FileNotFoundError(
             f"base model {repo_id!r} is not in the local Hugging Face cache and seal never "
-            f"downloads weights; run `huggingface-cli download {repo_id}` yourself first, or "
+            f"downloads weights; run `hf download {repo_id}` yourself first, or "
             f"pass a local folder or GGUF file as --base ({type(exc).__name__})"
         ) from exc
 

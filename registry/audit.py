@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 from . import vocabulary as V
@@ -180,7 +181,7 @@ def audit_report(reg, rev: str = "HEAD") -> dict:
         "generated_at": now_utc(),
         "subject": tip,
         "base": {"id": base["id"], "name": base["name"], "revision": base.get("revision"), "source": base["source"]},
-        "policy": _policy(reg, data["policy_moves"]),
+        "policy": {**_policy(reg, data["policy_moves"]), "cited": _cited_policies(reg, data)},
         "versions": entries,
         "ref_moves": data["moves"],
         "drift": _drift(reg, data),
@@ -214,6 +215,20 @@ def _score(s: dict) -> dict:
     against = s.get("against")
     return {**s, "against": against if against is None or isinstance(against, str) else str(against),
             "method": V.method_of(s)}
+
+
+def _cited_policies(reg, data: dict) -> list[dict]:
+    """The policies the versions cite (a pulled lineage cites its publisher's), with their gates."""
+    cited: dict[str, list[str]] = defaultdict(list)
+    for vid in data["ids"]:
+        if data["manifests"][vid].get("policy"):
+            cited[data["manifests"][vid]["policy"]].append(vid)
+    out = []
+    for digest, vids in sorted(cited.items()):
+        values = _policy_values(reg, digest)
+        gates = values[0] if values else None
+        out.append({"digest": digest, "versions": len(vids), "gates": gates})
+    return out
 
 
 def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:

@@ -165,12 +165,20 @@ def read_trust_file(path: Path) -> dict[str, TrustedKey]:
 
 
 def add_trusted(path: Path, public_hex: str, name: str) -> bool:
-    """Append a key to the trust file unless it is there; True when it was added."""
-    if signer_id(public_hex) in read_trust_file(path):
-        return False
+    """Append a key to the trust file unless it is there; True when it was added.
+
+    The check and the append happen under an exclusive lock, so concurrent pulls trusting the same
+    key write it once.
+    """
+    import fcntl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        if path.stat().st_size == 0:
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        f.seek(0)
+        if signer_id(public_hex) in parse_trust_file(f.read(), str(path)):
+            return False
+        if f.tell() == 0:
             f.write("# seal trust file: one trusted signing key per line: <signer id> <public key hex> [name]\n")
         f.write(format_trust_line(public_hex, name) + "\n")
         f.flush()

@@ -34,10 +34,16 @@ Endpoints (``{t}`` is ``models``, ``datasets`` or ``spaces``; URL prefix ``{p}``
     HEAD/GET /{p}{repo}/resolve/{rev}/{path}       X-Repo-Commit, ETag (git blob sha1, or the sha256 for LFS
                                                    files, also sent as X-Linked-Etag with X-Linked-Size),
                                                    Content-Length, Accept-Ranges; Range -> 206 / 416
+    PUT    /api/{t}/{repo}/settings                {"visibility": "private"|"public"} (or {"private": bool})
     POST   /api/validate-yaml, GET /api/whoami-v2  trivial answers
 
-Simplified: state is in memory and dies with the server; any ``Authorization`` (or none) is accepted
-and never logged; no private/gated repos, no pagination, no Xet (the ``xet-*-token`` routes answer 400
+Private repos: ``create_repo(private=True)`` (or ``visibility``) makes one; a request without an
+``Authorization`` header gets 401 RepoNotFound for it, as the Hub answers a stranger; any token is
+accepted (never logged), and ``model_info`` reports ``private``. ``LocalHub.plant`` commits a file
+of any advertised size whose bytes are made on demand (zeros), so a test can offer a 300 MB file
+and check from ``requests`` that the client never asked for it.
+
+Simplified: state is in memory and dies with the server; no gated repos, no pagination, no Xet (the ``xet-*-token`` routes answer 400
 telling you to set ``HF_HUB_DISABLE_XET=1``), no multipart LFS, no LFS redirects to a CDN (files are
 served directly with 200/206), no merges, commit ids are random-ish 40-hex sha1s (not real git objects),
 one ``.gitattributes`` initial commit like the Hub makes (``LocalHub(gitattributes=False)`` for none).
@@ -82,6 +88,7 @@ _ROUTES = [  # (method, regex on the still-percent-encoded path, handler name)
     ("POST", r"/_lfs/(?P<t>\w+)/(?P<repo>.+)/(?P<oid>[0-9a-f]{64})/verify", "lfs_verify"),
     ("GET", rf"/api/(?P<t>models|datasets|spaces)/(?P<repo>{_REPO})(?:/revision/(?P<rev>[^/]+))?", "info"),
     ("GET", rf"/api/(?P<t>models|datasets|spaces)/(?P<repo>{_REPO})/refs", "refs"),
+    ("PUT", rf"/api/(?P<t>models|datasets|spaces)/(?P<repo>{_REPO})/settings", "settings"),
     ("*", rf"/api/(?P<t>models|datasets|spaces)/(?P<repo>{_REPO})/(?P<op>preupload|commit|tree|paths-info"
           r"|commits|tag|branch|xet-\w+-token)/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "repo_op"),
     ("GET", rf"/(?:(?P<p>datasets|spaces)/)?(?P<repo>{_REPO})/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
@@ -142,9 +149,23 @@ class Commit:
     files: dict
 
 
+class Filler:
+    """Content of a planted file: ``size`` zero bytes, made only when someone downloads them."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, part: slice) -> bytes:
+        start, stop, _ = part.indices(self.size)
+        return bytes(max(stop - start, 0))
+
+
 class Repo:
-    def __init__(self, repo_type: str, repo_id: str, gitattributes: bool):
-        self.type, self.id, self.created = repo_type, repo_id, _now()
+    def __init__(self, repo_type: str, repo_id: str, gitattributes: bool, private: bool = False):
+        self.type, self.id, self.created, self.private = repo_type, repo_id, _now(), private
         self.blobs: dict[str, bytes] = {}  # sha256 -> content (the LFS store and the git store together)
         self.commits: dict[str, Commit] = {}
         self.branches: dict[str, str] = {}
@@ -264,6 +285,22 @@ class LocalHub:
             repo = self.repo(repo_id, repo_type)
             repo.blobs[repo.resolve(revision).files[path].sha256] = bytes(new_bytes)
 
+    def plant(self, repo_id: str, path: str, size: int, branch: str = "main", repo_type: str = "model") -> str:
+        """Commit ``path`` on ``branch`` as an LFS file of ``size`` bytes (zeros, made on demand; its
+        advertised sha256 is not theirs). Returns the new commit id."""
+        with self.lock:
+            repo = self.repo(repo_id, repo_type)
+            sha = hashlib.sha256(f"planted {path} {size} {time.time_ns()}".encode()).hexdigest()
+            repo.blobs[sha] = Filler(size)  # type: ignore[assignment]
+            head = repo.commits[repo.branches[branch]]
+            commit = repo.new_commit(head.oid, f"plant {path}", "", {**head.files, path: Entry.lfs_file(sha, size)})
+            repo.branches[branch] = commit.oid
+            return commit.oid
+
+    def requested(self, path_part: str, methods: tuple[str, ...] = ("GET", "HEAD")) -> list[tuple]:
+        """The recorded requests whose (URL-decoded) path contains ``path_part``."""
+        return [r for r in list(self.requests) if r[0] in methods and path_part in unquote(r[1])]
+
     def head(self, repo_id: str, branch: str = "main", repo_type: str = "model") -> str:
         with self.lock:
             return self.repo(repo_id, repo_type).branches[branch]
@@ -332,7 +369,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            if isinstance(body, Filler):
+                try:
+                    for start in range(0, len(body), 1 << 20):
+                        self.wfile.write(body[start:start + (1 << 20)])
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
+                    self.close_connection = True
+                    return
+            else:
+                self.wfile.write(body)
         self.server.hub.requests.append((self.command, self.path, status, self.headers.get("Range")))
 
     def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
@@ -368,7 +413,10 @@ class _Handler(BaseHTTPRequestHandler):
         return json.loads(self.raw)
 
     def _repo(self, t: str | None, repo: str) -> Repo:
-        return self.hub.repo(repo, _TYPES.get(t or "models", t or "model"))
+        r = self.hub.repo(repo, _TYPES.get(t or "models", t or "model"))
+        if r.private and not self.headers.get("Authorization"):
+            raise HubError(401, "Repository Not Found", "RepoNotFound")
+        return r
 
     def _url(self, repo: Repo) -> str:
         return f"{self.hub.endpoint}/{_PREFIX[repo.type]}{repo.id}"
@@ -387,7 +435,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             exists = (repo_type, repo_id) in self.hub.repos
             if not exists:
-                self.hub.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, self.hub.gitattributes)
+                private = body.get("visibility", "private" if body.get("private") else "public") == "private"
+                self.hub.repos[(repo_type, repo_id)] = Repo(repo_type, repo_id, self.hub.gitattributes, private)
             repo = self.hub.repos[(repo_type, repo_id)]
         if exists:
             return self._json({"error": "You already created this model repo", "url": self._url(repo)}, 409)
@@ -416,13 +465,23 @@ class _Handler(BaseHTTPRequestHandler):
                 siblings.append(sib)
         author = repo.split("/")[0] if "/" in repo else None
         info = {"_id": hashlib.md5(repo.encode()).hexdigest()[:24], "id": repo, "author": author,
-                "sha": commit.oid, "lastModified": commit.date, "createdAt": r.created, "private": False,
+                "sha": commit.oid, "lastModified": commit.date, "createdAt": r.created, "private": r.private,
                 "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings}
         if r.type == "model":
             info["modelId"] = repo
         if r.type == "space":
             info.update(sdk="static", runtime={"stage": "RUNNING", "hardware": {"current": None}})
         self._json(info)
+
+    def h_settings(self, t, repo):
+        body = self._payload()
+        with self.hub.lock:
+            r = self._repo(t, repo)
+            if "visibility" in body:
+                r.private = body["visibility"] == "private"
+            elif "private" in body:
+                r.private = bool(body["private"])
+        self._json({})
 
     def h_refs(self, t, repo):
         with self.hub.lock:
@@ -480,13 +539,13 @@ class _Handler(BaseHTTPRequestHandler):
         if hashlib.sha256(self.raw).hexdigest() != oid:
             raise HubError(400, f"LFS upload: sha256 of the {len(self.raw)} bytes received does not match {oid}")
         with self.hub.lock:
-            self._repo(t, repo).blobs.setdefault(oid, self.raw)
+            self.hub.repo(repo, _TYPES.get(t, t)).blobs.setdefault(oid, self.raw)  # pre-signed: no token needed
         self._send(200, headers={"ETag": f'"{hashlib.md5(self.raw).hexdigest()}"'})
 
     def h_lfs_verify(self, t, repo, oid):
         body = self._payload()
         with self.hub.lock:
-            data = self._repo(t, repo).blobs.get(oid)
+            data = self.hub.repo(repo, _TYPES.get(t, t)).blobs.get(oid)  # pre-signed: no token needed
         if data is None or body.get("oid") != oid or body.get("size") != len(data):
             raise HubError(404, f"LFS verify failed for {oid}: object missing or size mismatch")
         self._json({"success": True})

@@ -254,3 +254,27 @@ def test_subprocess_client_uses_env_only(local_hub, pushed, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == NOTES.decode()
+
+
+def test_private_repos_hide_from_strangers_and_settings_change_visibility(local_hub, hf_api, tmp_path):
+    hf_api.create_repo("me/secret", private=True)
+    hf_api.upload_file(path_or_fileobj=NOTES, path_in_repo="notes.txt", repo_id="me/secret")
+    stranger = HfApi(endpoint=local_hub.endpoint, token=False)
+    assert hf_api.model_info("me/secret").private
+    with pytest.raises(RepositoryNotFoundError):
+        stranger.model_info("me/secret")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("me/secret", "notes.txt", cache_dir=tmp_path / "c", token=False)
+    hf_api.update_repo_settings("me/secret", private=False)
+    assert not stranger.model_info("me/secret").private
+    assert Path(hf_hub_download("me/secret", "notes.txt", cache_dir=tmp_path / "d", token=False)).read_bytes() == NOTES
+
+
+def test_planted_files_are_listed_with_their_size_and_served_on_demand(local_hub, hf_api, pushed, tmp_path):
+    size = 300 * 2**20
+    commit = local_hub.plant(REPO, "big.bin", size)
+    info = hf_api.model_info(REPO, revision=commit, files_metadata=True)
+    assert {s.rfilename: s.size for s in info.siblings}["big.bin"] == size
+    assert local_hub.requested("big.bin") == []
+    got = HfFileSystem(endpoint=local_hub.endpoint, token=TOKEN).read_block(f"{REPO}/big.bin", size - 10, 10)
+    assert got == bytes(10) and local_hub.requested("big.bin", ("GET",))
