@@ -56,11 +56,17 @@ class Url:
 
 
 class Conn:
-    """One connection inside one transaction: ``?`` placeholders on every dialect."""
+    """One connection inside one transaction: ``?`` placeholders on every dialect.
 
-    def __init__(self, raw: Any, dialect: str):
+    ``head`` is the row that stands for ``HEAD`` in this working folder (see
+    :func:`seal.registry.refs.worktree_head`): folders attached to one shared database each keep
+    their own.
+    """
+
+    def __init__(self, raw: Any, dialect: str, head: str = "HEAD"):
         self.raw = raw
         self.dialect = dialect
+        self.head = head
 
     def _sql(self, sql: str) -> str:
         return _PARAM.sub("%s", sql) if self.dialect == "postgresql" else sql
@@ -115,6 +121,7 @@ class Database:
         self.url = url
         self.parsed = Url.parse(url)
         self.dialect = self.parsed.dialect
+        self.head = "HEAD"
         self._raw: Any = None
 
     @classmethod
@@ -143,7 +150,7 @@ class Database:
         """A consistent snapshot for reading (no lock on SQLite in WAL mode)."""
         with _translated(self.url):
             raw = self._connect()
-            conn = Conn(raw, self.dialect)
+            conn = Conn(raw, self.dialect, self.head)
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -155,7 +162,7 @@ class Database:
         """One write transaction: everything in the block lands, or nothing does."""
         with _translated(self.url):
             raw = self._connect()
-            conn = Conn(raw, self.dialect)
+            conn = Conn(raw, self.dialect, self.head)
             _begin_write(conn)
             try:
                 yield conn
