@@ -34,11 +34,14 @@ def clone(
                                          "one the creator's folder follows, else main)."),
     name: Optional[str] = typer.Option(None, "--name", help="This folder's name in the registry, unique in the "
                                        "team (default: HOST-xxxxxx); its HEAD is refs/worktrees/NAME/HEAD."),
+    tracking: Optional[str] = typer.Option(None, "--tracking", help="The team's MLflow tracking server, kept in "
+                                           "config.toml (default: MLFLOW_TRACKING_URI, else runs stay in this folder)."),
     json_: bool = JsonOpt,
 ) -> None:
     from seal.registry.clone import clone_registry
 
-    out = clone_registry(path, url, objects_url=objects, trust_file=trust_file, branch=branch, name=name)
+    out = clone_registry(path, url, objects_url=objects, trust_file=trust_file, branch=branch, name=name,
+                         tracking_uri=tracking)
     if json_:
         print_json(out.to_json())
         return

@@ -129,6 +129,19 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def check_tracking_uri(uri: str | None) -> str | None:
+    """An MLflow tracking URI to keep in config.toml: a server or store URL, never with a password."""
+    if uri is None:
+        return None
+    parts = urlsplit(uri)
+    if not parts.scheme or (parts.scheme in ("http", "https") and not parts.netloc):
+        raise UserError(f"--tracking {uri!r} is not a tracking URI; give the MLflow server, e.g. http://mlflow.internal:5000")
+    if parts.password:
+        raise UserError("the tracking URI holds a password, which seal would have to write into .seal/config.toml; "
+                        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    return uri
+
+
 def default_name() -> str:
     """``host-xxxxxx``: readable in `seal reflog`, and unique without asking anyone."""
     host = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip(".-_") or "worker"
@@ -232,19 +245,24 @@ def _shown(url: str) -> str:
 # --- attaching ----------------------------------------------------------------------------------
 
 def clone_registry(path: Path, where: str, *, objects_url: str | None = None, trust_file: Path | None = None,
-                   branch: str | None = None, name: str | None = None) -> Attachment:
-    """Attach ``path`` (made if missing) to the registry at ``where`` (a database URL or a folder)."""
+                   branch: str | None = None, name: str | None = None, tracking_uri: str | None = None) -> Attachment:
+    """Attach ``path`` (made if missing) to the registry at ``where`` (a database URL or a folder).
+
+    ``tracking_uri`` names the team's MLflow server in the folder's config (default: each folder
+    keeps its own runs in ``.seal/mlflow.db``, or ``MLFLOW_TRACKING_URI`` decides).
+    """
     from .init import check_can_init
 
     path = check_can_init(Path(path))
     name = R.check_ref_name(name, "folder") if name else default_name()
+    tracking_uri = check_tracking_uri(tracking_uri)
     db_url, objects_url, trust_file = source_of(where, objects_url=objects_url, trust_file=trust_file)
     source = inspect_registry(check_database_url(db_url), objects_url, trust_file, branch=branch, name=name)
     made = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".seal-clone-", dir=path))
     try:
-        key = _fill(staging, source, name)
+        key = _fill(staging, source, name, tracking_uri)
         _attach(staging, source, name)
         os.rename(staging, path / SEAL_DIRNAME)
     except BaseException:
@@ -262,10 +280,10 @@ def clone_registry(path: Path, where: str, *, objects_url: str | None = None, tr
     )
 
 
-def _fill(staging: Path, source: RegistrySource, name: str):
+def _fill(staging: Path, source: RegistrySource, name: str, tracking_uri: str | None):
     (staging / "config.toml").write_text(config_text(
         base_id=source.base_id, base_name=source.base_name, db_url=source.db_url, objects_url=source.objects_url,
-        allowed_signers=str(source.trust_file), worktree=name,
+        allowed_signers=str(source.trust_file), worktree=name, tracking_uri=tracking_uri,
     ))
     return create_key(staging / "keys" / "signing.key")
 

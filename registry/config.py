@@ -80,7 +80,7 @@ def read_config(seal_dir: Path) -> Config:
 
 
 def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url: str | None = None,
-                allowed_signers: str | None = None, worktree: str | None = None) -> str:
+                allowed_signers: str | None = None, worktree: str | None = None, tracking_uri: str | None = None) -> str:
     lines = [
         "# seal registry configuration",
         "[base]", f"id = {json.dumps(base_id)}", f"name = {json.dumps(base_name)}", "",
@@ -88,7 +88,8 @@ def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url
         f"url = {json.dumps(db_url)}" if db_url else '# url = "postgresql://user@host/db"', "",
         "[objects]", "# SEAL_OBJECTS_URL overrides this; the default is .seal/objects",
         f"url = {json.dumps(objects_url)}" if objects_url else '# url = "s3://bucket/prefix"', "",
-        "[tracking]", "# MLflow tracking URI; the default keeps runs in .seal/mlflow.db", "",
+        "[tracking]", "# MLflow tracking URI; the default keeps runs in .seal/mlflow.db",
+        *([f"uri = {json.dumps(tracking_uri)}"] if tracking_uri else []), "",
         "[trust]", "# the trusted signing keys; the default is .seal/allowed_signers",
         *([f"allowed_signers = {json.dumps(allowed_signers)}"] if allowed_signers else []), "",
     ]

@@ -151,6 +151,8 @@ def test_clone_refuses_before_writing(tmp_path, tiny_base_record, pg_url, pg_adm
         "trusts none of the": [pg_url, "--objects", blobs, "--trust-file", stranger],
         "no branch": [pg_url, "--objects", blobs, "--trust-file", trust, "--branch", "nope"],
         "give the registry's object store": [pg_url, "--trust-file", trust],
+        "MLFLOW_TRACKING_PASSWORD": [pg_url, "--objects", blobs, "--trust-file", trust,
+                                     "--tracking", "https://me:secret@mlflow.internal"],
     }
     for expected, args in cases.items():
         proc = seal.run("clone", *args, "b")
@@ -172,9 +174,10 @@ def test_clone_of_a_folder_on_one_machine(tmp_path, tiny_base_record):
     file is named by verify until someone who keeps the file admits it."""
     a_dir = init_shared(tmp_path / "a", tiny_base_record, None, None)
     a, root = Seal(a_dir), Seal(tmp_path)
-    out = json.loads(root("clone", a_dir, "b", "--json").stdout)
+    out = json.loads(root("clone", a_dir, "b", "--tracking", "http://mlflow.internal:5000", "--json").stdout)
     assert out["trusted"] and out["trust_file"] == str(a_dir / ".seal" / "allowed_signers")
     b = Seal(tmp_path / "b")
+    assert 'uri = "http://mlflow.internal:5000"' in (b.cwd / ".seal" / "config.toml").read_text()
     b("checkout", "-b", "exp", "main")
     assert b.json("status")["head"] == "exp" and a.json("status")["head"] == "main"
     assert set(a.json("log")[0]["refs"]) == {"HEAD -> main", "exp"}     # each folder shows its own HEAD only
