@@ -151,7 +151,10 @@ class Database:
         with _translated(self.url):
             raw = self._connect()
             conn = Conn(raw, self.dialect, self.head)
-            conn.execute("BEGIN")
+            # PostgreSQL's default (READ COMMITTED) gives each statement its own snapshot, so a
+            # reader of several tables saw half of a version committed meanwhile; REPEATABLE READ
+            # holds one snapshot for the whole block, as SQLite's WAL does.
+            conn.execute("BEGIN" if self.dialect == "sqlite" else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 yield conn
             finally:
