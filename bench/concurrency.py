@@ -158,20 +158,41 @@ def writer(folder: str, index: int, versions: int, gate: str) -> dict:
 
 # --- one run ----------------------------------------------------------------------------------------
 
+def durable_cluster(bindir: Path):
+    """The tests' throwaway PostgreSQL, but with fsync on (they run with -F): commits reach the disk."""
+    from pgcluster import PgCluster
+
+    class DurableCluster(PgCluster):
+        def start(self) -> "DurableCluster":
+            if self.as_root:
+                shutil.chown(self.dir, "postgres", "postgres")
+            self._run(self.bindir / "initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8")
+            self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.dir / "log", "-w", "-t", "60", "start",
+                      "-o", f"-h 127.0.0.1 -p {self.port} -k {self.dir}")
+            return self
+
+    return DurableCluster(bindir)
+
+
 class Servers:
-    """PostgreSQL and SeaweedFS, started on demand and stopped at the end."""
+    """PostgreSQL and SeaweedFS, started on demand and stopped at the end.
+
+    PostgreSQL runs with its defaults (fsync on, synchronous commit). SeaweedFS acknowledges a
+    write before it reaches the disk (it fsyncs only when a request asks, which S3 cannot), while
+    the local blob store fsyncs every blob: compare the two with that in mind.
+    """
 
     def __init__(self):
         self.pg = self.weed = None
 
     def pg_url(self) -> str:
-        from pgcluster import PgCluster, create_database, find_pg_bin
+        from pgcluster import create_database, find_pg_bin
 
         if self.pg is None:
             bindir = find_pg_bin()
             if bindir is None:
                 raise SystemExit("no PostgreSQL server binaries (initdb): apt-get install postgresql")
-            self.pg = PgCluster(bindir).start()
+            self.pg = durable_cluster(bindir).start()
         return create_database(self.pg.url, "bench_" + uuid.uuid4().hex[:10])
 
     def s3_url(self) -> str:
@@ -291,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         servers.stop()
     ok = all(r.lost == 0 and r.torn == 0 and r.verify_faults == 0 for r in runs)
-    print(json.dumps({"bench": "concurrency", "cpus": os.cpu_count(), "versions_per_writer": args.versions,
+    print(json.dumps({"bench": "concurrency", "cpus": os.cpu_count(), "load_avg": [round(x, 1) for x in os.getloadavg()],
+                      "postgresql_fsync": True, "seaweedfs_fsync": False, "versions_per_writer": args.versions,
                       "adapter_bytes": len(adapter_bytes(0, 0)[0]), "shared_move_every": SHARED_EVERY,
                       "ok": ok, "runs": [asdict(r) for r in runs]}))
     return 0 if ok else 1
