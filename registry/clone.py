@@ -98,9 +98,14 @@ def source_of(where: str, *, objects_url: str | None, trust_file: Path | None) -
     to the registry of ``../a`` on one machine; options given still win.
     """
     if "://" not in where:
+        from .errors import NotARegistry
         from .repo import Registry
 
-        origin = Registry.open(Path(where))
+        try:
+            origin = Registry.open(Path(where))
+        except NotARegistry:
+            raise UserError(f"{where!r} is neither a database URL (postgresql://USER@HOST/DB, sqlite:///PATH) "
+                            f"nor a registry folder on this machine") from None
         objects_url = objects_url or origin.objects_url or (origin.seal_dir / "objects").resolve().as_uri()
         return origin.database_url, objects_url, trust_file or origin.trust_path
     objects_url = objects_url or os.environ.get("SEAL_OBJECTS_URL")

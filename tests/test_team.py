@@ -140,6 +140,7 @@ def test_clone_refuses_before_writing(tmp_path, tiny_base_record, pg_url, pg_adm
     seal = Seal(tmp_path, {"SEAL_ACTOR": "bob"})
     cases = {
         "cannot use database URL": ["mysql://me@host/db", "--objects", blobs, "--trust-file", trust],
+        "neither a database URL": ["db.internal/seal", "--objects", blobs, "--trust-file", trust],
         "cannot reach the lineage database": [f"postgresql://me@127.0.0.1:{free_port()}/x", "--objects", blobs,
                                               "--trust-file", trust],
         "holds no seal registry": [empty_db, "--objects", blobs, "--trust-file", trust],
