@@ -213,11 +213,11 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
     work = Path(tempfile.mkdtemp(prefix="merge-", dir=repo.tmp_dir))
     try:
         session = open_session(repo, base_row, device, policy, work, say)
-        dirs = []
-        for vid in ids:
-            d, _ = parent_state(session, vid, manifests[vid])
-            dirs.append(d)
-        parent_dir, parent_m = parent_state(session, ids[0], manifests[ids[0]])
+        # Each input is written out once: a second export of the first parent into the same
+        # folder was refused ("not empty"), so every merge failed.
+        states = [parent_state(session, vid, manifests[vid]) for vid in ids]
+        dirs = [d for d, _ in states]
+        parent_dir, parent_m = states[0]
         from .loop import measure_probes
         from .train import adapter_applied
 

@@ -30,6 +30,7 @@ _KNOWN = {
     "tracking": ("uri",),
     "objects": ("url",),
     "trust": ("allowed_signers",),
+    "worktree": ("name",),
 }
 
 
@@ -41,6 +42,7 @@ class Config:
     tracking_uri: str | None = None
     objects_url: str | None = None
     allowed_signers: str | None = None
+    worktree: str | None = None  # set by `seal clone`: this folder's HEAD is refs/worktrees/NAME/HEAD
 
 
 def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
@@ -62,6 +64,7 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
         base_id=values.get("base.id"), base_name=values.get("base.name"),
         database_url=values.get("database.url"), tracking_uri=values.get("tracking.uri"),
         objects_url=values.get("objects.url"), allowed_signers=values.get("trust.allowed_signers"),
+        worktree=values.get("worktree.name"),
     )
 
 
@@ -76,7 +79,8 @@ def read_config(seal_dir: Path) -> Config:
     return parse_config(text, str(path))
 
 
-def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url: str | None = None) -> str:
+def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url: str | None = None,
+                allowed_signers: str | None = None, worktree: str | None = None, tracking_uri: str | None = None) -> str:
     lines = [
         "# seal registry configuration",
         "[base]", f"id = {json.dumps(base_id)}", f"name = {json.dumps(base_name)}", "",
@@ -84,9 +88,14 @@ def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url
         f"url = {json.dumps(db_url)}" if db_url else '# url = "postgresql://user@host/db"', "",
         "[objects]", "# SEAL_OBJECTS_URL overrides this; the default is .seal/objects",
         f"url = {json.dumps(objects_url)}" if objects_url else '# url = "s3://bucket/prefix"', "",
-        "[tracking]", "# MLflow tracking URI; the default keeps runs in .seal/mlflow.db", "",
-        "[trust]", "# the trusted signing keys; the default is .seal/allowed_signers", "",
+        "[tracking]", "# MLflow tracking URI; the default keeps runs in .seal/mlflow.db",
+        *([f"uri = {json.dumps(tracking_uri)}"] if tracking_uri else []), "",
+        "[trust]", "# the trusted signing keys; the default is .seal/allowed_signers",
+        *([f"allowed_signers = {json.dumps(allowed_signers)}"] if allowed_signers else []), "",
     ]
+    if worktree:
+        lines += ["[worktree]", "# attached by `seal clone`: this folder's HEAD is refs/worktrees/NAME/HEAD",
+                  f"name = {json.dumps(worktree)}", ""]
     return "\n".join(lines)
 
 

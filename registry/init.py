@@ -61,6 +61,7 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_
         _fill(staging, base, db_url, objects_url)
         reg = Registry(staging, read_config(staging), db_url=db_url or os.environ.get("SEAL_DATABASE_URL"),
                        objects_url=objects_url)
+        _refuse_attached(reg.database_url)
         upgrade(reg.database_url)
         _first_rows(reg, base, branch)
         reg.close()
@@ -71,6 +72,27 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_
     reg = Registry.open(path)
     record_policy(reg, read_policy(reg))
     return reg
+
+
+def _refuse_attached(url: str) -> None:
+    """A database that already holds a registry is joined with `seal clone`, which gives the new
+    folder its own HEAD; a second init would share the first folder's HEAD."""
+    from .db import current_revision
+    from .sql import Database
+
+    db = Database.open(url)
+    try:
+        taken = current_revision(db) is not None and _has_head(db)
+    finally:
+        db.close()
+    if taken:
+        raise UserError("this database already holds a seal registry; attach a folder to it with "
+                        "`seal clone DATABASE_URL PATH --objects URL --trust-file FILE`")
+
+
+def _has_head(db) -> bool:
+    with db.read() as c:
+        return c.scalar("SELECT 1 FROM refs WHERE name = ?", (R.HEAD,)) is not None
 
 
 def _fill(staging: Path, base: dict, db_url: str | None, objects_url: str | None) -> None:

@@ -4,6 +4,11 @@ Ref names are stored in full, as in git: ``HEAD``, ``refs/heads/main``, ``refs/t
 ``refs/aliases/production``, ``refs/remotes/hub/org/name``, ``refs/meta/policy``. HEAD is
 symbolic (``ref: refs/heads/main``) or holds a version id (detached).
 
+HEAD belongs to a working folder, not to the registry: the folder that `seal init` made keeps
+the row ``HEAD``, and each folder attached by `seal clone` keeps ``refs/worktrees/NAME/HEAD``
+(the connection's ``head``), so one machine's checkout never moves another's HEAD. Every
+function here reads and writes the name ``HEAD`` through that mapping.
+
 Every move is a compare-and-swap inside the caller's write transaction and appends a signed
 reflog row in that same transaction, so "move main from X to Y" fails with
 :class:`RefConflict` when main is no longer X, and a ref never exists without the reflog row
@@ -30,6 +35,7 @@ TAGS = "refs/tags/"
 ALIASES = "refs/aliases/"
 REMOTES = "refs/remotes/"
 META = "refs/meta/"
+WORKTREES = "refs/worktrees/"
 SYMBOLIC = "ref: "
 REFLOG_FORMAT = "seal.reflog/1"
 
@@ -88,9 +94,23 @@ def check_ref_name(name: str, what: str = "branch") -> str:
     return name
 
 
+def worktree_head(name: str) -> str:
+    """The row that holds HEAD for the attached working folder ``name``.
+
+    >>> worktree_head("gpu-7")
+    'refs/worktrees/gpu-7/HEAD'
+    """
+    return f"{WORKTREES}{check_ref_name(name, 'worktree')}/HEAD"
+
+
+def stored_name(conn: Conn, name: str) -> str:
+    """The row a ref name is kept in: ``HEAD`` is this folder's own HEAD row."""
+    return getattr(conn, "head", HEAD) if name == HEAD else name
+
+
 def read_ref(conn: Conn, name: str) -> str | None:
     """The raw target of a ref (a version id, a blob digest or ``ref: NAME``), or None."""
-    return conn.scalar("SELECT target FROM refs WHERE name = ?", (name,))
+    return conn.scalar("SELECT target FROM refs WHERE name = ?", (stored_name(conn, name),))
 
 
 def peel(conn: Conn, name: str, depth: int = 0) -> str | None:
@@ -146,6 +166,7 @@ def move_ref(
     >>> with db.write() as c:                               # doctest: +SKIP
     ...     move_ref(c, "refs/heads/main", expected=a, new=b, reason="edit", signer=key)
     """
+    name = stored_name(conn, name)
     now = now_utc()
     if expected is None:
         if new is None:
@@ -179,7 +200,10 @@ def list_refs(conn: Conn, prefix: str = "") -> list[tuple[str, str]]:
 def refs_by_target(conn: Conn) -> dict[str, list[str]]:
     """Version id → short names of the refs that point at it (HEAD included when detached or via its branch)."""
     out: dict[str, list[str]] = {}
-    rows = list_refs(conn)
+    own_head = stored_name(conn, HEAD)
+    # Another folder's HEAD is not a name here; this folder's own is shown as HEAD.
+    rows = [(HEAD if name == own_head else name, target) for name, target in list_refs(conn)
+            if name == own_head or not (name == HEAD or name.startswith(WORKTREES))]
     table = dict(rows)
     for name, target in rows:
         if target.startswith(SYMBOLIC) or name.startswith(META):

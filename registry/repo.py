@@ -103,11 +103,18 @@ class Registry:
     def objects_url(self) -> str | None:
         return self._objects_url or os.environ.get("SEAL_OBJECTS_URL") or self.config.objects_url
 
+    @property
+    def head_ref(self) -> str:
+        """The row that holds this folder's HEAD: ``HEAD``, or ``refs/worktrees/NAME/HEAD`` in a clone."""
+        return R.worktree_head(self.config.worktree) if self.config.worktree else R.HEAD
+
     @cached_property
     def db(self) -> Database:
         from .db import open_database
 
-        return open_database(self.database_url)
+        db = open_database(self.database_url)
+        db.head = self.head_ref
+        return db
 
     @cached_property
     def store(self):
@@ -355,7 +362,9 @@ def _entry(row: dict, parents: list[str], names: dict[str, list[str]]) -> LogEnt
 
 
 def _full_ref_name(c: Conn, ref: str) -> str:
-    if ref == R.HEAD or ref.startswith("refs/"):
+    if ref == R.HEAD:
+        return R.stored_name(c, ref)
+    if ref.startswith("refs/"):
         return ref
     for prefix in (R.HEADS, R.TAGS, R.ALIASES, R.REMOTES):
         name = prefix + ref.lstrip("@") if prefix == R.ALIASES else prefix + ref

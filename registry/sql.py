@@ -56,11 +56,17 @@ class Url:
 
 
 class Conn:
-    """One connection inside one transaction: ``?`` placeholders on every dialect."""
+    """One connection inside one transaction: ``?`` placeholders on every dialect.
 
-    def __init__(self, raw: Any, dialect: str):
+    ``head`` is the row that stands for ``HEAD`` in this working folder (see
+    :func:`seal.registry.refs.worktree_head`): folders attached to one shared database each keep
+    their own.
+    """
+
+    def __init__(self, raw: Any, dialect: str, head: str = "HEAD"):
         self.raw = raw
         self.dialect = dialect
+        self.head = head
 
     def _sql(self, sql: str) -> str:
         return _PARAM.sub("%s", sql.replace("%", "%%")) if self.dialect == "postgresql" else sql
@@ -115,6 +121,7 @@ class Database:
         self.url = url
         self.parsed = Url.parse(url)
         self.dialect = self.parsed.dialect
+        self.head = "HEAD"
         self._raw: Any = None
 
     @classmethod
@@ -143,8 +150,11 @@ class Database:
         """A consistent snapshot for reading (no lock on SQLite in WAL mode)."""
         with _translated(self.url):
             raw = self._connect()
-            conn = Conn(raw, self.dialect)
-            conn.execute("BEGIN")
+            conn = Conn(raw, self.dialect, self.head)
+            # PostgreSQL's default (READ COMMITTED) gives each statement its own snapshot, so a
+            # reader of several tables saw half of a version committed meanwhile; REPEATABLE READ
+            # holds one snapshot for the whole block, as SQLite's WAL does.
+            conn.execute("BEGIN" if self.dialect == "sqlite" else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 yield conn
             finally:
@@ -155,7 +165,7 @@ class Database:
         """One write transaction: everything in the block lands, or nothing does."""
         with _translated(self.url):
             raw = self._connect()
-            conn = Conn(raw, self.dialect)
+            conn = Conn(raw, self.dialect, self.head)
             _begin_write(conn)
             try:
                 yield conn

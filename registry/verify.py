@@ -244,8 +244,8 @@ def _check_reflog_row(entry, trusted, previous) -> list[Fault]:
 
 def _check_store(reg, snap, ids, blob_ok) -> list[Fault]:
     """Every blob intact; every journaled version and reflog row still in the database."""
-    out = []
-    moves = {(e["ref"], e["old"], e["new"], e["time"], e["signature"]) for e in snap.reflog}
+    out, late_moves, late_versions = [], [], []
+    moves = {_move_key(e) for e in snap.reflog}
     for digest in reg.store.iter_digests():
         if digest not in blob_ok and not reg.store.check(digest):
             out.append(Fault(None, f"blob {digest}", "is corrupt (its bytes no longer hash to its name)"))
@@ -254,14 +254,35 @@ def _check_store(reg, snap, ids, blob_ok) -> list[Fault]:
         if doc is None:
             continue
         if doc.get("format") == REFLOG_FORMAT:
-            key = (doc.get("ref"), doc.get("old"), doc.get("new"), doc.get("time"), doc.get("signature"))
-            if key not in moves:
-                out.append(Fault(None, f"reflog of {doc.get('ref')}", f"the move to {_short(doc.get('new'))} at "
-                                 f"{doc.get('time')} is in the object store but not in the database: it was erased"))
+            if _move_key(doc) not in moves:
+                late_moves.append(doc)
         elif digest[7:] not in ids:
-            out.append(Fault(digest[7:], "versions", "recorded in the object store but missing from the database: "
-                             "it was rolled back or deleted behind seal's back"))
+            late_versions.append(digest[7:])
+    # A writer journals after it commits, so the store may list what was committed after the
+    # snapshot was read: look again before calling anything erased.
+    moves, ids = _recent(reg, late_moves, late_versions)
+    out += [Fault(None, f"reflog of {doc.get('ref')}", f"the move to {_short(doc.get('new'))} at {doc.get('time')} "
+                  "is in the object store but not in the database: it was erased")
+            for doc in late_moves if _move_key(doc) not in moves]
+    out += [Fault(vid, "versions", "recorded in the object store but missing from the database: "
+                  "it was rolled back or deleted behind seal's back") for vid in late_versions if vid not in ids]
     return out
+
+
+def _move_key(entry: dict) -> tuple:
+    return (entry.get("ref"), entry.get("old"), entry.get("new"), entry.get("time"), entry.get("signature"))
+
+
+def _recent(reg, late_moves: list[dict], late_versions: list[str]) -> tuple[set, set]:
+    """The moves and versions among these that the database holds now (a fresh snapshot)."""
+    if not late_moves and not late_versions:
+        return set(), set()
+    with reg.read() as c:
+        moves = {_move_key(r) for doc in late_moves
+                 for r in c.dicts("SELECT ref, old, new, time, signature FROM reflog WHERE ref = ? AND time = ?",
+                                  (doc.get("ref"), doc.get("time")))}
+        ids = {vid for vid in late_versions if c.one("SELECT 1 FROM versions WHERE id = ?", (vid,))}
+    return moves, ids
 
 
 def _journal_doc(reg, digest: str) -> dict | None:
