@@ -102,7 +102,7 @@ def test_two_folders_share_one_registry(tmp_path, tiny_chat_base, tiny_chat_reco
     assert a.json("status")["head"] == "main" and a.json("show", "HEAD")["id"] == a_head
     assert a.json("show", mine)["parents"] == [imported]          # A sees it at once
     report = b.json("diff", "bob", "main")                         # B's version against A's, from B
-    assert report["differs"] and report["a"]["id"] == mine and report["b"]["id"] == a_head
+    assert report["differs"] and report["old"]["id"] == mine and report["new"]["id"] == a_head
     proc = b("merge", "main", "bob", "--method", "cat", "--no-track", "--json", check=False)
     assert proc.returncode in (0, 1), proc.stderr
     merged = json.loads(proc.stdout)
