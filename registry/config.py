@@ -79,23 +79,29 @@ def read_config(seal_dir: Path) -> Config:
     return parse_config(text, str(path))
 
 
+def _toml_string(value: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, and non-ASCII text stays as it is (TOML has no
+    surrogate-pair escapes, so ``ensure_ascii`` would write an emoji TOML cannot read)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def config_text(*, base_id: str, base_name: str, db_url: str | None, objects_url: str | None = None,
                 allowed_signers: str | None = None, worktree: str | None = None, tracking_uri: str | None = None) -> str:
     lines = [
         "# seal registry configuration",
-        "[base]", f"id = {json.dumps(base_id)}", f"name = {json.dumps(base_name)}", "",
+        "[base]", f"id = {_toml_string(base_id)}", f"name = {_toml_string(base_name)}", "",
         "[database]", "# SEAL_DATABASE_URL overrides this; the default is sqlite:///.seal/lineage.db",
-        f"url = {json.dumps(db_url)}" if db_url else '# url = "postgresql://user@host/db"', "",
+        f"url = {_toml_string(db_url)}" if db_url else '# url = "postgresql://user@host/db"', "",
         "[objects]", "# SEAL_OBJECTS_URL overrides this; the default is .seal/objects",
-        f"url = {json.dumps(objects_url)}" if objects_url else '# url = "s3://bucket/prefix"', "",
+        f"url = {_toml_string(objects_url)}" if objects_url else '# url = "s3://bucket/prefix"', "",
         "[tracking]", "# MLflow tracking URI; the default keeps runs in .seal/mlflow.db",
-        *([f"uri = {json.dumps(tracking_uri)}"] if tracking_uri else []), "",
+        *([f"uri = {_toml_string(tracking_uri)}"] if tracking_uri else []), "",
         "[trust]", "# the trusted signing keys; the default is .seal/allowed_signers",
-        *([f"allowed_signers = {json.dumps(allowed_signers)}"] if allowed_signers else []), "",
+        *([f"allowed_signers = {_toml_string(allowed_signers)}"] if allowed_signers else []), "",
     ]
     if worktree:
         lines += ["[worktree]", "# attached by `seal clone`: this folder's HEAD is refs/worktrees/NAME/HEAD",
-                  f"name = {json.dumps(worktree)}", ""]
+                  f"name = {_toml_string(worktree)}", ""]
     return "\n".join(lines)
 
 

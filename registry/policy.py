@@ -110,7 +110,12 @@ def write_default_policy(seal_dir: Path) -> None:
 
 
 def read_policy(reg) -> Policy:
-    """The policy file as it is now, parsed and validated. Pure: writes nothing."""
+    """The policy in force, parsed and validated. Pure: writes nothing.
+
+    That is the policy file, unless the file holds a policy recorded earlier and the team has since
+    recorded another (another folder ran `seal policy set`): then the recorded one is in force, so
+    a stale copy never flips the shared ``refs/meta/policy`` back.
+    """
     from .objects import blob_digest
 
     path = policy_path(reg)
@@ -119,7 +124,24 @@ def read_policy(reg) -> Policy:
     except FileNotFoundError:
         raise PolicyError(f"{path} is missing; restore it with `seal policy reset`") from None
     gates, settings = parse_policy(text, str(path))
-    return Policy(text=text, digest=blob_digest(text), gates=gates, settings=settings)
+    digest = blob_digest(text)
+    newer = _newer_recorded(reg, digest)
+    if newer is not None:
+        return newer
+    return Policy(text=text, digest=digest, gates=gates, settings=settings)
+
+
+def _newer_recorded(reg, digest: str) -> Policy | None:
+    current = reg.read_ref(POLICY_REF)
+    if current is None or current == digest or not reg.store.has(current):
+        return None
+    with reg.read() as c:
+        seen = c.one("SELECT 1 FROM reflog WHERE ref = ? AND (old = ? OR new = ?)", (POLICY_REF, digest, digest))
+    if seen is None:
+        return None  # the file holds something never recorded: a hand edit, recorded as such
+    text = reg.store.get(current)
+    gates, settings = parse_policy(text, f"the recorded policy {current}")
+    return Policy(text=text, digest=current, gates=gates, settings=settings)
 
 
 def record_policy(reg, policy: Policy, reason: str | None = None) -> str:

@@ -27,7 +27,8 @@ from typing import Any, Iterable
 from . import graph, refs as R
 from .config import CONFIG_FILE, DB_FILE, SEAL_DIRNAME, Config, find_seal_dir, read_config
 from .errors import RevisionError, UserError
-from .objects import ManifestInvalid, canonical_json, check_manifest, manifest_bytes, referenced_blobs, version_id
+from .objects import (ManifestInvalid, canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
+                      version_id)
 from .revisions import resolve_revision
 from .sql import Conn, Database
 from .versions import insert_version, load_manifest, version_exists, version_record
@@ -287,21 +288,22 @@ class Registry:
 
     def record_many(self, manifests: list[dict], *, move: RefMove | None = None) -> list[str]:
         """Record several versions in one transaction; ``move`` points its ref at the last one."""
-        ids = [self._prepare(m) for m in manifests]
+        texts = [self._prepare(m) for m in manifests]  # canonical bytes, computed once per manifest
+        ids = [sha256_hex(t) for t in texts]
         signatures = [self.signer.sign_id(vid) for vid in ids]
         entries: list[dict] = []
         with self.write() as c:
             self._register_signer(c)
-            for manifest, vid, sig in zip(manifests, ids, signatures):
+            for manifest, text, vid, sig in zip(manifests, texts, ids, signatures):
                 _check_parents(c, manifest, ids)
-                insert_version(c, manifest, vid, sig, self.signer.id)
+                insert_version(c, manifest, vid, sig, self.signer.id, text=text.decode("utf-8"))
             if move is not None:
                 entries.append(R.move_ref(c, move.ref, expected=move.expected, new=ids[-1],
                                           reason=move.reason, signer=self.signer))
-        self._journal(manifests, entries)
+        self._journal_bytes(texts, entries)
         return ids
 
-    def _prepare(self, manifest: dict) -> str:
+    def _prepare(self, manifest: dict) -> bytes:
         try:
             check_manifest(manifest)
         except ManifestInvalid as e:
@@ -309,7 +311,7 @@ class Registry:
         for digest in referenced_blobs(manifest):
             if not self.store.has(digest):
                 raise UserError(f"blob {digest} is not in the object store; nothing was recorded")
-        return version_id(manifest)
+        return manifest_bytes(manifest)
 
     def move_ref(self, name: str, *, new: str | None, expected: str | None, reason: str) -> dict:
         """Move ``name`` from ``expected`` to ``new`` (None: create / delete) with its reflog row."""
@@ -332,9 +334,12 @@ class Registry:
         self._journal(manifests, entries)
 
     def _journal(self, manifests: list[dict], entries: list[dict]) -> None:
+        self._journal_bytes([manifest_bytes(m) for m in manifests], entries)
+
+    def _journal_bytes(self, texts: list[bytes], entries: list[dict]) -> None:
         """Copy what was just committed into the object store, so `verify` can find rows erased later."""
-        for manifest in manifests:
-            self.store.put(manifest_bytes(manifest))
+        for text in texts:
+            self.store.put(text)
         for entry in entries:
             self.store.put(canonical_json(entry))
 

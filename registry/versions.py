@@ -27,13 +27,15 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def version_rows(manifest: dict, vid: str, signature: str | None, signer: str | None) -> dict:
-    """The rows that record one version; `verify` recomputes exactly these from the manifest."""
+def version_rows(manifest: dict, vid: str, signature: str | None, signer: str | None, text: str | None = None) -> dict:
+    """The rows that record one version; `verify` recomputes exactly these from the manifest.
+
+    ``text`` is the manifest's canonical JSON when the caller has it already."""
     metric, value = headline_of(manifest)
     adapter = manifest.get("adapter") or {}
     return {
         "version": {
-            "id": vid, "manifest": manifest_bytes(manifest).decode("utf-8"), "base_id": manifest["base"],
+            "id": vid, "manifest": text if text is not None else manifest_bytes(manifest).decode("utf-8"), "base_id": manifest["base"],
             "kind": manifest["kind"], "status": manifest["status"], "created_at": manifest["created_at"],
             "author": manifest.get("author", ""), "message": manifest.get("message", ""),
             "adapter_digest": adapter.get("weights"), "headline_metric": metric, "headline_value": value,
@@ -55,13 +57,14 @@ def version_rows(manifest: dict, vid: str, signature: str | None, signer: str | 
     }
 
 
-def insert_version(conn: Conn, manifest: dict, vid: str, signature: str | None, signer: str | None) -> bool:
+def insert_version(conn: Conn, manifest: dict, vid: str, signature: str | None, signer: str | None,
+                   text: str | None = None) -> bool:
     """Insert one version's rows unless it is already there; True when this call inserted it.
 
     Two writers recording the same manifest (a pull racing a pull) both succeed: the second
     finds the id taken and adds nothing.
     """
-    rows = version_rows(manifest, vid, signature, signer)
+    rows = version_rows(manifest, vid, signature, signer, text)
     if not conn.insert_new("versions", rows["version"], "id"):
         return False
     conn.insert("version_parents", rows["parents"])

@@ -292,3 +292,21 @@ def test_eight_concurrent_writers(where, request, tmp_path, tiny_base, tiny_base
         assert by_ref[f"refs/worktrees/writer-{i}/HEAD"] == [f"ref: refs/heads/w{i}"]
         assert {row["signer"] for row in rows[: len(rows) - before] if row["actor"] == f"writer{i}"} == {r["signer"]}
     reg.close()
+
+
+def test_a_stale_policy_file_never_flips_the_team_policy(registry, reg, tmp_path):
+    """Folder B changes the policy; folder A's older policy.toml must not move it back."""
+    from seal.registry.policy import POLICY_REF, read_policy, record_policy
+
+    first = reg.read_ref(POLICY_REF)
+    old_text = (registry.cwd / ".seal" / "policy.toml").read_bytes()
+    registry("policy", "set", "js_vs_parent_max", "0.3", "-m", "B calibrated it")
+    changed = reg.read_ref(POLICY_REF)
+    assert changed != first
+    (registry.cwd / ".seal" / "policy.toml").write_bytes(old_text)   # A's copy, from before the change
+    policy = read_policy(reg)
+    assert policy.digest == changed and policy.gates["js_vs_parent_max"] == 0.3
+    record_policy(reg, policy)
+    assert reg.read_ref(POLICY_REF) == changed
+    (registry.cwd / ".seal" / "policy.toml").write_bytes(old_text.replace(b"kl_vs_base_max = 2.0", b"kl_vs_base_max = 1.5"))
+    assert read_policy(reg).gates["kl_vs_base_max"] == 1.5   # a real hand edit is the policy, and gets recorded
