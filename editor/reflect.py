@@ -77,8 +77,12 @@ def generate_self_edits(
     top_p: float = 0.95,
     max_new_tokens: int = 256,
     seed: int = 0,
+    **generation: Any,
 ) -> list[str]:
     """Sample ``k`` self-edits for ``passage`` in one batched ``generate`` call.
+
+    ``generation`` goes to :func:`~seal.editor.generation.generate_completions` (``share_prefix``,
+    ``on_step``).
 
     The default temperature is 0.7, not SEAL's 1.0: FINDINGS measured that SmolLM2-135M's
     implications at T=1.0 were mostly off-topic or invented. Same seed, same outputs.
@@ -100,6 +104,7 @@ def generate_self_edits(
         top_p=top_p,
         num_return_sequences=k,
         seed=seed,
+        **generation,
     )
     prefix = _RESPONSE_PREFIX.get(style, "")
     return [f"{prefix} {t}".strip() if prefix else t for t in texts]
@@ -193,7 +198,7 @@ def build_training_sequences(
 
 
 def answer_prompts(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 48
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 48, **generation: Any
 ) -> list[str]:
     """Greedy answers to ``prompts`` asked in the chat template, one batched call.
 
@@ -201,7 +206,7 @@ def answer_prompts(
         ['2 + 2 = 4.']
     """
     formatted = [chat_prompt(tokenizer, p) for p in prompts]
-    return generate_completions(model, tokenizer, formatted, max_new_tokens=max_new_tokens)
+    return generate_completions(model, tokenizer, formatted, max_new_tokens=max_new_tokens, **generation)
 
 
 @dataclass
@@ -245,6 +250,7 @@ def corrections_self_edit(
     seed: int = 0,
     only_wrong: bool = True,
     min_recall: float = 0.75,
+    **generation: Any,
 ) -> Corrections:
     """Turn examples the model gets wrong into chat-format training data.
 
@@ -263,7 +269,7 @@ def corrections_self_edit(
 
     pairs = [_example_fields(e) for e in examples]
     if predictions is None:
-        predictions = answer_prompts(model, tokenizer, [p for p, _ in pairs], max_new_tokens)
+        predictions = answer_prompts(model, tokenizer, [p for p, _ in pairs], max_new_tokens, **generation)
     if len(predictions) != len(pairs):
         raise ValueError("predictions must have one entry per example")
     records: list[dict[str, Any]] = []
@@ -296,6 +302,7 @@ def corrections_self_edit(
             top_p=top_p,
             num_return_sequences=n_rephrasings,
             seed=seed,
+            **generation,
         )
         for i, record in enumerate(chosen):
             mine = outs[i * n_rephrasings : (i + 1) * n_rephrasings]

@@ -34,7 +34,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> base_mod.LoadedBase:
-    torch.set_num_threads(2)
+    from seal.editor.session import default_threads
+
+    torch.set_num_threads(default_threads())
     return base_mod.load_base(
         str(tiny_dir), cache_dir=tmp_path_factory.mktemp("cache"), device="cpu"
     )
@@ -184,12 +186,16 @@ def test_corrections_self_edit(tiny) -> None:
 def test_fresh_adapter_trains_loss_falls_and_base_is_untouched(tiny, tmp_path: Path) -> None:
     before = _state(tiny.model)
     seqs = reflect.build_training_sequences(PASSAGE, TITLE, ["Ada Lindqvist built a bridge."])
-    seen: list[tuple[int, float]] = []
+    ticks: list[int] = []
+    flushed: list[tuple[int, list[float]]] = []
     record = train.train_adapter(
         tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "a", r=8, alpha=16, lr=1e-2,
-        epochs=8, seed=0, base_name="tiny", on_step=lambda s, l: seen.append((s, l)),
+        epochs=8, seed=0, base_name="tiny", on_step=lambda: ticks.append(1),
+        on_losses=lambda first, values: flushed.append((first, values)), flush_s=3600,
     )
-    assert record["steps"] == 8 * len(seqs) == len(seen) == len(record["losses"])
+    assert record["steps"] == 8 * len(seqs) == len(ticks) == len(record["losses"])
+    # Losses stay on the device until a flush: with a long interval, one read at the end.
+    assert flushed == [(1, record["losses"])] and record["diverged"] is None
     assert record["loss_final"] < 0.6 * record["loss_first"]
     assert record["target_modules"] and record["from_parent"] is False
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
@@ -252,6 +258,107 @@ def test_k_candidates_on_one_base_are_deterministic(tiny, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="plain base"):
         with train.adapter_applied(tiny.model, tmp_path / "c0") as attached:
             train.train_adapter(attached, tiny.tokenizer, seqs, out_dir=tmp_path / "x", epochs=1)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp_path: Path) -> None:
+    from seal.editor.attach import attached, merge_plan
+
+    seqs = [f"{TITLE}\n{PASSAGE}"]
+    train.train_adapter(tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "a", r=8, alpha=16, lr=1e-2,
+                        epochs=4, seed=0)
+    before = {name: p for name, p in tiny.model.named_parameters()}
+    values = _state(tiny.model)
+    ids = tiny.tokenizer(seqs, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        with train.adapter_applied(tiny.model, tmp_path / "a") as peft_model:
+            want = peft_model(input_ids=ids).logits
+        assert merge_plan(tiny.model, tmp_path / "a") is not None
+        with attached(tiny.model, tmp_path / "a") as merged:
+            assert merged is tiny.model and not train._has_adapter_layers(merged)
+            got = merged(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(got, tiny.model(input_ids=ids).logits.detach())
+    # The base's own tensors are back: the same objects, the same bytes.
+    assert all(p is before[name] for name, p in tiny.model.named_parameters())
+    assert all(torch.equal(values[k], v) for k, v in tiny.model.state_dict().items())
+
+
+def test_merge_only_where_exact(tiny, tmp_path: Path) -> None:
+    import copy
+
+    from seal.editor.attach import merge_plan
+
+    train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{PASSAGE}"], out_dir=tmp_path / "a", r=4,
+                        alpha=8, lr=1e-2, epochs=1, seed=0)
+    half = copy.deepcopy(tiny.model).to(torch.bfloat16)
+    assert merge_plan(half, tmp_path / "a") is None  # bf16 would round most of the update away
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    for change in ({"use_dora": True}, {"rank_pattern": {"q_proj": 2}}, {"bias": "all"}):
+        (tmp_path / "b").mkdir(exist_ok=True)
+        (tmp_path / "b" / "adapter_model.safetensors").write_bytes((tmp_path / "a" / "adapter_model.safetensors").read_bytes())
+        (tmp_path / "b" / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        assert merge_plan(tiny.model, tmp_path / "b") is None, change
+
+
+def test_shared_prefix_generation_gives_the_plain_outputs(tiny) -> None:
+    from seal.editor.generation import chat_prompt, generate_completions, shared_prefix_length
+
+    system = "You answer questions about rivers, bridges and mountains in one short sentence."
+    prompts = [chat_prompt(tiny.tokenizer, q, system=system) for q in
+               ("Where does the Zorblat flow?", "Who built the bridge?", "How tall is Mount Velder?", "Hi")]
+    rows = [tiny.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert shared_prefix_length(rows) >= 8
+    greedy = dict(max_new_tokens=10)
+    assert generate_completions(tiny.model, tiny.tokenizer, prompts, share_prefix=True, **greedy) == \
+        generate_completions(tiny.model, tiny.tokenizer, prompts, share_prefix=False, **greedy)
+    sampled = dict(max_new_tokens=10, do_sample=True, temperature=1.0, num_return_sequences=3, seed=5)
+    shared = generate_completions(tiny.model, tiny.tokenizer, prompts[:1], share_prefix=True, **sampled)
+    assert shared == generate_completions(tiny.model, tiny.tokenizer, prompts[:1], share_prefix=False, **sampled)
+    assert len(set(shared)) > 1
+    ticks: list[int] = []
+    generate_completions(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, on_step=lambda: ticks.append(1))
+    assert 1 <= len(ticks) <= 6
+
+
+def test_answer_asks_groups_by_length_and_keeps_order(tiny) -> None:
+    from seal.editor.generation import Ask, answer_asks, chat_prompt, generate_completions
+
+    qs = ["Where does the Zorblat flow?", "Who built the bridge?", "Hi"]
+    asks = [Ask(chat_prompt(tiny.tokenizer, q), n) for q, n in zip(qs, (4, 9, 4))]
+    got = answer_asks(tiny.model, tiny.tokenizer, asks)
+    one_by_one = [generate_completions(tiny.model, tiny.tokenizer, [a.prompt], max_new_tokens=a.max_new_tokens)[0]
+                  for a in asks]
+    assert got == one_by_one
+
+
+def test_default_threads(monkeypatch) -> None:
+    from seal.editor import session
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert session.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(session.os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert session.default_threads() == 1  # a busy machine: one thread, no OpenMP threads waiting on each other
+    monkeypatch.setattr(session.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert session.default_threads() == len(session.os.sched_getaffinity(0))
+
+
+def test_line_progress_never_wraps() -> None:
+    import io
+
+    from seal.editor.progress import LineProgress
+
+    out = io.StringIO()
+    progress = LineProgress(out, heartbeat_s=0.0)
+    long = "x" * 300
+    progress.say(long + "\nsecond line")
+    with progress.stage("evaluate", total=4, unit="tokens") as stage:
+        stage.advance(2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(long + " second line") and any("2/4 tokens" in line and "left" in line for line in lines)
 
 
 # --------------------------------------------------------------------------- evaluate
