@@ -5,8 +5,8 @@ template when it has one: FINDINGS showed that asking an instruct model in raw t
 loop, and that training and asking in different formats costs recall.
 
     >>> from seal.editor.generation import chat_prompt, generate_completions
-    >>> prompt = chat_prompt(tokenizer, "What is the capital of France?")
-    >>> generate_completions(model, tokenizer, [prompt], max_new_tokens=16)
+    >>> prompt = chat_prompt(tokenizer, "What is the capital of France?")  # doctest: +SKIP
+    >>> generate_completions(model, tokenizer, [prompt], max_new_tokens=16)  # doctest: +SKIP
     ['The capital of France is Paris.']
 """
 
@@ -29,7 +29,7 @@ def chat_prompt(tokenizer: Any, user: str, *, system: str | None = None) -> str:
 
     Falls back to ``"User: …\\nAssistant:"`` for tokenizers without a chat template.
 
-        >>> chat_prompt(tokenizer, "Name a prime number.")
+        >>> chat_prompt(tokenizer, "Name a prime number.")  # doctest: +SKIP
         '<|im_start|>system\\n…<|im_end|>\\n<|im_start|>user\\nName a prime number.<|im_end|>\\n<|im_start|>assistant\\n'
     """
     if has_chat_template(tokenizer):
@@ -46,7 +46,7 @@ def chat_prompt(tokenizer: Any, user: str, *, system: str | None = None) -> str:
 def chat_example(tokenizer: Any, user: str, assistant: str, *, system: str | None = None) -> str:
     """A whole exchange as one training string, in the same format questions are asked in.
 
-        >>> chat_example(tokenizer, "Capital of France?", "Paris.")
+        >>> chat_example(tokenizer, "Capital of France?", "Paris.")  # doctest: +SKIP
         '<|im_start|>system\\n…<|im_start|>user\\nCapital of France?<|im_end|>\\n<|im_start|>assistant\\nParis.<|im_end|>\\n'
     """
     if has_chat_template(tokenizer):
@@ -128,7 +128,7 @@ def generate_completions(
     gives (the tests pin it). Without it, every row is left-padded and prefilled in full.
     ``on_step`` is called once per generated token position (for progress bars).
 
-        >>> generate_completions(model, tok, [p], max_new_tokens=64, do_sample=True,
+        >>> generate_completions(model, tok, [p], max_new_tokens=64, do_sample=True,  # doctest: +SKIP
         ...                      temperature=0.7, num_return_sequences=4, seed=0)  # doctest: +SKIP
         ['…', '…', '…', '…']
     """

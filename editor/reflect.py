@@ -10,10 +10,10 @@ Two triggers:
 
     >>> from seal.editor.reflect import (generate_self_edits, split_self_edit_lines,
     ...                                  build_training_sequences)
-    >>> edits = generate_self_edits(model, tok, passage, "Apollo 11", style="implications",
+    >>> edits = generate_self_edits(model, tok, passage, "Apollo 11", style="implications",  # doctest: +SKIP
     ...                             k=4, temperature=0.7, seed=0)
-    >>> lines = split_self_edit_lines(edits[0])
-    >>> sequences = build_training_sequences(passage, "Apollo 11", lines)
+    >>> lines = split_self_edit_lines(edits[0])  # doctest: +SKIP
+    >>> sequences = build_training_sequences(passage, "Apollo 11", lines)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ REPHRASE_TEMPLATE = (
 def self_edit_prompt(tokenizer: Any, passage: str, title: str | None, *, style: str) -> str:
     """The exact prompt text the model continues for a self-edit (worth recording as data).
 
-        >>> self_edit_prompt(tok, "The Moon orbits the Earth.", "Moon", style="rewrite")
+        >>> self_edit_prompt(tok, "The Moon orbits the Earth.", "Moon", style="rewrite")  # doctest: +SKIP
     """
     if style not in SELF_EDIT_TEMPLATES:
         raise ValueError(f"unknown self-edit style {style!r}; use one of {', '.join(STYLES)}")
@@ -87,7 +87,7 @@ def generate_self_edits(
     The default temperature is 0.7, not SEAL's 1.0: FINDINGS measured that SmolLM2-135M's
     implications at T=1.0 were mostly off-topic or invented. Same seed, same outputs.
 
-        >>> generate_self_edits(model, tok, "The Eiffel Tower is 330 m tall.", "Eiffel Tower",
+        >>> generate_self_edits(model, tok, "The Eiffel Tower is 330 m tall.", "Eiffel Tower",  # doctest: +SKIP
         ...                     style="implications", k=3, seed=1)
         ['1. The tower is taller than …', '…', '…']
     """
@@ -202,7 +202,7 @@ def answer_prompts(
 ) -> list[str]:
     """Greedy answers to ``prompts`` asked in the chat template, one batched call.
 
-        >>> answer_prompts(model, tok, ["What is 2 + 2?"])
+        >>> answer_prompts(model, tok, ["What is 2 + 2?"])  # doctest: +SKIP
         ['2 + 2 = 4.']
     """
     formatted = [chat_prompt(tokenizer, p) for p in prompts]
@@ -261,8 +261,8 @@ def corrections_self_edit(
     batched call. A rewording is kept only if it still recalls ``min_recall`` of the target's
     tokens, so a small model cannot rephrase the fact away.
 
-        >>> c = corrections_self_edit(model, tok, [{"prompt": "Capital of Peru?", "answer": "Lima"}])
-        >>> c.records[0]["predicted"], c.records[0]["correct"], len(c.sequences)
+        >>> c = corrections_self_edit(model, tok, [{"prompt": "Capital of Peru?", "answer": "Lima"}])  # doctest: +SKIP
+        >>> c.records[0]["predicted"], c.records[0]["correct"], len(c.sequences)  # doctest: +SKIP
         ('The capital of Peru is Cusco.', False, 3)
     """
     from .evaluate import containment

@@ -109,7 +109,7 @@ def adapter_applied(model_base: Any, adapter_dir: Path | str | None) -> Iterator
 
     ``adapter_dir=None`` yields the base itself, so "parent = no adapter" needs no special case.
 
-        >>> with adapter_applied(base.model, "adapters/v3") as m:
+        >>> with adapter_applied(base.model, "adapters/v3") as m:  # doctest: +SKIP
         ...     retention_accuracy(m, base.tokenizer)
     """
     if adapter_dir is None:
