@@ -334,6 +334,44 @@ def test_answer_asks_groups_by_length_and_keeps_order(tiny) -> None:
     assert got == one_by_one
 
 
+def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> None:
+    """The batched multi-adapter path (CUDA's) against train_adapter, run here on the CPU."""
+    from types import SimpleNamespace
+
+    from seal.editor.candidate import Candidate, SelfEdit
+    from seal.editor.multi_lora import train_together
+    from seal.editor.request import EditRequest
+
+    seqs = [[f"{TITLE}\n{PASSAGE}", f"{TITLE}\nThe bridge dates from 1832."],
+            [f"{TITLE}\nAda Lindqvist built it."],
+            [f"{TITLE}\n{PASSAGE}", "Quenmar.", f"{TITLE}\nMount Velder is tall."]]
+    req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2)
+    parent = train.train_adapter(tiny.model, tiny.tokenizer, seqs[0], out_dir=tmp_path / "parent", r=4, alpha=8,
+                                 lr=1e-2, epochs=1, seed=9)
+    assert parent["diverged"] is None
+    for parent_dir in (None, tmp_path / "parent"):
+        work = tmp_path / ("fresh" if parent_dir is None else "child")
+        work.mkdir()
+        session = SimpleNamespace(model=tiny.model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
+                                  base=SimpleNamespace(name="tiny"))
+        attempt = SimpleNamespace(parent=SimpleNamespace(adapter_dir=parent_dir))
+        cands = [Candidate(index=i, seed=i, self_edit=SelfEdit(style="x", sequences=s)) for i, s in enumerate(seqs)]
+        together = train_together(session, attempt, cands, req)
+        for i, (c, rec) in enumerate(zip(cands, together)):
+            alone = train.train_adapter(tiny.model, tiny.tokenizer, c.self_edit.sequences, out_dir=work / f"alone{i}",
+                                        parent_adapter_dir=parent_dir, r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2,
+                                        seed=c.seed, base_name="tiny")
+            assert rec["steps"] == alone["steps"] and rec["batched_with"] == 3
+            assert rec["losses"] == pytest.approx(alone["losses"], rel=1e-4, abs=1e-5)
+            got, want = _adapter_tensors(work / f"candidate{i}"), _adapter_tensors(work / f"alone{i}")
+            assert set(got) == set(want)
+            assert all(torch.allclose(got[k], want[k], rtol=1e-3, atol=1e-5) for k in want)
+            config = json.loads((work / f"candidate{i}" / "adapter_config.json").read_text())
+            assert config == json.loads((work / f"alone{i}" / "adapter_config.json").read_text())
+    assert not train._has_adapter_layers(tiny.model) and not tiny.model._forward_hooks
+    assert all(not m._forward_hooks for m in tiny.model.modules())
+
+
 def test_default_threads(monkeypatch) -> None:
     from seal.editor import session
 
