@@ -410,3 +410,15 @@ def test_fast_path_equals_plain_path(tmp_path, tiny_chat_record):
         assert edit_a["generated"] == edit_b["generated"]
     reg_f.close()
     reg_p.close()
+
+
+def test_bench_smoke_runs(tmp_path):
+    """bench/gpu_edit.py --smoke: the GPU bench's code paths on the tiny model, on the CPU."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "gpu_edit.py"
+    proc = subprocess.run([sys.executable, str(bench), "--smoke", "--workdir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["smoke"] is True and result["k1"]["exit"] in (0, 1) and result["stream"]["passages"] == 2
+    assert result["warm"]["k2"]["wall_s"] > 0 and result["warm"]["k1"]["timings"]["load_s"] == 0.0
+    assert result["throughput"]["train_tokens_per_s"] > 0
