@@ -66,6 +66,9 @@ def check_request(req: EditRequest, base_row: dict | None) -> None:
     if req.threads is not None:
         check_number("--threads", req.threads, low=1, high=1024, integer=True)
     check_number("--answer-tokens", req.answer_tokens, low=1, high=4096, integer=True)
+    from .trigger import check_text
+
+    check_text(req.message, "-m", 10_000)
 
 
 __all__ = ["EditRequest", "check_request", "DEFAULT_LR"]

@@ -70,7 +70,7 @@ def run_stream(reg, req: EditRequest, *, emit: Callable[[dict], None], progress=
     if tip is None:
         raise UserError("HEAD points at nothing; run `seal checkout main` first")
     done = done_triggers(reg, tip)
-    total = len(triggers) if isinstance(triggers, list) else None
+    total = triggers.total
     progress = progress or default_progress()
     summary = {"passages": 0, "recorded": 0, "skipped": 0, "accepted": 0, "stopped": None}
     with open_session(reg, device=req.device, require_gpu=req.require_gpu, threads=req.threads, fast=req.fast,

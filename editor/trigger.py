@@ -25,7 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seal.registry.errors import UserError
-from seal.registry.objects import canonical_json
+from seal.registry.objects import _UNSAFE_CHARS, canonical_json
+
+# A stream line is one passage with its questions; anything bigger is not material but an attack.
+MAX_LINE_BYTES = 16 << 20
+MAX_TITLE_CHARS = 1000
+
+
+def check_text(value: str, what: str, limit: int) -> str:
+    """Text that goes into a manifest (a title, a message): refused before any work if the
+    manifest schema would refuse it after training (control or bidi-override characters)."""
+    if len(value) > limit:
+        raise UserError(f"{what} is {len(value)} characters long; keep it under {limit}")
+    if _UNSAFE_CHARS.search(value):
+        raise UserError(f"{what} holds control or bidirectional-override characters; remove them")
+    return value
 
 
 @dataclass
@@ -89,6 +103,8 @@ def passage_trigger(doc, raw: bytes, where: str) -> Trigger:
     title = doc.get("title")
     if title is not None and not isinstance(title, str):
         raise UserError(f"{where}: \"title\" must be a string")
+    if title is not None:
+        check_text(title, f"{where}: the title", MAX_TITLE_CHARS)
     passage = doc.get("context", doc.get("passage"))
     if not passage.strip():
         raise UserError(f"{where} holds no passage text")
@@ -127,7 +143,7 @@ def read_trigger(req) -> Trigger:
         title, passage = None, text
         lines = text.splitlines()
         if lines and lines[0].startswith("# "):
-            title, passage = lines[0][2:].strip(), "\n".join(lines[1:])
+            title, passage = check_text(lines[0][2:].strip(), f"{path}: the title", MAX_TITLE_CHARS), "\n".join(lines[1:])
         if not passage.strip():
             raise UserError(f"{path} holds no passage text")
         trigger = Trigger(kind="passage", raw=raw, text=passage, title=title, passage=passage.strip(), where=str(path))
@@ -145,33 +161,62 @@ def stream_line(raw: bytes, number: int, source: str) -> Trigger | None:
     raw = raw.rstrip(b"\r\n")
     if not raw.strip():
         return None
+    if len(raw) > MAX_LINE_BYTES:
+        raise UserError(f"{where} is {len(raw) >> 20} MiB; a passage line holds at most {MAX_LINE_BYTES >> 20} MiB")
     try:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{where} is not UTF-8 text; save the stream as UTF-8") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{where}: not valid JSON ({e.msg}); one {{\"title\", \"context\", \"questions\"}} object per line") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply; one flat {{\"title\", \"context\", \"questions\"}} object per line") from None
     return passage_trigger(doc, raw, where)
 
 
-def read_stream(source: Path | str) -> Iterator[Trigger]:
-    """The passages of ``source``: a JSONL file, read and checked whole before the first edit, or
-    ``"-"``: stdin, read line by line as the passages arrive (a bad line stops the stream there)."""
+@dataclass
+class Stream:
+    """The passages of a stream; ``total`` is known for a file (checked whole before the first edit)."""
+
+    triggers: Iterator[Trigger]
+    total: int | None
+
+    def __iter__(self) -> Iterator[Trigger]:
+        return self.triggers
+
+
+def read_stream(source: Path | str) -> Stream:
+    """The passages of ``source``: a JSONL file, every line checked before the first edit (then
+    read again, one line at a time, as the edits go), or ``"-"``: stdin, read line by line as the
+    passages arrive (a bad line stops the stream there)."""
     if str(source) == "-":
-        return _stdin_stream()
+        return Stream(_stdin_stream(), None)
     path = Path(source)
     if not path.is_file():
         raise UserError(f"passages file {path} does not exist")
-    triggers = [t for n, line in enumerate(path.read_bytes().split(b"\n"), start=1)
-                if (t := stream_line(line, n, str(path))) is not None]
-    if not triggers:
+    total = sum(1 for _ in _file_stream(path))
+    if not total:
         raise UserError(f"{path} holds no passages; one JSON object per line")
-    return iter(triggers)
+    return Stream(_file_stream(path), total)
+
+
+def _file_stream(path: Path) -> Iterator[Trigger]:
+    with open(path, "rb") as fh:
+        for number, line in enumerate(_lines(fh), start=1):
+            trigger = stream_line(line, number, str(path))
+            if trigger is not None:
+                yield trigger
+
+
+def _lines(fh) -> Iterator[bytes]:
+    """Lines of a binary file, none read past the size limit (stream_line refuses the overlong one)."""
+    while line := fh.readline(MAX_LINE_BYTES + 1):
+        yield line
 
 
 def _stdin_stream() -> Iterator[Trigger]:
     stdin = getattr(sys.stdin, "buffer", None)
-    for number, line in enumerate(stdin if stdin is not None else sys.stdin, start=1):
+    for number, line in enumerate(_lines(stdin) if stdin is not None else sys.stdin, start=1):
         trigger = stream_line(line if isinstance(line, bytes) else line.encode("utf-8"), number, "stdin")
         if trigger is not None:
             yield trigger
@@ -252,5 +297,5 @@ def efficacy_spec(trigger: Trigger) -> dict:
     return {"texts": [f"{trigger.title}\n{trigger.passage}" if trigger.title else trigger.passage]}
 
 
-__all__ = ["Trigger", "read_trigger", "read_jsonl", "read_utf8", "passage_trigger", "read_stream", "stream_line",
+__all__ = ["Trigger", "Stream", "check_text", "read_trigger", "read_jsonl", "read_utf8", "passage_trigger", "read_stream", "stream_line",
            "trigger_fields", "secrets_audit", "efficacy_spec"]

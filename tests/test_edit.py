@@ -422,3 +422,28 @@ def test_bench_smoke_runs(tmp_path):
     assert result["smoke"] is True and result["k1"]["exit"] in (0, 1) and result["stream"]["passages"] == 2
     assert result["warm"]["k2"]["wall_s"] > 0 and result["warm"]["k1"]["timings"]["load_s"] == 0.0
     assert result["throughput"]["train_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_hostile_streams_are_refused_before_any_model_loads(edit_registry, tmp_path, monkeypatch):
+    from seal.editor import session
+
+    monkeypatch.setattr(session, "loaded_base", lambda *a: pytest.fail("a model was loaded"))
+    seal = edit_registry
+    before = seal("log", "--all", "--json").stdout
+    cases = {
+        "deep.jsonl": json.dumps(PASSAGE) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n",
+        "bidi.jsonl": json.dumps({**PASSAGE, "title": "Zorblat \u202e evil"}) + "\n",
+        "ctrl.jsonl": json.dumps({**PASSAGE, "title": "Zor\x1b[31mblat"}) + "\n",
+        "empty.jsonl": "\n\n",
+        "notobject.jsonl": "[1, 2]\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "latin1.jsonl").write_bytes(json.dumps(PASSAGE).encode() + b"\n" + b'{"context": "caf\xe9"}\n')
+    for name in [*cases, "latin1.jsonl"]:
+        proc = seal("edit", "--passages", tmp_path / name, expect=2)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, (name, proc.stderr)
+    assert "line 2" in seal("edit", "--passages", tmp_path / "deep.jsonl", expect=2).stderr
+    assert "-m" in seal("edit", "--passage", "passage.json", "-m", "bad\u202emessage", expect=2).stderr
+    assert seal("log", "--all", "--json").stdout == before
