@@ -113,7 +113,7 @@ def generate_completions(
     seed: int | None = None,
     batch_size: int | None = None,
     share_prefix: bool = True,
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> list[str]:
     """Decode continuations of already formatted ``prompts`` in batched ``generate`` calls.
 
@@ -126,7 +126,8 @@ def generate_completions(
     continue from that one cache, laid out as ``prefix, padding, own tokens`` with the padding
     masked, so every token keeps its position and the output is what a plain left-padded call
     gives (the tests pin it). Without it, every row is left-padded and prefilled in full.
-    ``on_step`` is called once per generated token position (for progress bars).
+    ``on_step(share)`` is called once per generated token position of each call, with the call's
+    share of the rows (for progress bars: a full pass over every row adds up to 1 per position).
 
         >>> generate_completions(model, tok, [p], max_new_tokens=64, do_sample=True,  # doctest: +SKIP
         ...                      temperature=0.7, num_return_sequences=4, seed=0)  # doctest: +SKIP
@@ -142,20 +143,59 @@ def generate_completions(
     rows = [ids for p in prompts
             for ids in [tokenizer(p, add_special_tokens=add_special)["input_ids"]] * num_return_sequences]
     config = _generation_config(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
-    step = batch_size or len(rows)
-    outputs: list[str] = []
+    if share_prefix and not do_sample and batch_size is None:
+        # Greedy rows do not depend on their neighbours: group them by length so that little
+        # of each call is padding. (Sampled rows keep their order: it fixes the random draws.)
+        groups = length_groups(rows, max_new_tokens)
+    else:
+        step = batch_size or len(rows)
+        groups = [list(range(start, min(start + step, len(rows)))) for start in range(0, len(rows), step)]
+    outputs: list[str] = [""] * len(rows)
     was_training = model.training
     model.eval()
     device = model_device(model)
     try:
         with seeded(seed, device), torch.inference_mode():
-            for start in range(0, len(rows), step):
-                new = _generate_rows(model, rows[start : start + step], config, config.pad_token_id,
-                                     share_prefix=share_prefix, on_step=on_step)
-                outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            for group in groups:
+                share = len(group) / len(rows)
+                tick = None if on_step is None else (lambda share=share: on_step(share))
+                new = _generate_rows(model, [rows[i] for i in group], config, config.pad_token_id,
+                                     share_prefix=share_prefix, on_step=tick)
+                for i, text in zip(group, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                    outputs[i] = text.strip()
     finally:
         model.train(was_training)
     return outputs
+
+
+def length_groups(rows: Sequence[Sequence[int]], new_tokens: int) -> list[list[int]]:
+    """Row indices in calls of similar length, minimising padded tokens plus a cost per call.
+
+    A call costs its rows times its longest row (the padding is computed too), plus about eight
+    tokens' worth of fixed work per generated position (on a CPU a decode step of a few rows
+    costs what a few extra tokens do) and the shared prefix once.
+
+        >>> length_groups([[1] * 10, [1] * 30, [1] * 11, [1] * 29], 1)
+        [[0, 2], [3, 1]]
+        >>> length_groups([[1] * 10, [1] * 30, [1] * 11, [1] * 29], 16)   # more steps: one call
+        [[0, 2, 3, 1]]
+    """
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    lengths = [len(rows[i]) for i in order]
+    shared = shared_prefix_length(rows) if len(rows) > 1 else 0
+    per_call = 8 * new_tokens + shared
+    best = [0.0] + [float("inf")] * len(order)
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * (lengths[j - 1] - shared) + per_call
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, do_sample: bool, temperature: float,
@@ -197,7 +237,9 @@ def cache_keyword(model: Any) -> str:
     """The name generate() and forward() use for the KV cache (``cache`` from transformers 5.2x on)."""
     import inspect
 
-    params = inspect.signature(model.forward).parameters
+    # A PeftModel's forward takes **kwargs; the base model's signature names the keyword.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(inner.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -248,7 +290,7 @@ class Ask:
 
 
 def answer_asks(model: Any, tokenizer: Any, asks: Sequence[Ask], *, share_prefix: bool = True,
-                max_rows: int | None = None, on_step: Callable[[], None] | None = None) -> list[str]:
+                max_rows: int | None = None, on_step: Callable[[float], None] | None = None) -> list[str]:
     """Greedy answers to every ask in as few ``generate`` calls as there are answer lengths.
 
     Asks of one length share a call (one call for 91 probe prompts instead of six); asks of

@@ -134,7 +134,7 @@ def read_efficacy(spec: dict, predictions: list[str], nll: float | None) -> Effi
 
 
 def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_tokens: int = 48, support=None,
-            share_prefix: bool = True, on_step: Callable[[], None] | None = None) -> tuple[Measured | None, Efficacy | None]:
+            share_prefix: bool = True, on_step: Callable[[float], None] | None = None) -> tuple[Measured | None, Efficacy | None]:
     """Probe results and efficacy of one model, every greedy answer in one call per answer length."""
     from .evaluate import next_token_logprobs, passage_nll
     from .generation import answer_asks

@@ -26,7 +26,7 @@ from typing import IO, Protocol
 
 
 class Stage(Protocol):
-    def advance(self, n: int = 1) -> None: ...
+    def advance(self, n: float = 1) -> None: ...
 
     def grow(self, n: int) -> None: ...
 
@@ -42,7 +42,7 @@ class Progress(Protocol):
 
 
 class _NullStage:
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1) -> None:
         pass
 
     def grow(self, n: int) -> None:
@@ -71,7 +71,7 @@ class _LineStage:
         self.started = owner.clock()
         self.last_beat = self.started
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1) -> None:
         self.done += n
         now = self.owner.clock()
         if now - self.last_beat >= self.owner.heartbeat_s:
@@ -83,7 +83,7 @@ class _LineStage:
 
     def _count(self) -> str:
         of = f"/{self.total}" if self.total else ""
-        return f"{self.done}{of} {self.unit}".rstrip()
+        return f"{int(self.done)}{of} {self.unit}".rstrip()
 
     def _eta(self, now: float) -> str:
         if not self.total or not self.done or self.done >= self.total:
@@ -176,7 +176,7 @@ class _RichTask:
     def __init__(self, bars, task) -> None:
         self.bars, self.task = bars, task
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1) -> None:
         self.bars.advance(self.task, n)
 
     def grow(self, n: int) -> None:
