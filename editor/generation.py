@@ -114,6 +114,7 @@ def generate_completions(
     batch_size: int | None = None,
     share_prefix: bool = True,
     on_step: Callable[[float], None] | None = None,
+    lanes: int = 1,
 ) -> list[str]:
     """Decode continuations of already formatted ``prompts`` in batched ``generate`` calls.
 
@@ -129,6 +130,10 @@ def generate_completions(
     ``on_step(share)`` is called once per generated token position of each call, with the call's
     share of the rows (for progress bars: a full pass over every row adds up to 1 per position).
 
+    ``lanes=K`` (greedy only) serves K adapters attached with
+    :func:`seal.editor.multi_lora.lanes_attached`: every call holds each row once per adapter,
+    adapter-major, and the answers come back adapter-major (K times ``len(prompts)``).
+
         >>> generate_completions(model, tok, [p], max_new_tokens=64, do_sample=True,  # doctest: +SKIP
         ...                      temperature=0.7, num_return_sequences=4, seed=0)  # doctest: +SKIP
         ['…', '…', '…', '…']
@@ -143,6 +148,8 @@ def generate_completions(
     rows = [ids for p in prompts
             for ids in [tokenizer(p, add_special_tokens=add_special)["input_ids"]] * num_return_sequences]
     config = _generation_config(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
+    if lanes > 1 and (do_sample or num_return_sequences != 1 or batch_size is not None):
+        raise ValueError("lanes serve greedy calls without a batch size only")
     if share_prefix and not do_sample and batch_size is None:
         # Greedy rows do not depend on their neighbours: group them by length so that little
         # of each call is padding. (Sampled rows keep their order: it fixes the random draws.)
@@ -150,7 +157,7 @@ def generate_completions(
     else:
         step = batch_size or len(rows)
         groups = [list(range(start, min(start + step, len(rows)))) for start in range(0, len(rows), step)]
-    outputs: list[str] = [""] * len(rows)
+    outputs: list[str] = [""] * (len(rows) * lanes)
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -159,10 +166,12 @@ def generate_completions(
             for group in groups:
                 share = len(group) / len(rows)
                 tick = None if on_step is None else (lambda share=share: on_step(share))
-                new = _generate_rows(model, [rows[i] for i in group], config, config.pad_token_id,
-                                     share_prefix=share_prefix, on_step=tick)
-                for i, text in zip(group, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                    outputs[i] = text.strip()
+                new = _generate_rows(model, [rows[i] for i in group] * lanes, config, config.pad_token_id,
+                                     share_prefix=share_prefix, on_step=tick, lanes=lanes)
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+                for lane in range(lanes):
+                    for i, text in zip(group, texts[lane * len(group):(lane + 1) * len(group)]):
+                        outputs[lane * len(rows) + i] = text.strip()
     finally:
         model.train(was_training)
     return outputs
@@ -244,21 +253,22 @@ def cache_keyword(model: Any) -> str:
 
 
 def _generate_rows(model: Any, rows: list[list[int]], config: Any, pad_id: int, *, share_prefix: bool,
-                   on_step: Callable[[], None] | None) -> torch.Tensor:
-    """The new tokens of one batch of token rows (already expanded, one row per output)."""
+                   on_step: Callable[[], None] | None, lanes: int = 1) -> torch.Tensor:
+    """The new tokens of one batch of token rows (already expanded, one row per output; with
+    ``lanes``, adapter-major groups whose shared prefix goes through each adapter once)."""
     device = model_device(model)
     kwargs: dict[str, Any] = {"generation_config": config}
     if on_step is not None:
         kwargs["stopping_criteria"] = _step_callbacks(on_step)
-    shared = shared_prefix_length(rows) if share_prefix and len(rows) > 1 else 0
+    shared = shared_prefix_length(rows) if share_prefix and len(rows) > lanes else 0
     if shared >= MIN_SHARED_PREFIX:
         width = max(len(r) for r in rows) - shared
         ids = [r[:shared] + [pad_id] * (shared + width - len(r)) + r[shared:] for r in rows]
         mask = [[1] * shared + [0] * (shared + width - len(r)) + [1] * (len(r) - shared) for r in rows]
         key = cache_keyword(model)
-        prefix = model(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True)
+        prefix = model(input_ids=torch.tensor([rows[0][:shared]] * lanes, device=device), use_cache=True)
         cache = prefix[key] if key in prefix else prefix.past_key_values
-        cache.batch_repeat_interleave(len(rows))
+        cache.batch_repeat_interleave(len(rows) // lanes)
         kwargs[key] = cache
     else:
         width = max(len(r) for r in rows)
@@ -290,23 +300,26 @@ class Ask:
 
 
 def answer_asks(model: Any, tokenizer: Any, asks: Sequence[Ask], *, share_prefix: bool = True,
-                max_rows: int | None = None, on_step: Callable[[float], None] | None = None) -> list[str]:
+                max_rows: int | None = None, on_step: Callable[[float], None] | None = None,
+                lanes: int = 1) -> list[str]:
     """Greedy answers to every ask in as few ``generate`` calls as there are answer lengths.
 
     Asks of one length share a call (one call for 91 probe prompts instead of six); asks of
     different lengths do not, so no row decodes more tokens than it is allowed. Answers come
-    back in the asks' order. ``max_rows`` caps a call's batch (memory).
+    back in the asks' order (adapter-major with ``lanes``, see :func:`generate_completions`).
+    ``max_rows`` caps a call's batch (memory).
 
         >>> answer_asks(model, tok, [Ask(p1, 16), Ask(p2, 48), Ask(p3, 16)])  # doctest: +SKIP
         ['…', '…', '…']
     """
-    answers: list[str | None] = [None] * len(asks)
+    answers: list[str] = [""] * (len(asks) * lanes)
     by_length: dict[int, list[int]] = {}
     for i, ask in enumerate(asks):
         by_length.setdefault(ask.max_new_tokens, []).append(i)
     for length, indices in by_length.items():
         texts = generate_completions(model, tokenizer, [asks[i].prompt for i in indices], max_new_tokens=length,
-                                     batch_size=max_rows, share_prefix=share_prefix, on_step=on_step)
-        for i, text in zip(indices, texts):
-            answers[i] = text
-    return [a if a is not None else "" for a in answers]
+                                     batch_size=max_rows, share_prefix=share_prefix, on_step=on_step, lanes=lanes)
+        for lane in range(lanes):
+            for i, text in zip(indices, texts[lane * len(indices):(lane + 1) * len(indices)]):
+                answers[lane * len(asks) + i] = text
+    return answers

@@ -154,6 +154,51 @@ def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_toke
     return measured, efficacy
 
 
+def measure_lanes(model, tok, probes: Probes, spec: dict | None, lanes: int, *, answer_tokens: int = 48,
+                  support=None, on_step: Callable[[float], None] | None = None) -> list[tuple[Measured, Efficacy | None]]:
+    """:func:`measure` for K adapters attached at once (:func:`seal.editor.multi_lora.lanes_attached`):
+    every batch holds each prompt once per adapter, adapter-major, so K candidates cost about
+    what one does where a step is launch-bound (a GPU)."""
+    import torch
+
+    from .evaluate import NextTokenDist, next_token_logprobs
+    from .generation import answer_asks
+
+    p_asks = probe_asks(tok, probes)
+    e_asks = efficacy_asks(tok, spec, answer_tokens) if spec else []
+    answers = answer_asks(model, tok, p_asks + e_asks, on_step=on_step, lanes=lanes)
+    n = len(p_asks) + len(e_asks)
+    prompts = list(probes.drift) * lanes
+    rows = None if support is None else torch.as_tensor(support).repeat(lanes, 1)
+    dist = next_token_logprobs(model, tok, prompts, support=rows, batch_size=len(prompts))
+    nll = _lane_nll(model, tok, spec["texts"], lanes) if spec and not spec.get("qa") else [None] * lanes
+    out = []
+    for lane in range(lanes):
+        mine = answers[lane * n:(lane + 1) * n]
+        part = slice(lane * len(probes.drift), (lane + 1) * len(probes.drift))
+        lane_dist = NextTokenDist(indices=None if dist.indices is None else dist.indices[part], logprobs=dist.logprobs[part])
+        measured = read_probes(probes, mine[:len(p_asks)], lane_dist)
+        out.append((measured, read_efficacy(spec, mine[len(p_asks):], nll[lane]) if spec else None))
+    return out
+
+
+def _lane_nll(model, tok, texts: list[str], lanes: int) -> list[float]:
+    """Each lane's mean NLL per predicted token of ``texts`` (as passage_nll), in one batch per text."""
+    import torch
+
+    from .generation import model_device
+
+    totals = [0.0] * lanes
+    for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"].to(model_device(model)).repeat(lanes, 1)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[:, :-1].float()
+        per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                      reduction="none").view(lanes, -1).mean(dim=1)
+        totals = [t + float(v) for t, v in zip(totals, per_token)]
+    return [t / len(texts) for t in totals]
+
+
 def generation_steps(probes: Probes | None, spec: dict | None, answer_tokens: int) -> int:
     """How many generated positions :func:`measure` runs (the size of its progress bar)."""
     steps = PROBE_TOKENS if probes is not None else 0

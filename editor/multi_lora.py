@@ -21,10 +21,13 @@ the cost and one after the other is as fast, so it is used there only by the tes
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -169,6 +172,8 @@ def _hook(name: str, state: _HookState):
     def add_lora(module, inputs, output):
         x = inputs[0]
         k = len(state.lanes)
+        if x.shape[0] % k:
+            raise ValueError(f"a batch of {x.shape[0]} rows cannot be split among {k} adapters")
         a = torch.stack([lane.a[name] for lane in state.lanes])  # [k, r, in]
         b = torch.stack([lane.b[name] for lane in state.lanes])  # [k, out, r]
         s = torch.tensor(state.scale, dtype=a.dtype, device=a.device).view(k, 1, 1)
@@ -229,4 +234,46 @@ def _save(model, lane: Lane, parent_dir, out_dir: Path, base_name: str) -> None:
             detach_adapters(peft_model)
 
 
-__all__ = ["train_together"]
+# --- scoring K adapters at once ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def lanes_attached(model, adapter_dirs: list[Path]) -> Iterator[int]:
+    """K stored adapters on one base at once, for inference: row group ``k`` of every batch (rows
+    ``k·n … (k+1)·n - 1``) runs with adapter ``k``. Yields K. Every batch must hold K equal groups,
+    adapter-major: :func:`seal.editor.measure.measure_lanes` lays its batches out so.
+
+    Plain LoRA only (as :func:`seal.editor.attach.merge_plan` checks); the factors are applied in
+    fp32 like PEFT's own layers, so a bf16 base gives what PEFT gives, one adapter at a time.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from .attach import _PREFIX as SAVED, _UNSUPPORTED
+
+    device = next(model.parameters()).device
+    lanes = []
+    for folder in adapter_dirs:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text())
+        if any(config.get(key) for key in _UNSUPPORTED) or config.get("bias", "none") != "none":
+            raise ValueError(f"{folder} is not a plain LoRA; score it on its own")
+        scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
+        tensors = load_file(str(Path(folder) / "adapter_model.safetensors"), device=str(device))
+        a = {k[len(SAVED):-len(".lora_A.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_A.weight")}
+        b = {k[len(SAVED):-len(".lora_B.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_B.weight")}
+        lanes.append(SimpleNamespace(a=a, b=b, scale=scale))
+    names = sorted(lanes[0].a)
+    if any(sorted(lane.a) != names or sorted(lane.b) != names for lane in lanes):
+        raise ValueError("the adapters target different modules; score them one at a time")
+    modules = dict(model.named_modules())
+    state = _HookState()
+    state.lanes, state.scale = lanes, [lane.scale for lane in lanes]
+    hooks = [modules[n].register_forward_hook(_hook(n, state)) for n in names]
+    try:
+        yield len(lanes)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+__all__ = ["train_together", "lanes_attached"]

@@ -288,31 +288,8 @@ def corrections_self_edit(
         )
     chosen = [r for r in records if r["trained"]]
     if chosen and n_rephrasings > 0:
-        asks = [
-            chat_prompt(tokenizer, REPHRASE_TEMPLATE.format(prompt=r["prompt"], target=r["target"]))
-            for r in chosen
-        ]
-        outs = generate_completions(
-            model,
-            tokenizer,
-            asks,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=temperature,
-            top_p=top_p,
-            num_return_sequences=n_rephrasings,
-            seed=seed,
-            **generation,
-        )
-        for i, record in enumerate(chosen):
-            mine = outs[i * n_rephrasings : (i + 1) * n_rephrasings]
-            record["rephrasings"] = mine
-            seen = {normalize_answer(record["target"])}
-            for text in mine:
-                key = normalize_answer(text)
-                if key and key not in seen and token_recall(text, record["target"]) >= min_recall:
-                    seen.add(key)
-                    record["kept_rephrasings"].append(text)
+        _rephrase(model, tokenizer, chosen, n_rephrasings, min_recall, max_new_tokens=max_new_tokens,
+                  do_sample=temperature > 0, temperature=temperature, top_p=top_p, seed=seed, **generation)
     sequences: list[str] = []
     for record in chosen:
         sequences.append(chat_example(tokenizer, record["prompt"], record["target"]))
@@ -320,3 +297,19 @@ def corrections_self_edit(
             chat_example(tokenizer, record["prompt"], text) for text in record["kept_rephrasings"]
         )
     return Corrections(records=records, sequences=sequences)
+
+
+def _rephrase(model: Any, tokenizer: Any, chosen: list[dict[str, Any]], n: int, min_recall: float,
+              **generation: Any) -> None:
+    """Sample ``n`` rewordings of each chosen target in one call; keep those that keep the facts."""
+    asks = [chat_prompt(tokenizer, REPHRASE_TEMPLATE.format(prompt=r["prompt"], target=r["target"])) for r in chosen]
+    outs = generate_completions(model, tokenizer, asks, num_return_sequences=n, **generation)
+    for i, record in enumerate(chosen):
+        mine = outs[i * n : (i + 1) * n]
+        record["rephrasings"] = mine
+        seen = {normalize_answer(record["target"])}
+        for text in mine:
+            key = normalize_answer(text)
+            if key and key not in seen and token_recall(text, record["target"]) >= min_recall:
+                seen.add(key)
+                record["kept_rephrasings"].append(text)

@@ -175,20 +175,42 @@ def run_params(session, attempt: Attempt, c: Candidate, params: dict) -> dict:
 def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
     """Measure every candidate against its parent and the base, and run every gate."""
     live = [c for c in candidates if c.diverged is None]
-    steps = generation_steps(session.probes, attempt.spec, attempt.answer_tokens) * len(live)
+    together = _together(session, live)
+    steps = generation_steps(session.probes, attempt.spec, attempt.answer_tokens) * (1 if together else len(live))
     with timed(attempt, "evaluate_s"), session.progress.stage(
             f"evaluate: {len(live)} candidate(s)", total=steps, unit="tokens") as stage:
+        if together:
+            _measure_together(session, attempt, live, stage.advance)
         for c in candidates:
             if c.diverged is not None:
                 void(c)
                 continue
-            with attached(session.model, c.adapter_dir, merge=session.fast) as model:
-                c.measured, c.efficacy = measure(model, session.tok, session.probes, attempt.spec,
-                                                 answer_tokens=attempt.answer_tokens,
-                                                 support=session.base_m.dist.indices,
-                                                 share_prefix=session.fast, on_step=stage.advance)
+            if not together:
+                with attached(session.model, c.adapter_dir, merge=session.fast) as model:
+                    c.measured, c.efficacy = measure(model, session.tok, session.probes, attempt.spec,
+                                                     answer_tokens=attempt.answer_tokens,
+                                                     support=session.base_m.dist.indices,
+                                                     share_prefix=session.fast, on_step=stage.advance)
             gauge(session, attempt, c)
             session.progress.say(summary(attempt, c))
+
+
+def _together(session, live: list[Candidate]) -> bool:
+    # K candidates share every scoring batch where a step is launch-bound (a GPU), and where
+    # merging is not exact anyway (bf16); on a CPU each is merged into the weights in turn.
+    return session.fast and len(live) > 1 and str(session.device).startswith("cuda")
+
+
+def _measure_together(session, attempt: Attempt, live: list[Candidate], on_step) -> None:
+    from .measure import measure_lanes
+    from .multi_lora import lanes_attached
+
+    with lanes_attached(session.model, [c.adapter_dir for c in live]) as k:
+        results = measure_lanes(session.model, session.tok, session.probes, attempt.spec, k,
+                                answer_tokens=attempt.answer_tokens, support=session.base_m.dist.indices,
+                                on_step=on_step)
+    for c, (measured, efficacy) in zip(live, results):
+        c.measured, c.efficacy = measured, efficacy
 
 
 def void(c: Candidate) -> None:

@@ -412,6 +412,34 @@ def test_fast_path_equals_plain_path(tmp_path, tiny_chat_record):
     reg_p.close()
 
 
+def test_cuda_paths_forced_on_the_cpu_give_the_same_results(tmp_path, tiny_chat_record, monkeypatch):
+    """The batched training and batched scoring that a GPU takes, run here through the whole engine."""
+    from seal.editor import stages
+    from seal.editor.loop import run_edit
+    from seal.editor.progress import QuietProgress
+    from seal.editor.request import EditRequest
+
+    results = []
+    for together in (False, True):
+        monkeypatch.setattr(stages, "_batched", lambda session, cands, t=together: t and len(cands) > 1)
+        monkeypatch.setattr(stages, "_together", lambda session, live, t=together: t and len(live) > 1)
+        folder = tmp_path / str(together)
+        folder.mkdir()
+        reg = make_registry(folder, tiny_chat_record)
+        (folder / "p.json").write_text(json.dumps(PASSAGES[1]))
+        req = EditRequest(passage=folder / "p.json", candidates=3, epochs=3, lr=1e-3, max_new_tokens=24, track=False,
+                          temperature=1.0)
+        result = run_edit(reg, req, progress=QuietProgress())
+        results.append([(c["status"], c["failed_gates"], c["scores"], reg.manifest(c["id"])["train"]) for c in result["candidates"]])
+        reg.close()
+    for (status_a, failed_a, scores_a, train_a), (status_b, failed_b, scores_b, train_b) in zip(*results):
+        assert status_a == status_b and failed_a == failed_b
+        assert train_b["batched_with"] == 3 and "batched_with" not in train_a
+        assert train_a["losses"] == pytest.approx(train_b["losses"], rel=1e-4, abs=1e-5)
+        for key in scores_a:
+            assert scores_a[key] == pytest.approx(scores_b[key], rel=1e-3, abs=1e-4), key
+
+
 def test_bench_smoke_runs(tmp_path):
     """bench/gpu_edit.py --smoke: the GPU bench's code paths on the tiny model, on the CPU."""
     bench = Path(__file__).resolve().parents[1] / "bench" / "gpu_edit.py"

@@ -372,6 +372,52 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
     assert all(not m._forward_hooks for m in tiny.model.modules())
 
 
+def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> None:
+    """K adapters served by one batch (the CUDA scoring path) against each scored alone, on the CPU."""
+    from seal.editor.attach import attached
+    from seal.editor.measure import Probes, measure, measure_lanes
+    from seal.editor.multi_lora import lanes_attached
+    from seal.editor.safety import CANARY, load_xstest_sample
+
+    folders = []
+    for i, text in enumerate((PASSAGE, "The bridge dates from 1832.", "Mount Velder is tall.")):
+        train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{text}"], out_dir=tmp_path / f"a{i}", r=4,
+                            alpha=8, lr=2e-2, epochs=3, seed=i)
+        folders.append(tmp_path / f"a{i}")
+    xs = load_xstest_sample()
+    probes = Probes(anchors=evaluate.load_anchors()[:5], drift=evaluate.load_drift_probes()[:6],
+                    xstest=[x for x in xs if x["label"] == "unsafe"][:3] + [x for x in xs if x["label"] == "safe"][:3],
+                    digests={}, canary=CANARY)
+    base_dist = evaluate.next_token_logprobs(tiny.model, tiny.tokenizer, probes.drift, top_k=32)
+    for spec in ({"qa": [{"question": "Who built the bridge?", "answer": "Ada Lindqvist"},
+                         {"question": "Where does the Zorblat flow?", "answer": "the northern sea"}]},
+                 {"texts": [f"{TITLE}\n{PASSAGE}"]}):
+        with lanes_attached(tiny.model, folders) as k:
+            together = measure_lanes(tiny.model, tiny.tokenizer, probes, spec, k, answer_tokens=6,
+                                     support=base_dist.indices)
+        for folder, (m, eff) in zip(folders, together):
+            with attached(tiny.model, folder, merge=False) as alone_model:
+                want_m, want_eff = measure(alone_model, tiny.tokenizer, probes, spec, answer_tokens=6,
+                                           support=base_dist.indices, share_prefix=False)
+            assert m.outputs == want_m.outputs and m.retention == want_m.retention
+            assert torch.allclose(m.dist.logprobs, want_m.dist.logprobs, atol=1e-4)
+            assert torch.equal(m.dist.indices, want_m.dist.indices)
+            assert eff.gate == pytest.approx(want_eff.gate, abs=1e-4) and eff.predictions == want_eff.predictions
+    # With a shared prefix (a system turn), each adapter's prefix goes through the model once.
+    from seal.editor.generation import chat_prompt, generate_completions
+
+    system = "You answer questions about rivers, bridges and mountains in one short sentence."
+    prompts = [chat_prompt(tiny.tokenizer, q, system=system) for q in ("Who built it?", "Where?", "How tall?")]
+    with lanes_attached(tiny.model, folders) as k:
+        got = generate_completions(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, lanes=k)
+    want = []
+    for folder in folders:
+        with attached(tiny.model, folder, merge=False) as alone_model:
+            want += generate_completions(alone_model, tiny.tokenizer, prompts, max_new_tokens=6, share_prefix=False)
+    assert got == want
+    assert all(not m._forward_hooks for m in tiny.model.modules())
+
+
 def test_default_threads(monkeypatch) -> None:
     from seal.editor import session
 
