@@ -57,10 +57,25 @@ class Budget:
         return self.seconds - (time.perf_counter() - self.started)
 
 
-def seal(folder: Path, *argv: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+IN_PROCESS = False  # --smoke runs the CLI in this process: the same code, without a process start per command
+
+
+def seal(folder: Path, *argv: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`seal --repo FOLDER ARGV...` as a process (or, for --smoke, in this process)."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "seal.cli", *argv], cwd=folder, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    args = ["--repo", str(folder), *argv] if argv[0] != "init" else list(argv)
+    if IN_PROCESS:
+        import contextlib
+        import io
+
+        from seal.cli.app import run
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(args)
+        proc = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    else:
+        proc = subprocess.run([sys.executable, "-m", "seal.cli", *args], cwd=folder, capture_output=True, text=True)
     return proc, time.perf_counter() - started
 
 
@@ -68,7 +83,7 @@ def registry(work: Path, name: str, base: str | None) -> Path:
     """A fresh registry on ``base`` (None: the embedded default)."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
-    proc, _ = seal(folder, "init", ".", *(["--base", base] if base else []))
+    proc, _ = seal(folder, "init", str(folder), *(["--base", base] if base else []))
     if proc.returncode != 0:
         raise SystemExit(f"seal init failed: {proc.stderr[-2000:]}")
     return folder
@@ -217,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip parts that would overrun (default 450)")
     parser.add_argument("--workdir", type=Path, default=None, help="where registries go (default: a temp folder)")
     args = parser.parse_args(argv)
+    global IN_PROCESS
+    IN_PROCESS = args.smoke
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     args.edit_options = ["--epochs", "2", "--max-tokens", "16"] if args.smoke else []
     args.req_options = {"epochs": 2, "max_new_tokens": 16} if args.smoke else {}
