@@ -122,14 +122,14 @@ class LineProgress:
 class RichProgress:
     """rich bars on a terminal: the passages of a stream, and the current stage with its ETA."""
 
-    def __init__(self) -> None:
+    def __init__(self, console=None) -> None:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False)
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+                             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
         self.started = time.perf_counter()
 
     def say(self, message: str) -> None:

@@ -445,6 +445,27 @@ def test_line_progress_never_wraps() -> None:
     assert lines[0].endswith(long + " second line") and any("2/4 tokens" in line and "left" in line for line in lines)
 
 
+def test_rich_progress_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from seal.editor.progress import RichProgress
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, force_terminal=True, width=100))
+    with progress.passages(2) as bar:
+        with progress.stage("reflect [bold]x[/bold]", total=10, unit="tokens") as stage:
+            stage.advance(2.5)
+            stage.grow(5)
+            progress.say("a line with [brackets] kept as written")
+        bar.advance()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "reflect [bold]x[/bold] done in" in text and "a line with [brackets] kept as written" in text
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
