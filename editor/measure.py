@@ -182,6 +182,19 @@ def measure_lanes(model, tok, probes: Probes, spec: dict | None, lanes: int, *, 
     return out
 
 
+def measure_efficacy_lanes(model, tok, spec: dict, lanes: int, *, answer_tokens: int = 48,
+                           on_step: Callable[[float], None] | None = None) -> list[Efficacy]:
+    """Each attached adapter's efficacy on ``spec``, in one call per answer length (QA) or one
+    batch per text (NLL), adapter-major."""
+    from .generation import answer_asks
+
+    if not spec.get("qa"):
+        return [read_efficacy(spec, [], nll) for nll in _lane_nll(model, tok, spec["texts"], lanes)]
+    asks = efficacy_asks(tok, spec, answer_tokens)
+    answers = answer_asks(model, tok, asks, on_step=on_step, lanes=lanes)
+    return [read_efficacy(spec, answers[lane * len(asks):(lane + 1) * len(asks)], None) for lane in range(lanes)]
+
+
 def _lane_nll(model, tok, texts: list[str], lanes: int) -> list[float]:
     """Each lane's mean NLL per predicted token of ``texts`` (as passage_nll), in one batch per text."""
     import torch

@@ -237,35 +237,24 @@ def _save(model, lane: Lane, parent_dir, out_dir: Path, base_name: str) -> None:
 # --- scoring K adapters at once ------------------------------------------------------------------
 
 @contextlib.contextmanager
-def lanes_attached(model, adapter_dirs: list[Path]) -> Iterator[int]:
+def lanes_attached(model, adapter_dirs: list[Path | None]) -> Iterator[int]:
     """K stored adapters on one base at once, for inference: row group ``k`` of every batch (rows
-    ``k·n … (k+1)·n - 1``) runs with adapter ``k``. Yields K. Every batch must hold K equal groups,
-    adapter-major: :func:`seal.editor.measure.measure_lanes` lays its batches out so.
+    ``k·n … (k+1)·n - 1``) runs with adapter ``k`` (None: the bare base). Yields K. Every batch
+    must hold K equal groups, adapter-major: :func:`seal.editor.measure.measure_lanes` lays its
+    batches out so.
 
     Plain LoRA only (as :func:`seal.editor.attach.merge_plan` checks); the factors are applied in
     fp32 like PEFT's own layers, so a bf16 base gives what PEFT gives, one adapter at a time.
+    Adapters of different ranks or targets are padded with zero factors, which add exactly 0.
     """
-    import json
-
-    from safetensors.torch import load_file
-
-    from .attach import _PREFIX as SAVED, _UNSUPPORTED
-
     device = next(model.parameters()).device
-    lanes = []
-    for folder in adapter_dirs:
-        config = json.loads((Path(folder) / "adapter_config.json").read_text())
-        if any(config.get(key) for key in _UNSUPPORTED) or config.get("bias", "none") != "none":
-            raise ValueError(f"{folder} is not a plain LoRA; score it on its own")
-        scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
-        tensors = load_file(str(Path(folder) / "adapter_model.safetensors"), device=str(device))
-        a = {k[len(SAVED):-len(".lora_A.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_A.weight")}
-        b = {k[len(SAVED):-len(".lora_B.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_B.weight")}
-        lanes.append(SimpleNamespace(a=a, b=b, scale=scale))
-    names = sorted(lanes[0].a)
-    if any(sorted(lane.a) != names or sorted(lane.b) != names for lane in lanes):
-        raise ValueError("the adapters target different modules; score them one at a time")
+    loaded = [_factors(folder, device) for folder in adapter_dirs]
+    names = sorted({name for lane in loaded for name in lane.a})
+    if not names:
+        raise ValueError("no adapter to attach; score the base on its own")
     modules = dict(model.named_modules())
+    rank = max(a.shape[0] for lane in loaded for a in lane.a.values())
+    lanes = [_padded(lane, names, modules, rank, device) for lane in loaded]
     state = _HookState()
     state.lanes, state.scale = lanes, [lane.scale for lane in lanes]
     hooks = [modules[n].register_forward_hook(_hook(n, state)) for n in names]
@@ -274,6 +263,41 @@ def lanes_attached(model, adapter_dirs: list[Path]) -> Iterator[int]:
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def _factors(folder: Path | None, device) -> SimpleNamespace:
+    import json
+
+    from safetensors.torch import load_file
+
+    from .attach import _PREFIX as SAVED, _UNSUPPORTED
+
+    if folder is None:
+        return SimpleNamespace(a={}, b={}, scale=0.0)
+    config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    if any(config.get(key) for key in _UNSUPPORTED) or config.get("bias", "none") != "none":
+        raise ValueError(f"{folder} is not a plain LoRA; score it on its own")
+    scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
+    tensors = load_file(str(Path(folder) / "adapter_model.safetensors"), device=str(device))
+    a = {k[len(SAVED):-len(".lora_A.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_A.weight")}
+    b = {k[len(SAVED):-len(".lora_B.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_B.weight")}
+    if sorted(a) != sorted(b):
+        raise ValueError(f"{folder} has lora_A and lora_B for different modules")
+    return SimpleNamespace(a=a, b=b, scale=scale)
+
+
+def _padded(lane: SimpleNamespace, names: list[str], modules: dict, rank: int, device) -> SimpleNamespace:
+    """Every module's factors at rank ``rank``: extra rows of A and columns of B are zeros."""
+    a, b = {}, {}
+    for name in names:
+        weight = modules[name].weight
+        pa = torch.zeros(rank, weight.shape[1], device=device)
+        pb = torch.zeros(weight.shape[0], rank, device=device)
+        if name in lane.a:
+            r = lane.a[name].shape[0]
+            pa[:r], pb[:, :r] = lane.a[name], lane.b[name]
+        a[name], b[name] = pa, pb
+    return SimpleNamespace(a=a, b=b, scale=lane.scale)
 
 
 __all__ = ["train_together", "lanes_attached"]

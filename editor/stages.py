@@ -38,12 +38,14 @@ def timed(attempt: Attempt, key: str):
 # --- reflect ----------------------------------------------------------------------------------
 
 def reflect(session, attempt: Attempt, trigger, req) -> list[SelfEdit]:
-    """The model at the parent measures itself on the trigger's data (and on the probes when the
-    parent's results are not stored), then writes K self-edits in one batched call."""
+    """The model at the parent measures itself on the probes when the parent's results are not
+    stored, then writes K self-edits in one batched call. (On the fast path the parent answers
+    the trigger's questions later, in the same calls as its candidates: see :func:`score`.)"""
     parent = attempt.parent
     probes = session.probes if parent.measured is None else None
     passage = trigger.kind == "passage"
-    steps = generation_steps(probes, attempt.spec, attempt.answer_tokens) + (req.max_new_tokens if passage else 64)
+    spec = None if session.fast else attempt.spec
+    steps = generation_steps(probes, spec, attempt.answer_tokens) + (req.max_new_tokens if passage else 64)
     style = req.style if passage else "corrections"
     gen = {"share_prefix": session.fast}
     with timed(attempt, "reflect_s"), \
@@ -51,20 +53,29 @@ def reflect(session, attempt: Attempt, trigger, req) -> list[SelfEdit]:
                                    unit="tokens") as stage, \
             attached(session.model, parent.adapter_dir, merge=session.fast) as model:
         gen["on_step"] = stage.advance
-        measure_parent(session, attempt, model, stage.advance)
+        measure_parent(session, attempt, model, stage.advance, spec=spec)
         if passage:
             return _passage_self_edits(model, session.tok, trigger, req, gen)
         return _corrections(model, session.tok, trigger, req, gen)
 
 
-def measure_parent(session, attempt: Attempt, model, on_step=None) -> None:
-    """The parent's efficacy on the attempt's data, and its probe results when none are stored."""
+_UNSET = object()
+
+
+def measure_parent(session, attempt: Attempt, model, on_step=None, spec=_UNSET) -> None:
+    """The parent's efficacy on ``spec`` (default: the attempt's data; None: not now), and its
+    probe results when none are stored."""
     parent = attempt.parent
+    spec = attempt.spec if spec is _UNSET else spec
     probes = session.probes if parent.measured is None else None
-    measured, parent.efficacy = measure(model, session.tok, probes, attempt.spec, answer_tokens=attempt.answer_tokens,
-                                        support=session.base_m.dist.indices, share_prefix=session.fast, on_step=on_step)
+    if probes is None and not spec:
+        return
+    measured, efficacy = measure(model, session.tok, probes, spec, answer_tokens=attempt.answer_tokens,
+                                 support=session.base_m.dist.indices, share_prefix=session.fast, on_step=on_step)
     if probes is not None:
         parent.measured = measured
+    if spec:
+        parent.efficacy = efficacy
 
 
 def _passage_self_edits(model, tok, trigger, req, gen) -> list[SelfEdit]:
@@ -173,24 +184,36 @@ def run_params(session, attempt: Attempt, c: Candidate, params: dict) -> dict:
 # --- score ------------------------------------------------------------------------------------
 
 def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
-    """Measure every candidate against its parent and the base, and run every gate."""
+    """Measure every candidate against its parent and the base, and run every gate.
+
+    When the parent has not answered the trigger's questions yet (the fast path), it answers them
+    in the same calls as its candidates: the parent and the K candidates are attached side by side
+    (:func:`seal.editor.multi_lora.lanes_attached`), so the answers' slow token-by-token decoding
+    runs once for all of them. The probes, a batch of about a hundred prompts, go through each
+    candidate merged into the weights (on a GPU, through all candidates side by side).
+    """
     live = [c for c in candidates if c.diverged is None]
+    joint = attempt.parent.efficacy is None and bool(live)
     together = _together(session, live)
-    steps = generation_steps(session.probes, attempt.spec, attempt.answer_tokens) * (1 if together else len(live))
+    probe_steps = generation_steps(session.probes, None if joint else attempt.spec, attempt.answer_tokens)
+    steps = probe_steps * (1 if together else len(live)) + (attempt.answer_tokens if joint else 0)
     with timed(attempt, "evaluate_s"), session.progress.stage(
             f"evaluate: {len(live)} candidate(s)", total=steps, unit="tokens") as stage:
+        if joint:
+            _efficacy_together(session, attempt, live, stage.advance)
         if together:
-            _measure_together(session, attempt, live, stage.advance)
+            _measure_together(session, attempt, live, stage.advance, with_efficacy=not joint)
         for c in candidates:
             if c.diverged is not None:
                 void(c)
                 continue
             if not together:
                 with attached(session.model, c.adapter_dir, merge=session.fast) as model:
-                    c.measured, c.efficacy = measure(model, session.tok, session.probes, attempt.spec,
-                                                     answer_tokens=attempt.answer_tokens,
-                                                     support=session.base_m.dist.indices,
-                                                     share_prefix=session.fast, on_step=stage.advance)
+                    c.measured, efficacy = measure(model, session.tok, session.probes, None if joint else attempt.spec,
+                                                   answer_tokens=attempt.answer_tokens,
+                                                   support=session.base_m.dist.indices,
+                                                   share_prefix=session.fast, on_step=stage.advance)
+                c.efficacy = c.efficacy if joint else efficacy
             gauge(session, attempt, c)
             session.progress.say(summary(attempt, c))
 
@@ -201,16 +224,30 @@ def _together(session, live: list[Candidate]) -> bool:
     return session.fast and len(live) > 1 and str(session.device).startswith("cuda")
 
 
-def _measure_together(session, attempt: Attempt, live: list[Candidate], on_step) -> None:
+def _efficacy_together(session, attempt: Attempt, live: list[Candidate], on_step) -> None:
+    """The parent's and every candidate's efficacy on the trigger's data, in shared calls."""
+    from .measure import measure_efficacy_lanes
+    from .multi_lora import lanes_attached
+
+    with lanes_attached(session.model, [attempt.parent.adapter_dir] + [c.adapter_dir for c in live]) as k:
+        effs = measure_efficacy_lanes(session.model, session.tok, attempt.spec, k,
+                                      answer_tokens=attempt.answer_tokens, on_step=on_step)
+    attempt.parent.efficacy = effs[0]
+    for c, efficacy in zip(live, effs[1:]):
+        c.efficacy = efficacy
+
+
+def _measure_together(session, attempt: Attempt, live: list[Candidate], on_step, with_efficacy: bool) -> None:
     from .measure import measure_lanes
     from .multi_lora import lanes_attached
 
     with lanes_attached(session.model, [c.adapter_dir for c in live]) as k:
-        results = measure_lanes(session.model, session.tok, session.probes, attempt.spec, k,
-                                answer_tokens=attempt.answer_tokens, support=session.base_m.dist.indices,
+        results = measure_lanes(session.model, session.tok, session.probes, attempt.spec if with_efficacy else None,
+                                k, answer_tokens=attempt.answer_tokens, support=session.base_m.dist.indices,
                                 on_step=on_step)
     for c, (measured, efficacy) in zip(live, results):
-        c.measured, c.efficacy = measured, efficacy
+        c.measured = measured
+        c.efficacy = efficacy if with_efficacy else c.efficacy
 
 
 def void(c: Candidate) -> None:

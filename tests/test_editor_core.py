@@ -415,6 +415,20 @@ def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> No
         with attached(tiny.model, folder, merge=False) as alone_model:
             want += generate_completions(alone_model, tiny.tokenizer, prompts, max_new_tokens=6, share_prefix=False)
     assert got == want
+    # The bare base as a lane, and adapters of another rank, padded with zero factors.
+    from seal.editor.measure import measure_efficacy, measure_efficacy_lanes
+
+    train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{PASSAGE}"], out_dir=tmp_path / "r8", r=8, alpha=4,
+                        lr=2e-2, epochs=3, seed=5)
+    lanes = [None, folders[0], tmp_path / "r8"]
+    for spec in ({"qa": [{"question": "Who built the bridge?", "answer": "Ada Lindqvist"}]},
+                 {"texts": [f"{TITLE}\n{PASSAGE}", "Quenmar is a valley."]}):
+        with lanes_attached(tiny.model, lanes) as k:
+            effs = measure_efficacy_lanes(tiny.model, tiny.tokenizer, spec, k, answer_tokens=6)
+        for folder, eff in zip(lanes, effs):
+            with attached(tiny.model, folder, merge=False) as alone_model:
+                want_eff = measure_efficacy(alone_model, tiny.tokenizer, spec, 6, share_prefix=False)
+            assert eff.gate == pytest.approx(want_eff.gate, abs=1e-4) and eff.predictions == want_eff.predictions
     assert all(not m._forward_hooks for m in tiny.model.modules())
 
 
