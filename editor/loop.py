@@ -31,7 +31,7 @@ from seal.registry.objects import score_value
 from seal.registry.policy import read_policy, record_policy
 from seal.registry.versions import load_manifest
 
-from .candidate import Attempt, Parent
+from .candidate import Attempt
 from .request import EditRequest, check_request
 from .trigger import Trigger, efficacy_spec, read_jsonl, read_trigger, secrets_audit  # noqa: F401 (re-exported)
 
@@ -151,4 +151,4 @@ def recent_edit_norms(reg, start: str, window: int) -> list[float]:
     return norms
 
 
-__all__ = ["EditRequest", "Trigger", "run_edit", "edit_trigger", "edit_attempt", "recent_edit_norms", "Parent", "R"]
+__all__ = ["EditRequest", "Trigger", "run_edit", "edit_trigger", "edit_attempt", "recent_edit_norms"]

@@ -33,16 +33,20 @@ from .trigger import Trigger, read_stream, secrets_audit
 
 def done_triggers(reg, tip: str) -> set[str]:
     """Trigger digests of the edits on ``tip``'s lineage and of the attempts whose parent is on it."""
+    done: set[str] = set()
     with reg.read() as conn:
         line = ancestors(conn, tip)
-        rows = conn.all("SELECT v.id, v.manifest, p.parent_id FROM versions v LEFT JOIN version_parents p "
+        # Ids first (small), manifests only for the edits on or off the line, a chunk at a time.
+        rows = conn.all("SELECT v.id, p.parent_id FROM versions v LEFT JOIN version_parents p "
                         "ON p.version_id = v.id AND p.position = 0 WHERE v.kind = 'edit'")
-    done = set()
-    for vid, manifest, parent in rows:
-        if vid in line or parent in line:
-            trigger = json.loads(manifest).get("trigger")
-            if trigger:
-                done.add(trigger)
+        wanted = [vid for vid, parent in rows if vid in line or parent in line]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for (manifest,) in conn.all(f"SELECT manifest FROM versions WHERE id IN ({marks})", chunk):
+                trigger = json.loads(manifest).get("trigger")
+                if trigger:
+                    done.add(trigger)
     return done
 
 
