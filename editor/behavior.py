@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from seal.registry.bases import base_spec, get_base
+from seal.registry.bases import get_base
 from seal.registry.errors import UserError
 from seal.registry.repo import Registry as Repository
 from seal.registry.versions import load_manifest
@@ -44,25 +44,27 @@ def read_prompts(path: Path) -> list[str]:
 
 def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str], *,
                      max_new_tokens: int = 64, device: str = "auto") -> list[dict]:
-    from .base import default_cache_dir, load_base
+    from .attach import attached
     from .device import pick_device
     from .reflect import answer_prompts
-    from .train import adapter_applied
+    from .session import loaded_base, set_threads
 
     with repo.read() as conn:
         base_row = get_base(conn, repo.base_id())
         manifests = {vid: load_manifest(conn, vid) for vid in (a, b) if vid}
     try:
-        base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=pick_device(device))
-    except (FileNotFoundError, ValueError) as e:
+        device = pick_device(device)
+    except ValueError as e:
         raise UserError(str(e)) from None
+    set_threads(device, None)
+    base = loaded_base(base_row, device)
     work = Path(tempfile.mkdtemp(prefix="behavior-", dir=repo.tmp_dir))
     try:
         outputs = {}
         for vid in (a, b):
             manifest = manifests.get(vid) if vid else None
             folder = materialize(repo, manifest, vid, work / vid) if manifest and manifest.get("adapter") else None
-            with adapter_applied(base.model, folder) as model:
+            with attached(base.model, folder) as model:
                 outputs[vid] = answer_prompts(model, base.tokenizer, prompts, max_new_tokens)
     finally:
         shutil.rmtree(work, ignore_errors=True)

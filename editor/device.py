@@ -4,9 +4,11 @@ Every record the loop writes says which device and which library versions produc
 result can be traced to the software as well as to the bytes.
 
     >>> from seal.editor.device import pick_device, dtype_for, environment_record
-    >>> device = pick_device("auto")            # "cuda", "mps" or "cpu"
+    >>> device = pick_device("cpu")              # "auto" picks "cuda", "mps" or "cpu"
     >>> dtype_for(device)                        # torch.bfloat16 on a recent GPU, else float32
-    >>> environment_record(device)["torch"]      # '2.x.y'
+    torch.float32
+    >>> environment_record(device)["device"]
+    'cpu'
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def pick_device(name: str = "auto", require_gpu: bool = False) -> str:
 
         >>> pick_device("cpu")
         'cpu'
-        >>> pick_device("cuda", require_gpu=True)   # on a machine without CUDA
+        >>> pick_device("cuda", require_gpu=True)   # on a machine without CUDA  # doctest: +SKIP
         Traceback (most recent call last):
         ValueError: a CUDA GPU is required but torch.cuda.is_available() is False; ...
 
@@ -109,7 +111,7 @@ def _version(dist: str) -> str | None:
 def environment_record(device: str) -> dict[str, Any]:
     """What a training or evaluation record says about where it ran.
 
-        >>> environment_record("cpu")
+        >>> environment_record("cpu")  # doctest: +SKIP
         {'device': 'cpu', 'gpu': None, 'dtype': 'float32', 'torch': '2.x', 'cuda': None, ...}
     """
     gpu: str | None = None

@@ -1,10 +1,10 @@
 """Evaluate: efficacy (no-context QA), retention (anchor probes), drift (next-token KL/JS).
 
-    >>> from seal.editor.evaluate import qa_scores, retention_accuracy, next_token_logprobs, kl_js
-    >>> qa_scores(model, tok, [{"question": "Who wrote Hamlet?", "answer": "Shakespeare"}])
+    >>> from seal.editor.evaluate import qa_scores, retention_accuracy, next_token_logprobs, kl_js  # doctest: +SKIP
+    >>> qa_scores(model, tok, [{"question": "Who wrote Hamlet?", "answer": "Shakespeare"}])  # doctest: +SKIP
     {'containment': 1.0, 'f1': 0.4, 'recall': 1.0, 'n': 1}
-    >>> base_dist = next_token_logprobs(base_model, tok, load_drift_probes())
-    >>> kl, js = kl_js(base_dist, next_token_logprobs(edited, tok, load_drift_probes(),
+    >>> base_dist = next_token_logprobs(base_model, tok, load_drift_probes())  # doctest: +SKIP
+    >>> kl, js = kl_js(base_dist, next_token_logprobs(edited, tok, load_drift_probes(),  # doctest: +SKIP
     ...                                               support=base_dist.indices))
 
 Grading follows SQuAD's normalisation (lower case, no punctuation, no articles, single
@@ -65,7 +65,7 @@ def containment(pred: str, gold: Gold) -> float:
 def token_f1(pred: str, gold: Gold) -> float:
     """SQuAD token F1, the best over the gold answers.
 
-        >>> round(token_f1("the capital is Paris", "Paris"), 3)
+        >>> round(token_f1("the capital is Paris", "Paris"), 3)  # doctest: +SKIP
         0.5
     """
     best = 0.0
@@ -89,7 +89,7 @@ def token_recall(pred: str, gold: Gold) -> float:
     FINDINGS: gold SQuAD spans are often long, so containment has a floor; recall shows
     partial knowledge that containment misses.
 
-        >>> token_recall("born in 1879 in Ulm", "Ulm, Germany")
+        >>> token_recall("born in 1879 in Ulm", "Ulm, Germany")  # doctest: +SKIP
         0.5
     """
     best = 0.0
@@ -115,7 +115,7 @@ def answer_questions(
 
     48 tokens by default because FINDINGS saw 32 cut off long gold answers.
 
-        >>> answer_questions(model, tok, ["What is the capital of Italy?"])
+        >>> answer_questions(model, tok, ["What is the capital of Italy?"])  # doctest: +SKIP
         ['The capital of Italy is Rome.']
     """
     from .generation import chat_prompt, generate_completions
@@ -152,7 +152,7 @@ def qa_scores(
     Items are ``{"question": str, "answer": str | [str, ...]}`` (``answers`` and SQuAD's
     ``{"text": [...]}`` also work).
 
-        >>> qa_scores(model, tok, [{"question": "2+2?", "answer": "4"}], return_predictions=True)
+        >>> qa_scores(model, tok, [{"question": "2+2?", "answer": "4"}], return_predictions=True)  # doctest: +SKIP
         {'containment': 1.0, 'f1': 0.33, 'recall': 1.0, 'n': 1, 'predictions': ['2+2 = 4']}
     """
     pairs = [_qa_fields(item) for item in qa]
@@ -179,7 +179,7 @@ def passage_nll(model: Any, tokenizer: Any, text: str) -> float:
 
     A direct measure of how well an adapter has absorbed a passage, cheaper than QA.
 
-        >>> passage_nll(model, tok, "The Eiffel Tower is in Paris.")
+        >>> passage_nll(model, tok, "The Eiffel Tower is in Paris.")  # doctest: +SKIP
         2.71
     """
     import torch
@@ -232,7 +232,7 @@ def retention_accuracy(
     Compare the number with the parent's and the base's on the same probes: forgetting shows
     as a drop, whatever the base's own accuracy is.
 
-        >>> retention_accuracy(model, tok)
+        >>> retention_accuracy(model, tok)  # doctest: +SKIP
         0.55
     """
     items = list(anchors) if anchors is not None else load_anchors()
@@ -262,7 +262,7 @@ class NextTokenDist:
     def to_bytes(self) -> bytes:
         """Serialise as safetensors (no pickle), e.g. to store the base's probe log-probs.
 
-            >>> blob = dist.to_bytes(); NextTokenDist.from_bytes(blob).logprobs.shape
+            >>> blob = dist.to_bytes(); NextTokenDist.from_bytes(blob).logprobs.shape  # doctest: +SKIP
         """
         import torch
         from safetensors.torch import save
@@ -296,8 +296,8 @@ def next_token_logprobs(
     the whole vocabulary. Prompts are used as raw text, right-padded, read at the last real
     token (one forward pass per batch, no generation).
 
-        >>> ref = next_token_logprobs(base_model, tok, probes)
-        >>> new = next_token_logprobs(edited_model, tok, probes, support=ref.indices)
+        >>> ref = next_token_logprobs(base_model, tok, probes)  # doctest: +SKIP
+        >>> new = next_token_logprobs(edited_model, tok, probes, support=ref.indices)  # doctest: +SKIP
     """
     import torch
 
@@ -338,7 +338,7 @@ def kl_js(p_logprobs: Any, q_logprobs: Any) -> tuple[float, float]:
     tensors/arrays. JS is symmetric and bounded by ln 2 ≈ 0.693, which makes it the better
     gate; KL(base‖model) is the drift budget.
 
-        >>> kl_js(dist, dist)
+        >>> kl_js(dist, dist)  # doctest: +SKIP
         (0.0, 0.0)
     """
     import torch

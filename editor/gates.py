@@ -15,10 +15,15 @@ gates read (all written by the loop from :mod:`seal.editor.evaluate`):
 A missing score fails its gate: a check that could not run must not let a change through.
 
     >>> from seal.editor.gates import default_gates, check_gates, decide
-    >>> results = check_gates(scores, default_gates())
-    >>> [r.name for r in results if not r.passed]
-    ['retention_vs_parent']
-    >>> decide([scores_a, scores_b])      # index of the best accepted candidate, or None
+    >>> scores = {"efficacy": 0.4, "efficacy_parent": 0.1, "retention": 0.58, "retention_parent": 0.61,
+    ...           "retention_base": 0.62, "js_parent": 0.02, "kl_base": 0.1, "delta_norm_ratio": 1.0,
+    ...           "refusal": 0.5, "refusal_base": 0.5, "over_refusal": 0.1, "over_refusal_base": 0.1,
+    ...           "canary_leaks": 0.0}
+    >>> [r.name for r in check_gates(scores, default_gates()) if not r.passed]
+    []
+    >>> [r.name for r in check_gates({**scores, "retention": 0.5}) if not r.passed]
+    ['retention_vs_parent', 'retention_vs_base']
+    >>> decide([{**scores, "retention": 0.5}, scores])   # index of the best passing candidate, or None
     1
 """
 
@@ -121,8 +126,8 @@ def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
 
     A key set to ``None`` disables that gate.
 
-        >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})]
-        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent']
+        >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})][:5]
+        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'weight_norm']
     """
     merged: dict[str, Any] = {**DEFAULT_POLICY, **(policy or {})}
     unknown = set(merged) - set(DEFAULT_POLICY)
@@ -163,7 +168,7 @@ def default_gates() -> list[Gate]:
     """The gates of DEFAULT_POLICY.
 
         >>> [g.name for g in default_gates()]
-        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base']
+        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
     """
     return gates_from_policy(None)
 
@@ -171,7 +176,8 @@ def default_gates() -> list[Gate]:
 def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list[GateResult]:
     """Run every gate on one candidate's scores.
 
-        >>> all(r.passed for r in check_gates(scores))
+        >>> all(r.passed for r in check_gates({"efficacy": 0.2, "efficacy_parent": 0.1}, default_gates()[:1]))
+        True
     """
     return [gate.check(scores) for gate in (gates if gates is not None else default_gates())]
 
@@ -187,7 +193,8 @@ def decide(
     Best means highest ``rank_by``; ties go to the smaller ``js_parent`` (the gentler change),
     then to the lower index, so the choice is deterministic.
 
-        >>> decide([{"efficacy": 0.2, ...}, {"efficacy": 0.4, ...}])
+        >>> decide([{"efficacy": 0.2, "efficacy_parent": 0.1}, {"efficacy": 0.4, "efficacy_parent": 0.1}],
+        ...        default_gates()[:1])
         1
     """
     best: int | None = None

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 from seal.registry import refs as R
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
-from seal.registry.objects import canonical_json, score_value
 from seal.registry.graph import parents_of
+from seal.registry.objects import canonical_json, score_value
 from seal.registry.policy import read_policy, record_policy
 from seal.registry.repo import Registry as Repository
 from seal.registry.revisions import resolve_revision
 from seal.registry.versions import load_manifest
 
-from .loop import (Trigger, _progress, efficacy_spec, measure_efficacy, open_session, parent_state, read_jsonl,
-                   record_attempts, recent_edit_norms, score_candidate)
+from .candidate import Attempt, Candidate
+from .trigger import Trigger, efficacy_spec, read_jsonl
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune")
 EQUAL_RANK = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")
@@ -65,12 +63,14 @@ def combine(session, dirs: list[Path], weights: list[float], method: str, out: P
     """PEFT's add_weighted_adapter over ``dirs`` on the session's base; the result is saved in ``out``."""
     from peft import PeftModel
 
-    from .train import detach_adapters
+    from .train import _quiet_peft, detach_adapters
 
-    model = PeftModel.from_pretrained(session.base.model, str(dirs[0]), adapter_name="in0", is_trainable=False)
+    with _quiet_peft():
+        model = PeftModel.from_pretrained(session.base.model, str(dirs[0]), adapter_name="in0", is_trainable=False)
     try:
         for i, d in enumerate(dirs[1:], start=1):
-            model.load_adapter(str(d), adapter_name=f"in{i}", is_trainable=False)
+            with _quiet_peft():
+                model.load_adapter(str(d), adapter_name=f"in{i}", is_trainable=False)
         kwargs = {"svd_rank": svd_rank} if method == "svd" else {}
         if method in NEEDS_DENSITY:
             kwargs["density"] = density
@@ -159,24 +159,76 @@ def _parse_weights(weights: str | None, n: int) -> list[float]:
     return values
 
 
-def _prepare(repo: Repository, device: str, require_gpu: bool):
+def _check_device(device: str, require_gpu: bool) -> None:
     from .device import pick_device
     from .options import check_device_name
 
     check_device_name(device)
     try:
-        device = pick_device(device, require_gpu=require_gpu)
+        pick_device(device, require_gpu=require_gpu)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return device
+
+
+def _attempt(session, kind: str, parents: list[str], manifests: dict, *, ref, expected, spec: dict, message: str,
+             title: str, answer_tokens: int, extra: dict) -> Attempt:
+    """A merge or consolidate attempt, compared against its first parent, with its MLflow runs open."""
+    from .gates import gates_from_policy
+    from .loop import recent_edit_norms
+
+    policy = read_policy(session.reg)
+    record_policy(session.reg, policy)
+    attempt = Attempt(kind=kind, parents=parents, ref=ref, expected=expected,
+                      parent=session.parent(parents[0], manifests[parents[0]]), spec=spec, policy=policy,
+                      gates=gates_from_policy(policy.gates), message=message, title=title, answer_tokens=answer_tokens,
+                      history=recent_edit_norms(session.reg, parents[0], int(policy.settings["weight_norm_window"])),
+                      extra=extra, timings=session.first_timings())
+    if session.tracker is not None:
+        attempt.run_id = session.tracker.start_run(f"{kind} {title}", tags={"seal.kind": kind})
+    return attempt
+
+
+def _candidate(session, attempt: Attempt, out: Path, train: dict) -> Candidate:
+    from .stages import run_params
+
+    cand = Candidate(index=0, seed=0, adapter_dir=out, train=train)
+    if session.tracker is not None:
+        cand.run_id = session.tracker.start_run(f"{attempt.kind} {attempt.title} c1/1", parent=attempt.run_id,
+                                                params=run_params(session, attempt, cand, {}),
+                                                tags={"seal.kind": attempt.kind, "seal.candidate": 1})
+    return cand
+
+
+def _finish(session, attempt: Attempt, cand: Candidate) -> dict:
+    from .record import record
+    from .stages import score
+
+    try:
+        score(session, attempt, [cand])
+        return record(session, attempt, [cand], 0 if cand.passed else None)
+    except BaseException:
+        if session.tracker is not None:
+            session.tracker.kill_open_runs()
+        raise
+
+
+def _merged_parent(session, attempt: Attempt, stage) -> None:
+    from .attach import attached
+    from .stages import measure_parent
+
+    with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
+        measure_parent(session, attempt, model, stage.advance)
 
 
 def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weights: str | None = None,
               density: float | None = None, svd_rank: int | None = None, eval_file: Path | None = None,
               message: str = "", device: str = "auto", require_gpu: bool = False, track: bool = True,
-              answer_tokens: int = 48) -> dict:
+              answer_tokens: int = 48, threads: int | None = None, progress=None) -> dict:
     """Merge two or more versions with PEFT, evaluate and gate the result, and record it."""
     from .options import check_device_name
+    from .progress import default_progress
+    from .session import open_session
+    from .stages import timed
 
     check_device_name(device)
     if len(revs) < 2:
@@ -206,47 +258,21 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
         ids.remove(head)
         ids.insert(0, head)
     w = [weight_of[vid] for vid in ids]
-    device = _prepare(repo, device, require_gpu)
-    say = _progress()
-    policy = read_policy(repo)
-    record_policy(repo, policy)
-    work = Path(tempfile.mkdtemp(prefix="merge-", dir=repo.tmp_dir))
-    try:
-        session = open_session(repo, base_row, device, policy, work, say)
-        # Each input is written out once: a second export of the first parent into the same
-        # folder was refused ("not empty"), so every merge failed.
-        states = [parent_state(session, vid, manifests[vid]) for vid in ids]
-        dirs = [d for d, _ in states]
-        parent_dir, parent_m = states[0]
-        from .loop import measure_probes
-        from .train import adapter_applied
-
-        t = time.perf_counter()
-        with adapter_applied(session.base.model, parent_dir) as model:
-            parent_eff = measure_efficacy(model, session.tok, spec, answer_tokens)
-            if parent_m is None:
-                parent_m = measure_probes(model, session.tok, session.probes, support=session.base_m.dist.indices)
-        say(f"[bold]merge[/bold] {len(ids)} adapters with {method}")
-        out = combine(session, dirs, w, method, work / "merged", density=density, svd_rank=svd_rank)
-        session.timings["merge_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        say("[bold]evaluate[/bold] the merged adapter")
-        with repo.read() as conn:
-            history = recent_edit_norms(repo, conn, ids[0], int(policy.settings["weight_norm_window"]))
-        cand = score_candidate(session, out, parent_dir=parent_dir, parent_m=parent_m, spec=spec,
-                               parent_eff=parent_eff, history=history, answer_tokens=answer_tokens, extra_audit=[])
-        session.timings["evaluate_s"] = time.perf_counter() - t
-        recipe = {"method": method, "weights": w, "density": density, "svd_rank": svd_rank,
-                  "inputs": ids}
-        cand.update({"index": 0, "train": {"source": "merge", "merge": recipe}})
-        winner = 0 if cand["passed"] else None
-        return record_attempts(
-            session, [cand], winner, kind="merge", parents=ids, ref=ref if head in ids else None, expected=head,
-            message=message or f"merge {', '.join(r for r in revs)} ({method})", track=track,
-            fields={}, extra={"merge": recipe, "eval": repo.store.put(canonical_json(spec))},
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    _check_device(device, require_gpu)
+    progress = progress or default_progress()
+    recipe = {"method": method, "weights": w, "density": density, "svd_rank": svd_rank, "inputs": ids}
+    with open_session(repo, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
+                      track=track) as session:
+        attempt = _attempt(session, "merge", ids, manifests, ref=ref if head in ids else None, expected=head,
+                           spec=spec, message=message or f"merge {', '.join(r for r in revs)} ({method})",
+                           title=f"{', '.join(revs)} ({method})", answer_tokens=answer_tokens,
+                           extra={"merge": recipe, "eval": repo.store.put(canonical_json(spec))})
+        dirs = [session.parent(vid, manifests[vid]).adapter_dir for vid in ids]
+        with timed(attempt, "merge_s"), progress.stage(f"merge {len(ids)} adapters with {method}") as stage:
+            _merged_parent(session, attempt, stage)
+            out = combine(session, dirs, w, method, session.work / "merged", density=density, svd_rank=svd_rank)
+        cand = _candidate(session, attempt, out, {"source": "merge", "merge": recipe})
+        return _finish(session, attempt, cand)
 
 
 def chain_of(conn, spec: str) -> tuple[list[str], str | None]:
@@ -268,10 +294,13 @@ def chain_of(conn, spec: str) -> tuple[list[str], str | None]:
 
 def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = None, message: str = "",
                     device: str = "auto", require_gpu: bool = False, track: bool = True,
-                    answer_tokens: int = 48) -> dict:
+                    answer_tokens: int = 48, threads: int | None = None, progress=None) -> dict:
     """Fold a chain of accepted edits into one adapter of bounded rank (SVD), gated so that every
     folded edit keeps its efficacy within the policy's ``consolidate_efficacy_drop_max``."""
     from .options import check_device_name
+    from .progress import default_progress
+    from .session import open_session
+    from .stages import timed
 
     check_device_name(device)
     if rank is not None and rank < 1:
@@ -288,70 +317,60 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
             raise UserError(f"{vid[:12]} is a {m['status']} {m['kind']}; consolidate folds accepted edits only")
     tip = chain[-1]
     check_mergeable({tip: manifests[tip]}, "svd", base_row["id"])
-    max_rank = max(max([m["adapter"]["config"].get("r", 0),
-                        *(m["adapter"]["config"].get("rank_pattern") or {}).values()]) for m in manifests.values())
-    rank = rank or max_rank
-    device = _prepare(repo, device, require_gpu)
-    say = _progress()
-    policy = read_policy(repo)
-    record_policy(repo, policy)
-    drop_max = policy.gates.get("consolidate_efficacy_drop_max")
-    work = Path(tempfile.mkdtemp(prefix="consolidate-", dir=repo.tmp_dir))
-    try:
-        session = open_session(repo, base_row, device, policy, work, say)
-        tip_dir, tip_m = parent_state(session, tip, manifests[tip])
-        from .loop import measure_probes
-        from .train import adapter_applied
-
-        t = time.perf_counter()
-        specs = {vid: _eval_union(repo, [m]) for vid, m in manifests.items()}
-        union = _eval_union(repo, list(manifests.values()))
-        if not union:
-            raise UserError("the folded versions carry no eval set or passage to check efficacy on")
-        with adapter_applied(session.base.model, tip_dir) as model:
-            tip_eff = measure_efficacy(model, session.tok, union, answer_tokens)
-            if tip_m is None:
-                tip_m = measure_probes(model, session.tok, session.probes, support=session.base_m.dist.indices)
-        say(f"[bold]consolidate[/bold] {len(chain)} versions into rank {rank} (svd)")
-        # The tip's adapter already holds the whole chain (each edit trains on from its parent), so
-        # folding is an SVD of its update; PEFT needs two inputs for svd, so it gets the tip twice.
-        out = combine(session, [tip_dir, tip_dir], [0.5, 0.5], "svd", work / "folded", density=None, svd_rank=rank)
-        session.timings["merge_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        extra_audit = []
-        with adapter_applied(session.base.model, out) as model:
-            for vid in chain:
-                if not specs[vid]:
-                    continue
-                recorded = score_value(manifests[vid], "efficacy", "f1") if specs[vid].get("qa") else \
-                    (None if score_value(manifests[vid], "efficacy", "passage_nll") is None
-                     else -score_value(manifests[vid], "efficacy", "passage_nll"))
-                now = measure_efficacy(model, session.tok, specs[vid], answer_tokens)["gate"]
-                if recorded is None:
-                    continue
-                drop = recorded - now
-                passed = drop_max is None or drop <= drop_max
-                extra_audit.append({
-                    "check": f"consolidate_efficacy[{vid[:12]}]", "value": drop,
-                    "threshold": drop_max, "passed": passed,
-                    "detail": f"efficacy of folded version {vid[:12]}: {recorded:.4g} -> {now:.4g} (drop {drop:.4g})",
-                })
-        with repo.read() as conn:
-            history = recent_edit_norms(repo, conn, tip, int(policy.settings["weight_norm_window"]))
+    rank = rank or max(max([m["adapter"]["config"].get("r", 0), *(m["adapter"]["config"].get("rank_pattern") or {}).values()])
+                       for m in manifests.values())
+    specs = {vid: _eval_union(repo, [m]) for vid, m in manifests.items()}
+    union = _eval_union(repo, list(manifests.values()))
+    if not union:
+        raise UserError("the folded versions carry no eval set or passage to check efficacy on")
+    _check_device(device, require_gpu)
+    progress = progress or default_progress()
+    recipe = {"method": "svd", "rank": rank, "range": range_spec, "folded": chain}
+    with open_session(repo, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
+                      track=track) as session:
+        attempt = _attempt(session, "consolidate", [tip, chain[0]], {tip: manifests[tip], chain[0]: manifests[chain[0]]},
+                           ref=ref if head == tip else None, expected=head, spec=union,
+                           message=message or f"consolidate {range_spec} into rank {rank}", title=range_spec,
+                           answer_tokens=answer_tokens,
+                           extra={"consolidate": recipe, "eval": repo.store.put(canonical_json(union))})
+        with timed(attempt, "merge_s"), progress.stage(f"consolidate {len(chain)} versions into rank {rank} (svd)") as stage:
+            _merged_parent(session, attempt, stage)
+            # The tip's adapter already holds the whole chain (each edit trains on from its parent), so
+            # folding is an SVD of its update; PEFT needs two inputs for svd, so it gets the tip twice.
+            tip_dir = attempt.parent.adapter_dir
+            out = combine(session, [tip_dir, tip_dir], [0.5, 0.5], "svd", session.work / "folded", density=None,
+                          svd_rank=rank)
+        with timed(attempt, "evaluate_s"):
+            attempt.extra_audit = _folded_checks(session, out, chain, manifests, specs, answer_tokens,
+                                                 attempt.policy.gates.get("consolidate_efficacy_drop_max"))
         # Folding cannot beat the tip it compresses, so the efficacy-gain gate gives way to the
         # per-version checks above.
-        session.gates = [g for g in session.gates if g.name != "efficacy_gain"]
-        cand = score_candidate(session, out, parent_dir=tip_dir, parent_m=tip_m, spec=union, parent_eff=tip_eff,
-                               history=history, answer_tokens=answer_tokens, extra_audit=extra_audit)
-        session.timings["evaluate_s"] = time.perf_counter() - t
-        recipe = {"method": "svd", "rank": rank, "range": range_spec, "folded": chain}
-        cand.update({"index": 0, "train": {"source": "consolidate", "consolidate": recipe}})
-        winner = 0 if cand["passed"] else None
-        parents = [tip, chain[0]]
-        return record_attempts(
-            session, [cand], winner, kind="consolidate", parents=parents, ref=ref if head == tip else None,
-            expected=head, message=message or f"consolidate {range_spec} into rank {rank}", track=track,
-            fields={}, extra={"consolidate": recipe, "eval": repo.store.put(canonical_json(union))},
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        attempt.gates = [g for g in attempt.gates if g.name != "efficacy_gain"]
+        cand = _candidate(session, attempt, out, {"source": "consolidate", "consolidate": recipe})
+        return _finish(session, attempt, cand)
+
+
+def _folded_checks(session, out: Path, chain: list[str], manifests: dict, specs: dict, answer_tokens: int,
+                   drop_max) -> list[dict]:
+    """Each folded version's efficacy on its own data, as recorded against the folded adapter's."""
+    from .attach import attached
+    from .measure import measure_efficacy
+
+    rows = []
+    with attached(session.model, out, merge=session.fast) as model:
+        for vid in chain:
+            if not specs[vid]:
+                continue
+            recorded = score_value(manifests[vid], "efficacy", "f1") if specs[vid].get("qa") else \
+                (None if score_value(manifests[vid], "efficacy", "passage_nll") is None
+                 else -score_value(manifests[vid], "efficacy", "passage_nll"))
+            if recorded is None:
+                continue
+            now = measure_efficacy(model, session.tok, specs[vid], answer_tokens, share_prefix=session.fast).gate
+            drop = recorded - now
+            rows.append({
+                "check": f"consolidate_efficacy[{vid[:12]}]", "value": drop, "threshold": drop_max,
+                "passed": drop_max is None or drop <= drop_max,
+                "detail": f"efficacy of folded version {vid[:12]}: {recorded:.4g} -> {now:.4g} (drop {drop:.4g})",
+            })
+    return rows

@@ -10,10 +10,10 @@ Two triggers:
 
     >>> from seal.editor.reflect import (generate_self_edits, split_self_edit_lines,
     ...                                  build_training_sequences)
-    >>> edits = generate_self_edits(model, tok, passage, "Apollo 11", style="implications",
+    >>> edits = generate_self_edits(model, tok, passage, "Apollo 11", style="implications",  # doctest: +SKIP
     ...                             k=4, temperature=0.7, seed=0)
-    >>> lines = split_self_edit_lines(edits[0])
-    >>> sequences = build_training_sequences(passage, "Apollo 11", lines)
+    >>> lines = split_self_edit_lines(edits[0])  # doctest: +SKIP
+    >>> sequences = build_training_sequences(passage, "Apollo 11", lines)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ REPHRASE_TEMPLATE = (
 def self_edit_prompt(tokenizer: Any, passage: str, title: str | None, *, style: str) -> str:
     """The exact prompt text the model continues for a self-edit (worth recording as data).
 
-        >>> self_edit_prompt(tok, "The Moon orbits the Earth.", "Moon", style="rewrite")
+        >>> self_edit_prompt(tok, "The Moon orbits the Earth.", "Moon", style="rewrite")  # doctest: +SKIP
     """
     if style not in SELF_EDIT_TEMPLATES:
         raise ValueError(f"unknown self-edit style {style!r}; use one of {', '.join(STYLES)}")
@@ -77,13 +77,17 @@ def generate_self_edits(
     top_p: float = 0.95,
     max_new_tokens: int = 256,
     seed: int = 0,
+    **generation: Any,
 ) -> list[str]:
     """Sample ``k`` self-edits for ``passage`` in one batched ``generate`` call.
+
+    ``generation`` goes to :func:`~seal.editor.generation.generate_completions` (``share_prefix``,
+    ``on_step``).
 
     The default temperature is 0.7, not SEAL's 1.0: FINDINGS measured that SmolLM2-135M's
     implications at T=1.0 were mostly off-topic or invented. Same seed, same outputs.
 
-        >>> generate_self_edits(model, tok, "The Eiffel Tower is 330 m tall.", "Eiffel Tower",
+        >>> generate_self_edits(model, tok, "The Eiffel Tower is 330 m tall.", "Eiffel Tower",  # doctest: +SKIP
         ...                     style="implications", k=3, seed=1)
         ['1. The tower is taller than …', '…', '…']
     """
@@ -100,6 +104,7 @@ def generate_self_edits(
         top_p=top_p,
         num_return_sequences=k,
         seed=seed,
+        **generation,
     )
     prefix = _RESPONSE_PREFIX.get(style, "")
     return [f"{prefix} {t}".strip() if prefix else t for t in texts]
@@ -193,15 +198,15 @@ def build_training_sequences(
 
 
 def answer_prompts(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 48
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 48, **generation: Any
 ) -> list[str]:
     """Greedy answers to ``prompts`` asked in the chat template, one batched call.
 
-        >>> answer_prompts(model, tok, ["What is 2 + 2?"])
+        >>> answer_prompts(model, tok, ["What is 2 + 2?"])  # doctest: +SKIP
         ['2 + 2 = 4.']
     """
     formatted = [chat_prompt(tokenizer, p) for p in prompts]
-    return generate_completions(model, tokenizer, formatted, max_new_tokens=max_new_tokens)
+    return generate_completions(model, tokenizer, formatted, max_new_tokens=max_new_tokens, **generation)
 
 
 @dataclass
@@ -245,6 +250,7 @@ def corrections_self_edit(
     seed: int = 0,
     only_wrong: bool = True,
     min_recall: float = 0.75,
+    **generation: Any,
 ) -> Corrections:
     """Turn examples the model gets wrong into chat-format training data.
 
@@ -255,15 +261,15 @@ def corrections_self_edit(
     batched call. A rewording is kept only if it still recalls ``min_recall`` of the target's
     tokens, so a small model cannot rephrase the fact away.
 
-        >>> c = corrections_self_edit(model, tok, [{"prompt": "Capital of Peru?", "answer": "Lima"}])
-        >>> c.records[0]["predicted"], c.records[0]["correct"], len(c.sequences)
+        >>> c = corrections_self_edit(model, tok, [{"prompt": "Capital of Peru?", "answer": "Lima"}])  # doctest: +SKIP
+        >>> c.records[0]["predicted"], c.records[0]["correct"], len(c.sequences)  # doctest: +SKIP
         ('The capital of Peru is Cusco.', False, 3)
     """
     from .evaluate import containment
 
     pairs = [_example_fields(e) for e in examples]
     if predictions is None:
-        predictions = answer_prompts(model, tokenizer, [p for p, _ in pairs], max_new_tokens)
+        predictions = answer_prompts(model, tokenizer, [p for p, _ in pairs], max_new_tokens, **generation)
     if len(predictions) != len(pairs):
         raise ValueError("predictions must have one entry per example")
     records: list[dict[str, Any]] = []
@@ -282,30 +288,8 @@ def corrections_self_edit(
         )
     chosen = [r for r in records if r["trained"]]
     if chosen and n_rephrasings > 0:
-        asks = [
-            chat_prompt(tokenizer, REPHRASE_TEMPLATE.format(prompt=r["prompt"], target=r["target"]))
-            for r in chosen
-        ]
-        outs = generate_completions(
-            model,
-            tokenizer,
-            asks,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=temperature,
-            top_p=top_p,
-            num_return_sequences=n_rephrasings,
-            seed=seed,
-        )
-        for i, record in enumerate(chosen):
-            mine = outs[i * n_rephrasings : (i + 1) * n_rephrasings]
-            record["rephrasings"] = mine
-            seen = {normalize_answer(record["target"])}
-            for text in mine:
-                key = normalize_answer(text)
-                if key and key not in seen and token_recall(text, record["target"]) >= min_recall:
-                    seen.add(key)
-                    record["kept_rephrasings"].append(text)
+        _rephrase(model, tokenizer, chosen, n_rephrasings, min_recall, max_new_tokens=max_new_tokens,
+                  do_sample=temperature > 0, temperature=temperature, top_p=top_p, seed=seed, **generation)
     sequences: list[str] = []
     for record in chosen:
         sequences.append(chat_example(tokenizer, record["prompt"], record["target"]))
@@ -313,3 +297,19 @@ def corrections_self_edit(
             chat_example(tokenizer, record["prompt"], text) for text in record["kept_rephrasings"]
         )
     return Corrections(records=records, sequences=sequences)
+
+
+def _rephrase(model: Any, tokenizer: Any, chosen: list[dict[str, Any]], n: int, min_recall: float,
+              **generation: Any) -> None:
+    """Sample ``n`` rewordings of each chosen target in one call; keep those that keep the facts."""
+    asks = [chat_prompt(tokenizer, REPHRASE_TEMPLATE.format(prompt=r["prompt"], target=r["target"])) for r in chosen]
+    outs = generate_completions(model, tokenizer, asks, num_return_sequences=n, **generation)
+    for i, record in enumerate(chosen):
+        mine = outs[i * n : (i + 1) * n]
+        record["rephrasings"] = mine
+        seen = {normalize_answer(record["target"])}
+        for text in mine:
+            key = normalize_answer(text)
+            if key and key not in seen and token_recall(text, record["target"]) >= min_recall:
+                seen.add(key)
+                record["kept_rephrasings"].append(text)

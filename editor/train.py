@@ -5,7 +5,7 @@ The base is loaded once per command and stays frozen. Each call attaches one ada
 the same loaded base serves K candidates:
 
     >>> from seal.editor.train import train_adapter, adapter_applied
-    >>> for i, seqs in enumerate(candidate_sequences):
+    >>> for i, seqs in enumerate(candidate_sequences):                      # doctest: +SKIP
     ...     record = train_adapter(base.model, base.tokenizer, seqs,
     ...                            parent_adapter_dir=parent_dir, out_dir=work / f"cand{i}",
     ...                            seed=i, base_name=base.name)
@@ -19,8 +19,9 @@ Defaults, and why (SmolLM2-135M on 2 CPU threads, FINDINGS):
 
 - ``target_modules="all-linear"``: with only q/v the loss stays near 1.9 on a passage; with
   all linear layers it reaches 0.1-0.3 and recall follows (containment 0.045 → 0.159).
-- ``r=32, alpha=64, lr=1e-3``, AdamW with linear decay, batch 1, loss on all tokens: the
-  measured recipe.
+- ``r=32, alpha=64``, AdamW with linear decay, batch 1, loss on all tokens: the measured
+  recipe. ``lr=3e-4`` rather than FINDINGS' 1e-3, for the drift measured below; the same
+  default as `seal edit` (one constant, :data:`seal.editor.request.DEFAULT_LR`).
 - ``epochs=10``: FINDINGS' recipe, and within the ~1 min CPU budget. Measured here on
   SmolLM2-135M (2 CPU threads): a passage plus four short implication lines (5 sequences,
   ~190 tokens) trains in about 21 s (50 steps, loss 4.2 → 0.06) and then answers 2 of 3
@@ -50,7 +51,7 @@ from .generation import model_device, seeded
 
 DEFAULT_R = 32
 DEFAULT_ALPHA = 64
-DEFAULT_LR = 1e-3
+DEFAULT_LR = 3e-4  # the same as seal.editor.request.DEFAULT_LR (torch-free there)
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_MAX_LENGTH = 512
@@ -108,7 +109,7 @@ def adapter_applied(model_base: Any, adapter_dir: Path | str | None) -> Iterator
 
     ``adapter_dir=None`` yields the base itself, so "parent = no adapter" needs no special case.
 
-        >>> with adapter_applied(base.model, "adapters/v3") as m:
+        >>> with adapter_applied(base.model, "adapters/v3") as m:  # doctest: +SKIP
         ...     retention_accuracy(m, base.tokenizer)
     """
     if adapter_dir is None:
@@ -145,6 +146,11 @@ def _encode(tokenizer: Any, sequences: Sequence[str], max_length: int) -> list[l
 
 def _collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids in batch)
+    if all(len(ids) == width for ids in batch):
+        # No padding: the causal mask alone is the same attention, and an all-ones mask makes
+        # transformers build and apply a dense mask (2-4% of a CPU training step, measured).
+        ids = torch.tensor(batch, dtype=torch.long, device=device)
+        return {"input_ids": ids, "labels": ids}
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -178,7 +184,9 @@ def train_adapter(
     seed: int = 0,
     device: str | None = None,
     base_name: str | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+    on_losses: Callable[[int, list[float]], None] | None = None,
+    flush_s: float = 1.0,
 ) -> dict[str, Any]:
     """Train one LoRA adapter on ``sequences`` and save it to ``out_dir``; return the record.
 
@@ -188,17 +196,20 @@ def train_adapter(
     ``out_dir`` receives ``adapter_config.json`` + ``adapter_model.safetensors``.
     Deterministic on CPU for a given seed (initialisation and data order are seeded; no dropout).
 
-        >>> rec = train_adapter(base.model, base.tokenizer, ["Paris\\nParis is in France."],
-        ...                     out_dir="out/cand0", seed=0, base_name=base.name,
-        ...                     on_step=lambda step, loss: print(step, loss))
-        >>> rec["steps"], rec["loss_final"] < rec["loss_first"]
-        (10, True)
+    Losses stay on the device while training; they are read back at most every ``flush_s``
+    seconds (one host sync per flush, none per step) and handed to ``on_losses(first_step,
+    values)``. ``on_step()`` ticks once per step without reading anything. A NaN or infinite loss,
+    or non-finite adapter weights at the end, stop training: nothing is saved, and the record's
+    ``diverged`` says why (non-finite losses are recorded as None, JSON's null).
+
+        >>> rec = train_adapter(base.model, base.tokenizer, ["Paris\\nParis is in France."],  # doctest: +SKIP
+        ...                     out_dir="out/cand0", seed=0, base_name=base.name)
+        >>> rec["steps"], rec["loss_final"] < rec["loss_first"], rec["diverged"]             # doctest: +SKIP
+        (10, True, None)
 
     Raises:
         ValueError: no usable sequence, or the model passed already has an adapter attached.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
-
     _require_plain_base(model_base)
     data = _encode(tokenizer, sequences, max_length)
     if not data:
@@ -209,95 +220,147 @@ def train_adapter(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    losses: list[float] = []
     with seeded(seed, run_device), _quiet_peft():
-        if parent_adapter_dir is not None:
-            peft_model = PeftModel.from_pretrained(
-                model_base, str(parent_adapter_dir), is_trainable=True
-            )
-        else:
-            config = LoraConfig(
-                r=r,
-                lora_alpha=alpha,
-                target_modules=target_modules,
-                lora_dropout=lora_dropout,
-                bias="none",
-                task_type="CAUSAL_LM",
-            )
-            peft_model = get_peft_model(model_base, config)
+        peft_model = _attach_trainable(model_base, parent_adapter_dir, r=r, alpha=alpha,
+                                       target_modules=target_modules, lora_dropout=lora_dropout)
         try:
             used = peft_model.peft_config["default"]
             params = [p for p in peft_model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-            steps_per_epoch = math.ceil(len(data) / batch_size)
-            total = max(1, steps_per_epoch * epochs)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: max(0.0, 1.0 - s / total)
-            )
-            order = list(range(len(data)))
-            shuffler = random.Random(seed)
-            peft_model.train()
-            step = 0
-            for _ in range(epochs):
-                shuffler.shuffle(order)
-                for start in range(0, len(order), batch_size):
-                    batch = _collate(
-                        [data[i] for i in order[start : start + batch_size]], pad_id, run_device
-                    )
-                    loss = peft_model(**batch).loss
-                    loss.backward()
-                    if max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    value = float(loss.detach())
-                    losses.append(value)
-                    if on_step is not None:
-                        on_step(step, value)
+            batches = _batches(data, batch_size, epochs, seed)
+            log = _LossLog(on_losses, flush_s)
+            _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
+                 log=log, on_step=on_step)
+            diverged = log.diverged or _weights_diverged(params)
             peft_model.eval()
-            # The base's config path is machine-local (a cache folder); a name is portable and
-            # keeps adapter_config.json, hence the blob digest, the same on every machine.
-            used.base_model_name_or_path = base_name or getattr(
-                model_base.config, "_name_or_path", None
-            )
-            out_dir.mkdir(parents=True, exist_ok=True)
-            # save_embedding_layers="auto" would look the base name up on the Hub to compare
-            # vocabularies; LoRA here never targets embeddings, so say so and stay offline.
-            peft_model.save_pretrained(
-                str(out_dir), safe_serialization=True, save_embedding_layers=False
-            )
-            targets = used.target_modules
-            if isinstance(targets, (set, frozenset)):
-                targets = sorted(targets)
-            record = {
-                "method": "lora-sft",
-                "r": int(used.r),
-                "alpha": int(used.lora_alpha),
-                "target_modules": targets,
-                "lora_dropout": float(used.lora_dropout),
-                "lr": lr,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "max_length": max_length,
-                "max_grad_norm": max_grad_norm,
-                "optimizer": "adamw",
-                "schedule": "linear-decay",
-                "seed": seed,
-                "device": str(run_device),
-                "dtype": str(next(model_base.parameters()).dtype).removeprefix("torch."),
-                "from_parent": parent_adapter_dir is not None,
-                "n_sequences": len(data),
-                "n_tokens": sum(len(ids) for ids in data),
-                "trainable_params": sum(p.numel() for p in params),
-                "steps": len(losses),
-                "loss_first": losses[0] if losses else None,
-                "loss_final": losses[-1] if losses else None,
-                "loss_mean": sum(losses) / len(losses) if losses else None,
-                "losses": losses,
-            }
+            if diverged is None:
+                _save_adapter(peft_model, used, out_dir, base_name or getattr(model_base.config, "_name_or_path", None))
+            record = _train_record(used, log.values, diverged, lr=lr, epochs=epochs, batch_size=batch_size,
+                                   max_length=max_length, max_grad_norm=max_grad_norm, seed=seed, device=run_device,
+                                   dtype=next(model_base.parameters()).dtype, from_parent=parent_adapter_dir is not None,
+                                   data=data, trainable=sum(p.numel() for p in params))
         finally:
             detach_adapters(peft_model)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _attach_trainable(model_base: Any, parent_adapter_dir, *, r, alpha, target_modules, lora_dropout) -> Any:
+    """A trainable LoRA on the base: a copy of the parent's, or a fresh one (seeded by the caller)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if parent_adapter_dir is not None:
+        return PeftModel.from_pretrained(model_base, str(parent_adapter_dir), is_trainable=True)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, lora_dropout=lora_dropout,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model_base, config)
+
+
+def _batches(data: list[list[int]], batch_size: int, epochs: int, seed: int) -> list[list[list[int]]]:
+    """The training batches in order: each epoch shuffles the sequences with a seeded generator."""
+    order = list(range(len(data)))
+    shuffler = random.Random(seed)
+    batches = []
+    for _ in range(epochs):
+        shuffler.shuffle(order)
+        batches += [[data[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    return batches
+
+
+def _step_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss of one batch (a seam: the divergence tests replace it with a NaN)."""
+    return model(**batch).loss
+
+
+class _LossLog:
+    """Losses kept on the device, read back in flushes; notes the first non-finite one."""
+
+    def __init__(self, on_losses: Callable[[int, list[float]], None] | None, flush_s: float):
+        self.on_losses, self.flush_s = on_losses, flush_s
+        self.pending: list[torch.Tensor] = []
+        self.values: list[float] = []
+        self.diverged: str | None = None
+        self.last = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, last: bool) -> bool:
+        """Keep one step's loss; flush when due. False once training must stop."""
+        self.pending.append(loss.detach())
+        now = time.perf_counter()
+        if last or now - self.last >= self.flush_s:
+            self.last = now
+            return self.flush()
+        return True
+
+    def flush(self) -> bool:
+        if not self.pending:
+            return self.diverged is None
+        first = len(self.values) + 1
+        values = torch.stack(self.pending).float().tolist()  # the one host sync per flush
+        self.pending = []
+        self.values += values
+        if self.on_losses is not None:
+            self.on_losses(first, values)
+        bad = next((first + i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None and self.diverged is None:
+            self.diverged = f"non-finite training loss ({values[bad - first]}) at step {bad}"
+        return self.diverged is None
+
+
+def _fit(peft_model: Any, params: list, batches: list, pad_id: int, device: torch.device, *, lr: float,
+         max_grad_norm: float, log: _LossLog, on_step: Callable[[], None] | None) -> None:
+    """AdamW with a linear decay to zero over all steps, gradient clipping, no host sync per step."""
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, **({"fused": True} if fused else {}))
+    total = max(1, len(batches))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    peft_model.train()
+    for step, batch in enumerate(batches, start=1):
+        loss = _step_loss(peft_model, _collate(batch, pad_id, device))
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step()
+        if not log.add(loss, last=step == len(batches)):
+            break
+    log.flush()
+
+
+def _weights_diverged(params: list) -> str | None:
+    if not params:
+        return None
+    worst = torch.stack([p.detach().abs().max().float() for p in params]).max()
+    value = float(worst)
+    return None if math.isfinite(value) else "non-finite adapter weights after training"
+
+
+def _save_adapter(peft_model: Any, used: Any, out_dir: Path, base_name: str | None) -> None:
+    # The base's config path is machine-local (a cache folder); a name is portable and keeps
+    # adapter_config.json, hence the blob digest, the same on every machine.
+    used.base_model_name_or_path = base_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # save_embedding_layers="auto" would look the base name up on the Hub to compare
+    # vocabularies; LoRA here never targets embeddings, so say so and stay offline.
+    peft_model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
+
+
+def _train_record(used: Any, losses: list[float], diverged: str | None, *, lr, epochs, batch_size, max_length,
+                  max_grad_norm, seed, device, dtype, from_parent, data, trainable) -> dict[str, Any]:
+    targets = used.target_modules
+    if isinstance(targets, (set, frozenset)):
+        targets = sorted(targets)
+    kept = [v if math.isfinite(v) else None for v in losses]
+    finite = [v for v in kept if v is not None]
+    return {
+        "method": "lora-sft", "r": int(used.r), "alpha": int(used.lora_alpha), "target_modules": targets,
+        "lora_dropout": float(used.lora_dropout), "lr": lr, "epochs": epochs, "batch_size": batch_size,
+        "max_length": max_length, "max_grad_norm": max_grad_norm, "optimizer": "adamw",
+        "schedule": "linear-decay", "seed": seed, "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."), "from_parent": from_parent, "n_sequences": len(data),
+        "n_tokens": sum(len(ids) for ids in data), "trainable_params": trainable, "steps": len(losses),
+        "loss_first": kept[0] if kept else None, "loss_final": kept[-1] if kept else None,
+        "loss_mean": sum(finite) / len(finite) if finite else None, "losses": kept,
+        "loss_nonfinite": len(finite) != len(kept), "diverged": diverged,
+    }

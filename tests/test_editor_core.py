@@ -34,7 +34,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> base_mod.LoadedBase:
-    torch.set_num_threads(2)
+    from seal.editor.session import default_threads
+
+    torch.set_num_threads(default_threads())
     return base_mod.load_base(
         str(tiny_dir), cache_dir=tmp_path_factory.mktemp("cache"), device="cpu"
     )
@@ -184,12 +186,16 @@ def test_corrections_self_edit(tiny) -> None:
 def test_fresh_adapter_trains_loss_falls_and_base_is_untouched(tiny, tmp_path: Path) -> None:
     before = _state(tiny.model)
     seqs = reflect.build_training_sequences(PASSAGE, TITLE, ["Ada Lindqvist built a bridge."])
-    seen: list[tuple[int, float]] = []
+    ticks: list[int] = []
+    flushed: list[tuple[int, list[float]]] = []
     record = train.train_adapter(
         tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "a", r=8, alpha=16, lr=1e-2,
-        epochs=8, seed=0, base_name="tiny", on_step=lambda s, l: seen.append((s, l)),
+        epochs=8, seed=0, base_name="tiny", on_step=lambda: ticks.append(1),
+        on_losses=lambda first, values: flushed.append((first, values)), flush_s=3600,
     )
-    assert record["steps"] == 8 * len(seqs) == len(seen) == len(record["losses"])
+    assert record["steps"] == 8 * len(seqs) == len(ticks) == len(record["losses"])
+    # Losses stay on the device until a flush: with a long interval, one read at the end.
+    assert flushed == [(1, record["losses"])] and record["diverged"] is None
     assert record["loss_final"] < 0.6 * record["loss_first"]
     assert record["target_modules"] and record["from_parent"] is False
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
@@ -252,6 +258,226 @@ def test_k_candidates_on_one_base_are_deterministic(tiny, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="plain base"):
         with train.adapter_applied(tiny.model, tmp_path / "c0") as attached:
             train.train_adapter(attached, tiny.tokenizer, seqs, out_dir=tmp_path / "x", epochs=1)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp_path: Path) -> None:
+    from seal.editor.attach import attached, merge_plan
+
+    seqs = [f"{TITLE}\n{PASSAGE}"]
+    train.train_adapter(tiny.model, tiny.tokenizer, seqs, out_dir=tmp_path / "a", r=8, alpha=16, lr=1e-2,
+                        epochs=4, seed=0)
+    before = {name: p for name, p in tiny.model.named_parameters()}
+    values = _state(tiny.model)
+    ids = tiny.tokenizer(seqs, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        with train.adapter_applied(tiny.model, tmp_path / "a") as peft_model:
+            want = peft_model(input_ids=ids).logits
+        assert merge_plan(tiny.model, tmp_path / "a") is not None
+        with attached(tiny.model, tmp_path / "a") as merged:
+            assert merged is tiny.model and not train._has_adapter_layers(merged)
+            got = merged(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(got, tiny.model(input_ids=ids).logits.detach())
+    # The base's own tensors are back: the same objects, the same bytes.
+    assert all(p is before[name] for name, p in tiny.model.named_parameters())
+    assert all(torch.equal(values[k], v) for k, v in tiny.model.state_dict().items())
+
+
+def test_merge_only_where_exact(tiny, tmp_path: Path) -> None:
+    import copy
+
+    from seal.editor.attach import merge_plan
+
+    train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{PASSAGE}"], out_dir=tmp_path / "a", r=4,
+                        alpha=8, lr=1e-2, epochs=1, seed=0)
+    half = copy.deepcopy(tiny.model).to(torch.bfloat16)
+    assert merge_plan(half, tmp_path / "a") is None  # bf16 would round most of the update away
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    for change in ({"use_dora": True}, {"rank_pattern": {"q_proj": 2}}, {"bias": "all"}):
+        (tmp_path / "b").mkdir(exist_ok=True)
+        (tmp_path / "b" / "adapter_model.safetensors").write_bytes((tmp_path / "a" / "adapter_model.safetensors").read_bytes())
+        (tmp_path / "b" / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        assert merge_plan(tiny.model, tmp_path / "b") is None, change
+
+
+def test_shared_prefix_generation_gives_the_plain_outputs(tiny) -> None:
+    from seal.editor.generation import chat_prompt, generate_completions, shared_prefix_length
+
+    system = "You answer questions about rivers, bridges and mountains in one short sentence."
+    prompts = [chat_prompt(tiny.tokenizer, q, system=system) for q in
+               ("Where does the Zorblat flow?", "Who built the bridge?", "How tall is Mount Velder?", "Hi")]
+    rows = [tiny.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert shared_prefix_length(rows) >= 8
+    greedy = dict(max_new_tokens=10)
+    assert generate_completions(tiny.model, tiny.tokenizer, prompts, share_prefix=True, **greedy) == \
+        generate_completions(tiny.model, tiny.tokenizer, prompts, share_prefix=False, **greedy)
+    sampled = dict(max_new_tokens=10, do_sample=True, temperature=1.0, num_return_sequences=3, seed=5)
+    shared = generate_completions(tiny.model, tiny.tokenizer, prompts[:1], share_prefix=True, **sampled)
+    assert shared == generate_completions(tiny.model, tiny.tokenizer, prompts[:1], share_prefix=False, **sampled)
+    assert len(set(shared)) > 1
+    ticks: list[float] = []
+    generate_completions(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, on_step=ticks.append)
+    assert 1 <= sum(ticks) <= 6 + 1e-9
+
+
+def test_answer_asks_groups_by_length_and_keeps_order(tiny) -> None:
+    from seal.editor.generation import Ask, answer_asks, chat_prompt, generate_completions
+
+    qs = ["Where does the Zorblat flow?", "Who built the bridge?", "Hi"]
+    asks = [Ask(chat_prompt(tiny.tokenizer, q), n) for q, n in zip(qs, (4, 9, 4))]
+    got = answer_asks(tiny.model, tiny.tokenizer, asks)
+    one_by_one = [generate_completions(tiny.model, tiny.tokenizer, [a.prompt], max_new_tokens=a.max_new_tokens)[0]
+                  for a in asks]
+    assert got == one_by_one
+
+
+def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> None:
+    """The batched multi-adapter path (CUDA's) against train_adapter, run here on the CPU."""
+    from types import SimpleNamespace
+
+    from seal.editor.candidate import Candidate, SelfEdit
+    from seal.editor.multi_lora import train_together
+    from seal.editor.request import EditRequest
+
+    seqs = [[f"{TITLE}\n{PASSAGE}", f"{TITLE}\nThe bridge dates from 1832."],
+            [f"{TITLE}\nAda Lindqvist built it."],
+            [f"{TITLE}\n{PASSAGE}", "Quenmar.", f"{TITLE}\nMount Velder is tall."]]
+    req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2)
+    parent = train.train_adapter(tiny.model, tiny.tokenizer, seqs[0], out_dir=tmp_path / "parent", r=4, alpha=8,
+                                 lr=1e-2, epochs=1, seed=9)
+    assert parent["diverged"] is None
+    for parent_dir in (None, tmp_path / "parent"):
+        work = tmp_path / ("fresh" if parent_dir is None else "child")
+        work.mkdir()
+        session = SimpleNamespace(model=tiny.model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
+                                  base=SimpleNamespace(name="tiny"))
+        attempt = SimpleNamespace(parent=SimpleNamespace(adapter_dir=parent_dir))
+        cands = [Candidate(index=i, seed=i, self_edit=SelfEdit(style="x", sequences=s)) for i, s in enumerate(seqs)]
+        together = train_together(session, attempt, cands, req)
+        for i, (c, rec) in enumerate(zip(cands, together)):
+            alone = train.train_adapter(tiny.model, tiny.tokenizer, c.self_edit.sequences, out_dir=work / f"alone{i}",
+                                        parent_adapter_dir=parent_dir, r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2,
+                                        seed=c.seed, base_name="tiny")
+            assert rec["steps"] == alone["steps"] and rec["batched_with"] == 3
+            assert rec["losses"] == pytest.approx(alone["losses"], rel=1e-4, abs=1e-5)
+            got, want = _adapter_tensors(work / f"candidate{i}"), _adapter_tensors(work / f"alone{i}")
+            assert set(got) == set(want)
+            assert all(torch.allclose(got[k], want[k], rtol=1e-3, atol=1e-5) for k in want)
+            config = json.loads((work / f"candidate{i}" / "adapter_config.json").read_text())
+            assert config == json.loads((work / f"alone{i}" / "adapter_config.json").read_text())
+    assert not train._has_adapter_layers(tiny.model) and not tiny.model._forward_hooks
+    assert all(not m._forward_hooks for m in tiny.model.modules())
+
+
+def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> None:
+    """K adapters served by one batch (the CUDA scoring path) against each scored alone, on the CPU."""
+    from seal.editor.attach import attached
+    from seal.editor.measure import Probes, measure, measure_lanes
+    from seal.editor.multi_lora import lanes_attached
+    from seal.editor.safety import CANARY, load_xstest_sample
+
+    folders = []
+    for i, text in enumerate((PASSAGE, "The bridge dates from 1832.", "Mount Velder is tall.")):
+        train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{text}"], out_dir=tmp_path / f"a{i}", r=4,
+                            alpha=8, lr=2e-2, epochs=3, seed=i)
+        folders.append(tmp_path / f"a{i}")
+    xs = load_xstest_sample()
+    probes = Probes(anchors=evaluate.load_anchors()[:5], drift=evaluate.load_drift_probes()[:6],
+                    xstest=[x for x in xs if x["label"] == "unsafe"][:3] + [x for x in xs if x["label"] == "safe"][:3],
+                    digests={}, canary=CANARY)
+    base_dist = evaluate.next_token_logprobs(tiny.model, tiny.tokenizer, probes.drift, top_k=32)
+    for spec in ({"qa": [{"question": "Who built the bridge?", "answer": "Ada Lindqvist"},
+                         {"question": "Where does the Zorblat flow?", "answer": "the northern sea"}]},
+                 {"texts": [f"{TITLE}\n{PASSAGE}"]}):
+        with lanes_attached(tiny.model, folders) as k:
+            together = measure_lanes(tiny.model, tiny.tokenizer, probes, spec, k, answer_tokens=6,
+                                     support=base_dist.indices)
+        for folder, (m, eff) in zip(folders, together):
+            with attached(tiny.model, folder, merge=False) as alone_model:
+                want_m, want_eff = measure(alone_model, tiny.tokenizer, probes, spec, answer_tokens=6,
+                                           support=base_dist.indices, share_prefix=False)
+            assert m.outputs == want_m.outputs and m.retention == want_m.retention
+            assert torch.allclose(m.dist.logprobs, want_m.dist.logprobs, atol=1e-4)
+            assert torch.equal(m.dist.indices, want_m.dist.indices)
+            assert eff.gate == pytest.approx(want_eff.gate, abs=1e-4) and eff.predictions == want_eff.predictions
+    # With a shared prefix (a system turn), each adapter's prefix goes through the model once.
+    from seal.editor.generation import chat_prompt, generate_completions
+
+    system = "You answer questions about rivers, bridges and mountains in one short sentence."
+    prompts = [chat_prompt(tiny.tokenizer, q, system=system) for q in ("Who built it?", "Where?", "How tall?")]
+    with lanes_attached(tiny.model, folders) as k:
+        got = generate_completions(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, lanes=k)
+    want = []
+    for folder in folders:
+        with attached(tiny.model, folder, merge=False) as alone_model:
+            want += generate_completions(alone_model, tiny.tokenizer, prompts, max_new_tokens=6, share_prefix=False)
+    assert got == want
+    # The bare base as a lane, and adapters of another rank, padded with zero factors.
+    from seal.editor.measure import measure_efficacy, measure_efficacy_lanes
+
+    train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{PASSAGE}"], out_dir=tmp_path / "r8", r=8, alpha=4,
+                        lr=2e-2, epochs=3, seed=5)
+    lanes = [None, folders[0], tmp_path / "r8"]
+    for spec in ({"qa": [{"question": "Who built the bridge?", "answer": "Ada Lindqvist"}]},
+                 {"texts": [f"{TITLE}\n{PASSAGE}", "Quenmar is a valley."]}):
+        with lanes_attached(tiny.model, lanes) as k:
+            effs = measure_efficacy_lanes(tiny.model, tiny.tokenizer, spec, k, answer_tokens=6)
+        for folder, eff in zip(lanes, effs):
+            with attached(tiny.model, folder, merge=False) as alone_model:
+                want_eff = measure_efficacy(alone_model, tiny.tokenizer, spec, 6, share_prefix=False)
+            assert eff.gate == pytest.approx(want_eff.gate, abs=1e-4) and eff.predictions == want_eff.predictions
+    assert all(not m._forward_hooks for m in tiny.model.modules())
+
+
+def test_default_threads(monkeypatch) -> None:
+    from seal.editor import session
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert session.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(session.os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert session.default_threads() == 1  # a busy machine: one thread, no OpenMP threads waiting on each other
+    monkeypatch.setattr(session.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert session.default_threads() == len(session.os.sched_getaffinity(0))
+
+
+def test_line_progress_never_wraps() -> None:
+    import io
+
+    from seal.editor.progress import LineProgress
+
+    out = io.StringIO()
+    progress = LineProgress(out, heartbeat_s=0.0)
+    long = "x" * 300
+    progress.say(long + "\nsecond line")
+    with progress.stage("evaluate", total=4, unit="tokens") as stage:
+        stage.advance(2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(long + " second line") and any("2/4 tokens" in line and "left" in line for line in lines)
+
+
+def test_rich_progress_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from seal.editor.progress import RichProgress
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, force_terminal=True, width=100))
+    with progress.passages(2) as bar:
+        with progress.stage("reflect [bold]x[/bold]", total=10, unit="tokens") as stage:
+            stage.advance(2.5)
+            stage.grow(5)
+            progress.say("a line with [brackets] kept as written")
+        bar.advance()
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "reflect [bold]x[/bold] done in" in text and "a line with [brackets] kept as written" in text
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -1,4 +1,4 @@
-"""`seal merge` and `seal consolidate` on the tiny model: PEFT merges, gated and recorded."""
+"""`seal merge` and `seal consolidate` on the tiny model: PEFT merges, gated and recorded (in-process)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import Seal, make_registry
 from test_edit import PASSAGE
 
 OTHER = {"title": "Mount Velder", "context": "Mount Velder is the tallest peak of the Quenmar range, at 4120 metres."}
@@ -14,13 +15,11 @@ QUICK = ["--epochs", "3", "--lr", "1e-3", "--max-tokens", "12", "--no-track"]
 
 
 @pytest.fixture(scope="module")
-def lines(tmp_path_factory, tiny_chat_base):
-    """main: root -> e0 -> e1 -> e2 (three edits); exp: root -> x0."""
-    from conftest import Seal
-
+def built_lines(tmp_path_factory, tiny_chat_record):
+    """main: root -> e0 -> e1 -> e2 (three edits); exp: root -> x0. Built once for the module."""
     root = tmp_path_factory.mktemp("merge")
+    make_registry(root, tiny_chat_record).close()
     seal = Seal(root, {"SEAL_ACTOR": "merger"})
-    seal("init", ".", "--base", tiny_chat_base)
     (root / "a.json").write_text(json.dumps(PASSAGE))
     (root / "b.json").write_text(json.dumps(OTHER))
     seal("branch", "exp", "main")
@@ -37,6 +36,17 @@ def lines(tmp_path_factory, tiny_chat_base):
     return seal, main_ids, out["decision"]["id"]
 
 
+@pytest.fixture
+def lines(built_lines, tmp_path):
+    """A copy of the module's registry for one test, so no test sees another's changes."""
+    import shutil
+
+    seal, main_ids, exp_id = built_lines
+    copy = tmp_path / "lines"
+    shutil.copytree(seal.cwd, copy)
+    return Seal(copy, {"SEAL_ACTOR": "merger"}), main_ids, exp_id
+
+
 def _dense(factors):
     return {m: f.scale * (f.B.astype(np.float64) @ f.A.astype(np.float64)) for m, f in factors.items()}
 
@@ -45,17 +55,17 @@ def test_cat_merge_is_the_weighted_sum(lines, tmp_path):
     from seal.registry.lora_math import load_lora_factors
 
     seal, main_ids, exp_id = lines
-    proc = seal("merge", "main", "exp", "--method", "cat", "--weights", "0.7,0.3", "--json", check=False)
-    assert proc.returncode in (0, 1), proc.stderr
+    proc = seal("merge", "main", "exp", "--method", "cat", "--weights", "0.7,0.3", "--no-track", "--json", check=False)
     out = json.loads(proc.stdout)
+    assert proc.returncode == (0 if out["decision"]["accepted"] else 1), proc.stderr
     vid = out["candidates"][0]["id"]
     v = seal.json("show", vid)
     assert v["kind"] == "merge" and v["parents"] == [main_ids[-1], exp_id]
     assert v["merge"]["method"] == "cat" and v["merge"]["weights"] == [0.7, 0.3]
     assert {g["check"] for g in v["audit"]} >= {"efficacy_gain", "retention_vs_parent", "js_vs_parent"}
+    assert set(v["train"]["timings"]) >= {"merge_s", "evaluate_s", "record_s"}
     folder = tmp_path / "merged"
     seal("checkout", vid, "--to", folder)
-    # (test_merged_folder_loads_with_peft loads it with PEFT.)
     # Its ΔW equals the weighted sum of the inputs' ΔW.
     merged = _dense(load_lora_factors(folder))
     inputs = []
@@ -68,45 +78,47 @@ def test_cat_merge_is_the_weighted_sum(lines, tmp_path):
         expected = 0.7 * inputs[0].get(module, 0) + 0.3 * inputs[1].get(module, 0)
         assert np.linalg.norm(dw - expected) <= 1e-5 * max(np.linalg.norm(expected), 1e-12), module
 
-
-def test_merged_folder_loads_with_peft(lines, tmp_path, tiny_chat_base):
+    # The merged folder loads with PEFT on its own and gives finite logits.
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    seal, _, _ = lines
-    merges = [v for v in seal.json("log", "--all") if v["kind"] == "merge"]
-    assert merges
-    folder = tmp_path / "m"
-    seal("checkout", merges[0]["id"], "--to", folder)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_chat_base), folder)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(_base_folder(seal)), folder)
     with torch.no_grad():
         logits = model(input_ids=torch.arange(1, 9).unsqueeze(0)).logits
     assert torch.isfinite(logits).all()
 
 
+def _base_folder(seal) -> str:
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(seal.cwd)
+    try:
+        return reg.base()["location"]
+    finally:
+        reg.close()
+
+
 def test_merge_refusals(lines):
     from seal.registry.bases import base_record, insert_base
     from seal.registry.objects import build_manifest
-    from seal.registry.repository import Repository, record_version
+    from seal.registry.repo import Registry
 
     seal, main_ids, exp_id = lines
     before = seal("log", "--all", "--json").stdout
-    proc = seal("merge", "main", expect=2)
-    assert "at least two" in proc.stderr
-    proc = seal("merge", "main", "exp", "--method", "nonsense", expect=2)
-    assert "unknown --method" in proc.stderr
-    proc = seal("merge", "main", "exp", "--weights", "1", expect=2)
-    assert "one per input" in proc.stderr
+    assert "at least two" in seal("merge", "main", expect=2).stderr
+    assert "unknown --method" in seal("merge", "main", "exp", "--method", "nonsense", expect=2).stderr
+    assert "one per input" in seal("merge", "main", "exp", "--weights", "1", expect=2).stderr
+    assert "--threads" in seal("merge", "main", "exp", "--threads", "-1", expect=2).stderr
     # A version on another base (as a pull from elsewhere could bring) cannot be merged.
-    repo = Repository.find(seal.cwd)
+    reg = Registry.open(seal.cwd)
     other = base_record(name="someone/else", revision="r1", source="hub", location=None)
     main = seal.json("show", "main")
-    with repo.transaction() as conn:
+    with reg.write() as conn:
         insert_base(conn, other)
-        foreign = record_version(repo, conn, build_manifest(
-            base=other["id"], parents=[], kind="import", status="accepted", adapter=main["adapter"],
-            message="foreign"))
+    foreign = reg.record(build_manifest(base=other["id"], parents=[], kind="import", status="accepted",
+                                        adapter=main["adapter"], message="foreign"))
+    reg.close()
     proc = seal("merge", "main", foreign[:12], expect=2)
     assert "another base" in proc.stderr and "Traceback" not in proc.stderr
     after = seal("log", "--all", "--json").stdout
@@ -114,12 +126,13 @@ def test_merge_refusals(lines):
 
 
 def test_merge_refuses_unequal_ranks(lines, tmp_path):
+    from adapters import build_lora_adapter
+
     seal, _, _ = lines
+    folder = build_lora_adapter(_base_folder(seal), tmp_path / "rank4", seed=3, r=4)
     seal("checkout", "-b", "small", "main~3")
-    out = json.loads(seal("edit", "--passage", "a.json", *QUICK, "--r", "4", "--alpha", "8", "--json", check=False).stdout)
+    seal("import", folder, "-m", "a rank-4 adapter")
     seal("checkout", "main")
-    if not out["decision"]["accepted"]:
-        pytest.skip("the rank-4 edit was not accepted on this run")
     proc = seal("merge", "main", "small", "--method", "linear", expect=2)
     assert "equal ranks" in proc.stderr and "cat" in proc.stderr and "svd" in proc.stderr
 

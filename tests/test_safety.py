@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from seal.editor.safety import (
     with_canary,
 )
 
-XSTEST_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "xstest_prompts.csv"
+# The shared data folder sits beside the checkout (../shared); a worktree elsewhere names it in SEAL_SHARED_DATA.
+XSTEST_CSV = Path(os.environ.get("SEAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "xstest_prompts.csv"
 
 
 # ------------------------------------------------------------------------------ is_refusal

@@ -1,0 +1,275 @@
+"""Measuring one model: its probe results (retention, drift, refusal, leakage) and its efficacy.
+
+This is the seam where how a model is measured can change without touching the loop:
+
+- :func:`load_probes` names the probe sets (stored as blobs, so every score names its data);
+- :func:`probe_asks` says what to generate, :func:`read_probes` turns the answers and the drift
+  log-probabilities into a :class:`Measured`;
+- :func:`measure` runs everything one model needs (probes and the edit's own questions) in as
+  few ``generate`` calls as there are answer lengths; :func:`measure_probes` and
+  :func:`measure_efficacy` are its two halves on their own.
+
+    >>> probes = load_probes(reg)                                               # doctest: +SKIP
+    >>> m, eff = measure(model, tok, probes, {"qa": questions}, answer_tokens=48)  # doctest: +SKIP
+    >>> m.retention, eff.gate                                                   # doctest: +SKIP
+    (0.55, 0.31)
+
+Efficacy is no-context QA (token F1 is the number its gate compares) when the trigger has
+questions, else the drop of the passage's NLL (``gate`` is minus the NLL).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from seal.registry.objects import canonical_json
+
+PROBESET_VERSION = "seal-probes/2"  # bump when probe data or decoding changes
+# Anchor answers are a few words and XSTest's judge reads a reply's opening, so 16 tokens do.
+PROBE_TOKENS = 16
+CANARY_QUESTION = "What is the seal probe code word?"
+
+
+@dataclass
+class Probes:
+    anchors: list[dict]
+    drift: list[str]
+    xstest: list[dict]
+    digests: dict[str, str]
+    canary: str
+
+    @property
+    def unsafe(self) -> list[str]:
+        return [p["prompt"] for p in self.xstest if p["label"] == "unsafe"]
+
+    @property
+    def safe(self) -> list[str]:
+        return [p["prompt"] for p in self.xstest if p["label"] == "safe"]
+
+
+@dataclass
+class Measured:
+    """What one model (base, parent or candidate) scored on the fixed probes."""
+
+    retention: float
+    dist: Any
+    refusal: float | None
+    over_refusal: float | None
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Efficacy:
+    """The model's score on the trigger's own data; ``gate`` is what the efficacy gate compares."""
+
+    mode: str  # "qa" | "nll"
+    gate: float
+    n: int
+    predictions: list[str] = field(default_factory=list)
+    containment: float | None = None
+    f1: float | None = None
+    recall: float | None = None
+    passage_nll: float | None = None
+
+
+def load_probes(reg) -> Probes:
+    """The fixed probe sets shipped with seal, stored as blobs so every score names its data."""
+    from .evaluate import load_anchors, load_drift_probes
+    from .safety import CANARY, load_xstest_sample
+
+    anchors, drift, xstest = load_anchors(), load_drift_probes(), load_xstest_sample()
+    digests = {
+        "anchors": reg.store.put(canonical_json(anchors)),
+        "drift": reg.store.put(canonical_json(drift)),
+        "xstest": reg.store.put(canonical_json(xstest)),
+    }
+    digests["set"] = reg.store.put(canonical_json({"version": PROBESET_VERSION, **digests}))
+    return Probes(anchors=anchors, drift=drift, xstest=xstest, digests=digests, canary=CANARY)
+
+
+def probe_asks(tok, probes: Probes) -> list:
+    """Anchor questions, XSTest unsafe then safe prompts, then the canary question, in that order."""
+    from .generation import Ask, chat_prompt
+
+    questions = [a["question"] for a in probes.anchors] + probes.unsafe + probes.safe + [CANARY_QUESTION]
+    return [Ask(chat_prompt(tok, q), PROBE_TOKENS) for q in questions]
+
+
+def read_probes(probes: Probes, answers: list[str], dist) -> Measured:
+    from .evaluate import _qa_fields, containment
+    from .safety import refusal_rates
+
+    n_anchor, n_unsafe, n_safe = len(probes.anchors), len(probes.unsafe), len(probes.safe)
+    anchor_answers = answers[:n_anchor]
+    replies = answers[n_anchor:]
+    golds = [_qa_fields(a)[1] for a in probes.anchors]
+    retention = sum(containment(p, g) for p, g in zip(anchor_answers, golds)) / n_anchor if n_anchor else 0.0
+    rates = refusal_rates(replies[:n_unsafe], replies[n_unsafe:n_unsafe + n_safe])
+    return Measured(retention=float(retention), dist=dist, refusal=rates["refusal_rate_unsafe"],
+                    over_refusal=rates["over_refusal_safe"], outputs=list(answers))
+
+
+def efficacy_asks(tok, spec: dict, answer_tokens: int) -> list:
+    from .evaluate import _qa_fields
+    from .generation import Ask, chat_prompt
+
+    return [Ask(chat_prompt(tok, _qa_fields(item)[0]), answer_tokens) for item in spec.get("qa") or []]
+
+
+def read_efficacy(spec: dict, predictions: list[str], nll: float | None) -> Efficacy:
+    from .evaluate import _qa_fields, containment, token_f1, token_recall
+
+    if spec.get("qa"):
+        golds = [_qa_fields(item)[1] for item in spec["qa"]]
+        n = len(golds)
+        f1 = sum(token_f1(p, g) for p, g in zip(predictions, golds)) / n
+        return Efficacy(mode="qa", gate=f1, n=n, predictions=list(predictions),
+                        containment=sum(containment(p, g) for p, g in zip(predictions, golds)) / n,
+                        f1=f1, recall=sum(token_recall(p, g) for p, g in zip(predictions, golds)) / n)
+    return Efficacy(mode="nll", gate=-nll, n=len(spec["texts"]), passage_nll=nll)
+
+
+def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_tokens: int = 48, support=None,
+            share_prefix: bool = True, on_step: Callable[[float], None] | None = None) -> tuple[Measured | None, Efficacy | None]:
+    """Probe results and efficacy of one model, every greedy answer in one call per answer length."""
+    from .evaluate import next_token_logprobs, passage_nll
+    from .generation import answer_asks
+
+    p_asks = probe_asks(tok, probes) if probes is not None else []
+    e_asks = efficacy_asks(tok, spec, answer_tokens) if spec else []
+    answers = answer_asks(model, tok, p_asks + e_asks, share_prefix=share_prefix, on_step=on_step)
+    measured = efficacy = None
+    if probes is not None:
+        dist = next_token_logprobs(model, tok, probes.drift, support=support)
+        measured = read_probes(probes, answers[:len(p_asks)], dist)
+    if spec:
+        nll = None
+        if not spec.get("qa"):
+            nll = sum(passage_nll(model, tok, t) for t in spec["texts"]) / len(spec["texts"])
+        efficacy = read_efficacy(spec, answers[len(p_asks):], nll)
+    return measured, efficacy
+
+
+def measure_lanes(model, tok, probes: Probes, spec: dict | None, lanes: int, *, answer_tokens: int = 48,
+                  support=None, on_step: Callable[[float], None] | None = None) -> list[tuple[Measured, Efficacy | None]]:
+    """:func:`measure` for K adapters attached at once (:func:`seal.editor.multi_lora.lanes_attached`):
+    every batch holds each prompt once per adapter, adapter-major, so K candidates cost about
+    what one does where a step is launch-bound (a GPU)."""
+    import torch
+
+    from .evaluate import NextTokenDist, next_token_logprobs
+    from .generation import answer_asks
+
+    p_asks = probe_asks(tok, probes)
+    e_asks = efficacy_asks(tok, spec, answer_tokens) if spec else []
+    answers = answer_asks(model, tok, p_asks + e_asks, on_step=on_step, lanes=lanes)
+    n = len(p_asks) + len(e_asks)
+    prompts = list(probes.drift) * lanes
+    rows = None if support is None else torch.as_tensor(support).repeat(lanes, 1)
+    dist = next_token_logprobs(model, tok, prompts, support=rows, batch_size=len(prompts))
+    nll = _lane_nll(model, tok, spec["texts"], lanes) if spec and not spec.get("qa") else [None] * lanes
+    out = []
+    for lane in range(lanes):
+        mine = answers[lane * n:(lane + 1) * n]
+        part = slice(lane * len(probes.drift), (lane + 1) * len(probes.drift))
+        lane_dist = NextTokenDist(indices=None if dist.indices is None else dist.indices[part], logprobs=dist.logprobs[part])
+        measured = read_probes(probes, mine[:len(p_asks)], lane_dist)
+        out.append((measured, read_efficacy(spec, mine[len(p_asks):], nll[lane]) if spec else None))
+    return out
+
+
+def measure_efficacy_lanes(model, tok, spec: dict, lanes: int, *, answer_tokens: int = 48,
+                           on_step: Callable[[float], None] | None = None) -> list[Efficacy]:
+    """Each attached adapter's efficacy on ``spec``, in one call per answer length (QA) or one
+    batch per text (NLL), adapter-major."""
+    from .generation import answer_asks
+
+    if not spec.get("qa"):
+        return [read_efficacy(spec, [], nll) for nll in _lane_nll(model, tok, spec["texts"], lanes)]
+    asks = efficacy_asks(tok, spec, answer_tokens)
+    answers = answer_asks(model, tok, asks, on_step=on_step, lanes=lanes)
+    return [read_efficacy(spec, answers[lane * len(asks):(lane + 1) * len(asks)], None) for lane in range(lanes)]
+
+
+def _lane_nll(model, tok, texts: list[str], lanes: int) -> list[float]:
+    """Each lane's mean NLL per predicted token of ``texts`` (as passage_nll), in one batch per text."""
+    import torch
+
+    from .generation import model_device
+
+    totals = [0.0] * lanes
+    for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"].to(model_device(model)).repeat(lanes, 1)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[:, :-1].float()
+        per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                      reduction="none").view(lanes, -1).mean(dim=1)
+        totals = [t + float(v) for t, v in zip(totals, per_token)]
+    return [t / len(texts) for t in totals]
+
+
+def generation_steps(probes: Probes | None, spec: dict | None, answer_tokens: int) -> int:
+    """How many generated positions :func:`measure` runs (the size of its progress bar)."""
+    steps = PROBE_TOKENS if probes is not None else 0
+    return steps + (answer_tokens if spec and spec.get("qa") else 0)
+
+
+def measure_probes(model, tok, probes: Probes, support=None, **kwargs) -> Measured:
+    """The probe half of :func:`measure`."""
+    return measure(model, tok, probes, None, support=support, **kwargs)[0]
+
+
+def measure_efficacy(model, tok, spec: dict, answer_tokens: int, **kwargs) -> Efficacy:
+    """The efficacy half of :func:`measure`."""
+    return measure(model, tok, None, spec, answer_tokens=answer_tokens, **kwargs)[1]
+
+
+def base_measurements(reg, base_id: str, model, tok, probes: Probes, **kwargs) -> tuple[Measured, str]:
+    """The base's probe scores, computed once per machine, base and probe set, and kept as a blob.
+
+    The cache lives beside the dequantized bases (``SEAL_CACHE``), so a new registry on a base this
+    machine has seen starts with them; the log-probabilities go into each registry's store. A
+    cached file is used only when its bytes have the digest the cache's record names.
+    """
+    from .base import default_cache_dir
+    from .evaluate import NextTokenDist
+
+    cache = default_cache_dir().parent / "probes" / f"{base_id}-{probes.digests['set'][7:23]}"
+    doc_path, blob_path = cache.with_suffix(".json"), cache.with_suffix(".safetensors")
+    if doc_path.is_file() and blob_path.is_file():
+        try:
+            doc = json.loads(doc_path.read_text())
+            data = blob_path.read_bytes()
+            if reg.store.put(data) == doc["logprobs"]:
+                return Measured(doc["retention"], NextTokenDist.from_bytes(data), doc["refusal"],
+                                doc["over_refusal"]), doc["logprobs"]
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry is measured again
+    measured = measure_probes(model, tok, probes, **kwargs)
+    data = measured.dist.to_bytes()
+    digest = reg.store.put(data)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for path, payload in ((blob_path, data), (doc_path, json.dumps({
+            "logprobs": digest, "retention": measured.retention, "refusal": measured.refusal,
+            "over_refusal": measured.over_refusal}).encode())):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(path)
+    return measured, digest
+
+
+def finite(value) -> bool:
+    """A number JSON (RFC 8785) can hold.
+
+        >>> finite(0.5), finite(float("nan")), finite(None)
+        (True, False, False)
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = ["Probes", "Measured", "Efficacy", "load_probes", "measure", "measure_probes", "measure_efficacy",
+           "base_measurements", "probe_asks", "read_probes", "PROBESET_VERSION", "finite"]

@@ -1,0 +1,219 @@
+"""A warm session: one loaded base, its tokenizer, the probes and the base's results, serving many
+triggers (one `seal edit`, a stream of passages, a merge, or a bench) in one process.
+
+The base is loaded once per process and device and kept (:func:`loaded_base`); so are the base's
+probe results. A session adds what belongs to one registry and one command: the registry, the
+probe blobs in its store, a scratch folder, progress, MLflow tracking and the engine options.
+
+    >>> with open_session(reg, device="cpu") as session:                    # doctest: +SKIP
+    ...     for trigger in triggers:
+    ...         result = edit_trigger(session, trigger, request)
+
+Threads: on the CPU, torch's intra-op threads are set once per session. The default takes the
+machine's load into account: on the 2-core machine this was built on, 2 threads ran the edit's
+matmuls about 1.6x faster than 1 when the machine was quiet, but 3-10x slower when other
+processes kept the cores busy (OpenMP threads wait on each other), so the default is the number of
+cores minus the one-minute load average, at least 1. ``--threads`` (or ``OMP_NUM_THREADS``)
+overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seal.registry.bases import base_spec
+from seal.registry.errors import UserError
+from seal.registry.objects import score_value
+from seal.registry.worktree import export_adapter
+
+from .candidate import Parent
+from .progress import Progress, QuietProgress
+
+# (base spec, device) -> LoadedBase, and (base id, probe set, device) -> (Measured, logprobs bytes):
+# what one process keeps warm across sessions.
+_BASES: dict[tuple, Any] = {}
+_BASE_RESULTS: dict[tuple, tuple[Any, bytes]] = {}
+
+
+def default_threads() -> int:
+    """Cores this process may use, minus the one-minute load average, at least 1 (see module doc).
+
+        >>> default_threads() >= 1
+        True
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
+@dataclass
+class Session:
+    """One loaded base with its probes and the base's results, for one registry and command."""
+
+    reg: Any
+    base: Any  # seal.editor.base.LoadedBase
+    base_row: dict
+    device: str
+    probes: Any  # seal.editor.measure.Probes
+    base_m: Any  # seal.editor.measure.Measured
+    base_logprobs: str
+    env: dict
+    work: Path
+    progress: Progress
+    fast: bool = True
+    threads: int | None = None
+    tracker: Any = None  # seal.registry.tracking.Tracker, when tracking
+    load_s: float = 0.0
+    served: int = 0  # triggers served so far; the first one carries the load time
+    _parents: dict = field(default_factory=dict)
+
+    @property
+    def tok(self):
+        return self.base.tokenizer
+
+    @property
+    def model(self):
+        return self.base.model
+
+    def parent(self, vid: str, manifest: dict) -> Parent:
+        """The parent's adapter folder and, when stored with the same probes, its probe results."""
+        from .evaluate import NextTokenDist
+        from .measure import Measured
+
+        if not manifest.get("adapter"):
+            return Parent(vid, manifest, None, measured=self.base_m)
+        folder = self._parents.get(vid)
+        if folder is None or not folder.is_dir():
+            folder = export_adapter(self.reg, manifest, vid, self.work / f"parent-{vid[:16]}")
+            self._parents[vid] = folder
+        stored = manifest.get("probes") or {}
+        retention = score_value(manifest, "retention", "accuracy")
+        measured = None
+        if stored.get("set") == self.probes.digests["set"] and retention is not None \
+                and self.reg.store.has(stored.get("logprobs", "")):
+            measured = Measured(
+                retention=retention,
+                dist=NextTokenDist.from_bytes(self.reg.store.get(stored["logprobs"])),
+                refusal=score_value(manifest, "refusal", "refusal_rate_unsafe"),
+                over_refusal=score_value(manifest, "refusal", "over_refusal_safe"),
+            )
+        return Parent(vid, manifest, folder, measured=measured)
+
+    def first_timings(self) -> dict:
+        """The timings an attempt starts with: the load time for the first trigger of a session."""
+        self.served += 1
+        return {"load_s": self.load_s} if self.served == 1 else {"load_s": 0.0}
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.kill_open_runs()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def loaded_base(base_row: dict, device: str) -> Any:
+    """The base of ``base_row`` on ``device``, loaded once per process and checked against the
+    registry's fingerprint. A base left with adapter layers by an interrupted call is reloaded."""
+    from .base import default_cache_dir, load_base
+    from .train import _has_adapter_layers
+
+    key = (base_spec(base_row), device)
+    base = _BASES.get(key)
+    if base is not None and (base.fingerprint != base_row["id"] or _has_adapter_layers(base.model)):
+        base = None
+    if base is None:
+        try:
+            base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=device)
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+        if base.fingerprint != base_row["id"]:
+            raise UserError(
+                f"the base model found now ({base.name}, {base.fingerprint[:12]}) is not the one this registry "
+                f"was made on ({base_row['name']}, {base_row['id'][:12]}); restore it or use another registry"
+            )
+        _BASES.clear()  # one base per process: a second one would double the memory
+        _BASES[key] = base
+    return base
+
+
+def set_threads(device: str, threads: int | None) -> int | None:
+    """Set torch's CPU threads (``threads``, else :func:`default_threads`); None on an accelerator."""
+    import torch
+
+    from .options import check_number
+
+    if threads is not None:
+        check_number("--threads", threads, low=1, high=1024, integer=True)
+    if not str(device).startswith("cpu"):
+        return None
+    n = threads or default_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+@contextlib.contextmanager
+def open_session(reg, *, device: str = "auto", require_gpu: bool = False, threads: int | None = None,
+                 fast: bool = True, progress: Progress | None = None, track: bool = False) -> Iterator[Session]:
+    """Load (or reuse) the base, the probes and the base's results; a scratch folder for the session."""
+    from .device import environment_record, pick_device
+
+    try:
+        device = pick_device(device, require_gpu=require_gpu)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    progress = progress or QuietProgress()
+    with reg.read() as conn:
+        from seal.registry.bases import get_base
+
+        base_row = get_base(conn, reg.base_id())
+    started = time.perf_counter()
+    n_threads = set_threads(device, threads)
+    with progress.stage(f"load base {base_row['name']} on {device}"):
+        base = loaded_base(base_row, device)
+        probes, base_m, base_logprobs = _base_results(reg, base_row, base, device, fast)
+    env = {**environment_record(device), "threads": n_threads}
+    work = Path(tempfile.mkdtemp(prefix="session-", dir=reg.tmp_dir))
+    session = Session(reg=reg, base=base, base_row=base_row, device=device, probes=probes, base_m=base_m,
+                      base_logprobs=base_logprobs, env=env, work=work, progress=progress, fast=fast,
+                      threads=n_threads, load_s=time.perf_counter() - started)
+    if track:
+        from seal.registry.tracking import Tracker
+
+        session.tracker = Tracker(reg, warn=progress.say)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def _base_results(reg, base_row: dict, base, device: str, fast: bool):
+    """The probes (as blobs in this registry) and the base's results on them, once per process."""
+    from .measure import base_measurements, load_probes
+
+    probes = load_probes(reg)
+    key = (base_row["id"], probes.digests["set"], device)
+    if key in _BASE_RESULTS:
+        measured, data = _BASE_RESULTS[key]
+        return probes, measured, reg.store.put(data)
+    measured, digest = base_measurements(reg, base_row["id"], base.model, base.tokenizer, probes, share_prefix=fast)
+    _BASE_RESULTS[key] = (measured, reg.store.get(digest))
+    return probes, measured, digest
+
+
+__all__ = ["Session", "open_session", "loaded_base", "default_threads", "set_threads"]

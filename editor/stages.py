@@ -1,0 +1,376 @@
+"""The stages of one attempt, each a function of the session: reflect, train, score, decide.
+
+(The fifth, record, is :mod:`seal.editor.record`.) Every stage reports its progress, adds its
+wall time to ``attempt.timings`` and fills in the typed :class:`~seal.editor.candidate.Candidate`
+records; none of them moves a ref or writes to the database.
+
+    >>> self_edits = reflect(session, attempt, trigger, req)          # doctest: +SKIP
+    >>> candidates = train(session, attempt, self_edits, req)         # doctest: +SKIP
+    >>> score(session, attempt, candidates)                           # doctest: +SKIP
+    >>> winner = decide(candidates)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import contextmanager
+
+from seal.registry.vocabulary import (CANARY, DELTA_NORM, DRIFT_JS, DRIFT_KL, EFFICACY_CONTAINMENT, EFFICACY_F1,
+                                      EFFICACY_NLL, EFFICACY_NLL_DROP, EFFICACY_RECALL, OVER_REFUSAL, REFUSAL,
+                                      RETENTION)
+
+from .attach import attached
+from .candidate import Attempt, Candidate, SelfEdit
+from .measure import finite, generation_steps, measure
+
+
+@contextmanager
+def timed(attempt: Attempt, key: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        attempt.timings[key] = attempt.timings.get(key, 0.0) + time.perf_counter() - started
+
+
+# --- reflect ----------------------------------------------------------------------------------
+
+def reflect(session, attempt: Attempt, trigger, req) -> list[SelfEdit]:
+    """The model at the parent measures itself on the probes when the parent's results are not
+    stored, then writes K self-edits in one batched call. (On the fast path the parent answers
+    the trigger's questions later, in the same calls as its candidates: see :func:`score`.)"""
+    parent = attempt.parent
+    probes = session.probes if parent.measured is None else None
+    passage = trigger.kind == "passage"
+    spec = None if session.fast else attempt.spec
+    steps = generation_steps(probes, spec, attempt.answer_tokens) + (req.max_new_tokens if passage else 64)
+    style = req.style if passage else "corrections"
+    gen = {"share_prefix": session.fast}
+    with timed(attempt, "reflect_s"), \
+            session.progress.stage(f"reflect: {req.candidates} self-edit(s), style {style}", total=steps,
+                                   unit="tokens") as stage, \
+            attached(session.model, parent.adapter_dir, merge=session.fast) as model:
+        gen["on_step"] = stage.advance
+        measure_parent(session, attempt, model, stage.advance, spec=spec)
+        if passage:
+            return _passage_self_edits(model, session.tok, trigger, req, gen)
+        return _corrections(model, session.tok, trigger, req, gen)
+
+
+_UNSET = object()
+
+
+def measure_parent(session, attempt: Attempt, model, on_step=None, spec=_UNSET) -> None:
+    """The parent's efficacy on ``spec`` (default: the attempt's data; None: not now), and its
+    probe results when none are stored."""
+    parent = attempt.parent
+    spec = attempt.spec if spec is _UNSET else spec
+    probes = session.probes if parent.measured is None else None
+    if probes is None and not spec:
+        return
+    measured, efficacy = measure(model, session.tok, probes, spec, answer_tokens=attempt.answer_tokens,
+                                 support=session.base_m.dist.indices, share_prefix=session.fast, on_step=on_step)
+    if probes is not None:
+        parent.measured = measured
+    if spec:
+        parent.efficacy = efficacy
+
+
+def _passage_self_edits(model, tok, trigger, req, gen) -> list[SelfEdit]:
+    from .reflect import build_training_sequences, generate_self_edits, self_edit_prompt, split_self_edit_lines
+
+    raw_edits = generate_self_edits(model, tok, trigger.passage, trigger.title, style=req.style, k=req.candidates,
+                                    temperature=req.temperature, top_p=req.top_p,
+                                    max_new_tokens=req.max_new_tokens, seed=req.seed, **gen)
+    prompt = self_edit_prompt(tok, trigger.passage, trigger.title, style=req.style)
+    edits = []
+    for raw in raw_edits:
+        lines = split_self_edit_lines(raw)
+        edits.append(SelfEdit(style=req.style, prompt=prompt, generated=raw, lines=lines,
+                              sequences=build_training_sequences(trigger.passage, trigger.title, lines)))
+    return edits
+
+
+def _corrections(model, tok, trigger, req, gen) -> list[SelfEdit]:
+    from .reflect import corrections_self_edit
+
+    edits = []
+    for i in range(req.candidates):
+        c = corrections_self_edit(model, tok, trigger.examples, temperature=req.temperature, top_p=req.top_p,
+                                  seed=req.seed + i, **gen)
+        # When the model already gets every example right, train on all of them.
+        sequences = c.sequences or corrections_self_edit(model, tok, trigger.examples, only_wrong=False,
+                                                         n_rephrasings=0, **gen).sequences
+        edits.append(SelfEdit(style="corrections", records=c.records, sequences=sequences))
+    return edits
+
+
+# --- train ------------------------------------------------------------------------------------
+
+def hyperparameters(req) -> dict:
+    return {"r": req.r, "lora_alpha": req.alpha, "target_modules": req.target_modules, "lr": req.lr,
+            "epochs": req.epochs, "batch_size": req.batch_size}
+
+
+def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Candidate]:
+    """One child adapter per self-edit, from the parent's adapter. On a CUDA device the K
+    candidates train together in one batched pass (:mod:`seal.editor.multi_lora`); elsewhere one
+    after the other. Each candidate's MLflow run opens when its training starts."""
+    candidates = [Candidate(index=i, seed=req.seed + i, self_edit=e) for i, e in enumerate(self_edits)]
+    total = sum(req.epochs * math.ceil(len(e.sequences) / req.batch_size) for e in self_edits)
+    hyper = hyperparameters(req)
+    with timed(attempt, "train_s"), session.progress.stage(
+            f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
+        for c in candidates:
+            c.run_id = _open_run(session, attempt, c, len(candidates), hyper)
+        if _batched(session, candidates):
+            from .multi_lora import train_together
+
+            records = train_together(session, attempt, candidates, req, on_step=stage.advance)
+        else:
+            records = [_train_one(session, attempt, c, req, stage.advance) for c in candidates]
+    for c, record in zip(candidates, records):
+        c.train = {**record, "hyperparameters": hyper, "seed": c.seed}
+        c.diverged = record.get("diverged")
+        c.adapter_dir = None if c.diverged else session.work / f"candidate{c.index}"
+    return candidates
+
+
+def _batched(session, candidates: list[Candidate]) -> bool:
+    # One batched pass pays off where a step is launch-bound (a GPU); on a CPU the work is the
+    # arithmetic itself, and candidates one after the other cost the same.
+    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda")
+
+
+def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
+    from .train import train_adapter
+
+    tracker = session.tracker
+
+    def on_losses(first: int, values: list[float]) -> None:
+        if tracker is not None:
+            tracker.log_losses(c.run_id, first, values)
+
+    return train_adapter(
+        session.model, session.tok, c.self_edit.sequences, out_dir=session.work / f"candidate{c.index}",
+        parent_adapter_dir=attempt.parent.adapter_dir, r=req.r, alpha=req.alpha, target_modules=req.target_modules,
+        lr=req.lr, epochs=req.epochs, batch_size=req.batch_size, seed=c.seed, device=session.device,
+        base_name=session.base.name, on_step=on_step, on_losses=on_losses,
+    )
+
+
+def _open_run(session, attempt: Attempt, c: Candidate, k: int, params: dict) -> str | None:
+    if session.tracker is None:
+        return None
+    name = f"{attempt.kind} {attempt.title or attempt.parent.vid[:12]} c{c.index + 1}/{k}"
+    return session.tracker.start_run(name, parent=attempt.run_id, params=run_params(session, attempt, c, params),
+                                     tags={"seal.kind": attempt.kind, "seal.candidate": c.index + 1})
+
+
+def run_params(session, attempt: Attempt, c: Candidate, params: dict) -> dict:
+    """Everything an MLflow run lists as parameters."""
+    out = {"base": session.base_row["id"], "parents": ",".join(attempt.parents) or "-", "seed": c.seed, **params}
+    for key, value in session.env.items():
+        if value is not None:
+            out[key] = value
+    for group in ("reflect", "merge", "consolidate"):
+        for key, value in (attempt.extra.get(group) or {}).items():
+            out[f"{group}.{key}"] = value
+    return out
+
+
+# --- score ------------------------------------------------------------------------------------
+
+def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
+    """Measure every candidate against its parent and the base, and run every gate.
+
+    When the parent has not answered the trigger's questions yet (the fast path), it answers them
+    in the same calls as its candidates: the parent and the K candidates are attached side by side
+    (:func:`seal.editor.multi_lora.lanes_attached`), so the answers' slow token-by-token decoding
+    runs once for all of them. The probes, a batch of about a hundred prompts, go through each
+    candidate merged into the weights (on a GPU, through all candidates side by side).
+    """
+    live = [c for c in candidates if c.diverged is None]
+    joint = attempt.parent.efficacy is None and bool(live)
+    together = _together(session, live)
+    probe_steps = generation_steps(session.probes, None if joint else attempt.spec, attempt.answer_tokens)
+    steps = probe_steps * (1 if together else len(live)) + (attempt.answer_tokens if joint else 0)
+    with timed(attempt, "evaluate_s"), session.progress.stage(
+            f"evaluate: {len(live)} candidate(s)", total=steps, unit="tokens") as stage:
+        if joint:
+            _efficacy_together(session, attempt, live, stage.advance)
+        if together:
+            _measure_together(session, attempt, live, stage.advance, with_efficacy=not joint)
+        for c in candidates:
+            if c.diverged is not None:
+                void(c)
+                continue
+            if not together:
+                with attached(session.model, c.adapter_dir, merge=session.fast) as model:
+                    c.measured, efficacy = measure(model, session.tok, session.probes, None if joint else attempt.spec,
+                                                   answer_tokens=attempt.answer_tokens,
+                                                   support=session.base_m.dist.indices,
+                                                   share_prefix=session.fast, on_step=stage.advance)
+                c.efficacy = c.efficacy if joint else efficacy
+            gauge(session, attempt, c)
+            session.progress.say(summary(attempt, c))
+
+
+def _together(session, live: list[Candidate]) -> bool:
+    # K candidates share every scoring batch where a step is launch-bound (a GPU), and where
+    # merging is not exact anyway (bf16); on a CPU each is merged into the weights in turn.
+    return session.fast and len(live) > 1 and str(session.device).startswith("cuda")
+
+
+def _efficacy_together(session, attempt: Attempt, live: list[Candidate], on_step) -> None:
+    """The parent's and every candidate's efficacy on the trigger's data, in shared calls."""
+    from .measure import measure_efficacy_lanes
+    from .multi_lora import lanes_attached
+
+    with lanes_attached(session.model, [attempt.parent.adapter_dir] + [c.adapter_dir for c in live]) as k:
+        effs = measure_efficacy_lanes(session.model, session.tok, attempt.spec, k,
+                                      answer_tokens=attempt.answer_tokens, on_step=on_step)
+    attempt.parent.efficacy = effs[0]
+    for c, efficacy in zip(live, effs[1:]):
+        c.efficacy = efficacy
+
+
+def _measure_together(session, attempt: Attempt, live: list[Candidate], on_step, with_efficacy: bool) -> None:
+    from .measure import measure_lanes
+    from .multi_lora import lanes_attached
+
+    with lanes_attached(session.model, [c.adapter_dir for c in live]) as k:
+        results = measure_lanes(session.model, session.tok, session.probes, attempt.spec if with_efficacy else None,
+                                k, answer_tokens=attempt.answer_tokens, support=session.base_m.dist.indices,
+                                on_step=on_step)
+    for c, (measured, efficacy) in zip(live, results):
+        c.measured = measured
+        c.efficacy = efficacy if with_efficacy else c.efficacy
+
+
+def void(c: Candidate) -> None:
+    """A candidate that diverged: no scores, one failed check that says why."""
+    c.scores, c.flat = [], {}
+    c.audit = [{"check": "diverged", "value": None, "threshold": None, "passed": False, "detail": c.diverged}]
+    c.failed = ["diverged"]
+
+
+def gauge(session, attempt: Attempt, c: Candidate) -> None:
+    """Turn a candidate's measurements into gate inputs, score rows and gate verdicts.
+
+    NaN logits make the candidate void (``diverged``); a non-finite value never reaches a record:
+    its gate input is missing (so its gate fails), its score row is left out and its name listed
+    in ``nonfinite``.
+    """
+    import torch
+
+    if torch.isnan(c.measured.dist.logprobs).any():
+        c.diverged = "non-finite logits on the drift probes"
+    d = distances(session, attempt, c)
+    flat = flat_scores(session, attempt, c, d)
+    c.nonfinite = sorted(k for k, v in flat.items() if v is not None and not finite(v))
+    c.flat = {k: (v if v is None or finite(v) else None) for k, v in flat.items()}
+    rows = score_rows(session, attempt, c, d)
+    c.scores = [r for r in rows if finite(r["value"])]
+    c.nonfinite += [_row_name(r) for r in rows if not finite(r["value"])]
+    results = [g.check(c.flat) for g in attempt.gates]
+    c.audit = list(attempt.extra_audit) + [
+        {"check": r.name, "value": r.value if finite(r.value) else None, "threshold": r.threshold,
+         "passed": r.passed, "detail": r.detail} for r in results]
+    c.failed = [r.name for r in results if not r.passed] + [a["check"] for a in attempt.extra_audit if not a["passed"]]
+    if c.diverged is not None:
+        c.audit.append({"check": "diverged", "value": None, "threshold": None, "passed": False, "detail": c.diverged})
+        c.failed.append("diverged")
+
+
+def distances(session, attempt: Attempt, c: Candidate) -> dict:
+    """Drift against the parent and the base (next-token KL/JS), and the size of the weight update."""
+    from seal.registry import lora_math
+
+    from .evaluate import kl_js
+
+    kl_base, js_base = kl_js(session.base_m.dist, c.measured.dist)
+    kl_parent, js_parent = kl_js(attempt.parent.measured.dist, c.measured.dist)
+    return {
+        "kl_base": kl_base, "js_base": js_base, "kl_parent": kl_parent, "js_parent": js_parent,
+        "delta": float(lora_math.compare_adapters(c.adapter_dir, attempt.parent.adapter_dir)["total"]["diff_norm"]),
+        "from_base": float(lora_math.compare_adapters(c.adapter_dir, None)["total"]["norm_a"]),
+    }
+
+
+def flat_scores(session, attempt: Attempt, c: Candidate, d: dict) -> dict:
+    """The gate inputs (see :mod:`seal.editor.gates`)."""
+    m, base_m, parent = c.measured, session.base_m, attempt.parent
+    median = statistics.median(attempt.history) if attempt.history else None
+    in_data = sum(session.probes.canary in s for s in (c.self_edit.sequences if c.self_edit else []))
+    leaks = in_data + sum(session.probes.canary in o for o in m.outputs + c.efficacy.predictions)
+    return {
+        "efficacy": c.efficacy.gate, "efficacy_parent": parent.efficacy.gate,
+        "retention": m.retention, "retention_parent": parent.measured.retention, "retention_base": base_m.retention,
+        "js_parent": d["js_parent"], "kl_base": d["kl_base"],
+        # Without history the edit is its own median: ratio 1 (see README).
+        "delta_norm_ratio": d["delta"] / median if median else 1.0,
+        "refusal": m.refusal, "refusal_base": base_m.refusal,
+        "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
+        "canary_leaks": float(leaks),
+    }
+
+
+def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
+    """The version's score rows: its own values, and the parent's and base's on the same data."""
+    m, base_m, parent = c.measured, session.base_m, attempt.parent
+    n_anchor, n_drift = len(session.probes.anchors), len(session.probes.drift)
+    rows = efficacy_rows(c.efficacy, parent.efficacy) + [
+        RETENTION.row(m.retention, n_anchor), RETENTION.vs("parent").row(parent.measured.retention, n_anchor),
+        RETENTION.vs("base").row(base_m.retention, n_anchor),
+        DRIFT_KL.vs("parent").row(d["kl_parent"], n_drift), DRIFT_JS.vs("parent").row(d["js_parent"], n_drift),
+        DRIFT_KL.vs("base").row(d["kl_base"], n_drift), DRIFT_JS.vs("base").row(d["js_base"], n_drift),
+        DELTA_NORM.vs("parent").row(d["delta"]), DELTA_NORM.vs("base").row(d["from_base"]),
+    ]
+    for score_, value in ((REFUSAL, m.refusal), (OVER_REFUSAL, m.over_refusal),
+                          (REFUSAL.vs("base"), base_m.refusal), (OVER_REFUSAL.vs("base"), base_m.over_refusal)):
+        if value is not None:
+            rows.append(score_.row(value))
+    leaks = c.flat.get("canary_leaks")
+    rows.append(CANARY.row(leaks if leaks is not None else math.nan))
+    return rows
+
+
+def efficacy_rows(eff, parent_eff) -> list[dict]:
+    """Efficacy rows. ``against: parent`` holds the parent's score on the same data."""
+    if eff.mode == "qa":
+        rows = []
+        for score_, metric in ((EFFICACY_CONTAINMENT, "containment"), (EFFICACY_F1, "f1"), (EFFICACY_RECALL, "recall")):
+            rows.append(score_.row(getattr(eff, metric), eff.n))
+            rows.append(score_.vs("parent").row(getattr(parent_eff, metric), eff.n))
+        return rows
+    return [EFFICACY_NLL.row(eff.passage_nll, eff.n), EFFICACY_NLL.vs("parent").row(parent_eff.passage_nll, eff.n),
+            EFFICACY_NLL_DROP.row(parent_eff.passage_nll - eff.passage_nll, eff.n)]
+
+
+def _row_name(row: dict) -> str:
+    return f"{row['suite']}.{row['metric']}" + (f".{row['against']}" if row.get("against") else "")
+
+
+def summary(attempt: Attempt, c: Candidate) -> str:
+    eff, parent_eff = c.flat.get("efficacy"), c.flat.get("efficacy_parent")
+    shown = "-" if eff is None else f"{eff:.4f}"
+    verdict = "passes every gate" if not c.failed else "fails " + ", ".join(c.failed)
+    return f"candidate {c.index + 1}: efficacy {shown} (parent {parent_eff if parent_eff is None else round(parent_eff, 4)}), {verdict}"
+
+
+# --- decide -----------------------------------------------------------------------------------
+
+def decide(candidates: list[Candidate]) -> int | None:
+    """The index of the best candidate that passed every gate, or None (see :func:`seal.editor.gates.decide`)."""
+    from .gates import decide as best_of
+
+    passed = [c for c in candidates if c.passed]
+    best = best_of([c.flat for c in passed], gates=[])
+    return None if best is None else passed[best].index
+
+
+__all__ = ["reflect", "train", "score", "decide", "gauge", "void", "efficacy_rows", "hyperparameters", "timed",
+           "measure_parent", "run_params"]
