@@ -246,7 +246,7 @@ def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_bas
         pytest.skip("cannot mount a small tmpfs here (needs root); the full-disk path is not exercised")
     try:
         make_registry(disk, tiny_base_record).close()
-        seal = Seal(disk, {"SEAL_ACTOR": "tester"})
+        seal = Seal(disk, {"SEAL_ACTOR": "tester"}, process=True)  # no file of the disk stays open in this process
         before = seal.json("log", "--all")
         filler = disk / "filler"
         with open(filler, "wb") as f:
