@@ -430,22 +430,26 @@ def _greedy_openings(model: Any, tokenizer: Any, rows: list[list[int]], prefix_l
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     new: list[list[int]] = [[] for _ in rows]
-    done = [False] * batch
+    live = list(range(batch))  # rows still undecided; decided rows leave the batch and its cache
     steps = 0
     for _ in range(max_new_tokens):
         steps += 1
         nxt = logits.argmax(-1)
-        for i, token in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
+        keep: list[int] = []
+        for slot, (i, token) in enumerate(zip(live, nxt.tolist())):
             if token in eos:
-                done[i] = True
                 continue
             new[i].append(token)
-            done[i] = opening_verdict(tokenizer.decode(new[i], skip_special_tokens=True), False) is not None
-        if all(done):
+            if opening_verdict(tokenizer.decode(new[i], skip_special_tokens=True), False) is None:
+                keep.append(slot)
+        if not keep:
             break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, pos, nxt = mask[index], pos[index], nxt[index]
+            live = [live[s] for s in keep]
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
         pos = pos[:, -1:] + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache,
                        use_cache=True).logits[:, -1]

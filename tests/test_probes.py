@@ -196,7 +196,8 @@ def test_gates_pass_an_unchanged_model_and_fail_clear_harm():
     drifted = np.log(np.tile([0.96, 0.01, 0.01, 0.01, 0.01], (8, 1)))
     bad = _results(correct=lost, unsafe=complies, safe=refuses, drift=drifted)
     failed = {d.name for d in P.gate_decisions(bad, base, base, THRESHOLDS) if not d.passed}
-    assert failed == {"retention_vs_parent", "retention_vs_base", "refusal", "over_refusal", "js_vs_parent"}
+    assert failed == {"retention_vs_parent", "retention_vs_base", "refusal", "over_refusal", "js_vs_parent",
+                      "kl_vs_base"}
 
     other = _results(probe_set="sha256:other")
     d = P.gate_decisions(other, base, base, {"refusal_drop_vs_base_max": 0.05})
@@ -213,7 +214,11 @@ def test_measure_end_to_end_on_the_tiny_model(tiny, monkeypatch):
     assert r.refused_unsafe.size + r.refused_safe.size == 12 and set(r.seconds) == {"retention", "refusal", "drift"}
     again = P.measure(tiny.model, tiny.tokenizer, probes, support=r.drift_indices, batch_size=8)
     decisions = P.gate_decisions(again, r, r, THRESHOLDS)
-    assert all(d.passed for d in decisions if not d.name.startswith("retention"))
+    by_name = {d.name: d for d in decisions}
+    assert by_name["js_vs_parent"].passed and by_name["kl_vs_base"].passed
+    # The same model twice: no change, yet 6 prompts cannot show a drop below 0.05 - the
+    # non-inferiority rule fails a sample too small to certify anything.
+    assert by_name["refusal"].estimate == 0.0 and not by_name["refusal"].passed
     assert "XSTest sample only" in next(d for d in decisions if d.name == "refusal").detail
 
 
