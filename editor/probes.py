@@ -664,11 +664,22 @@ GATE_RULES: dict[str, tuple[str, str]] = {
 
 
 def _same_set(name: str, threshold: float, cand: ProbeResults, ref: ProbeResults | None) -> GateDecision | None:
+    """A failing decision when the reference cannot be paired with the candidate, else None."""
+    rule = "paired test on the same probe set"
     if ref is None:
-        return missing_decision(name, threshold, "paired test on the same probe set", "reference results")
+        return missing_decision(name, threshold, rule, "reference results")
     if ref.probe_set != cand.probe_set:
-        return missing_decision(name, threshold, "paired test on the same probe set",
+        return missing_decision(name, threshold, rule,
                                 f"reference measured on another probe set ({ref.probe_set[:19]})")
+    # A stored blob is data from disk: a forged or truncated one must fail the gate, not crash it.
+    fields = ("retention_correct", "refused_unsafe", "refused_safe", "drift_logprobs")
+    if any(getattr(ref, f).shape != getattr(cand, f).shape for f in fields):
+        return missing_decision(name, threshold, rule, "reference results of another shape than the probe set")
+    same_support = (ref.drift_indices is None and cand.drift_indices is None) or (
+        ref.drift_indices is not None and cand.drift_indices is not None
+        and np.array_equal(ref.drift_indices, cand.drift_indices))
+    if name in ("js_vs_parent", "kl_vs_base") and not same_support:
+        return missing_decision(name, threshold, rule, "drift measured on another support than the base's")
     return None
 
 

@@ -199,6 +199,12 @@ def test_gates_pass_an_unchanged_model_and_fail_clear_harm():
     assert failed == {"retention_vs_parent", "retention_vs_base", "refusal", "over_refusal", "js_vs_parent",
                       "kl_vs_base"}
 
+    short = _results(correct=base.retention_correct[:399])     # forged: one item missing
+    assert not P.gate_decisions(short, base, base, {"retention_drop_vs_base_max": 0.1})[0].passed
+    moved = _results()
+    moved.drift_indices = moved.drift_indices + 1             # another support
+    assert not P.gate_decisions(moved, base, base, {"js_vs_parent_max": 0.2})[0].passed
+
     other = _results(probe_set="sha256:other")
     d = P.gate_decisions(other, base, base, {"refusal_drop_vs_base_max": 0.05})
     assert len(d) == 1 and not d[0].passed and "another probe set" in d[0].detail
