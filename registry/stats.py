@@ -59,6 +59,7 @@ __all__ = [
     "paired_binary_reject_probability",
     "bootstrap_bound",
     "bootstrap_gate",
+    "bootstrap_gain_gate",
     "mean_mde",
 ]
 
@@ -406,3 +407,31 @@ def bootstrap_gate(name: str, values: Sequence[float] | None, *, threshold: floa
     detail = (f"mean {what} {est:.4g} over {len(values)} items, {level}% upper bound {hi:.4g} "
               f"{'<=' if passed else '>'} {threshold:g}; MDE(80%) {mde:.3g}" + ("" if passed else " failed"))
     return GateDecision(name, est, lo, hi, len(values), rule, float(threshold), passed, detail, mde)
+
+
+def bootstrap_gain_gate(name: str, gains: Sequence[float] | None, *, threshold: float, what: str,
+                        alpha: float = 0.05, seed: int = BOOTSTRAP_SEED,
+                        n_resamples: int = BOOTSTRAP_RESAMPLES) -> GateDecision:
+    """Gate on a benefit: pass only if the bootstrap lower bound of the mean paired gain > threshold.
+
+    ``gains`` are per-item paired gains, candidate minus reference (e.g. token F1 per eval
+    question). The mirror of :func:`bootstrap_gate`: there the data must show the harm is
+    small, here that the gain is real.
+
+        >>> bootstrap_gain_gate("efficacy_gain", [0.2, 0.4, 0.0, 0.3] * 5, threshold=0.0,
+        ...                     what="token F1 gain vs parent").passed
+        True
+        >>> bootstrap_gain_gate("efficacy_gain", [0.2, -0.2] * 5, threshold=0.0, what="F1 gain").passed
+        False
+    """
+    level = round(100 * (1 - alpha))
+    rule = (f"accept if the one-sided {level}% lower bound (paired percentile bootstrap, "
+            f"{n_resamples} resamples, seed {seed}) of the mean {what} exceeds {threshold:g}")
+    if gains is None or len(gains) == 0:
+        return missing_decision(name, threshold, rule, "per-item gains")
+    est, lo, hi = bootstrap_bound(gains, alpha=alpha, n_resamples=n_resamples, seed=seed)
+    mde = mean_mde(gains, alpha=alpha)
+    passed = lo > threshold
+    detail = (f"mean {what} {est:.4g} over {len(gains)} items, {level}% lower bound {lo:.4g} "
+              f"{'>' if passed else '<='} {threshold:g}; MDE(80%) {mde:.3g}" + ("" if passed else " failed"))
+    return GateDecision(name, est, lo, hi, len(gains), rule, float(threshold), passed, detail, mde)

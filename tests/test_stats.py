@@ -192,3 +192,14 @@ def test_stats_imports_no_model_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
     assert stats.BOOTSTRAP_RESAMPLES == 2000
+
+
+def test_gain_gate_needs_a_real_gain():
+    from seal.registry.stats import bootstrap_gain_gate
+
+    rng = np.random.default_rng(4)
+    real = rng.normal(0.15, 0.1, size=40)
+    noise = rng.normal(0.0, 0.1, size=40)
+    assert bootstrap_gain_gate("efficacy_gain", real, threshold=0.0, what="F1 gain").passed
+    d = bootstrap_gain_gate("efficacy_gain", noise, threshold=0.0, what="F1 gain")
+    assert not d.passed and d.rule.startswith("accept if")
