@@ -27,7 +27,7 @@ of the paired outcomes on null edits (the ψ the power calculation needs) and ti
     python bench/gate_calibration.py --seeds 20 --bad-seeds 10 --threads 1 \\
         --xstest ../shared/data/xstest_prompts.csv --out /tmp/calibration.jsonl
 
-``--smoke`` runs a tiny configuration (2 seeds, small probe subsets, few steps) that a test can
+``--smoke`` runs a tiny configuration (1 seed, small probe subsets, few steps) that a test can
 call on the tiny model. ``--out`` receives one JSON object per edit. Progress goes to stderr.
 """
 
@@ -92,7 +92,7 @@ class Config:
 
     @classmethod
     def smoke(cls, base: str | None = None) -> "Config":
-        return cls(seeds=2, bad_seeds=1, base=base, retention_items=24, drift_probes=6, anchors=6,
+        return cls(seeds=1, bad_seeds=1, base=base, retention_items=24, drift_probes=6, anchors=6,
                    xstest_sample=12, neutral_epochs=1, contradict_items=8, compliant_prompts=4,
                    bad_epochs=1, batch_size=16)
 
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--xstest", default=None, help="path to the published xstest_prompts.csv "
                         "(default: $SEAL_XSTEST_CSV, else seal's 50-prompt sample)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
-    parser.add_argument("--smoke", action="store_true", help="tiny configuration for tests (2 seeds, subsets)")
+    parser.add_argument("--smoke", action="store_true", help="tiny configuration for tests (1 seed, subsets)")
     parser.add_argument("--out", type=Path, default=None, help="append one JSON object per edit to this file")
     parser.add_argument("--summarize", type=Path, default=None, metavar="FILE",
                         help="print the summary of an --out file (a partial run too) and exit")
