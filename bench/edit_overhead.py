@@ -23,6 +23,8 @@ ratio seal / bare per stage and in total, with the targets (training ≤ 1.05×,
     python bench/edit_overhead.py --candidates 4 --device cuda
     python bench/edit_overhead.py --seal-path /tmp/old-seal/pkg   # an older seal, same bare side
 
+On seal's fast path the parent answers the questions in evaluate, beside its candidates, where the
+bare script answers them in reflect (as seal's plain path does): compare those two stages together.
 A first `seal edit` warms the machine's cache of the base's probe results (not timed), as any
 machine that has run seal once has it. ``--threads`` sets torch's CPU threads of both sides
 (through ``OMP_NUM_THREADS``; default: seal's own default for this machine's load).

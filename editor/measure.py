@@ -7,7 +7,11 @@ This is the seam where how a model is measured can change without touching the l
   log-probabilities into a :class:`Measured`;
 - :func:`measure` runs everything one model needs (probes and the edit's own questions) in as
   few ``generate`` calls as there are answer lengths; :func:`measure_probes` and
-  :func:`measure_efficacy` are its two halves on their own.
+  :func:`measure_efficacy` are its two halves on their own;
+- :func:`measure_lanes` and :func:`measure_efficacy_lanes` do the same for K adapters attached
+  side by side (:func:`seal.editor.multi_lora.lanes_attached`), through the same
+  ``probe_asks``/``read_probes``/``read_efficacy``: a new probe set changes those three and the
+  forward passes in :func:`measure` and :func:`measure_lanes`, nothing else.
 
     >>> probes = load_probes(reg)                                               # doctest: +SKIP
     >>> m, eff = measure(model, tok, probes, {"qa": questions}, answer_tokens=48)  # doctest: +SKIP

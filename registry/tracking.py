@@ -269,11 +269,16 @@ def mirror_alias(reg, alias: str, vid: str | None) -> str | None:
     """Point the MLflow alias ``alias`` of this registry's registered model at seal version ``vid``
     (None deletes it). The version is registered first if it was not (e.g. it was imported, or
     tracked elsewhere). Returns the model version number, or None when MLflow refused or failed
-    (reported on stderr; seal's own alias stands either way).
+    (reported on stderr; seal's own alias stands either way), or when this registry has never
+    tracked anything (no tracking URI set and no `.seal/mlflow.db`): then there is nothing to
+    mirror to, and `seal alias` does not pay for MLflow's import.
 
         >>> mirror_alias(reg, "champion", reg.resolve("main"))               # doctest: +SKIP
         '3'
     """
+    if not (os.environ.get("MLFLOW_TRACKING_URI") or reg.config.tracking_uri
+            or (reg.seal_dir is not None and (reg.seal_dir / "mlflow.db").exists())):
+        return None
     tracker = Tracker(reg)
     return tracker._guard("alias", _mirror, tracker, alias, vid)
 

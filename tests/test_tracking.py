@@ -147,6 +147,15 @@ def test_many_params_and_odd_names_are_all_logged(tracked):
     assert len(params) == 250 and params["p/249"] == "249"
 
 
+def test_mirror_alias_without_any_tracking_is_a_no_op(tmp_path, tiny_chat_record):
+    from seal.registry.tracking import mirror_alias
+
+    reg = make_registry(tmp_path, tiny_chat_record)
+    assert mirror_alias(reg, "champion", reg.resolve("main")) is None
+    assert not (tmp_path / ".seal" / "mlflow.db").exists()
+    reg.close()
+
+
 def test_a_broken_tracking_store_costs_no_edit(tmp_path, tiny_chat_record, monkeypatch):
     make_registry(tmp_path, tiny_chat_record).close()
     (tmp_path / "passage.json").write_text(json.dumps(PASSAGE))
