@@ -222,6 +222,8 @@ def _dispatch(argv: List[str]) -> int:
         _say(f"seal: error: {e}")
         return e.exit_code
     except (typer.Exit,) as e:
+        if e.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
+            _say("seal: interrupted; nothing half-written was kept")
         return e.exit_code
     except ClickException as e:
         message, code = _click_error(e)

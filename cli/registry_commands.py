@@ -182,6 +182,10 @@ def alias(
     if rev is None:
         raise UserError(f"give the version alias {name} should name: `seal alias {name} REV -m REASON`")
     out = P.set_alias(reg, name, rev, reason=message)
+    if out["moved"]:
+        from seal.registry.tracking import mirror_alias
+
+        out["mlflow"] = mirror_alias(reg, out["name"], out["id"])
     print_json(out) if json_ else emit([f"@{out['name']} -> {short(out['id'])}" + ("" if out["moved"] else " (already there)")])
 
 

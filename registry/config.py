@@ -27,7 +27,7 @@ DB_FILE = "lineage.db"
 _KNOWN = {
     "base": ("id", "name"),
     "database": ("url",),
-    "tracking": ("uri",),
+    "tracking": ("uri", "model_name"),
     "objects": ("url",),
     "trust": ("allowed_signers",),
     "worktree": ("name",),
@@ -40,6 +40,7 @@ class Config:
     base_name: str | None = None
     database_url: str | None = None
     tracking_uri: str | None = None
+    model_name: str | None = None
     objects_url: str | None = None
     allowed_signers: str | None = None
     worktree: str | None = None  # set by `seal clone`: this folder's HEAD is refs/worktrees/NAME/HEAD
@@ -63,6 +64,7 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
     return Config(
         base_id=values.get("base.id"), base_name=values.get("base.name"),
         database_url=values.get("database.url"), tracking_uri=values.get("tracking.uri"),
+        model_name=values.get("tracking.model_name"),
         objects_url=values.get("objects.url"), allowed_signers=values.get("trust.allowed_signers"),
         worktree=values.get("worktree.name"),
     )
