@@ -40,19 +40,43 @@ def init(
     print_json(out) if json_ else emit([f"Initialised seal registry in {reg.seal_dir} on base {record['name']} ({short(record['id'])})"])
 
 
-@command("import", help=doc("Record an existing PEFT LoRA adapter folder as a version on the current branch. "
-                            "It is checked against the base (shapes, ranks, finite weights) and recorded as ungated.",
-                            "seal import ./my-adapter -m 'trained elsewhere'"))
+@command("import", help=doc("Record an existing PEFT LoRA adapter folder as a version on the current branch. It is "
+                            "checked against the base (shapes, ranks, finite weights). Without --gate it is recorded "
+                            "as ungated; with --gate it is scored against HEAD and gated like an edit "
+                            "(exit 1 when a gate rejects it; it is recorded either way).",
+                            "seal import ./my-adapter -m 'trained elsewhere'",
+                            "seal import ./my-adapter --gate --eval qa.jsonl"))
 def import_(
     adapter_dir: Path = typer.Argument(..., help="A PEFT LoRA folder: adapter_config.json + adapter_model.safetensors."),
     message: str = typer.Option("", "-m", "--message", help="Why this version exists."),
     parent: Optional[str] = typer.Option(None, "--parent", help="The parent revision (default: HEAD; must be the branch head)."),
+    gate: bool = typer.Option(False, "--gate", help="Score the adapter against HEAD and apply the policy's gates (loads the model)."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval", help="With --gate: JSONL of {question, answer} to measure efficacy on (default: the eval sets of HEAD's line)."),
+    device: str = typer.Option("auto", "--device", help="With --gate: auto | cpu | cuda | cuda:N | mps."),
+    no_track: bool = typer.Option(False, "--no-track", help="With --gate: do not log an MLflow run."),
     json_: bool = JsonOpt,
 ) -> None:
-    from seal.registry.porcelain import import_adapter
+    from seal.registry.errors import UserError
 
-    out = import_adapter(open_registry(), adapter_dir, message=message, parent=parent)
-    print_json(out) if json_ else emit([f"[{out['ref']} {short(out['id'])}] {message or 'import ' + adapter_dir.name} (ungated)"])
+    reg = open_registry()
+    if not gate:
+        if eval_file is not None or device != "auto" or no_track:
+            raise UserError("--eval, --device and --no-track go with --gate; add --gate to score the adapter")
+        from seal.registry.porcelain import import_adapter
+
+        out = import_adapter(reg, adapter_dir, message=message, parent=parent)
+        print_json(out) if json_ else emit([f"[{out['ref']} {short(out['id'])}] {message or 'import ' + adapter_dir.name} (ungated)"])
+        return
+    if parent is not None:
+        raise UserError("--parent does not go with --gate: a gated import is compared with HEAD; check out the parent first")
+    from seal.editor.gated_import import run_gated_import
+
+    from .edit_commands import decision_lines
+
+    result = run_gated_import(reg, adapter_dir, message=message, eval_file=eval_file, device=device, track=not no_track)
+    print_json(result) if json_ else emit(decision_lines(result))
+    if not result["decision"]["accepted"]:
+        raise typer.Exit(1)
 
 
 # --- log / show / status ----------------------------------------------------------------------

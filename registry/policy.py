@@ -109,12 +109,16 @@ def write_default_policy(seal_dir: Path) -> None:
     (seal_dir / POLICY_FILE).write_text(render_policy())
 
 
+SYNCED_FILE = "policy.synced"
+
+
 def read_policy(reg) -> Policy:
     """The policy in force, parsed and validated. Pure: writes nothing.
 
-    That is the policy file, unless the file holds a policy recorded earlier and the team has since
-    recorded another (another folder ran `seal policy set`): then the recorded one is in force, so
-    a stale copy never flips the shared ``refs/meta/policy`` back.
+    That is the policy file, unless this folder has not touched the file since it last recorded it
+    and the team has recorded another policy since (another folder ran `seal policy set`): then
+    the recorded one is in force, so a stale copy never flips the shared ``refs/meta/policy`` back.
+    A file changed here (by hand, even back to an older policy) is what this folder means.
     """
     from .objects import blob_digest
 
@@ -125,27 +129,45 @@ def read_policy(reg) -> Policy:
         raise PolicyError(f"{path} is missing; restore it with `seal policy reset`") from None
     gates, settings = parse_policy(text, str(path))
     digest = blob_digest(text)
-    newer = _newer_recorded(reg, digest)
-    if newer is not None:
-        return newer
+    if digest == _synced(reg):
+        newer = _recorded_policy(reg, digest)
+        if newer is not None:
+            return newer
     return Policy(text=text, digest=digest, gates=gates, settings=settings)
 
 
-def _newer_recorded(reg, digest: str) -> Policy | None:
+def _synced(reg) -> str | None:
+    """The digest of policy.toml as this folder last recorded or wrote it."""
+    try:
+        return (reg.seal_dir / SYNCED_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _mark_synced(reg, digest: str) -> None:
+    import os
+
+    path = reg.seal_dir / SYNCED_FILE
+    tmp = path.with_name(f".{SYNCED_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, path)
+
+
+def _recorded_policy(reg, digest: str) -> Policy | None:
     current = reg.read_ref(POLICY_REF)
     if current is None or current == digest or not reg.store.has(current):
         return None
-    with reg.read() as c:
-        seen = c.one("SELECT 1 FROM reflog WHERE ref = ? AND (old = ? OR new = ?)", (POLICY_REF, digest, digest))
-    if seen is None:
-        return None  # the file holds something never recorded: a hand edit, recorded as such
     text = reg.store.get(current)
     gates, settings = parse_policy(text, f"the recorded policy {current}")
     return Policy(text=text, digest=current, gates=gates, settings=settings)
 
 
 def record_policy(reg, policy: Policy, reason: str | None = None) -> str:
-    """Store the policy's bytes and move refs/meta/policy to them if they changed; the digest."""
+    """Store the policy's bytes and move refs/meta/policy to them if they changed; the digest.
+
+    Afterwards policy.toml holds this policy (a stale copy is brought up to date) and this folder
+    remembers it as synced.
+    """
     digest = reg.store.put(policy.text)
     old = reg.read_ref(POLICY_REF)
     if old != digest:
@@ -157,7 +179,23 @@ def record_policy(reg, policy: Policy, reason: str | None = None) -> str:
 
             if not isinstance(e, RefConflict) or reg.read_ref(POLICY_REF) != digest:
                 raise
+    _write_file(reg, policy.text)
+    _mark_synced(reg, digest)
     return digest
+
+
+def _write_file(reg, text: bytes) -> None:
+    import os
+
+    path = policy_path(reg)
+    try:
+        if path.read_bytes() == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(text)
+    os.replace(tmp, path)
 
 
 def _parse_cli_value(key: str, text: str):
@@ -214,12 +252,12 @@ def _write_and_record(reg, text: str, reason: str) -> str:
     parse_policy(text.encode(), "the new policy")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
-    policy = Policy(text=text.encode(), digest="", gates={}, settings={})
-    digest = reg.store.put(policy.text)
+    digest = reg.store.put(text.encode())
     old = reg.read_ref(POLICY_REF)
     os.replace(tmp, path)
     if old != digest:
         reg.move_ref(POLICY_REF, new=digest, expected=old, reason=reason)
+    _mark_synced(reg, digest)
     return digest
 
 

@@ -294,19 +294,28 @@ def test_eight_concurrent_writers(where, request, tmp_path, tiny_base, tiny_base
     reg.close()
 
 
-def test_a_stale_policy_file_never_flips_the_team_policy(registry, reg, tmp_path):
-    """Folder B changes the policy; folder A's older policy.toml must not move it back."""
+def test_a_stale_policy_file_never_flips_the_team_policy(tmp_path, tiny_base_record):
+    """Folder B changes the policy; folder A's untouched, older policy.toml must not move it back,
+    while a change A makes by hand (even back to an older text) is A's policy and is recorded."""
     from seal.registry.policy import POLICY_REF, read_policy, record_policy
+    from seal.registry.repo import Registry
 
+    a_dir = init_shared(tmp_path / "a", tiny_base_record, None, None)
+    Seal(tmp_path)("clone", a_dir, "b")
+    b = Seal(tmp_path / "b")
+    reg = Registry.open(a_dir)
     first = reg.read_ref(POLICY_REF)
-    old_text = (registry.cwd / ".seal" / "policy.toml").read_bytes()
-    registry("policy", "set", "js_vs_parent_max", "0.3", "-m", "B calibrated it")
+    old_text = (a_dir / ".seal" / "policy.toml").read_bytes()
+    b("policy", "set", "js_vs_parent_max", "0.3", "-m", "B calibrated it")
     changed = reg.read_ref(POLICY_REF)
     assert changed != first
-    (registry.cwd / ".seal" / "policy.toml").write_bytes(old_text)   # A's copy, from before the change
-    policy = read_policy(reg)
+    policy = read_policy(reg)                                   # A never touched its file
     assert policy.digest == changed and policy.gates["js_vs_parent_max"] == 0.3
     record_policy(reg, policy)
     assert reg.read_ref(POLICY_REF) == changed
-    (registry.cwd / ".seal" / "policy.toml").write_bytes(old_text.replace(b"kl_vs_base_max = 2.0", b"kl_vs_base_max = 1.5"))
-    assert read_policy(reg).gates["kl_vs_base_max"] == 1.5   # a real hand edit is the policy, and gets recorded
+    assert b"js_vs_parent_max = 0.3" in (a_dir / ".seal" / "policy.toml").read_bytes()   # brought up to date
+    (a_dir / ".seal" / "policy.toml").write_bytes(old_text)     # A goes back to the old policy by hand
+    assert read_policy(reg).digest == first
+    record_policy(reg, read_policy(reg))
+    assert reg.read_ref(POLICY_REF) == first
+    reg.close()
