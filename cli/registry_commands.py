@@ -79,6 +79,27 @@ def import_(
         raise typer.Exit(1)
 
 
+@command(help=doc("The frozen base model this registry adapts: its name, fingerprint and where its weights are. "
+                  "--path prints the folder (or Hub id) that loads it offline, which checked-out adapter folders name.",
+                  "seal base", "python -c \"from peft import AutoPeftModelForCausalLM as M; M.from_pretrained('adapter')\""))
+def base(
+    path: bool = typer.Option(False, "--path", help="Print only what from_pretrained should be given to load the base here."),
+    json_: bool = JsonOpt,
+) -> None:
+    from seal.registry.loadable import base_path
+
+    record = open_registry().base()
+    out = {"id": record["id"], "name": record["name"], "revision": record.get("revision"), "source": record["source"],
+           "location": record.get("location"), "path": base_path(record)}
+    if path:
+        sys.stdout.write(out["path"] + "\n")
+    elif json_:
+        print_json(out)
+    else:
+        emit([f"base      {out['name']}" + (f" @ {out['revision']}" if out["revision"] else ""),
+              f"id        {out['id']}", f"source    {out['source']}", f"loads as  {out['path']}"])
+
+
 # --- log / show / status ----------------------------------------------------------------------
 
 @command(help=doc("The lineage, newest first: id, refs, kind, status, time, headline score, message.",

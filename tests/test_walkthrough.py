@@ -79,3 +79,24 @@ def test_checkout_refuses_to_clobber(registry, tiny_base, tmp_path):
     assert "local changes" in r.stderr
     seal("checkout", "HEAD", "--to", out, "--force")
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+def test_checked_out_folders_load_anywhere(registry, tiny_base, tmp_path):
+    """`checkout --to` names the base the way from_pretrained loads it offline, as `seal base --path` prints."""
+    import json
+
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    seal = registry
+    seal("import", tiny_base["adapters"][0])
+    out = tmp_path / "anywhere"
+    seal("checkout", "HEAD", "--to", out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == seal("base", "--path").stdout.strip()
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.arange(1, 17).unsqueeze(0)).logits
+    assert torch.equal(logits, adapter_logits(tiny_base["base"], tiny_base["adapters"][0]))
+    assert seal.json("base")["name"] == seal.json("show", "main~1")["message"].removeprefix("base model ")
