@@ -71,9 +71,11 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
 
 
 def read_config(seal_dir: Path) -> Config:
+    from .files import read_small
+
     path = seal_dir / CONFIG_FILE
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_small(path, "the configuration").decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; fix it by hand") from None
     except OSError as e:

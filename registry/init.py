@@ -99,6 +99,7 @@ def _fill(staging: Path, base: dict, db_url: str | None, objects_url: str | None
     (staging / CONFIG_FILE).write_text(config_text(base_id=base["id"], base_name=base["name"], db_url=db_url,
                                                    objects_url=objects_url))
     write_default_policy(staging)
+    (staging / "worktree.lock").touch()  # checkouts take turns on it (seal.registry.worktree)
     key = create_key(staging / "keys" / "signing.key")
     add_trusted(staging / "allowed_signers", public_key_hex(key), R.actor())
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from .errors import SealError, UserError
+from .files import is_regular
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
 _CHUNK = 1 << 20
@@ -125,7 +126,7 @@ class LocalObjectStore:
         return self.root / "sha256" / hexd[:2] / hexd[2:]
 
     def has(self, digest: str) -> bool:
-        return self.path_of(digest).is_file()
+        return is_regular(self.path_of(digest))
 
     def get(self, digest: str) -> bytes:
         path = self.path_of(digest)
@@ -190,10 +191,13 @@ class LocalObjectStore:
                 yield DIGEST_PREFIX + sub.name + f.name
 
     def check(self, digest: str) -> bool:
-        """Whether the stored bytes still hash to their name."""
+        """Whether the stored bytes still hash to their name (a FIFO or device is never read)."""
+        path = self.path_of(digest)
+        if not is_regular(path):
+            return False
         try:
-            return file_digest(self.path_of(digest)) == digest
-        except FileNotFoundError:
+            return file_digest(path) == digest
+        except OSError:
             return False
 
     def stat(self, digest: str) -> tuple[int, float]:

@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PolicyError
+from .errors import PolicyError, UserError
 from .vocabulary import GATES, GATES_BY_KEY, SETTINGS, SETTINGS_BY_KEY
 
 POLICY_FILE = "policy.toml"
@@ -122,9 +122,11 @@ def read_policy(reg) -> Policy:
     """
     from .objects import blob_digest
 
+    from .files import read_small
+
     path = policy_path(reg)
     try:
-        text = path.read_bytes()
+        text = read_small(path, "the policy file")
     except FileNotFoundError:
         raise PolicyError(f"{path} is missing; restore it with `seal policy reset`") from None
     gates, settings = parse_policy(text, str(path))
@@ -138,9 +140,11 @@ def read_policy(reg) -> Policy:
 
 def _synced(reg) -> str | None:
     """The digest of policy.toml as this folder last recorded or wrote it."""
+    from .files import read_small
+
     try:
-        return (reg.seal_dir / SYNCED_FILE).read_text().strip() or None
-    except OSError:
+        return read_small(reg.seal_dir / SYNCED_FILE, "the policy sync mark", 1024).decode().strip() or None
+    except (OSError, UserError, UnicodeDecodeError):
         return None
 
 

@@ -61,28 +61,50 @@ def check_same_base(base: dict, adapter_config: dict, where: str) -> None:
 
 
 def import_adapter(reg, folder: Path, *, message: str = "", parent: str | None = None) -> dict:
-    """Record an existing PEFT LoRA folder as a version on the current branch (or detached HEAD)."""
+    """Record an existing PEFT LoRA folder as a version on the current branch (or detached HEAD).
+
+    What is recorded is checked as stored: the folder is validated, its weights copied into the
+    object store, and the stored copy validated again, so a file swapped under the command
+    cannot slip through. Every refusal comes before the first write.
+    """
+    from .adapters import check_adapter_bytes
+    from .object_store import file_digest
+    from .objects import ManifestInvalid, check_manifest
+
     check_message(message)
     base = reg.base()
-    adapter = read_adapter_folder(Path(folder), base_shapes=(base.get("info") or {}).get("shapes"))
+    shapes = (base.get("info") or {}).get("shapes")
+    adapter = read_adapter_folder(Path(folder), base_shapes=shapes)
     with reg.read() as c:
         ref, head = R.head_state(c)
-        parent_id = resolve_revision(c, parent) if parent else head
-    if parent and parent_id != head:
+        parent_id = resolve_revision(c, parent) if parent is not None else head
+    if parent is not None and parent_id != head:
         raise UserError(
             f"--parent {parent} is not the head of {R.short_name(ref)}; to start a line from it, "
             f"run `seal checkout -b NEW_BRANCH {parent}` first"
         )
     check_same_base(base, adapter.config, str(adapter.path))
+    reg.signer.key  # a missing or damaged key refuses before anything is written
+    manifest = _import_manifest(base, parent_id, file_digest(adapter.weights), adapter, message)
+    try:
+        check_manifest(manifest)
+    except ManifestInvalid as e:
+        raise UserError(f"cannot record {adapter.path}: {e}") from None
     digest = reg.store.put_file(adapter.weights)
-    manifest = build_manifest(
+    if digest != manifest["adapter"]["weights"]:
+        raise UserError(f"{adapter.weights} changed while it was being imported; import it again when it is stable")
+    check_adapter_bytes(adapter.config, reg.store.path_of(digest), base_shapes=shapes)
+    vid = reg.record(manifest, ref=ref, expected=head, reason=f"import: {manifest['message']}")
+    return {"id": vid, "ref": R.short_name(ref), "parent": parent_id, "gated": False}
+
+
+def _import_manifest(base: dict, parent_id: str | None, digest: str, adapter, message: str) -> dict:
+    return build_manifest(
         base=base["id"], parents=[parent_id] if parent_id else [], kind="import", status="accepted",
         adapter={"weights": digest, "config": adapter.config, "format": "peft-lora"},
         train={"source": "import"}, author=R.actor(), message=message or f"import {adapter.path.name}",
         extra={"decision": UNGATED},
     )
-    vid = reg.record(manifest, ref=ref, expected=head, reason=f"import: {manifest['message']}")
-    return {"id": vid, "ref": R.short_name(ref), "parent": parent_id, "gated": False}
 
 
 # --- branches, tags, aliases -------------------------------------------------------------------

@@ -89,9 +89,13 @@ def create_key(path: Path):
 
 def load_key(path: Path):
     """The private key at ``path``. A missing key is an error: a new one would sign as a stranger."""
+    from .files import read_small
+
     serialization, ed25519 = _crypto()
     try:
-        data = path.read_bytes()
+        data = read_small(path, "the signing key", 64 * 1024)
+        if os.stat(path).st_mode & 0o077:
+            raise SigningKeyMissing(f"the signing key {path} can be read by others; run `chmod 600 {path}` and try again")
     except FileNotFoundError:
         raise SigningKeyMissing(
             f"the signing key {path} is missing; restore it from a backup, or run `seal key new` to "
@@ -155,8 +159,10 @@ def parse_trust_file(text: str, where: str = TRUST_FILE) -> dict[str, TrustedKey
 
 
 def read_trust_file(path: Path) -> dict[str, TrustedKey]:
+    from .files import read_small
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small(path, "the trust file").decode("utf-8")
     except FileNotFoundError:
         return {}
     except UnicodeDecodeError:

@@ -28,11 +28,13 @@ from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .config import SEAL_DIRNAME
 from .errors import UserError
 from .object_store import file_digest
+from .objects import is_digest
 from .revisions import resolve_revision
 from .versions import load_manifest
 
 MARKER = ".seal-checkout.json"
 LOCK_FILE = "worktree.lock"
+WRITTEN = frozenset({CONFIG_FILE, WEIGHTS_FILE})  # the only files a checkout writes (besides MARKER)
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,21 @@ class Marker:
 
 
 def read_marker(folder: Path) -> Marker | None:
+    from .files import read_small
+
     path = folder / MARKER
     if not path.is_file():
         return None
+    damaged = UserError(f"{path} is damaged; seal cannot tell which files it wrote there, so it will not touch them")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_small(path, "the checkout marker", 64 * 1024))
         files = {str(k): str(v) for k, v in doc["files"].items()}
         previous = {str(k): str(v) for k, v in (doc.get("previous") or {}).items()}
-        return Marker(str(doc["version"]), files, previous)
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"{path} is damaged; seal cannot tell which files it wrote there, so it will not touch them") from None
+        raise damaged from None
+    if not set(files) | set(previous) <= WRITTEN or not all(is_digest(d) for d in [*files.values(), *previous.values()]):
+        raise damaged  # seal writes two known names; anything else is a forgery aimed at other files
+    return Marker(str(doc["version"]), files, previous)
 
 
 def check_target(dest: Path, *, registry_root: Path) -> Path:
@@ -62,8 +69,8 @@ def check_target(dest: Path, *, registry_root: Path) -> Path:
     seal_dir = root / SEAL_DIRNAME
     if dest == root:
         raise UserError(f"{dest} is the registry's own folder; choose an empty or new folder for --to")
-    if dest == seal_dir or dest.is_relative_to(seal_dir):
-        raise UserError(f"{dest} is inside the registry ({seal_dir}); choose an empty or new folder outside it")
+    if dest == seal_dir or dest.is_relative_to(seal_dir) or SEAL_DIRNAME in dest.parts:
+        raise UserError(f"{dest} is inside a registry's {SEAL_DIRNAME} folder; choose an empty or new folder outside it")
     if root.is_relative_to(dest):
         raise UserError(f"{dest} holds the registry {seal_dir}; choose an empty or new folder for --to")
     if (dest / SEAL_DIRNAME).exists() or dest.name == SEAL_DIRNAME:
@@ -159,16 +166,20 @@ def write_folder(folder: Path, vid: str, files: dict[str, bytes | Path], *, forc
 
 def _stage(folder: Path, name: str, data: bytes | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.seal-", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        if isinstance(data, Path):
-            with open(data, "rb") as src:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    f.write(chunk)
-        else:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, Path):
+                with open(data, "rb") as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        f.write(chunk)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        raise
     return Path(tmp)
 
 
@@ -189,6 +200,9 @@ def _remove_if_ours(path: Path, digest: str | None) -> None:
 @contextmanager
 def worktree_lock(reg) -> Iterator[None]:
     """One checkout at a time per registry folder (the folder and HEAD change together)."""
+    if reg.seal_dir is None:  # a registry opened from a URL has no folder of its own to guard
+        yield
+        return
     path = reg.seal_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -201,7 +215,9 @@ def worktree_lock(reg) -> Iterator[None]:
 def checkout(reg, rev: str, *, branch: str | None = None, to: Path | None = None, force: bool = False) -> dict:
     """Move HEAD to ``rev`` (a branch name makes HEAD follow it) and write its adapter folder.
 
-    With ``to``, only write the adapter folder there; HEAD stays where it is.
+    With ``to``, only write the adapter folder there; HEAD stays where it is. Everything that
+    could refuse (the revision, the branch name, the signing key, the target folder) is checked
+    before the folder is touched.
     """
     if branch is not None and to is not None:
         raise UserError("-b and --to do not go together: --to only writes a folder and moves no ref")
@@ -211,24 +227,34 @@ def checkout(reg, rev: str, *, branch: str | None = None, to: Path | None = None
         vid = resolve_revision(c, rev)
         manifest = load_manifest(c, vid)
         follows = R.HEADS + rev if branch is None and R.read_ref(c, R.HEADS + rev) is not None else None
-    if to is not None:
-        dest = check_target(to, registry_root=reg.root)
-        _materialize(reg, manifest, vid, dest, force)
-        return {"id": vid, "path": str(dest), "head": None}
+        if branch is not None and R.read_ref(c, R.HEADS + branch) is not None:
+            raise UserError(f"branch {branch} already exists; check it out with `seal checkout {branch}`")
+    dest = check_target(to, registry_root=reg.root) if to is not None else None
     with worktree_lock(reg):
-        files = adapter_files(reg, manifest, vid)
-        _materialize(reg, manifest, vid, reg.worktree, force)
+        if dest is not None:
+            _materialize(reg, manifest, vid, dest, force)
+            return {"id": vid, "path": str(dest), "head": None}
+        _check_worktree(reg)
+        reg.signer.key  # a missing key refuses now, before the folder changes
+        files = _materialize(reg, manifest, vid, reg.worktree, force)
         new_head = _move_head(reg, vid, rev, branch, follows)
     return {"id": vid, "path": str(reg.worktree) if files else None, "head": R.short_target(new_head),
             "detached": not new_head.startswith(R.SYMBOLIC)}
 
 
-def _materialize(reg, manifest: dict, vid: str, dest: Path, force: bool) -> None:
+def _check_worktree(reg) -> None:
+    folder = reg.worktree
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UserError(f"{folder} is not a plain folder (a link or a file); seal writes ./adapter only as a real folder")
+
+
+def _materialize(reg, manifest: dict, vid: str, dest: Path, force: bool) -> dict:
     files = adapter_files(reg, manifest, vid)
     if not files and not dest.exists():
-        return
+        return files
     weights = (manifest.get("adapter") or {}).get("weights")
     write_folder(dest, vid, files, force=force, expect={WEIGHTS_FILE: weights} if weights else None)
+    return files
 
 
 def _move_head(reg, vid: str, rev: str, branch: str | None, follows: str | None) -> str:

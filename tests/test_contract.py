@@ -249,7 +249,7 @@ def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_bas
         seal = Seal(disk, {"SEAL_ACTOR": "tester"}, process=True)  # no file of the disk stays open in this process
         before = seal.json("log", "--all")
         filler = disk / "filler"
-        with open(filler, "wb") as f:
+        with open(filler, "wb", buffering=0) as f:
             try:
                 while True:
                     f.write(b"\0" * 65536)
