@@ -371,6 +371,7 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     reader never sees half a report.
     """
     output = Path(output)
+    check_report_target(output)
     if fmt != "md":
         _write_atomic(output, render(report, fmt).encode("utf-8"))
         return [output]
@@ -380,9 +381,33 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     png = drift_png(report)
     image = drift_image_path(output)
     if png is not None:
+        check_report_target(image, ours=PNG_MARK)
         _write_atomic(image, png)
     _write_atomic(output, render_markdown(report, image=image.name if png is not None else None).encode("utf-8"))
     return [output] + ([image] if png is not None else [])
+
+
+PNG_MARK = b"seal audit"  # in the drift plot's PNG metadata: a file seal may replace
+
+
+def check_report_target(path: Path, ours: bytes | None = None) -> None:
+    """Refuse to write a report over anything but a regular file outside any `.seal` folder; with
+    ``ours``, only over a file that holds that mark (the drift plot seal wrote before)."""
+    from .config import SEAL_DIRNAME
+    from .files import is_regular
+
+    resolved = path.expanduser().resolve()
+    if SEAL_DIRNAME in resolved.parts:
+        raise UserError(f"{path} is inside a registry's {SEAL_DIRNAME} folder; write the report elsewhere")
+    if not resolved.parent.is_dir():
+        raise UserError(f"folder {path.parent} does not exist; create it or choose another -o")
+    if os.path.lexists(resolved) and not is_regular(resolved):
+        raise UserError(f"{path} exists and is not a regular file; choose another -o")
+    if ours is not None and resolved.exists():
+        with open(resolved, "rb") as f:
+            head = f.read(4096)
+        if ours not in head:
+            raise UserError(f"{path} exists and seal did not write it; move it away or choose another -o")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

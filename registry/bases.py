@@ -50,6 +50,30 @@ def base_spec(record: dict) -> str | None:
     return record["location"]
 
 
+BASE_REF = "refs/meta/base/"
+BASE_FIELDS = ("id", "name", "revision", "source", "location", "info")
+
+
+def base_doc(row: dict) -> dict:
+    """The fields of a base row that a signed record pins (``info`` as stored, parsed)."""
+    info = row.get("info")
+    if isinstance(info, str):
+        info = json.loads(info)
+    return {"format": "seal.base/1", **{k: (info if k == "info" else row.get(k)) for k in BASE_FIELDS}}
+
+
+def record_base(reg, base_id: str) -> None:
+    """Pin a base row by a blob moved to ``refs/meta/base/<id>`` with a signed reflog row, so a row
+    changed by SQL (a name that loads another model, shapes that switch off a check) is caught."""
+    ref = BASE_REF + base_id
+    if reg.read_ref(ref) is not None:
+        return
+    with reg.read() as c:
+        row = get_base(c, base_id)
+    digest = reg.store.put(canonical_json(base_doc(row)))
+    reg.move_ref(ref, new=digest, expected=None, reason="base: recorded")
+
+
 def insert_base(conn: Conn, record: dict) -> str:
     conn.insert_new("bases", {
         "id": record["id"], "name": record["name"], "revision": record.get("revision"),

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .objects import DIGEST_PREFIX, is_digest, referenced_blobs
-from .refs import META, REFLOG_FORMAT
-from .verify import JOURNAL_MAX_BYTES
+from .refs import META
 
 DEFAULT_GRACE_S = 24 * 3600
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -93,14 +93,11 @@ def _id_of(text: str) -> str:
 
 
 def _is_journal(reg, digest: str) -> bool:
-    """Reflog entries copied into the store are kept: they are how verify finds erased rows."""
-    try:
-        if reg.store.stat(digest)[0] > JOURNAL_MAX_BYTES:
-            return False
-        data = reg.store.get(digest)
-        return data.startswith(b"{") and json.loads(data).get("format") == REFLOG_FORMAT
-    except Exception:
-        return False
+    """Journal copies (versions and reflog rows) are kept, even of rows no longer in the database:
+    they are the evidence `seal verify` finds erased or rolled-back rows by."""
+    from .verify import _journal_doc
+
+    return _journal_doc(reg, digest) is not None
 
 
 def collect(reg, *, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
@@ -118,16 +115,28 @@ def collect(reg, *, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
     return report
 
 
+# What seal's own commands leave behind when killed, by the names they give it; gc removes
+# nothing else, and never looks through a link.
+_TMP_WORK = re.compile(r"^(session|pull|push|behavior|edit|merge|consolidate|learn|cluster)-[A-Za-z0-9_]{8}$")
+_STAGED = re.compile(r"^\.(adapter_config\.json|adapter_model\.safetensors|\.seal-checkout\.json)\.seal-[A-Za-z0-9_]{8}$")
+_SEAL_TMP = re.compile(r"^\.(policy\.toml|policy\.synced)\.tmp-\d+$")
+_STAGING = re.compile(r"^\.seal-(init|clone)-[A-Za-z0-9_]{8}$")
+
+
+def _matching(folder: Path, pattern: re.Pattern) -> list[Path]:
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if pattern.match(p.name)]
+
+
 def _litter(reg, now: float, grace_s: float) -> list[Item]:
-    found: list[tuple[Path, int, float]] = []
-    tmp = reg.seal_dir / "tmp"
-    if tmp.is_dir():
-        found += [(p, _size(p), p.lstat().st_mtime) for p in tmp.iterdir()]
-    found += [(p, s, m) for p, s, m in getattr(reg.store, "iter_litter", lambda: [])()]
-    if reg.worktree.is_dir():
-        found += [(p, _size(p), p.lstat().st_mtime) for p in reg.worktree.glob(".*.seal-*")]
-    found += [(p, _size(p), p.lstat().st_mtime) for p in reg.root.glob(".seal-init-*")]
-    return [Item("litter", str(p), size, now - mtime) for p, size, mtime in found if now - mtime >= grace_s]
+    found: list[Path] = _matching(reg.seal_dir / "tmp", _TMP_WORK)
+    found += _matching(reg.seal_dir, _SEAL_TMP)
+    found += _matching(reg.worktree, _STAGED)
+    found += [p for p in _matching(reg.root, _STAGING) if p.is_dir() and not p.is_symlink()]
+    items = [(p, _size(p), p.lstat().st_mtime) for p in found]
+    items += [(p, s, m) for p, s, m in getattr(reg.store, "iter_litter", lambda: [])()]
+    return [Item("litter", str(p), size, now - mtime) for p, size, mtime in items if now - mtime >= grace_s]
 
 
 def _size(path: Path) -> int:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import refs as R
-from .bases import insert_base
+from .bases import insert_base, record_base
 from .config import CONFIG_FILE, SEAL_DIRNAME, config_text, read_config
 from .db import upgrade
 from .errors import UserError
@@ -108,6 +108,7 @@ def _first_rows(reg: Registry, base: dict, branch: str) -> None:
     """The base row, this registry's signer, the root version, ``main`` and HEAD (each only if missing)."""
     with reg.write() as c:
         insert_base(c, base)
+    record_base(reg, base["id"])
     if reg.read_ref(R.HEADS + branch) is None:
         root = root_manifest(base)
         reg.record(root, ref=R.HEADS + branch, expected=None, reason="init")

@@ -131,4 +131,4 @@ signers = Table(
     Column("created_at", String(32), nullable=False),
 )
 
-APPEND_ONLY = ("versions", "version_parents", "scores", "audits", "reflog", "signers")
+APPEND_ONLY = ("bases", "versions", "version_parents", "scores", "audits", "reflog", "signers")

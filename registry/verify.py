@@ -90,6 +90,7 @@ def verify_registry(reg, *, check_blobs: bool = True) -> list[dict]:
         faults += _check_version(reg, row, snap, ids, trusted, blob_ok if check_blobs else None)
     faults += _check_orphans(snap, ids)
     faults += _check_signers(snap, trusted)
+    faults += _check_bases(reg, snap)
     faults += _check_refs(reg, snap, ids, trusted)
     if check_blobs:
         faults += _check_store(reg, snap, ids, blob_ok)
@@ -192,15 +193,43 @@ def _check_orphans(snap, ids) -> list[Fault]:
     return out
 
 
+def _check_bases(reg, snap) -> list[Fault]:
+    """Each base row equals its signed record (``refs/meta/base/<id>``, whose move the reflog signs)."""
+    from .bases import BASE_REF, base_doc
+
+    pinned = {name[len(BASE_REF):]: target for name, target in snap.refs if name.startswith(BASE_REF)}
+    out = []
+    for base_id, row in snap.bases.items():
+        digest = pinned.get(base_id)
+        if digest is None:
+            if pinned:  # a registry that pins its bases: an unpinned row was added behind seal's back
+                out.append(Fault(None, f"base {base_id[:12]}", "has no signed record (refs/meta/base/…)"))
+            continue
+        try:
+            recorded = json.loads(reg.store.get(digest))
+            same = recorded == json.loads(canonical_json(base_doc(row)))
+        except Exception:
+            same = False
+        if not same:
+            out.append(Fault(None, f"base {base_id[:12]}", "the row differs from its signed record: it was "
+                             "changed behind seal's back (a base that checkouts would name and load)"))
+    return out
+
+
 def _check_signers(snap, trusted) -> list[Fault]:
     return [Fault(None, f"signer {sid[:12]}", f"the signers table names key {sid[:12]} ({row['name']}), "
                   f"which is not in the trust file") for sid, row in snap.signers.items() if sid not in trusted]
 
 
 def _check_refs(reg, snap, ids, trusted) -> list[Fault]:
-    out, last = [], {}
+    out, last, seen = [], {}, set()
     for entry in snap.reflog:
         out += _check_reflog_row(entry, trusted, last.get(entry["ref"]))
+        key = (entry["ref"], entry["old"], entry["new"], entry["time"], entry.get("signature"))
+        if key in seen:
+            out.append(Fault(None, f"reflog {entry['id']} ({entry['ref']})", "repeats an earlier signed move "
+                             "word for word: a replayed row, inserted behind seal's back"))
+        seen.add(key)
         last[entry["ref"]] = entry
     current = dict(snap.refs)
     for name, target in snap.refs:
@@ -228,6 +257,9 @@ def _check_ref_target(reg, name, target, ids) -> list[Fault]:
 def _check_reflog_row(entry, trusted, previous) -> list[Fault]:
     where = f"reflog {entry['id']} ({entry['ref']})"
     out = []
+    if previous is not None and str(entry["time"]) < str(previous["time"]):
+        out.append(Fault(None, where, f"is dated {entry['time']}, before the row that precedes it "
+                         f"({previous['time']}): a replayed or forged row"))
     if previous is not None and entry["old"] != previous["new"]:
         out.append(Fault(None, where, f"moves from {_short(entry['old'])} but the row before left the ref at "
                          f"{_short(previous['new'])}: a reflog row was erased or forged"))

@@ -139,3 +139,27 @@ def test_gc_keeps_every_referenced_blob(registry, reg, tiny_base):
     assert registry.json("gc", "--dry-run", "--grace", "0")["items"] == [
         {"kind": "unreferenced", "path": young, "size": len(b"written a moment ago by a command still running"),
          "age_s": pytest.approx(0, abs=60)}]
+
+
+def test_gc_removes_only_what_seal_wrote(registry, reg, tiny_base, tmp_path):
+    registry("import", tiny_base["adapters"][0])
+    registry("checkout", "main")
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    (elsewhere / "results.csv").write_text("mine")
+    tmp = registry.cwd / ".seal" / "tmp"
+    if tmp.exists():
+        tmp.rmdir()
+    tmp.symlink_to(elsewhere)
+    user_files = [registry.cwd / ".seal-init-notes", registry.cwd / "adapter" / ".notes.seal-draft", elsewhere / "results.csv"]
+    for f in user_files[:2]:
+        f.write_text("mine")
+    stale = registry.cwd / "adapter" / ".adapter_model.safetensors.seal-abcd1234"
+    stale.write_text("half a file a killed checkout left")
+    old = time.time() - 3 * 86400
+    for f in [*user_files, stale]:
+        os.utime(f, (old, old))
+    listed = [i["path"] for i in registry.json("gc", "--dry-run")["items"]]
+    assert listed == [str(stale)]
+    registry("gc")
+    assert all(f.read_text() == "mine" for f in user_files) and not stale.exists()

@@ -230,3 +230,31 @@ def test_record_refuses_odd_score_and_gate_fields(reg, score, gate):
     )
     with pytest.raises(UserError, match="cannot record"):
         reg.record(manifest)
+
+
+def test_replayed_signed_reflog_row_is_named(registry, tiny_base):
+    """Only INSERT into reflog and UPDATE of refs, both allowed by the triggers: an old, validly signed
+    move of an alias replayed to bring a bad version back."""
+    registry("import", tiny_base["adapters"][0])
+    registry("tag", "v1")
+    registry("import", tiny_base["adapters"][1])
+    registry("alias", "prod", "main", "-m", "promote v2")
+    registry("alias", "prod", "v1", "-m", "v2 is bad: roll prod back")
+    _raw(registry, "INSERT INTO reflog (ref, old, new, actor, reason, time, signature, signer) "
+                   "SELECT ref, old, new, actor, reason, time, signature, signer FROM reflog WHERE reason = 'alias: promote v2'")
+    _raw(registry, "UPDATE refs SET target = (SELECT new FROM reflog WHERE reason = 'alias: promote v2' LIMIT 1) "
+                   "WHERE name = 'refs/aliases/prod'")
+    faults = _faults(registry)
+    assert any("refs/aliases/prod" in f["object"] and "replayed" in f["fault"] for f in faults), faults
+
+
+def test_changed_base_row_is_named(registry, tiny_base):
+    registry("import", tiny_base["adapters"][0])
+    _drop_triggers(registry, "bases")
+    _raw(registry, "UPDATE bases SET source = 'hub', name = 'evil-org/backdoored-llama'")
+    assert any(f["object"].startswith("base ") and "signed record" in f["fault"] for f in _faults(registry))
+
+
+def test_bases_are_append_only(registry):
+    with pytest.raises(Exception, match="append-only"):
+        _raw(registry, "UPDATE bases SET name = 'other'")

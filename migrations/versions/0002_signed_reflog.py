@@ -8,6 +8,7 @@ Create Date: 2026-11-27
   alone, or a ref re-pointed behind seal's back, is caught by `seal verify`.
 - ``audits.ci_low`` / ``ci_high`` / ``n`` / ``rule``: a gate is a statistical decision with an
   interval, a sample size and a rule.
+- ``bases`` becomes append-only too (each base's record is also signed, as ``refs/meta/base/<id>``).
 - ``ix_versions_created_id`` serves `log --all -n N` newest first without a sort;
   ``ix_reflog_ref_id`` serves "the last move of each ref".
 Columns are added in place (no table rebuild), so the append-only triggers stay.
@@ -15,6 +16,8 @@ Columns are added in place (no table rebuild), so the append-only triggers stay.
 
 from alembic import op
 import sqlalchemy as sa
+
+from seal.migrations.append_only import guard, unguard
 
 revision = "0002_signed_reflog"
 down_revision = "0001_initial"
@@ -33,9 +36,11 @@ def upgrade() -> None:
     op.create_index("ix_versions_created_id", "versions", ["created_at", "id"])
     op.drop_index("ix_reflog_ref", table_name="reflog")
     op.create_index("ix_reflog_ref_id", "reflog", ["ref", "id"])
+    guard("bases")
 
 
 def downgrade() -> None:
+    unguard("bases")
     op.drop_index("ix_reflog_ref_id", table_name="reflog")
     op.create_index("ix_reflog_ref", "reflog", ["ref"])
     op.drop_index("ix_versions_created_id", table_name="versions")
