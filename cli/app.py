@@ -250,6 +250,9 @@ def _dispatch(argv: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of the `seal` console script."""
+    for name in ("stdout", "stderr"):  # `seal log >&-`: write into the void rather than crash
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
     code = run(list(sys.argv[1:] if argv is None else argv))
     try:
         sys.stdout.flush()

@@ -95,7 +95,7 @@ def _alembic(url: str, action: str, revision: str) -> None:
 
 def upgrade(url: str, revision: str = "head") -> str:
     """Bring the schema to ``revision`` (default: newest). Returns the revision reached."""
-    db = Database.open(url)
+    db = Database.open(url, create=True)
     try:
         rev = current_revision(db)
         if rev is not None and rev not in REVISIONS:

@@ -81,6 +81,8 @@ def _refuse_attached(url: str) -> None:
     from .sql import Database
 
     db = Database.open(url)
+    if db.dialect == "sqlite" and not Path(db.parsed.target).exists():
+        return  # a new file: nothing is attached to it yet
     try:
         taken = current_revision(db) is not None and _has_head(db)
     finally:

@@ -117,20 +117,22 @@ class Conn:
 class Database:
     """Connections to one lineage database. Cheap to create; connects on first use."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, create: bool = False):
         self.url = url
+        self.create = create
         self.parsed = Url.parse(url)
         self.dialect = self.parsed.dialect
         self.head = "HEAD"
         self._raw: Any = None
 
     @classmethod
-    def open(cls, url: str) -> "Database":
-        return cls(url)
+    def open(cls, url: str, *, create: bool = False) -> "Database":
+        """Connections to ``url``; a SQLite file is created only with ``create`` (init, db upgrade)."""
+        return cls(url, create=create)
 
     def _connect(self) -> Any:
         if self._raw is None:
-            self._raw = _connect_sqlite(self.parsed.target) if self.dialect == "sqlite" \
+            self._raw = _connect_sqlite(self.parsed.target, self.create) if self.dialect == "sqlite" \
                 else _connect_postgres(self.parsed.target)
         return self._raw
 
@@ -202,10 +204,33 @@ def _commit(conn: Conn) -> None:
     conn.execute("COMMIT")
 
 
-def _connect_sqlite(path: str) -> sqlite3.Connection:
+def _connect_sqlite(path: str, create: bool = False) -> sqlite3.Connection:
+    """A connection that never creates a missing registry database (only init and upgrade do), and
+    reads a database on read-only media (WAL needs a writable -shm file, so there it is opened
+    immutable: nothing can change it anyway)."""
+    import os
+    from urllib.parse import quote
+
+    if path == ":memory:":
+        return _configured(sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False))
+    if not create and not os.path.exists(path):
+        raise DatabaseUnavailable(f"the lineage database {path} is missing; restore it from a backup")
+    uri = f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
+    try:
+        raw = _configured(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None,
+                                          check_same_thread=False))
+        raw.execute("PRAGMA schema_version").fetchone()  # opens the WAL index, which read-only media refuse
+        return raw
+    except sqlite3.OperationalError:
+        if create or os.access(os.path.dirname(path) or ".", os.W_OK):
+            raise
+    return _configured(sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                       check_same_thread=False))
+
+
+def _configured(raw: sqlite3.Connection) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves (the module's implicit transactions
     # mishandle SAVEPOINTs and let a failed compare-and-swap commit half of a change).
-    raw = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     raw.execute("PRAGMA foreign_keys=ON")
     raw.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
     return raw

@@ -77,11 +77,25 @@ def version_exists(conn: Conn, vid: str) -> bool:
     return conn.one("SELECT 1 FROM versions WHERE id = ?", (vid,)) is not None
 
 
+def _parsed(text: str, vid: str) -> dict:
+    """A stored manifest, or a one-line error pointing at `seal verify` when its row was damaged."""
+    from .errors import DatabaseDamaged
+
+    try:
+        manifest = parse_manifest(text)
+    except (ValueError, TypeError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parents"), list) \
+            or not isinstance(manifest.get("created_at"), str):
+        raise DatabaseDamaged(f"the stored manifest of version {vid[:12]} is damaged; run `seal verify`")
+    return manifest
+
+
 def load_manifest(conn: Conn, vid: str) -> dict:
     text = conn.scalar("SELECT manifest FROM versions WHERE id = ?", (vid,))
     if text is None:
         raise UserError(f"version {vid[:12]} is not in this registry")
-    return parse_manifest(text)
+    return _parsed(text, vid)
 
 
 def version_record(conn: Conn, vid: str) -> dict:
@@ -89,4 +103,4 @@ def version_record(conn: Conn, vid: str) -> dict:
     row = conn.one("SELECT manifest, signature, signer FROM versions WHERE id = ?", (vid,))
     if row is None:
         raise UserError(f"version {vid[:12]} is not in this registry")
-    return {"id": vid, **parse_manifest(row[0]), "signature": row[1], "signer": row[2]}
+    return {"id": vid, **_parsed(row[0], vid), "signature": row[1], "signer": row[2]}

@@ -266,3 +266,25 @@ def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_bas
 
         if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_read_only_media_reads_and_refuses_writes_in_one_line(tmp_path, tiny_base, tiny_base_record):
+    import subprocess
+
+    disk = tmp_path / "ro"
+    if not _small_filesystem(disk, "20m"):
+        pytest.skip("cannot mount a tmpfs here (needs root); the read-only path is not exercised")
+    try:
+        make_registry(disk, tiny_base_record).close()
+        seal = Seal(disk, {"SEAL_ACTOR": "tester"}, process=True)
+        before = seal.json("log", "--all")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
+        assert seal.json("log", "--all") == before
+        assert seal.run("verify").returncode == 0
+        for argv in (("import", tiny_base["adapters"][0], "-m", "x"), ("tag", "v1"), ("checkout", "-b", "exp")):
+            proc = seal.run(*argv)
+            assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
+            assert "Traceback" not in proc.stderr
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)

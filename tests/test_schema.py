@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from seal.registry import db as D
-from seal.registry.errors import DatabaseDamaged, DatabaseLocked, SchemaError
+from seal.registry.errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, SchemaError
 from seal.registry.graph import graph_lines
 from seal.registry.schema import metadata
 from seal.registry.sql import Database
@@ -50,8 +50,12 @@ def test_models_match_migrations(db_url, tmp_path):
 
 def test_old_and_new_schemas_are_refused(db_url, tmp_path):
     url = _url(db_url, tmp_path)
+    if not db_url:  # a missing SQLite file is never created by a reader
+        with pytest.raises(DatabaseUnavailable, match="missing"):
+            D.check_schema(Database.open(url))
+        assert not (tmp_path / "x.db").exists()
     with pytest.raises(SchemaError, match="seal init"):
-        D.check_schema(Database.open(url))
+        D.check_schema(Database.open(url, create=True))
     D.upgrade(url)
     D.check_schema(Database.open(url))
     _set_revision(url, "9999_future")
