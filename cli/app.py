@@ -171,8 +171,10 @@ def _close_registries() -> None:
 
 
 def _say(message: str) -> None:
+    from .render import printable
+
     text = " ".join(str(message).split()) if "\n" in str(message) else str(message)
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(printable(text) + "\n")
 
 
 def _os_error(e: OSError) -> tuple[str, int]:
@@ -204,10 +206,28 @@ def run(argv: List[str]) -> int:
     if not argv:
         _say("seal: error: no command given; see `seal --help`")
         return 2
+    blank = _blank_argument(argv)
+    if blank is not None:
+        _say(f"seal: error: {blank}")
+        return 2
     try:
         return _dispatch(argv)
     finally:
         _close_registries()
+
+
+def _blank_argument(argv: List[str]) -> str | None:
+    """An empty argument is always a slip (``--repo ''`` would mean the current folder, ``branch ''``
+    a listing): refuse it before anything runs.
+
+    >>> _blank_argument(["branch", ""])
+    "an empty argument after 'branch'; give a value"
+    """
+    for i, arg in enumerate(argv):
+        if not arg.strip():
+            where = f"after {argv[i - 1]!r}" if i else "first"
+            return f"an empty argument {where}; give a value"
+    return None
 
 
 def _dispatch(argv: List[str]) -> int:

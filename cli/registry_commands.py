@@ -148,15 +148,19 @@ def status(json_: bool = JsonOpt) -> None:
                   "complete before HEAD moves, and seal never deletes files it did not write.",
                   "seal checkout HEAD~1", "seal checkout -b experiment v1", "seal checkout v1 --to ./adapter-v1"))
 def checkout(
-    rev: str = typer.Argument(..., help="A version: id, prefix, branch, tag, alias, HEAD~N, REV^N."),
+    rev: Optional[str] = typer.Argument(None, help="A version: id, prefix, branch, tag, alias, HEAD~N, REV^N "
+                                                   "(with -b, default HEAD)."),
     b: Optional[str] = typer.Option(None, "-b", help="Create branch B at REV and follow it."),
     to: Optional[Path] = typer.Option(None, "--to", help="Only write the adapter folder to DIR (new, empty, or one seal wrote); HEAD stays."),
     force: bool = typer.Option(False, "--force", help="Overwrite files seal wrote there even if they were changed (never other files)."),
     json_: bool = JsonOpt,
 ) -> None:
+    from seal.registry.errors import UserError
     from seal.registry.worktree import checkout as do_checkout
 
-    out = do_checkout(open_registry(), rev, branch=b, to=to, force=force)
+    if rev is None and b is None:
+        raise UserError("give the revision to check out, e.g. `seal checkout main`")
+    out = do_checkout(open_registry(), rev or "HEAD", branch=b, to=to, force=force)
     if json_:
         print_json(out)
         return

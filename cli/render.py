@@ -144,7 +144,20 @@ def _train_lines(train: dict) -> list[str]:
     return lines
 
 
+def printable(text: str) -> str:
+    r"""``text`` with control and bidirectional characters shown escaped, so a stored string can
+    never drive the terminal.
+
+    >>> print(printable("ok\x1b[2Jgone"))
+    ok\x1b[2Jgone
+    """
+    from seal.registry.objects import _UNSAFE_CHARS
+
+    return _UNSAFE_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def emit(lines: list[str]) -> None:
+    lines = [printable(str(line)) for line in lines]
     out = sys.stdout
     if out.isatty():
         from rich.console import Console

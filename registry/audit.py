@@ -29,7 +29,8 @@ from . import vocabulary as V
 from .bases import get_base
 from .errors import UserError
 from .graph import first_parent_line
-from .objects import now_utc, parse_manifest
+from .objects import now_utc
+from .versions import stored_manifest
 from .policy import POLICY_REF, parse_policy
 from .previews import first_lines, head_text
 from .revisions import resolve_revision
@@ -156,7 +157,7 @@ def _collect(c, tip: str) -> dict:
         for vid, text, signature, signer in c.all(
                 f"SELECT id, manifest, signature, signer FROM versions WHERE id IN ({marks})", part):
             rows[vid] = {"signature": signature, "signer": signer}
-            manifests[vid] = parse_manifest(text)
+            manifests[vid] = stored_manifest(text, vid)
     moves = [m for m in c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog ORDER BY id")
              if m["new"] in rows or m["old"] in rows]
     return {

@@ -26,14 +26,13 @@ from typing import Any
 import numpy as np
 
 from .bases import get_base
-from .errors import UserError
+from .errors import ObjectDamaged, UserError
 from .graph import ancestors, parents_of
 from .lora_math import compare_adapters, load_lora_factors
-from .objects import parse_manifest
 from .previews import first_lines, head_text
 from .revisions import resolve_revision
 from .sql import Conn
-from .versions import load_manifest
+from .versions import load_manifest, stored_manifest
 
 SCHEMA_ID = "seal.diff/1"
 #: Adapter config fields that change what an adapter is or how it scales.
@@ -142,7 +141,10 @@ def _factors(reg, manifest: dict | None, label: str) -> dict:
     if not adapter:
         return {}  # the bare base: a zero update
     if not reg.store.has(adapter["weights"]):
-        raise UserError(f"blob {adapter['weights']} is missing from the object store; run `seal verify`")
+        raise ObjectDamaged(f"blob {adapter['weights']} is missing from the object store; run `seal verify`")
+    if not reg.store.check(adapter["weights"]):  # a damaged blob would give wrong numbers, not an error
+        raise ObjectDamaged(f"the weights of {label} ({adapter['weights'][:19]}…) no longer match their digest; "
+                        f"run `seal verify`")
     path = reg.store.path_of(adapter["weights"])
     try:
         return load_lora_factors((adapter.get("config") or {}, path))
@@ -177,6 +179,8 @@ def _weights_section(reg, old_id: str | None, m_old: dict | None, new_id: str, m
         f_new = _factors(reg, m_new, f"new ({new_id[:12]})")
         f_old = f_new if same_blob else _factors(reg, m_old, f"old ({(old_id or '')[:12]})")
         report = compare_adapters(f_new, f_old)
+    except ObjectDamaged:
+        raise
     except UserError as e:
         # A DoRA adapter or a different base's shapes: no rank-space figures, the rest still diffs.
         return {"changed": not same_blob, "skipped": str(e), "modules": [], "layers": [],
@@ -352,5 +356,6 @@ def _newest(conn: Conn, ids: set[str], limit: int) -> list[tuple[str, dict]]:
         part = ordered[start:start + 500]
         marks = ", ".join("?" for _ in part)
         stamps += conn.all(f"SELECT created_at, id FROM versions WHERE id IN ({marks})", part)
-    chosen = [vid for _, vid in sorted(stamps, reverse=True)[:limit]]
-    return [(vid, parse_manifest(conn.scalar("SELECT manifest FROM versions WHERE id = ?", (vid,)))) for vid in chosen]
+    chosen = [vid for _, vid in sorted(stamps, key=lambda t: (str(t[0]), t[1]), reverse=True)[:limit]]
+    return [(vid, stored_manifest(conn.scalar("SELECT manifest FROM versions WHERE id = ?", (vid,)), vid))
+            for vid in chosen]

@@ -45,6 +45,10 @@ class DatabaseDamaged(UserError):
     """The lineage database cannot be read as a seal database."""
 
 
+class ObjectDamaged(UserError):
+    """A blob a command needs is missing or no longer matches its digest: `seal verify` says more."""
+
+
 class DatabaseUnavailable(UserError):
     """The database cannot be reached or written (server down, read-only file, full disk)."""
 

@@ -10,7 +10,7 @@ The grace period protects commands running now: a writer touches an existing blo
 references it again (``freshen``), so a blob in use is always young.
 
 >>> report = collect(Registry.open(), grace_s=0)     # doctest: +SKIP
->>> [item.path for item in report.items]             # what `seal gc --dry-run` lists
+>>> [item.path for item in report.items]             # what `seal gc --dry-run` lists  # doctest: +SKIP
 """
 
 from __future__ import annotations

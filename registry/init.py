@@ -55,6 +55,7 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_
     """Create ``path/.seal`` with its database, key, trust file, the base's root version and ``main``."""
     path = check_can_init(path)
     R.check_ref_name(branch)
+    created = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".seal-init-", dir=path))
     try:
@@ -68,10 +69,20 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_
         os.rename(staging, path / SEAL_DIRNAME)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
         raise
     reg = Registry.open(path)
     record_policy(reg, read_policy(reg))
     return reg
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Undo the folders a failed init made (innermost first), never one that now holds anything."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _refuse_attached(url: str) -> None:

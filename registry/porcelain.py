@@ -27,8 +27,12 @@ def check_message(message: str, what: str = "-m") -> str:
     """A message is stored forever and may be pushed: refuse one holding a secret (exit 2)."""
     from .scan import scan_text
 
+    from .objects import _UNSAFE_CHARS
+
     if not isinstance(message, str) or len(message) > 10_000:
         raise UserError(f"{what} is too long; keep a message under 10,000 characters")
+    if _UNSAFE_CHARS.search(message):
+        raise UserError(f"{what} holds control or bidirectional characters; write plain text")
     findings = scan_text(message)
     if findings:
         kinds = ", ".join(sorted({f.kind for f in findings}))
@@ -115,8 +119,16 @@ def list_branches(reg) -> list[dict]:
         return [{"name": R.short_name(n), "id": t, "current": n == current} for n, t in R.list_refs(c, R.HEADS)]
 
 
+def refuse_other_kind(reg, name: str, kind: str) -> None:
+    """A branch may not take a tag's name, nor a tag a branch's: one would hide the other."""
+    other, word = (R.TAGS, "tag") if kind == "branch" else (R.HEADS, "branch")
+    if reg.read_ref(other + name) is not None:
+        raise UserError(f"{name!r} is already a {word}; pick another {kind} name")
+
+
 def create_branch(reg, name: str, rev: str = "HEAD") -> dict:
     R.check_ref_name(name)
+    refuse_other_kind(reg, name, "branch")
     vid = reg.resolve(rev)
     if reg.read_ref(R.HEADS + name) is not None:
         raise UserError(f"branch {name} already exists; pick another name or delete it with `seal branch -d {name}`")
@@ -143,6 +155,7 @@ def list_tags(reg) -> list[dict]:
 
 def create_tag(reg, name: str, rev: str = "HEAD") -> dict:
     R.check_ref_name(name, "tag")
+    refuse_other_kind(reg, name, "tag")
     vid = reg.resolve(rev)
     if reg.read_ref(R.TAGS + name) is not None:
         raise UserError(f"tag {name} already exists; tags never move, so pick another name")

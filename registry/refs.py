@@ -39,7 +39,7 @@ WORKTREES = "refs/worktrees/"
 SYMBOLIC = "ref: "
 REFLOG_FORMAT = "seal.reflog/1"
 
-_NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 _HEXLIKE = re.compile(r"^[0-9a-fA-F]{4,}$")
 
 
@@ -53,6 +53,10 @@ def actor() -> str:
     """Who is moving refs: ``SEAL_ACTOR``, else user@host."""
     env = os.environ.get("SEAL_ACTOR")
     if env:
+        from .objects import _UNSAFE_CHARS
+
+        if _UNSAFE_CHARS.search(env) or "\n" in env or len(env) > 200:
+            raise UserError("SEAL_ACTOR must be one line of plain text under 200 characters")
         return env
     import getpass
     import socket
@@ -75,9 +79,12 @@ def check_ref_name(name: str, what: str = "branch") -> str:
     Traceback (most recent call last):
     seal.registry.errors.UserError: 'cafe' looks like a version id; a branch name needs a letter beyond a-f or a separator
     """
+    if not isinstance(name, str) or not name:
+        raise UserError(f"a {what} name cannot be empty")
+    if name.startswith("refs/"):
+        raise UserError(f"{name!r}: give the short {what} name, without refs/")
     if (
-        not isinstance(name, str)
-        or len(name) > 200
+        len(name) > 200
         or not _NAME.match(name)
         or ".." in name
         or name.endswith((".", "/", ".lock"))
@@ -86,7 +93,8 @@ def check_ref_name(name: str, what: str = "branch") -> str:
         or name in (HEAD, "@")
         or re.search(r"[~^:?*\[\\ @{]", name)
     ):
-        raise UserError(f"{name!r} is not a valid {what} name; use letters, digits, '.', '_', '-' and '/'")
+        raise UserError(f"{name!r} is not a valid {what} name; start with a letter or digit and use "
+                        f"letters, digits, '.', '_', '-' and '/'")
     if any(_HEXLIKE.match(part) for part in [name, name.split("/")[-1]]):
         raise UserError(
             f"{name!r} looks like a version id; a {what} name needs a letter beyond a-f or a separator"

@@ -52,6 +52,9 @@ def _by_ref(conn: Conn, name: str) -> str | None:
     if name.startswith("refs/"):
         return peel(conn, name)
     alias = name[1:] if name.startswith("@") else name
+    branch, tag = peel(conn, HEADS + name), peel(conn, TAGS + name)
+    if branch is not None and tag is not None and branch != tag:
+        raise RevisionError(f"{name!r} is both a branch and a tag; say refs/heads/{name} or refs/tags/{name}")
     for full in (HEADS + name, TAGS + name, ALIASES + alias, REMOTES + name):
         vid = peel(conn, full)
         if vid is not None:
@@ -102,6 +105,8 @@ def resolve_revision(conn: Conn, rev: str) -> str:
         raise RevisionError(f"{str(rev)[:40]!r} is not a revision; give an id, a branch, a tag or HEAD~N")
     rev = rev.strip()
     name, steps = split_revision(rev)
+    if not name:
+        raise RevisionError(f"{rev!r} names no starting point; write HEAD{rev} or BRANCH{rev}")
     vid = resolve_name(conn, name)
     walked = name or "HEAD"
     for op, n in steps:

@@ -127,6 +127,8 @@ def check_signature(public_hex: str, data: bytes | str, signature_hex: str) -> b
 
     payload = data.encode("ascii") if isinstance(data, str) else data
     try:
+        if weak_public_key(public_hex):
+            return False
         pub = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
         pub.verify(bytes.fromhex(signature_hex), payload)
         return True
@@ -135,6 +137,25 @@ def check_signature(public_hex: str, data: bytes | str, signature_hex: str) -> b
 
 
 # --- the trust file -----------------------------------------------------------------------------
+
+_P = 2**255 - 19
+_Y8 = int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+#: y of the 8 points of small order (identity, order 2, 4 and 8; the sign bit picks x). A key there
+#: verifies forged signatures for many messages, so it is never trusted (the libsodium blacklist).
+_SMALL_ORDER_Y = {0, 1, _P - 1, _Y8, _P - _Y8}
+
+
+def weak_public_key(public_hex: str) -> bool:
+    """Whether an Ed25519 public key is of small order or not canonically encoded.
+
+    >>> weak_public_key("01" + "00" * 31)       # the identity point
+    True
+    >>> weak_public_key("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+    False
+    """
+    y = int.from_bytes(bytes.fromhex(public_hex), "little") & ((1 << 255) - 1)
+    return y >= _P or y in _SMALL_ORDER_Y
+
 
 def format_trust_line(public_hex: str, name: str) -> str:
     clean = " ".join(str(name).split()) or "unnamed"
@@ -154,6 +175,9 @@ def parse_trust_file(text: str, where: str = TRUST_FILE) -> dict[str, TrustedKey
             raise UserError(
                 f"{where} line {number} is not '<signer id> <public key hex> [name]' with a matching id; fix it by hand"
             )
+        if weak_public_key(parts[1]):
+            raise UserError(f"{where} line {number} holds a weak key (small order) that would accept forged "
+                            f"signatures; remove that line")
         keys[parts[0]] = TrustedKey(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
     return keys
 
@@ -178,6 +202,8 @@ def add_trusted(path: Path, public_hex: str, name: str) -> bool:
     """
     import fcntl
 
+    if weak_public_key(public_hex):
+        raise UserError("that key is of small order and would accept forged signatures; it is never trusted")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)

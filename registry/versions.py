@@ -77,7 +77,7 @@ def version_exists(conn: Conn, vid: str) -> bool:
     return conn.one("SELECT 1 FROM versions WHERE id = ?", (vid,)) is not None
 
 
-def _parsed(text: str, vid: str) -> dict:
+def stored_manifest(text: str, vid: str) -> dict:
     """A stored manifest, or a one-line error pointing at `seal verify` when its row was damaged."""
     from .errors import DatabaseDamaged
 
@@ -95,7 +95,7 @@ def load_manifest(conn: Conn, vid: str) -> dict:
     text = conn.scalar("SELECT manifest FROM versions WHERE id = ?", (vid,))
     if text is None:
         raise UserError(f"version {vid[:12]} is not in this registry")
-    return _parsed(text, vid)
+    return stored_manifest(text, vid)
 
 
 def version_record(conn: Conn, vid: str) -> dict:
@@ -103,4 +103,4 @@ def version_record(conn: Conn, vid: str) -> dict:
     row = conn.one("SELECT manifest, signature, signer FROM versions WHERE id = ?", (vid,))
     if row is None:
         raise UserError(f"version {vid[:12]} is not in this registry")
-    return {"id": vid, **_parsed(row[0], vid), "signature": row[1], "signer": row[2]}
+    return {"id": vid, **stored_manifest(row[0], vid), "signature": row[1], "signer": row[2]}

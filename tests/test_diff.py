@@ -73,30 +73,6 @@ def record(reg, *, message, parent="HEAD", adapter_of=None, adapter_dir=None, sc
     return reg.record(manifest, ref=ref, expected=reg.read_ref(ref), reason=f"edit: {message}")
 
 
-# --- diff -------------------------------------------------------------------------------------
-
-@sqlite_only
-def test_diff_empty_with_itself_and_per_module_otherwise(registry, tiny_base):
-    seal = registry
-    a0, a1, _ = tiny_base["adapters"]
-    """Record a hand-built version on ``branch`` through the Registry API, as the editor does."""
-    from seal.registry.objects import build_manifest
-
-    parent_id = reg.resolve(parent)
-    adapter = reg.manifest(reg.resolve(adapter_of)).get("adapter") if adapter_of else None
-    if adapter_dir is not None:
-        adapter = {"weights": reg.store.put_file(adapter_dir / "adapter_model.safetensors"), "format": "peft-lora",
-                   "config": json.loads((adapter_dir / "adapter_config.json").read_text())}
-    manifest = build_manifest(
-        base=reg.base_id(), parents=[parent_id], kind="edit", status="accepted", adapter=adapter,
-        trigger=reg.store.put(trigger.encode()) if trigger else None,
-        self_edit=reg.store.put(self_edit.encode()) if self_edit else None,
-        scores=list(scores), audit=list(audit), author="tester", message=message,
-    )
-    ref = "refs/heads/" + branch
-    return reg.record(manifest, ref=ref, expected=reg.read_ref(ref), reason=f"edit: {message}")
-
-
 def gate(check, value, passed, **extra):
     return {"check": check, "value": value, "threshold": 0.05, "passed": passed, "detail": "", **extra}
 

@@ -1,0 +1,28 @@
+"""Every docstring example in seal's modules runs, imported under its real name (``seal.…``)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import seal.cli
+import seal.editor
+import seal.registry
+
+
+def _modules() -> list[str]:
+    names = []
+    for pkg in (seal.registry, seal.editor, seal.cli):
+        names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".") if not m.name.endswith("__main__")]
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False, report=True)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed"
