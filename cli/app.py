@@ -87,6 +87,11 @@ def _global(
         state.repo_path = repo
 
 
+def doc(text: str, *examples: str) -> str:
+    """A command's help: its description, then examples (kept as written, not re-wrapped)."""
+    return text + "\n\n\b\nExample" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
+
+
 def command(name: str | None = None, *, group: str | None = None, **kwargs) -> Callable:
     """Register ``fn`` as a command (in ``group``, e.g. "db") that also takes ``--repo``."""
 

@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
-from .app import JsonOpt, command, open_registry
+from .app import JsonOpt, command, doc, open_registry
 from .diff_render import diff_lines, stat_lines
-from .registry_commands import doc
 from .render import emit, print_json, short
 
 

@@ -14,13 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from .app import JsonOpt, command, open_registry
+from .app import JsonOpt, command, doc, open_registry
 from .render import emit, print_json, short
-
-
-def doc(text: str, *examples: str) -> str:
-    """A command's help: its description, then examples (kept as written, not re-wrapped)."""
-    return text + "\n\n\b\nExample" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
 
 
 NoTrackOpt = typer.Option(False, "--no-track", help="Do not log MLflow runs for this command.")

@@ -10,8 +10,7 @@ from typing import List
 
 import typer
 
-from .app import JsonOpt, command, open_registry
-from .registry_commands import doc
+from .app import JsonOpt, command, doc, open_registry
 from .render import emit, print_json, short
 
 

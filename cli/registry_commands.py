@@ -6,13 +6,8 @@ from typing import Optional
 
 import typer
 
-from .app import JsonOpt, command, db_app, key_app, open_registry, policy_app
+from .app import JsonOpt, command, db_app, doc, key_app, open_registry, policy_app
 from .render import emit, log_line, print_json, short, show_lines, when
-
-
-def doc(text: str, *examples: str) -> str:
-    """A command's help: its description, then examples (kept as written, not re-wrapped)."""
-    return text + "\n\n\b\nExample" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
 
 
 # --- init / import ----------------------------------------------------------------------------

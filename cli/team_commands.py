@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import JsonOpt, command
-from .registry_commands import doc
+from .app import JsonOpt, command, doc
 from .render import emit, print_json, short
 
 
