@@ -232,6 +232,8 @@ def _blank_argument(argv: List[str]) -> str | None:
         if not arg.strip():
             where = f"after {argv[i - 1]!r}" if i else "first"
             return f"an empty argument {where}; give a value"
+        if arg.startswith("--") and "=" in arg and not arg.split("=", 1)[1].strip():
+            return f"{arg.split('=', 1)[0]} has an empty value; give a value"
     return None
 
 

@@ -302,11 +302,11 @@ def audit(
     if fmt not in ("md", "json", "html"):
         raise UserError(f"unknown --format {fmt!r}; use md, json or html")
     if output is not None:
-        from seal.registry.audit import PNG_MARK, check_report_target, drift_image_path
+        from seal.registry.audit import PNG_MARK, REPORT_MARKS, check_report_target, drift_image_path
 
-        check_report_target(Path(output))  # before the report is built: a refusal costs nothing
+        check_report_target(Path(output), ours=REPORT_MARKS)  # before the report is built: a refusal costs nothing
         if fmt == "md":
-            check_report_target(drift_image_path(Path(output)), ours=PNG_MARK)
+            check_report_target(drift_image_path(Path(output)), ours=(PNG_MARK,))
     report = audit_report(open_registry(), rev)
     if drift:
         print_json(report["drift"]) if json_ else emit(drift_lines(report["drift"]))

@@ -372,7 +372,7 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     reader never sees half a report.
     """
     output = Path(output)
-    check_report_target(output)
+    check_report_target(output, ours=REPORT_MARKS)
     if fmt != "md":
         _write_atomic(output, render(report, fmt).encode("utf-8"))
         return [output]
@@ -382,18 +382,21 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     png = drift_png(report)
     image = drift_image_path(output)
     if png is not None:
-        check_report_target(image, ours=PNG_MARK)
+        check_report_target(image, ours=(PNG_MARK,))
         _write_atomic(image, png)
     _write_atomic(output, render_markdown(report, image=image.name if png is not None else None).encode("utf-8"))
     return [output] + ([image] if png is not None else [])
 
 
 PNG_MARK = b"seal audit"  # in the drift plot's PNG metadata: a file seal may replace
+#: What an earlier report holds near its start (md and html title, the json schema): seal replaces
+#: a file only when it finds one of them, so `-o notes.md` never overwrites the user's notes.
+REPORT_MARKS = (b"seal audit:", SCHEMA_ID.encode())
 
 
-def check_report_target(path: Path, ours: bytes | None = None) -> None:
-    """Refuse to write a report over anything but a regular file outside any `.seal` folder; with
-    ``ours``, only over a file that holds that mark (the drift plot seal wrote before)."""
+def check_report_target(path: Path, ours: tuple[bytes, ...] = ()) -> None:
+    """Refuse to write a report anywhere but outside any `.seal` folder, and over anything but a
+    regular file holding one of the marks ``ours`` (a report or drift plot seal wrote before)."""
     from .config import SEAL_DIRNAME
     from .files import is_regular
 
@@ -404,10 +407,10 @@ def check_report_target(path: Path, ours: bytes | None = None) -> None:
         raise UserError(f"folder {path.parent} does not exist; create it or choose another -o")
     if os.path.lexists(resolved) and not is_regular(resolved):
         raise UserError(f"{path} exists and is not a regular file; choose another -o")
-    if ours is not None and resolved.exists():
+    if resolved.exists():
         with open(resolved, "rb") as f:
-            head = f.read(4096)
-        if ours not in head:
+            head = f.read(8192)
+        if not any(mark in head for mark in ours):
             raise UserError(f"{path} exists and seal did not write it; move it away or choose another -o")
 
 

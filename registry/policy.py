@@ -226,16 +226,18 @@ def set_policy(reg, key: str, value: str, *, reason: str) -> dict:
     if key not in GATES_BY_KEY and key not in SETTINGS_BY_KEY:
         raise PolicyError(f"unknown policy key {key!r}; known: {', '.join([*GATES_BY_KEY, *SETTINGS_BY_KEY])}")
     current = read_policy(reg)
-    record_policy(reg, current)  # a hand edit made before this change is recorded as itself first
     raw = _parse_cli_value(key, value)
     gates, settings = dict(current.gates), dict(current.settings)
     if key in GATES_BY_KEY:
-        old, gates[key] = gates[key], parse_gate_value(key, raw)
+        old, gates[key] = gates[key], parse_gate_value(key, raw, "the value")
     else:
         old = settings[key]
         settings[key] = _parse_settings({key: raw}, "the value")[key]
     new = gates.get(key, settings.get(key))
-    digest = _write_and_record(reg, render_policy(gates, settings), f"policy: {key} {old} -> {new}: {reason.strip()}")
+    text = render_policy(gates, settings)
+    parse_policy(text.encode(), "the new policy")  # every refusal comes before the first write
+    record_policy(reg, current)  # a hand edit made before this change is recorded as itself first
+    digest = _write_and_record(reg, text, f"policy: {key} {old} -> {new}: {reason.strip()}")
     return {"key": key, "old": old, "new": new, "digest": digest}
 
 

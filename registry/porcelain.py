@@ -119,11 +119,14 @@ def list_branches(reg) -> list[dict]:
         return [{"name": R.short_name(n), "id": t, "current": n == current} for n, t in R.list_refs(c, R.HEADS)]
 
 
+_KINDS = {"branch": R.HEADS, "tag": R.TAGS, "alias": R.ALIASES}
+
+
 def refuse_other_kind(reg, name: str, kind: str) -> None:
-    """A branch may not take a tag's name, nor a tag a branch's: one would hide the other."""
-    other, word = (R.TAGS, "tag") if kind == "branch" else (R.HEADS, "branch")
-    if reg.read_ref(other + name) is not None:
-        raise UserError(f"{name!r} is already a {word}; pick another {kind} name")
+    """A branch, a tag and an alias never share a name: one would hide the other in a revision."""
+    for other, prefix in _KINDS.items():
+        if other != kind and reg.read_ref(prefix + name) is not None:
+            raise UserError(f"{name!r} is already a{'n' if other == 'alias' else ''} {other}; pick another {kind} name")
 
 
 def create_branch(reg, name: str, rev: str = "HEAD") -> dict:
@@ -171,6 +174,7 @@ def set_alias(reg, name: str, rev: str, *, reason: str) -> dict:
     """Point alias ``name`` (e.g. ``production``) at ``rev``; every move needs a reason."""
     name = name.lstrip("@")
     R.check_ref_name(name, "alias")
+    refuse_other_kind(reg, name, "alias")
     if not reason or not reason.strip():
         raise UserError("an alias move needs a reason: give -m REASON")
     check_message(reason)

@@ -229,8 +229,9 @@ def checkout(reg, rev: str, *, branch: str | None = None, to: Path | None = None
         follows = R.HEADS + rev if branch is None and R.read_ref(c, R.HEADS + rev) is not None else None
         if branch is not None and R.read_ref(c, R.HEADS + branch) is not None:
             raise UserError(f"branch {branch} already exists; check it out with `seal checkout {branch}`")
-        if branch is not None and R.read_ref(c, R.TAGS + branch) is not None:
-            raise UserError(f"{branch!r} is already a tag; pick another branch name")
+        for prefix, other in ((R.TAGS, "a tag"), (R.ALIASES, "an alias")):
+            if branch is not None and R.read_ref(c, prefix + branch) is not None:
+                raise UserError(f"{branch!r} is already {other}; pick another branch name")
     dest = check_target(to, registry_root=reg.root) if to is not None else None
     with worktree_lock(reg):
         if dest is not None:

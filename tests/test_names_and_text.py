@@ -99,3 +99,48 @@ def test_a_failed_init_leaves_no_folder_behind(registry, tmp_path, tiny_base):
     proc = registry.run("init", str(target), "--base", tiny_base["base"], "--db", f"sqlite:///{db}")
     _refused(proc, "already holds a seal registry")
     assert not (tmp_path / "new").exists()
+
+
+@sqlite_only
+def test_an_alias_never_takes_a_branch_or_tag_name(registry, tiny_base):
+    registry("import", tiny_base["adapters"][0], "-m", "one")
+    registry("tag", "v1")
+    before = registry.json("log", "--all")
+    for name in ("main", "v1"):
+        _refused(registry.run("alias", name, "HEAD", "-m", "why"), "already a")
+    registry("alias", "production", "HEAD", "-m", "review passed")
+    before = registry.json("log", "--all")
+    _refused(registry.run("branch", "production"), "already an alias")
+    _refused(registry.run("tag", "production"), "already an alias")
+    assert registry.json("log", "--all") == before
+
+
+@sqlite_only
+@pytest.mark.parametrize("value", ["nan", "inf", "1e309", "abc", "true", "1\n[evil]\nx=1"])
+def test_a_refused_policy_change_writes_nothing(registry, value):
+    seal_dir = registry.cwd / ".seal"
+    before = {p.name: p.read_bytes() for p in seal_dir.iterdir() if p.is_file()}
+    _refused(registry.run("policy", "set", "kl_vs_base_max", value, "-m", "try"))
+    assert {p.name: p.read_bytes() for p in seal_dir.iterdir() if p.is_file()} == before
+
+
+@sqlite_only
+def test_audit_never_overwrites_a_file_it_did_not_write(registry, tiny_base):
+    registry("import", tiny_base["adapters"][0], "-m", "one")
+    registry("checkout", "main")
+    weights = registry.cwd / "adapter" / "adapter_model.safetensors"
+    notes = registry.cwd / "notes.md"
+    notes.write_text("# my notes\n")
+    kept = weights.read_bytes()
+    for target in (weights, notes):
+        _refused(registry.run("audit", "--format", "json", "-o", target), "seal did not write it")
+    assert weights.read_bytes() == kept and notes.read_text() == "# my notes\n"
+    report = registry.cwd / "audit.json"
+    registry("audit", "--format", "json", "-o", report)
+    registry("audit", "--format", "json", "-o", report)  # its own earlier report is replaced
+    assert json.loads(report.read_text())["schema"] == "seal.audit/1"
+
+
+@sqlite_only
+def test_an_empty_option_value_is_refused(registry):
+    _refused(registry.run("--repo=", "log"), "--repo has an empty value")
