@@ -61,6 +61,7 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
             if not isinstance(value, str) or not value.strip():
                 raise UserError(f"{where}: {section}.{key} must be a non-empty string, not {value!r}")
             values[f"{section}.{key}"] = value
+    _check_urls(values, where)
     return Config(
         base_id=values.get("base.id"), base_name=values.get("base.name"),
         database_url=values.get("database.url"), tracking_uri=values.get("tracking.uri"),
@@ -68,6 +69,18 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
         objects_url=values.get("objects.url"), allowed_signers=values.get("trust.allowed_signers"),
         worktree=values.get("worktree.name"),
     )
+
+
+_SCHEMES = {"objects.url": ("s3://", "file://"),
+            "database.url": ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")}
+
+
+def _check_urls(values: dict[str, str], where: str) -> None:
+    """A URL of a kind seal cannot open is refused when the config is read, not when first used."""
+    for key, schemes in _SCHEMES.items():
+        value = values.get(key)
+        if value is not None and not value.startswith(schemes):
+            raise UserError(f"{where}: {key} = {value!r} is not one of {', '.join(s + '…' for s in schemes)}; fix it by hand")
 
 
 def read_config(seal_dir: Path) -> Config:

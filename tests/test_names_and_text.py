@@ -144,3 +144,13 @@ def test_audit_never_overwrites_a_file_it_did_not_write(registry, tiny_base):
 @sqlite_only
 def test_an_empty_option_value_is_refused(registry):
     _refused(registry.run("--repo=", "log"), "--repo has an empty value")
+
+
+@sqlite_only
+@pytest.mark.parametrize("line", ['[objects]\nurl = "ftp://x"\n', '[database]\nurl = "mysql://x"\n'])
+def test_a_config_url_seal_cannot_open_is_refused_on_read(registry, line):
+    config = registry.cwd / ".seal" / "config.toml"
+    text = config.read_text()
+    section = line.split("\n")[0]
+    config.write_text(text.replace(section + "\n", line, 1) if section in text else text + "\n" + line)
+    _refused(registry.run("log"), "fix it by hand")
