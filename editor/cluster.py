@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from seal.registry import refs as R
-from seal.registry.errors import UserError
+from seal.registry.errors import SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
 from .cluster_worker import CandidateJob, EditWorker, ReflectJob, WorkerSpec, fetch
@@ -430,7 +430,7 @@ class Run:
         """Until the feed is empty and every attempt is recorded (or a lost race stopped it)."""
         while True:
             if not self.workers.count:
-                raise UserError("every worker was lost; what finished is recorded: run the command again to go on")
+                raise SealError("every worker was lost; what finished is recorded: run the command again to go on")
             while not self.stopped and self._backlog() < 2 * self.workers.count + 2 and feed.more():
                 item = feed.next(block=not self.workers.flying and not self._startable())
                 if item is None:
@@ -694,7 +694,7 @@ def edit_on_workers(reg, trigger, req, *, ref: str, secrets_row: dict, findings:
         run._lane(ref).done = set()  # a one-off edit is never skipped
         run.serve(Feed([trigger], lambda number, t: item))
     if not results or results[0].get("lost"):
-        raise UserError(f"the edit was not recorded: {LOST} twice while reflecting; run it again")
+        raise SealError(f"the edit was not recorded: {LOST} twice while reflecting; run it again")
     return {k: v for k, v in results[0].items() if k in ("decision", "timings", "candidates")}
 
 
