@@ -99,8 +99,20 @@ def main() -> None:
         print(f"{name}: {results[-1]['wall_s']} s, rc {results[-1]['rc']}", file=sys.stderr, flush=True)
     print(json.dumps({"bench": "seal edit --passages, serial vs --workers", "passages": args.passages,
                       "candidates": args.candidates, "epochs": args.epochs, "max_tokens": args.max_tokens,
-                      "wall_s": {r["config"]: r["wall_s"] for r in results},
-                      "agree_with_first": {r["config"]: agree(results[0], r) for r in results[1:]}}))
+                      "wall_s": collect(results, lambda r: r["wall_s"]),  # a list per config: repeats kept
+                      "agree_with_first": collect(results[1:], lambda r: agree(results[0], r))}))
+
+
+def collect(results: list[dict], value) -> dict[str, list]:
+    """``{config: [value of each run of it]}``, in run order.
+
+        >>> collect([{"config": "a", "x": 1}, {"config": "a", "x": 2}], lambda r: r["x"])
+        {'a': [1, 2]}
+    """
+    out: dict[str, list] = {}
+    for r in results:
+        out.setdefault(r["config"], []).append(value(r))
+    return out
 
 
 if __name__ == "__main__":
