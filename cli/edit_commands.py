@@ -31,7 +31,8 @@ MessageOpt = typer.Option("", "-m", "--message", help="Why: recorded as the vers
     "passage after passage on the branch, skipping passages already recorded there (rerun it to resume).",
     "seal edit --passage notes.json --candidates 3 -m 'learn the notes'",
     "seal edit --examples fixes.jsonl --eval qa.jsonl",
-    "seal edit --passages squad.jsonl --json > results.jsonl"))
+    "seal edit --passages squad.jsonl --json > results.jsonl",
+    "seal edit --passages squad.jsonl --candidates 4 --workers 2"))
 def edit(
     passage: Optional[Path] = typer.Option(None, "--passage", help="New material: text (first line '# Title' optional) or JSON {title, context, questions}."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="JSONL of {prompt, completion} the model should get right."),
@@ -52,6 +53,8 @@ def edit(
     device: str = DeviceOpt,
     require_gpu: bool = RequireGpuOpt,
     threads: Optional[int] = ThreadsOpt,
+    workers: Optional[int] = typer.Option(None, "--workers", help="Fan the K candidates, and passages aimed at different branches, out over N Ray workers (needs the [cluster] extra; a local Ray unless --ray)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Use the running Ray cluster at ADDRESS (auto, HOST:PORT or ray://HOST:10001); default --workers: one per GPU."),
     plain: bool = typer.Option(False, "--plain", help="Score through PEFT's unmerged layers, without shared prompt prefixes or batched training (slower; to check the fast path)."),
     message: str = MessageOpt,
     allow_pii: bool = typer.Option(False, "--allow-pii", help="Train even if the trigger holds secrets or personal data."),
@@ -66,6 +69,7 @@ def edit(
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device, require_gpu=require_gpu,
         message=message, allow_pii=allow_pii, track=not no_track, threads=threads, fast=not plain,
+        workers=workers, ray=ray_address,
     )
     if passages is not None:
         _stream(req, json_)
@@ -96,7 +100,7 @@ def _stream(req, json_: bool) -> None:
         if json_:
             sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
         else:
-            status = "skipped (recorded before)" if item["skipped"] else \
+            status = "skipped (recorded before)" if item["skipped"] else item["lost"] if item.get("lost") else \
                 ("accepted " + short(item["decision"]["id"]) if item["decision"]["accepted"] else "rejected")
             sys.stdout.write(f"passage {item['passage']:>4}  {status}  {item.get('title') or ''}\n")
         sys.stdout.flush()
@@ -108,7 +112,9 @@ def _stream(req, json_: bool) -> None:
                          f"run the same command again to resume\n")
         raise typer.Exit(130) from None
     sys.stderr.write(f"{summary['passages']} passage(s): {summary['recorded']} recorded ({summary['accepted']} accepted), "
-                     f"{summary['skipped']} skipped as recorded before\n")
+                     f"{summary['skipped']} skipped as recorded before"
+                     + (f"; {summary['workers']} worker(s), {summary['lost']} candidate(s) lost with their worker"
+                        if summary.get("workers") else "") + "\n")
     if summary["stopped"]:
         sys.stderr.write(f"seal: error: stopped: {summary['stopped']}\n")
         raise typer.Exit(1)

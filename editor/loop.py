@@ -46,7 +46,8 @@ def run_edit(reg, req: EditRequest, *, progress=None) -> dict:
     if req.passages is not None:
         raise UserError("a stream of passages goes through seal.editor.stream.run_stream")
     trigger = read_trigger(req)
-    _check_device(req)
+    if not on_workers(req):  # workers pick their own devices
+        _check_device(req)
     ref, parent = reg.head()
     if parent is None:
         raise UserError("HEAD points at nothing; run `seal checkout main` first")
@@ -55,9 +56,26 @@ def run_edit(reg, req: EditRequest, *, progress=None) -> dict:
         policy = read_policy(reg)
         record_policy(reg, policy)
         return record_refusal(reg, trigger, req.message, findings, secrets_row, (ref, parent), policy)
+    if on_workers(req):
+        from .cluster import edit_on_workers
+
+        return edit_on_workers(reg, trigger, req, ref=ref, secrets_row=pii_allowed(secrets_row), findings=findings,
+                               progress=progress or default_progress())
     with open_session(reg, device=req.device, require_gpu=req.require_gpu, threads=req.threads, fast=req.fast,
                       progress=progress or default_progress(), track=req.track) as session:
         return edit_trigger(session, trigger, req, secrets_row=secrets_row)
+
+
+def on_workers(req: EditRequest) -> bool:
+    """Whether the edit fans out over Ray workers (``--workers`` or ``--ray``, :mod:`seal.editor.cluster`)."""
+    return req.workers is not None or req.ray is not None
+
+
+def pii_allowed(secrets_row: dict) -> dict:
+    """The secrets audit row of a trigger trained on anyway (``--allow-pii``): passed, saying so."""
+    if secrets_row["passed"]:
+        return secrets_row
+    return {**secrets_row, "passed": True, "detail": "allowed by --allow-pii: " + secrets_row["detail"]}
 
 
 def _check_device(req: EditRequest) -> None:
@@ -90,8 +108,7 @@ def edit_trigger(session, trigger: Trigger, req: EditRequest, *, secrets_row: di
             policy = read_policy(reg)
             record_policy(reg, policy)
             return record_refusal(reg, trigger, req.message, findings, secrets_row, (ref, parent), policy)
-    if not secrets_row["passed"]:
-        secrets_row = {**secrets_row, "passed": True, "detail": "allowed by --allow-pii: " + secrets_row["detail"]}
+    secrets_row = pii_allowed(secrets_row)
     attempt = edit_attempt(session, trigger, req, ref=ref, parent=parent, secrets_row=secrets_row)
     try:
         self_edits = reflect(session, attempt, trigger, req)
@@ -151,4 +168,5 @@ def recent_edit_norms(reg, start: str, window: int) -> list[float]:
     return norms
 
 
-__all__ = ["EditRequest", "Trigger", "run_edit", "edit_trigger", "edit_attempt", "recent_edit_norms"]
+__all__ = ["EditRequest", "Trigger", "run_edit", "edit_trigger", "edit_attempt", "recent_edit_norms", "on_workers",
+           "pii_allowed"]

@@ -51,6 +51,10 @@ class EditRequest:
     # The fast path: adapters merged into fp32 weights for scoring, shared prompt prefixes, and K
     # candidates trained in one batched pass on CUDA. Off only to compare against the plain path.
     fast: bool = True
+    # Ray workers (seal.editor.cluster): how many, and the address of a running cluster (else a
+    # local Ray is started on 127.0.0.1 for the command).
+    workers: int | None = None
+    ray: str | None = None
 
 
 def check_request(req: EditRequest, base_row: dict | None) -> None:
@@ -69,6 +73,10 @@ def check_request(req: EditRequest, base_row: dict | None) -> None:
     from .trigger import check_text
 
     check_text(req.message, "-m", 10_000)
+    if req.workers is not None or req.ray is not None:
+        from .cluster import check_cluster_request
+
+        check_cluster_request(req)
 
 
 __all__ = ["EditRequest", "check_request", "DEFAULT_LR"]

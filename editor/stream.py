@@ -6,6 +6,11 @@ parent is the branch's tip at that moment (so accepted passages chain), served b
 questions: [{question, answer}]}``, as in ``squad-knowledge-200.jsonl``); other keys are kept in
 the stored trigger and scanned for secrets like the rest.
 
+A line may name the branch it is aimed at, ``"branch": "exp"`` (a branch that exists; without
+the key, the branch HEAD is on): each branch chains its own passages, and with ``--workers``
+(:mod:`seal.editor.cluster`) passages on different branches run side by side. The key is part of
+the line, so it is stored with the trigger and its digest.
+
 Idempotent and resumable: a passage whose trigger digest already has a version on the branch
 (an accepted edit on its line, or a rejected attempt hanging off it) is skipped. Each passage is
 recorded in one transaction together with its branch move, so Ctrl-C or ``kill -9`` leaves every
@@ -50,6 +55,34 @@ def done_triggers(reg, tip: str) -> set[str]:
     return done
 
 
+def branch_ref(reg, trigger: Trigger, default: str) -> str:
+    """The ref a passage is aimed at: its ``"branch"`` key (a branch that exists), else ``default``."""
+    name = (trigger.doc or {}).get("branch")
+    if name is None:
+        return default
+    if not isinstance(name, str):
+        raise UserError(f"{trigger.where}: \"branch\" must be a branch name, not {json.dumps(name)[:40]}")
+    try:
+        R.check_ref_name(name)
+    except UserError as e:
+        raise UserError(f"{trigger.where}: {e}") from None
+    if reg.read_ref(R.HEADS + name) is None:
+        raise UserError(f"{trigger.where}: branch {name!r} does not exist; create it first: seal branch {name}")
+    return R.HEADS + name
+
+
+def check_branches(reg, source) -> None:
+    """Every line's branch, before any model loads (a file; stdin is checked line by line)."""
+    if str(source) == "-":
+        return
+    checked: set = set()
+    for trigger in read_stream(source):
+        name = (trigger.doc or {}).get("branch")
+        if name is not None and (not isinstance(name, str) or name not in checked):
+            branch_ref(reg, trigger, "")
+            checked.add(name)
+
+
 def trigger_key(trigger: Trigger, req: EditRequest) -> tuple[str, list, dict]:
     """The digest this passage is recorded under, with the secrets scan that decides it: the
     passage's own bytes, or, when it is refused for holding secrets, its redacted copy."""
@@ -69,19 +102,27 @@ def run_stream(reg, req: EditRequest, *, emit: Callable[[dict], None], progress=
 
     check_request(req, reg.base())
     triggers = read_stream(req.passages)  # a file is read and checked whole before any model loads
-    _check_device(req)
+    check_branches(reg, req.passages)
     ref, tip = reg.head()
     if tip is None:
         raise UserError("HEAD points at nothing; run `seal checkout main` first")
-    done = done_triggers(reg, tip)
-    total = triggers.total
     progress = progress or default_progress()
+    if req.workers is not None or req.ray is not None:
+        from .cluster import stream_on_workers
+
+        return stream_on_workers(reg, req, triggers, default_ref=ref, emit=emit, progress=progress)
+    _check_device(req)
+    dones = {ref: done_triggers(reg, tip)}
+    total = triggers.total
     summary = {"passages": 0, "recorded": 0, "skipped": 0, "accepted": 0, "stopped": None}
     with open_session(reg, device=req.device, require_gpu=req.require_gpu, threads=req.threads, fast=req.fast,
                       progress=progress, track=req.track) as session, progress.passages(total) as bar:
         for number, trigger in enumerate(triggers, start=1):
             summary["passages"] += 1
-            item = _serve(session, trigger, req, done, number, ref)
+            target = branch_ref(reg, trigger, ref)
+            if target not in dones:
+                dones[target] = done_triggers(reg, _tip(reg, target))
+            item = _serve(session, trigger, req, dones[target], number, target)
             emit(item)
             bar.advance()
             summary["skipped" if item["skipped"] else "recorded"] += 1
@@ -92,13 +133,19 @@ def run_stream(reg, req: EditRequest, *, emit: Callable[[dict], None], progress=
     return summary
 
 
+def _tip(reg, ref: str) -> str:
+    with reg.read() as conn:
+        return R.peel(conn, ref)
+
+
 def _serve(session, trigger: Trigger, req: EditRequest, done: set[str], number: int, ref: str) -> dict:
     """One passage: skipped when its digest is done, else edited on the branch's tip now."""
     from .loop import edit_trigger
     from .record import record_refusal
 
     key, findings, row = trigger_key(trigger, req)
-    head = {"passage": number, "title": trigger.title, "trigger": key, "where": trigger.where}
+    head = {"passage": number, "title": trigger.title, "trigger": key, "where": trigger.where,
+            "branch": R.short_name(ref)}
     if key in done:
         session.progress.say(f"passage {number} ({trigger.title or 'untitled'}): recorded before; skipped")
         return {**head, "skipped": True}
@@ -108,13 +155,11 @@ def _serve(session, trigger: Trigger, req: EditRequest, done: set[str], number: 
 
         policy = read_policy(session.reg)
         record_policy(session.reg, policy)
-        with session.reg.read() as conn:
-            tip = R.peel(conn, ref)
-        result = record_refusal(session.reg, trigger, req.message, findings, row, (ref, tip), policy)
+        result = record_refusal(session.reg, trigger, req.message, findings, row, (ref, _tip(session.reg, ref)), policy)
     else:
         result = edit_trigger(session, trigger, req, secrets_row=row, ref=ref)
     done.add(key)
     return {**head, "skipped": False, **result}
 
 
-__all__ = ["run_stream", "done_triggers", "trigger_key"]
+__all__ = ["run_stream", "done_triggers", "trigger_key", "branch_ref", "check_branches"]
