@@ -205,7 +205,7 @@ def test_bad_credentials_are_a_user_error(url, tmp_path, monkeypatch):
         S3ObjectStore.from_url(url, cache=tmp_path / "cache").get(blob_digest(b"x"))
 
 
-def test_missing_bucket_is_a_user_error(tmp_path):
+def test_missing_bucket_is_a_user_error(url, tmp_path):  # url: the SeaweedFS endpoint, never real AWS
     store = S3ObjectStore.from_url("s3://no-such-bucket/seal", cache=tmp_path / "cache")
     calls = (lambda: store.put(b"x"), lambda: store.has(blob_digest(b"x")), lambda: store.get(blob_digest(b"x")),
              lambda: store.stat(blob_digest(b"x")), lambda: list(store.iter_digests()))
