@@ -30,10 +30,10 @@ from .bases import get_base
 from .errors import UserError
 from .graph import first_parent_line
 from .objects import now_utc
-from .versions import stored_manifest
 from .policy import POLICY_REF, parse_policy
 from .previews import first_lines, head_text
 from .revisions import resolve_revision
+from .versions import stored_manifest
 from .signing import check_signature
 
 FORMATS = ("md", "json", "html")

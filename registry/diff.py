@@ -143,8 +143,8 @@ def _factors(reg, manifest: dict | None, label: str) -> dict:
     if not reg.store.has(adapter["weights"]):
         raise ObjectDamaged(f"blob {adapter['weights']} is missing from the object store; run `seal verify`")
     if not reg.store.check(adapter["weights"]):  # a damaged blob would give wrong numbers, not an error
-        raise ObjectDamaged(f"the weights of {label} ({adapter['weights'][:19]}…) no longer match their digest; "
-                        f"run `seal verify`")
+        raise ObjectDamaged(f"the weights of {label} ({adapter['weights'][:19]}…) no longer match their "
+                            f"digest; run `seal verify`")
     path = reg.store.path_of(adapter["weights"])
     try:
         return load_lora_factors((adapter.get("config") or {}, path))
