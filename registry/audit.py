@@ -33,8 +33,8 @@ from .objects import now_utc
 from .policy import POLICY_REF, parse_policy
 from .previews import first_lines, head_text
 from .revisions import resolve_revision
-from .versions import stored_manifest
 from .signing import check_signature
+from .versions import stored_manifest
 
 FORMATS = ("md", "json", "html")
 #: How much of a self-edit blob is read to show its first lines (JSON needs to parse whole).
