@@ -172,7 +172,8 @@ def resolve_writer(reg, rev: str) -> Writer:
                     raise
     manifest = reg.manifest(vid)
     if manifest["kind"] != "writer":
-        raise UserError(f"--writer {rev} is {vid[:12]}, a {manifest['kind']} version, not a writer; "
+        article = "an" if manifest["kind"][0] in "aeiou" else "a"
+        raise UserError(f"--writer {rev} is {vid[:12]}, {article} {manifest['kind']} version, not a writer; "
                         f"see `seal log {DEFAULT_WRITER}`")
     ref = name if name.startswith("refs/") and not any(c in name for c in "~^") else None
     return Writer({"type": "version", "id": vid, "adapter": manifest["adapter"]["weights"], "ref": ref})
@@ -250,6 +251,7 @@ def written_self_edits(session, writer: Writer | SelfEditFile, trigger, req, gen
     from .reflect import build_training_sequences, split_self_edit_lines
 
     if isinstance(writer, SelfEditFile):
+        session.reg.store.put(writer.raw)  # the file as given: its digest is the provenance
         texts = writer.for_passage(trigger.passage)
         if not texts:
             raise UserError(f"--self-edits has no self-edit for {trigger.where or 'this passage'}")
