@@ -42,6 +42,8 @@ The full configuration, for a GPU (``--full`` = ``--train 100 --heldout 50 --can
 
 ``--eval-only --registry DIR`` re-runs the measurement on the writers of a registry that
 finished (or stopped in) its rounds.
+``--summarise-only --out DIR`` (no model) summarises what a stopped run wrote: the rounds that
+ended and the held-out passages every condition finished (``summary-partial.json``).
 """
 
 from __future__ import annotations
@@ -223,6 +225,35 @@ def measure_heldout(args, base, held: list[dict], writers: dict[str, Path | None
     return {"per_question": per_question, "passage_of_question": passage_of_question, "steps": steps_seen}
 
 
+def measured_from_rows(rows: list[dict]) -> dict[str, Any]:
+    """``measure_heldout``'s result rebuilt from rows.jsonl, keeping only the held-out passages every
+    condition finished (a run stopped mid-passage still gives paired figures on the rest).
+
+        >>> rows = [{"passage": p, "condition": c, "question": q, "containment": 1.0, "f1": 1.0, "recall": 1.0,
+        ...          "steps": 5} for p in ("a", "b") for c in ("x", "y") for q in (0, 1)][:-1]
+        >>> m = measured_from_rows(rows)
+        >>> m["passage_of_question"], sorted(m["per_question"]), m["steps"]["x"]
+        ([0, 0], ['x', 'y'], [5])
+    """
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    by: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in rows:
+        by.setdefault((r["passage"], r["condition"]), {})[r["question"]] = r
+    passages = list(dict.fromkeys(r["passage"] for r in rows))
+    n_q = {p: max(len(by.get((p, c), {})) for c in conditions) for p in passages}
+    done = [p for p in passages if all(len(by.get((p, c), {})) == n_q[p] for c in conditions)]
+    per_question: dict[str, list[dict]] = {c: [] for c in conditions}
+    steps: dict[str, list[int]] = {c: [] for c in conditions}
+    passage_of_question: list[int] = []
+    for pi, p in enumerate(done):
+        for c in conditions:
+            qs = by[(p, c)]
+            per_question[c].extend({m: qs[q][m] for m in METRICS} for q in sorted(qs))
+            steps[c].append(qs[min(qs)]["steps"])
+        passage_of_question.extend([pi] * n_q[p])
+    return {"per_question": per_question, "passage_of_question": passage_of_question, "steps": steps}
+
+
 def summarise(measured: dict, args) -> dict[str, Any]:
     """Means per condition and the paired bootstrap CIs of the comparisons that matter."""
     pq = np.asarray(measured["passage_of_question"])
@@ -289,6 +320,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--base", default=None, help="seal init --base (default: the embedded SmolLM2-135M)")
     p.add_argument("--registry", type=Path, default=None, help="use (or resume measuring) this registry folder")
     p.add_argument("--eval-only", action="store_true", help="skip the rounds; measure the writers already recorded")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="no model: summarise the rows.jsonl and rounds.jsonl already under --out (a stopped run)")
     args = p.parse_args(argv)
     if args.full:
         for key, value in FULL.items():
@@ -296,8 +329,38 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _round_summary(r: dict) -> dict:
+    return {"round": r["round"], "sampled": {k: r["sampled"][k] for k in ("passages", "accepted", "candidates")},
+            "dataset": {k: (r.get("dataset") or {}).get(k) for k in ("examples", "triggers", "considered", "mean_gain")},
+            "writer": (r.get("writer") or {}).get("id"), "status": (r.get("writer") or {}).get("status"),
+            "gate_gain": r.get("gain"), "failed_gates": (r.get("writer") or {}).get("failed_gates"),
+            "seconds": r.get("seconds")}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def summarise_only(args) -> int:
+    """The summary of a run from what it wrote so far (rows of complete held-out passages only)."""
+    measured = measured_from_rows(_jsonl(args.out / "rows.jsonl"))
+    rounds = _jsonl(args.out / "rounds.jsonl")
+    summary = {"bench": "rest_em", "partial": True,
+               "conditions": summarise(measured, args) if measured["passage_of_question"] else {},
+               "rounds": [_round_summary(r) for r in rounds],
+               "n_heldout_complete": len(set(measured["passage_of_question"])),
+               "n_questions": len(measured["passage_of_question"])}
+    (args.out / "summary-partial.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.summarise_only:
+        return summarise_only(args)
     import torch
 
     if args.threads:
@@ -330,11 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure_heldout(args, base, held, writers, out, Path(scratch))
     summary = {
         "bench": "rest_em", "conditions": summarise(measured, args),
-        "rounds": [{"round": r["round"], "sampled": {k: r["sampled"][k] for k in ("passages", "accepted", "candidates")},
-                    "dataset": {k: (r.get("dataset") or {}).get(k) for k in ("examples", "triggers", "considered", "mean_gain")},
-                    "writer": (r.get("writer") or {}).get("id"), "status": (r.get("writer") or {}).get("status"),
-                    "gate_gain": r.get("gain"), "failed_gates": (r.get("writer") or {}).get("failed_gates"),
-                    "seconds": r.get("seconds")} for r in rounds],
+        "rounds": [_round_summary(r) for r in rounds],
         "n_heldout": len(held), "n_questions": len(measured["passage_of_question"]), "n_train": len(train),
         "seconds": {"rounds": round(rounds_s, 1), "measure": round(time.perf_counter() - t, 1),
                     "total": round(time.perf_counter() - started, 1)},
