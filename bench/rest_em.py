@@ -42,6 +42,8 @@ The full configuration, for a GPU (``--full`` = ``--train 100 --heldout 50 --can
 
 ``--eval-only --registry DIR`` re-runs the measurement on the writers of a registry that
 finished (or stopped in) its rounds.
+Adding ``--more-heldout N`` measures N further passages from titles outside the split instead (rows to
+concatenate with the first run's before ``--summarise-only``).
 ``--summarise-only --out DIR`` (no model) summarises what a stopped run wrote: the rounds that
 ended and the held-out passages every condition finished (``summary-partial.json``).
 """
@@ -93,6 +95,25 @@ def split_by_title(rows: list[dict], n_train: int, n_held: int, seed: int) -> tu
     if len(held) < n_held or len(train) < n_train:
         raise SystemExit(f"not enough passages for {n_train} train + {n_held} held-out disjoint by title")
     return train, held
+
+
+def more_heldout(rows: list[dict], used: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` further passages whose titles none of ``used`` has (same title order as the split), to
+    widen a finished run's measurement without touching anything a writer saw.
+
+        >>> rows = [{"title": t, "context": f"{t}{i}"} for t in "abcd" for i in range(3)]
+        >>> train, held = split_by_title(rows, 4, 2, 0)
+        >>> extra = more_heldout(rows, train + held, 2, 0)
+        >>> len(extra), {r["title"] for r in extra} & {r["title"] for r in train + held}
+        (2, set())
+    """
+    titles = list(dict.fromkeys(r["title"] for r in rows))
+    random.Random(seed).shuffle(titles)
+    taken = {r["title"] for r in used}
+    extra = [r for t in titles if t not in taken for r in rows if r["title"] == t][:n]
+    if len(extra) < n:
+        raise SystemExit(f"only {len(extra)} passages left outside the split's titles")
+    return extra
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -320,6 +341,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--base", default=None, help="seal init --base (default: the embedded SmolLM2-135M)")
     p.add_argument("--registry", type=Path, default=None, help="use (or resume measuring) this registry folder")
     p.add_argument("--eval-only", action="store_true", help="skip the rounds; measure the writers already recorded")
+    p.add_argument("--more-heldout", type=int, default=0,
+                   help="with --eval-only: measure this many further passages (titles outside the split) instead "
+                        "of the held-out ones; concatenate the rows.jsonl files and --summarise-only")
     p.add_argument("--summarise-only", action="store_true",
                    help="no model: summarise the rows.jsonl and rounds.jsonl already under --out (a stopped run)")
     args = p.parse_args(argv)
@@ -370,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     train, held = split_by_title(rows, args.train, args.heldout, args.split_seed)
+    if args.more_heldout:
+        if not args.eval_only:
+            raise SystemExit("--more-heldout goes with --eval-only")
+        held = more_heldout(rows, train + held, args.more_heldout, args.split_seed)
     train_path, held_path = out / "train.jsonl", out / "heldout.jsonl"
     strip = ("reference_self_edits",)  # the writer learns from its own self-edits, never the published ones
     _write_jsonl(train_path, [{k: v for k, v in r.items() if k not in strip} for r in train])
