@@ -32,7 +32,8 @@ MessageOpt = typer.Option("", "-m", "--message", help="Why: recorded as the vers
     "seal edit --passage notes.json --candidates 3 -m 'learn the notes'",
     "seal edit --examples fixes.jsonl --eval qa.jsonl",
     "seal edit --passages squad.jsonl --json > results.jsonl",
-    "seal edit --passages squad.jsonl --candidates 4 --workers 2"))
+    "seal edit --passages squad.jsonl --candidates 4 --workers 2",
+    "seal edit --passage notes.json --self-edits theirs.jsonl --source gpt-4.1"))
 def edit(
     passage: Optional[Path] = typer.Option(None, "--passage", help="New material: text (first line '# Title' optional) or JSON {title, context, questions}."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="JSONL of {prompt, completion} the model should get right."),
@@ -58,6 +59,10 @@ def edit(
     plain: bool = typer.Option(False, "--plain", help="Score through PEFT's unmerged layers, without shared prompt prefixes or batched training (slower; to check the fast path)."),
     message: str = MessageOpt,
     allow_pii: bool = typer.Option(False, "--allow-pii", help="Train even if the trigger holds secrets or personal data."),
+    writer: Optional[str] = typer.Option(None, "--writer", help="The writer version that writes the self-edits (default: the tip of refs/writers/main, if any; see `seal learn`)."),
+    no_writer: bool = typer.Option(False, "--no-writer", help="The model at HEAD writes its own self-edits, even when a writer exists."),
+    self_edits: Optional[Path] = typer.Option(None, "--self-edits", help="Train on self-edits written elsewhere: text, JSONL of {text[, context]}, or SEAL's published JSONL."),
+    source: Optional[str] = typer.Option(None, "--source", help="Who wrote the --self-edits (recorded); in SEAL's format, the generator to take."),
     no_track: bool = NoTrackOpt,
     json_: bool = JsonOpt,
 ) -> None:
@@ -70,7 +75,9 @@ def edit(
         lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device, require_gpu=require_gpu,
         message=message, allow_pii=allow_pii, track=not no_track, threads=threads, fast=not plain,
         workers=workers, ray=ray_address,
+        writer=writer, no_writer=no_writer, self_edits=self_edits, source=source,
     )
+    _writer_precheck(req)
     if passages is not None:
         _stream(req, json_)
         return
@@ -78,6 +85,18 @@ def edit(
 
     result = run_edit(open_registry(), req)
     _finish(result, json_)
+
+
+def _writer_precheck(req) -> None:
+    """--writer, --self-edits: resolved, read and scanned before any model loads (exit 2)."""
+    if req.writer is None and req.self_edits is None:
+        return
+    from seal.editor.request import check_request
+    from seal.editor.writer import precheck
+
+    reg = open_registry()
+    check_request(req, reg.base())
+    precheck(reg, req)
 
 
 def _finish(result: dict, json_: bool) -> None:

@@ -48,8 +48,16 @@ def log_line(item: dict, prefix: str = "") -> str:
     refs = f" ({', '.join(item['refs'])})" if item.get("refs") else ""
     status = item["status"] if item["status"] == "accepted" else item["status"].upper()
     parts = [f"{prefix}{short(item['id'])}{refs}", f"{item['kind']:<11}", f"{status:<8}", when(item["created_at"]),
-             headline(item), first_line(item["message"])]
+             headline(item), _writer(item), first_line(item["message"])]
     return "  ".join(p for p in parts if p)
+
+
+def _writer(item: dict) -> str:
+    if not item.get("writer"):
+        return ""
+    from seal.editor.writer import writer_label  # torch-free
+
+    return f"[{writer_label(item['writer'])}]"
 
 
 def first_line(text: str) -> str:

@@ -55,6 +55,13 @@ class EditRequest:
     # local Ray is started on 127.0.0.1 for the command).
     workers: int | None = None
     ray: str | None = None
+    # Who writes the self-edits of a passage (editor/writer.py): the tip of refs/writers/main when
+    # there is one, a writer REV (or a resolved seal.editor.writer.Writer), the model at the parent
+    # (no_writer), or a file of self-edits written elsewhere, labelled with its source.
+    writer: object = None
+    no_writer: bool = False
+    self_edits: object = None
+    source: str | None = None
 
 
 def check_request(req: EditRequest, base_row: dict | None) -> None:
@@ -77,6 +84,24 @@ def check_request(req: EditRequest, base_row: dict | None) -> None:
         from .cluster import check_cluster_request
 
         check_cluster_request(req)
+    _check_writer_options(req)
+
+
+def _check_writer_options(req: EditRequest) -> None:
+    from .trigger import check_text
+
+    chosen = [name for name, given in (("--writer", req.writer is not None), ("--no-writer", req.no_writer),
+                                       ("--self-edits", req.self_edits is not None)) if given]
+    if len(chosen) > 1:
+        raise UserError(f"give at most one of {', '.join(chosen)}: each names who writes the self-edits")
+    if chosen and chosen[0] != "--no-writer" and (req.workers is not None or req.ray is not None):
+        raise UserError(f"{chosen[0]} does not go with --workers or --ray yet; run it without them")
+    if chosen and req.examples is not None:
+        raise UserError(f"{chosen[0]} goes with passages; the corrections of --examples are the model's own")
+    if req.source is not None:
+        if req.self_edits is None:
+            raise UserError("--source labels a --self-edits file; give --self-edits FILE")
+        check_text(req.source, "--source", 200)
 
 
 __all__ = ["EditRequest", "check_request", "DEFAULT_LR"]

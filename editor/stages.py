@@ -48,15 +48,28 @@ def reflect(session, attempt: Attempt, trigger, req) -> list[SelfEdit]:
     steps = generation_steps(probes, spec, attempt.answer_tokens) + (req.max_new_tokens if passage else 64)
     style = req.style if passage else "corrections"
     gen = {"share_prefix": session.fast}
+    from .writer import writer_for  # who writes: a writer version or a file instead of the parent (editor/writer.py)
+
+    writer = writer_for(session.reg, req, trigger)
     with timed(attempt, "reflect_s"), \
             session.progress.stage(f"reflect: {req.candidates} self-edit(s), style {style}", total=steps,
-                                   unit="tokens") as stage, \
-            attached(session.model, parent.adapter_dir, merge=session.fast) as model:
+                                   unit="tokens") as stage:
         gen["on_step"] = stage.advance
-        measure_parent(session, attempt, model, stage.advance, spec=spec)
-        if passage:
-            return _passage_self_edits(model, session.tok, trigger, req, gen)
-        return _corrections(model, session.tok, trigger, req, gen)
+        with attached(session.model, parent.adapter_dir, merge=session.fast) as model:
+            measure_parent(session, attempt, model, stage.advance, spec=spec)
+            if writer is None:
+                return _passage_self_edits(model, session.tok, trigger, req, gen) if passage \
+                    else _corrections(model, session.tok, trigger, req, gen)
+        return _written(session, attempt, writer, trigger, req, gen)
+
+
+def _written(session, attempt: Attempt, writer, trigger, req, gen) -> list[SelfEdit]:
+    from .writer import apply_writer, written_self_edits
+
+    edits, scan_row = written_self_edits(session, writer, trigger, req, gen)
+    apply_writer(attempt, writer, len(edits))
+    attempt.extra_audit.append(scan_row)
+    return edits
 
 
 _UNSET = object()

@@ -19,10 +19,15 @@ from dataclasses import asdict, dataclass, field
 
 from . import vocabulary as V
 from .errors import UserError
-from .objects import canonical_json
+from .objects import blob_digest, canonical_json
 
 DATASET_FORMAT = "seal.restem/1"
 WRITERS = "refs/writers/"
+
+# A writer version's scores: what edits gained when it wrote their self-edits (see seal.editor.learn).
+WRITER_GAIN = V.Score("writer", "efficacy_gain", method="mean over held-out triggers of the efficacy gain over "
+                      "the parent of fresh edits whose self-edits this writer wrote ('old': the writer it replaces)")
+WRITER_GATE = "writer_gain"
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,33 @@ class Dataset:
 
     def to_blob(self) -> bytes:
         return canonical_json({"format": DATASET_FORMAT, "selection": asdict(self.selection),
-                               "considered": self.considered, "sources": [e.version for e in self.examples],
+                               "considered": self.considered, "sources": self.sources,
                                "examples": [asdict(e) for e in self.examples]})
+
+    @property
+    def digest(self) -> str:
+        return blob_digest(self.to_blob())
+
+    @property
+    def sources(self) -> list[str]:
+        """The ids of the versions whose self-edits the writer learns from."""
+        return [e.version for e in self.examples]
+
+    @property
+    def triggers(self) -> list[str]:
+        return sorted({e.trigger for e in self.examples})
+
+    def summary(self) -> dict:
+        """What `seal learn` reports of a dataset.
+
+            >>> Dataset([], Selection(), considered=3).summary()["examples"]
+            0
+        """
+        gains = [e.gain for e in self.examples]
+        return {"digest": self.digest, "examples": len(self.examples), "triggers": len(self.triggers),
+                "considered": self.considered, "sources": self.sources,
+                "mean_gain": round(sum(gains) / len(gains), 6) if gains else None,
+                "selection": asdict(self.selection)}
 
 
 def gain_of(manifest: dict) -> float | None:
@@ -137,3 +167,38 @@ def build_dataset(reg, selection: Selection | None = None) -> Dataset:
         kept = [e for e in (_example(reg, m, g) for g, _, m in ranked) if e is not None]
         examples += kept[: selection.per_trigger]
     return Dataset(examples, selection, considered=len(edits))
+
+
+def root_of(reg) -> str:
+    """The registry's root version (the bare base): the first parent of a track's first writer."""
+    with reg.read() as c:
+        row = c.one("SELECT id FROM versions WHERE kind = 'root' AND base_id = ? ORDER BY created_at, id",
+                    (reg.base_id(),))
+    if row is None:
+        raise UserError("this registry has no root version; run `seal verify`")
+    return row[0]
+
+
+def time_bound(value: str | None, *, end: bool = False) -> str | None:
+    """A --since/--until value as seal's timestamp text: a date (whole day) or a full UTC time.
+
+        >>> time_bound("2026-11-27"), time_bound("2026-11-27", end=True)
+        ('2026-11-27T00:00:00.000000Z', '2026-11-27T23:59:59.999999Z')
+    """
+    from .objects import ManifestInvalid, check_time
+
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) == 10:
+        text += "T23:59:59.999999Z" if end else "T00:00:00.000000Z"
+    elif text.endswith("Z") and "." not in text:
+        text = text[:-1] + ".000000Z"
+    try:
+        return check_time(text, "--until" if end else "--since")
+    except ManifestInvalid as e:
+        raise UserError(f"{e}; or give a date like 2026-11-27") from None
+
+
+__all__ = ["Example", "Selection", "Dataset", "gain_of", "build_dataset", "root_of", "time_bound", "WRITER_GAIN",
+           "WRITER_GATE", "DATASET_FORMAT", "WRITERS"]

@@ -50,6 +50,7 @@ class LogEntry:
     author: str
     refs: list[str] = field(default_factory=list)
     headline: dict | None = None
+    writer: dict | None = None  # who wrote an edit's self-edit, when not the model at its parent
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -203,7 +204,8 @@ class Registry:
                     if n is not None and len(pairs) >= n:
                         break
                     pairs.append((row, ps))
-        return [_entry(row, ps, names) for row, ps in pairs]
+            writers = _writers(c, [row["id"] for row, _ in pairs])
+        return [_entry(row, ps, names, writers.get(row["id"])) for row, ps in pairs]
 
     def ancestors(self, rev: str) -> set[str]:
         with self.read() as c:
@@ -359,11 +361,28 @@ def _check_parents(c: Conn, manifest: dict, batch: list[str]) -> None:
             raise UserError(f"parent {parent[:12]} is not in this registry; nothing was recorded")
 
 
-def _entry(row: dict, parents: list[str], names: dict[str, list[str]]) -> LogEntry:
+def _entry(row: dict, parents: list[str], names: dict[str, list[str]], writer: dict | None = None) -> LogEntry:
     headline = None if row["headline_metric"] is None else {"metric": row["headline_metric"], "value": row["headline_value"]}
     return LogEntry(id=row["id"], parents=parents, kind=row["kind"], status=row["status"],
                     created_at=row["created_at"], message=row["message"], author=row["author"],
-                    refs=names.get(row["id"], []), headline=headline)
+                    refs=names.get(row["id"], []), headline=headline, writer=writer)
+
+
+def _writers(c: Conn, ids: list[str]) -> dict[str, dict]:
+    """The ``writer`` field of the edits among ``ids`` that have one (the text filter skips the rest
+    unparsed; canonical JSON writes the key as ``"writer":`` exactly, and a parse confirms it)."""
+    import json
+
+    found: dict[str, dict] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        marks = ", ".join("?" for _ in part)
+        for vid, text in c.all(f"SELECT id, manifest FROM versions WHERE id IN ({marks}) AND kind = 'edit' "
+                               f"AND manifest LIKE '%\"writer\":%'", part):
+            writer = json.loads(text).get("writer")
+            if isinstance(writer, dict):
+                found[vid] = writer
+    return found
 
 
 def _full_ref_name(c: Conn, ref: str) -> str:
