@@ -281,12 +281,17 @@ def _packed_batch(items: Sequence[tuple[list[int], list[list[int]]]], pad_id: in
 
 
 def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], *,
-                    batch_size: int = 64) -> np.ndarray:
+                    batch_size: int = 64, lanes: int = 1) -> np.ndarray:
     """Summed log-probability of each option after its prompt, ``[n_items, n_options]``.
 
     One forward pass per batch: options are packed after a single copy of the prompt, with
     position ids restarting at the prompt's end for each option and a block mask so options do
-    not see each other (the result equals scoring ``prompt + option`` one by one).
+    not see each other (the result equals scoring ``prompt + option`` one by one). The output
+    layer runs only at the positions whose prediction is read (the prompt's last token and each
+    option's tokens but its last): the 49k-word head and its softmax are a fifth of the model's
+    arithmetic, and most of it would be thrown away. With ``lanes`` (K adapters attached side by
+    side, :func:`seal.editor.multi_lora.lanes_attached`) every batch holds each row once per
+    adapter, adapter-major, and the result is ``[lanes, n_items, n_options]``.
 
         >>> option_logprobs(model, tok, load_retention_set()[:2]).shape   # doctest: +SKIP
         (2, 4)
@@ -303,24 +308,45 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = next(model.parameters()).dtype
     device = model_device(model)
-    out = np.zeros((len(items), max((len(i.options) for i in items), default=0)), dtype=np.float64)
+    width = max((len(i.options) for i in items), default=0)
+    out = np.zeros((lanes, len(items), width), dtype=np.float64)
     order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + sum(map(len, encoded[i][1])))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             ids, pos, mask, spans = _packed_batch([encoded[i] for i in rows], pad, dtype)
-            logits = model(input_ids=ids.to(device), position_ids=pos.to(device),
-                           attention_mask=mask.to(device)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1).cpu()
+            reads = _option_reads(rows, encoded, spans, ids)
+            keep = torch.zeros(ids.shape, dtype=torch.bool)
+            for r, p, _ in reads:
+                keep[r, p] = True
+            # Flat index of each kept (row, position) in the head's output, which is row-major.
+            flat = torch.cumsum(keep.flatten(), 0).view(keep.shape) - 1
+            logits = model(input_ids=ids.repeat(lanes, 1).to(device), position_ids=pos.repeat(lanes, 1).to(device),
+                           attention_mask=mask.repeat(lanes, 1, 1, 1).to(device),
+                           logits_to_keep=keep.repeat(lanes, 1).to(device)).logits.float()
+            logits = logits.view(lanes, -1, logits.shape[-1])
+            norm = torch.logsumexp(logits, dim=-1).cpu()
+            index = torch.tensor([int(flat[r, p]) for r, p, _ in reads])
+            target = torch.tensor([t for _, _, t in reads])
+            picked = (logits[:, index.to(device), target.to(device)].cpu() - norm[:, index]).double().numpy()
+            at = 0
             for r, item_index in enumerate(rows):
-                prefix_len = len(encoded[item_index][0])
-                for j, (s, length) in enumerate(spans[r]):
-                    # Token t of an option is predicted at the previous position; the first one by
-                    # the prompt's last token.
-                    src = [prefix_len - 1] + list(range(s, s + length - 1))
-                    tgt = ids[r, s:s + length]
-                    out[item_index, j] = float(logp[r, src, tgt].sum())
-    return out
+                for j, (_, length) in enumerate(spans[r]):
+                    out[:, item_index, j] = picked[:, at:at + length].sum(axis=1)
+                    at += length
+    return out[0] if lanes == 1 else out
+
+
+def _option_reads(rows: list[int], encoded, spans, ids) -> list[tuple[int, int, int]]:
+    """(row, position read, token predicted) for every option token, option by option."""
+    reads = []
+    for r, item_index in enumerate(rows):
+        prefix_len = len(encoded[item_index][0])
+        for s, length in spans[r]:
+            # Token t of an option is predicted at the previous position; the first by the prompt's last token.
+            for k, src in enumerate([prefix_len - 1] + list(range(s, s + length - 1))):
+                reads.append((r, src, int(ids[r, s + k])))
+    return reads
 
 
 @dataclass(frozen=True)
@@ -331,22 +357,102 @@ class RetentionOutcome:
     margin: np.ndarray
 
 
-def retention_outcomes(model: Any, tokenizer: Any, items: Sequence[RetentionItem], *,
-                       batch_size: int = 64) -> RetentionOutcome:
+def first_token_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], *, batch_size: int = 64,
+                         lanes: int = 1) -> np.ndarray:
+    """Log-probability of each option's first token after its prompt, ``[lanes, n_items, n_options]``.
+
+    One forward pass per batch over the prompts alone: the options are read off the next-token
+    distribution at the prompt's end, so an item costs its prompt's tokens, not prompt plus
+    options. Items that start with the same words (``The capital of``) share those tokens' keys
+    and values: the common prefix of a relation goes through the model once (per adapter with
+    ``lanes``, rows adapter-major as in :func:`seal.editor.multi_lora.lanes_attached`).
+
+        >>> first_token_logprobs(model, tok, load_retention_set()[:2]).shape   # doctest: +SKIP
+        (1, 2, 4)
+    """
+    import torch
+
+    from .generation import model_device
+
+    device = model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max((len(i.options) for i in items), default=0)
+    out = np.full((lanes, len(items), width), -np.inf)
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(item.relation, []).append(index)
+    with torch.inference_mode():
+        for members in groups.values():
+            prompts = [tokenizer(items[i].prompt, add_special_tokens=True)["input_ids"] for i in members]
+            shared = _common_prefix(prompts)
+            cache = _prefix_cache(model, prompts[0][:shared], device, rows=lanes)
+            order = sorted(range(len(members)), key=lambda k: len(prompts[k]))
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                logp = _last_logprobs(model, [prompts[k] for k in chunk], shared, cache, pad, device, lanes)
+                for row, k in enumerate(chunk):
+                    item = items[members[k]]
+                    firsts = [tokenizer(" " + o, add_special_tokens=False)["input_ids"][0] for o in item.options]
+                    out[:, members[k], :len(firsts)] = logp[:, row, firsts]
+    return out
+
+
+def _last_logprobs(model: Any, rows: list[list[int]], shared: int, prefix_cache: Any, pad: int, device: Any,
+                   lanes: int) -> np.ndarray:
+    """Next-token log-probabilities after each row's last token, ``[lanes, rows, vocab]``; the first
+    ``shared`` tokens of every row are already in ``prefix_cache``."""
+    import copy
+
+    import torch
+
+    own = [r[shared:] for r in rows]
+    width = max(len(o) for o in own)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, o in enumerate(own):  # right padding: no real token ever sees a pad
+        ids[i, :len(o)] = torch.tensor(o)
+        keep[i, len(o) - 1] = True
+    mask = torch.ones((len(rows), shared + width), dtype=torch.long)
+    mask[:, shared:] = (torch.arange(width)[None, :] < torch.tensor([len(o) for o in own])[:, None]).long()
+    pos = torch.arange(shared, shared + width).expand(len(rows), width)
+    cache = copy.deepcopy(prefix_cache)
+    if shared:
+        cache.batch_repeat_interleave(len(rows))
+    logits = model(input_ids=ids.repeat(lanes, 1).to(device), attention_mask=mask.repeat(lanes, 1).to(device),
+                   position_ids=pos.repeat(lanes, 1).to(device), cache=cache if shared else None,
+                   use_cache=bool(shared), logits_to_keep=keep.repeat(lanes, 1).to(device)).logits
+    return torch.log_softmax(logits.float(), dim=-1).view(lanes, len(rows), -1).cpu().numpy()
+
+
+def retention_outcomes(model: Any, tokenizer: Any, items: Sequence[RetentionItem], *, batch_size: int = 64,
+                       lanes: int = 1) -> RetentionOutcome | list[RetentionOutcome]:
     """Score the retention items; ties count as wrong (a model that cannot tell has not retained).
+
+    An option's score is the log-probability of its first token after the prompt
+    (:func:`first_token_logprobs`); where two options start with the same token (one item of
+    the 400, *Yerevan* and *Yokohama*) the item is scored on whole options instead
+    (:func:`option_logprobs`). With ``lanes``, one outcome per attached adapter.
 
         >>> out = retention_outcomes(model, tok, load_retention_set())   # doctest: +SKIP
         >>> out.correct.mean()                                           # doctest: +SKIP
-        0.61
+        0.93
     """
-    lp = option_logprobs(model, tokenizer, items, batch_size=batch_size)
+    lp = first_token_logprobs(model, tokenizer, items, batch_size=batch_size, lanes=lanes)
+    clash = [i for i, item in enumerate(items) if len({tokenizer(" " + o, add_special_tokens=False)["input_ids"][0]
+                                                       for o in item.options}) < len(item.options)]
+    if clash:
+        whole = option_logprobs(model, tokenizer, [items[i] for i in clash], batch_size=batch_size, lanes=lanes)
+        lp[:, clash, :whole.shape[-1]] = whole.reshape(lanes, len(clash), -1)
     gold = np.array([i.answer for i in items])
     rows = np.arange(len(items))
-    right = lp[rows, gold]
-    others = lp.copy()
-    others[rows, gold] = -np.inf
-    margin = right - others.max(axis=1)
-    return RetentionOutcome(correct=margin > 0, margin=margin)
+    outcomes = []
+    for lane in range(lanes):
+        right = lp[lane, rows, gold]
+        others = lp[lane].copy()
+        others[rows, gold] = -np.inf
+        margin = right - others.max(axis=1)
+        outcomes.append(RetentionOutcome(correct=margin > 0, margin=margin))
+    return outcomes[0] if lanes == 1 else outcomes
 
 
 def opening_verdict(text: str, finished: bool) -> bool | None:
@@ -395,13 +501,15 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _prefix_cache(model: Any, prefix: list[int], device: Any) -> Any:
+def _prefix_cache(model: Any, prefix: list[int], device: Any, rows: int = 1) -> Any:
+    """The keys and values of ``prefix`` (once per adapter when ``rows`` lanes are attached)."""
     import torch
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
     if prefix:
-        model(input_ids=torch.tensor([prefix], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.tensor([prefix] * rows, device=device), cache=cache, use_cache=True,
+              logits_to_keep=1)
     return cache
 
 
