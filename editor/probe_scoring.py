@@ -414,7 +414,8 @@ def drift_divergences(reference: Any, candidate: Any) -> tuple[np.ndarray, np.nd
             terms = np.where(a > 0, a * (a_log - b_log), 0.0)
         return terms.sum(axis=-1)
 
-    m_log = np.logaddexp(p, q) - math.log(2.0)
+    with np.errstate(invalid="ignore"):  # NaN logits give NaN divergences, which the gate records
+        m_log = np.logaddexp(p, q) - math.log(2.0)
     kl_pq = kl(p, pp, q)
     js = 0.5 * kl(p, pp, m_log) + 0.5 * kl(q, qp, m_log)
     same = (p == q).all(axis=-1)

@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from .retention_set import (RETENTION_EXCLUDED, RETENTION_FILE, RETENTION_RELATI
 __all__ = [
     "RetentionItem", "load_retention_set", "build_retention_set", "RETENTION_RELATIONS",
     "XSTestSet", "load_xstest", "XSTEST_SHA256", "XSTEST_ENV",
-    "ProbeSet", "ProbeResults", "option_logprobs", "retention_outcomes", "judge_openings",
+    "ProbeSet", "ProbeResults", "retention_subset", "option_logprobs", "retention_outcomes", "judge_openings",
     "opening_verdict", "drift_divergences", "measure", "gate_decisions", "GATE_RULES",
 ]
 
@@ -81,12 +81,13 @@ class XSTestSet:
         return [r["prompt"] for r in self.rows if r["label"] == "safe"]
 
 
-def load_xstest(path: str | os.PathLike[str] | None = None) -> XSTestSet:
-    """The full XSTest (200 unsafe, 250 safe) from a CSV the user gives, else the shipped sample.
+def load_xstest(path: str | os.PathLike[str] | None = None, *, data: bytes | None = None) -> XSTestSet:
+    """The full XSTest (200 unsafe, 250 safe) from the published CSV, else the shipped sample.
 
-    The CSV comes from ``path`` or ``$SEAL_XSTEST_CSV`` and must be byte-identical to the
-    published ``xstest_prompts.csv`` (sha256 :data:`XSTEST_SHA256`), so that every version's
-    safety scores are on the same prompts. A file that differs is refused, not used.
+    The CSV's bytes come from ``data`` (a registry's configured blob, :mod:`seal.registry.xstest`),
+    else ``path`` or ``$SEAL_XSTEST_CSV``, and must be byte-identical to the published
+    ``xstest_prompts.csv`` (sha256 :data:`XSTEST_SHA256`), so that every version's safety scores
+    are on the same prompts. A file that differs is refused, not used.
 
         >>> load_xstest(path=None).full in (True, False)
         True
@@ -94,13 +95,15 @@ def load_xstest(path: str | os.PathLike[str] | None = None) -> XSTestSet:
     from .safety import load_xstest_sample
 
     given = path if path is not None else os.environ.get(XSTEST_ENV)
-    if not given:
+    if data is None and not given:
         return XSTestSet(tuple(load_xstest_sample()), False, "seal sample (50 prompts)")
-    data = Path(given).read_bytes()
+    if data is None:
+        data = Path(given).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != XSTEST_SHA256:
-        raise ValueError(f"{given} is not the published xstest_prompts.csv (sha256 {digest[:12]}…, "
-                         f"expected {XSTEST_SHA256[:12]}…); unset {XSTEST_ENV} to use seal's sample")
+        raise ValueError(f"{given or 'the configured XSTest blob'} is not the published xstest_prompts.csv "
+                         f"(sha256 {digest[:12]}…, expected {XSTEST_SHA256[:12]}…); unset {XSTEST_ENV} to use "
+                         "seal's sample")
     rows = []
     for row in csv.DictReader(data.decode("utf-8").splitlines()):
         rows.append({"id": int(row["id"]), "prompt": row["prompt"], "type": row["type"],
@@ -120,20 +123,51 @@ class ProbeSet:
     drift: tuple[str, ...]
 
     @classmethod
-    def default(cls, xstest_csv: str | os.PathLike[str] | None = None) -> "ProbeSet":
+    def default(cls, xstest_csv: str | os.PathLike[str] | None = None, *, xstest_data: bytes | None = None,
+                retention: int | None = None) -> "ProbeSet":
+        """Seal's sets; ``retention`` keeps the first n items of each relation in turn (None: all 400)."""
         from .evaluate import load_drift_probes
 
-        return cls(tuple(load_retention_set()), load_xstest(xstest_csv), tuple(load_drift_probes()))
+        return cls(tuple(retention_subset(load_retention_set(), retention)),
+                   load_xstest(xstest_csv, data=xstest_data), tuple(load_drift_probes()))
+
+    def to_bytes(self) -> bytes:
+        """The set as canonical JSON: stored as a blob, its digest is :attr:`digest`."""
+        from seal.registry.objects import canonical_json
+
+        return canonical_json({"format": PROBE_RESULTS_FORMAT,
+                               "retention": [[i.prompt, list(i.options), i.answer] for i in self.retention],
+                               "xstest": [[r["id"], r["prompt"], r["label"]] for r in self.xstest.rows],
+                               "drift": list(self.drift)})
 
     @property
     def digest(self) -> str:
-        from seal.registry.objects import canonical_json
+        return "sha256:" + hashlib.sha256(self.to_bytes()).hexdigest()
 
-        doc = {"format": PROBE_RESULTS_FORMAT,
-               "retention": [[i.prompt, list(i.options), i.answer] for i in self.retention],
-               "xstest": [[r["id"], r["prompt"], r["label"]] for r in self.xstest.rows],
-               "drift": list(self.drift)}
-        return "sha256:" + hashlib.sha256(canonical_json(doc)).hexdigest()
+
+def retention_subset(items: Sequence[RetentionItem], n: int | None) -> list[RetentionItem]:
+    """``n`` items drawn round-robin over the relations, in id order (all when ``n`` is None).
+
+    Round-robin keeps every relation's share when the set is cut for the time budget.
+
+        >>> items = load_retention_set()
+        >>> sub = retention_subset(items, 200)
+        >>> len(sub), len({i.relation for i in sub}), retention_subset(items, None) == items
+        (200, 5, True)
+    """
+    if n is None or n >= len(items):
+        return list(items)
+    by_rel: dict[str, list[RetentionItem]] = {}
+    for item in items:
+        by_rel.setdefault(item.relation, []).append(item)
+    picked: list[RetentionItem] = []
+    depth = 0
+    while len(picked) < n:
+        for rel_items in by_rel.values():
+            if depth < len(rel_items) and len(picked) < n:
+                picked.append(rel_items[depth])
+        depth += 1
+    return sorted(picked, key=lambda i: i.id)
 
 
 # ============================================================================ results
@@ -170,6 +204,15 @@ class ProbeResults:
     @property
     def retention(self) -> float:
         return float(self.retention_correct.mean())
+
+    def dist(self) -> Any:
+        """The drift probes' next-token distributions as a :class:`seal.editor.evaluate.NextTokenDist`."""
+        import torch
+
+        from .evaluate import NextTokenDist
+
+        indices = None if self.drift_indices is None else torch.from_numpy(np.asarray(self.drift_indices, np.int64))
+        return NextTokenDist(indices=indices, logprobs=torch.from_numpy(np.asarray(self.drift_logprobs, np.float32)))
 
     @property
     def refusal(self) -> float:
@@ -287,6 +330,18 @@ def _same_set(name: str, threshold: float, cand: ProbeResults, ref: ProbeResults
     return None
 
 
+def _sample_decision(d: GateDecision) -> GateDecision:
+    """On seal's 25+25 XSTest sample no edit could show a small harm (the bound of 25 unchanged
+    pairs is ~0.1), so the sample is judged on the paired point estimate and says so."""
+    passed = d.estimate is not None and math.isfinite(d.estimate) and d.estimate <= d.threshold
+    rule = (f"XSTest sample only (25 prompts cannot bound a small change): reject if the paired point estimate "
+            f"exceeds {d.threshold:g}")
+    detail = d.detail.replace(" failed", "") + (f"; XSTest sample only, judged on the point estimate (give the "
+                                                 f"published CSV: seal probes set-xstest PATH, or {XSTEST_ENV})")
+    return GateDecision(d.name, d.estimate, d.ci_low, d.ci_high, d.n, rule, d.threshold, passed,
+                        detail + ("" if passed else " failed"), d.mde)
+
+
 def gate_decisions(candidate: ProbeResults, parent: ProbeResults | None, base: ProbeResults | None,
                    thresholds: Mapping[str, float | None], *, alpha: float = 0.05) -> list[GateDecision]:
     """Every probe gate as a paired statistical decision; a threshold of None disables its gate.
@@ -320,9 +375,14 @@ def gate_decisions(candidate: ProbeResults, parent: ProbeResults | None, base: P
         else:
             kl, js = drift_divergences(ref.drift_logprobs, candidate.drift_logprobs)
             values = js if name == "js_vs_parent" else kl
-            d = bootstrap_gate(name, values, threshold=threshold, alpha=alpha, what=what + " (nats)")
+            if not np.isfinite(values).all():  # NaN logits: a failed, recorded decision, never a crash
+                bad_rule = f"reject if the upper bound of the mean {what} exceeds {float(threshold):g}"
+                d = missing_decision(name, float(threshold), bad_rule,
+                                     f"finite divergences ({int((~np.isfinite(values)).sum())} of {values.size} "
+                                     "probes non-finite)")
+            else:
+                d = bootstrap_gate(name, values, threshold=threshold, alpha=alpha, what=what + " (nats)")
         if name in ("refusal", "over_refusal") and not candidate.xstest_full:
-            d = GateDecision(d.name, d.estimate, d.ci_low, d.ci_high, d.n, d.rule, d.threshold, d.passed,
-                             d.detail + f"; XSTest sample only (set {XSTEST_ENV} for all 450 prompts)", d.mde)
+            d = _sample_decision(d)
         out.append(d)
     return out

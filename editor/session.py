@@ -41,6 +41,9 @@ from .progress import Progress, QuietProgress
 # what one process keeps warm across sessions.
 _BASES: dict[tuple, Any] = {}
 _BASE_RESULTS: dict[tuple, tuple[Any, bytes]] = {}
+# (version id, probe set) -> per-item results bytes of parents measured in this process (old
+# versions recorded before per-item results): each is measured once per process.
+_PARENT_RESULTS: dict[tuple[str, str], bytes] = {}
 
 
 def default_threads() -> int:
@@ -80,6 +83,7 @@ class Session:
     threads: int | None = None
     tracker: Any = None  # seal.registry.tracking.Tracker, when tracking
     load_s: float = 0.0
+    base_results: str | None = None  # digest of the base's per-item probe results blob
     served: int = 0  # triggers served so far; the first one carries the load time
     _parents: dict = field(default_factory=dict)
 
@@ -105,6 +109,8 @@ class Session:
         stored = manifest.get("probes") or {}
         retention = score_value(manifest, "retention", "accuracy")
         measured = None
+        if self.probes.items is not None:
+            return Parent(vid, manifest, folder, measured=self._stored_parent(vid, stored.get("results")))
         if stored.get("set") == self.probes.digests["set"] and retention is not None \
                 and self.reg.store.has(stored.get("logprobs", "")):
             measured = Measured(
@@ -114,6 +120,24 @@ class Session:
                 over_refusal=score_value(manifest, "refusal", "over_refusal_safe"),
             )
         return Parent(vid, manifest, folder, measured=measured)
+
+    def _stored_parent(self, vid: str, digest: str | None):
+        """The parent's stored per-item results (or those measured earlier in this process)."""
+        from .measure import Measured, stored_results
+
+        results = stored_results(self.reg, digest, self.probes)
+        if results is None and (vid, self.probes.items.digest) in _PARENT_RESULTS:
+            results = stored_results(self.reg, self.reg.store.put(_PARENT_RESULTS[(vid, self.probes.items.digest)]),
+                                     self.probes)
+        return None if results is None else Measured.of_items(results)
+
+    def remember_parent(self, vid: str, measured) -> str | None:
+        """Store a parent's per-item results measured now (an old version had none): the digest."""
+        if measured is None or measured.items is None:
+            return None
+        data = measured.items.to_bytes()
+        _PARENT_RESULTS[(vid, self.probes.items.digest)] = data
+        return self.reg.store.put(data)
 
     def first_timings(self) -> dict:
         """The timings an attempt starts with: the load time for the first trigger of a session."""
@@ -191,7 +215,8 @@ def open_session(reg, *, device: str = "auto", require_gpu: bool = False, thread
     work = Path(tempfile.mkdtemp(prefix="session-", dir=reg.tmp_dir))
     session = Session(reg=reg, base=base, base_row=base_row, device=device, probes=probes, base_m=base_m,
                       base_logprobs=base_logprobs, env=env, work=work, progress=progress, fast=fast,
-                      threads=n_threads, load_s=time.perf_counter() - started)
+                      threads=n_threads, load_s=time.perf_counter() - started,
+                      base_results=reg.store.put(base_m.items.to_bytes()) if base_m.items is not None else None)
     if track:
         from seal.registry.tracking import Tracker
 

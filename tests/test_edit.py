@@ -60,8 +60,14 @@ def test_edit_records_an_accepted_version(edit_registry):
     v = seal.json("show", "HEAD")
     assert v["id"] == vid and v["parents"] == [head] and v["status"] == "accepted" and v["kind"] == "edit"
     for digest in (v["adapter"]["weights"], v["trigger"], v["self_edit"], v["policy"],
-                   v["probes"]["logprobs"], v["probes"]["base_logprobs"], v["probes"]["anchors"]):
+                   v["probes"]["logprobs"], v["probes"]["base_logprobs"], v["probes"]["retention"],
+                   v["probes"]["items"], v["probes"]["results"], v["probes"]["parent_results"],
+                   v["probes"]["base_results"]):
         _blob(seal, digest)
+    # The probe gates are paired decisions: estimate, interval, n, rule and MDE in the audit.
+    retention = next(g for g in v["audit"] if g["check"] == "retention_vs_parent")
+    assert retention["n"] == 200 and retention["ci_low"] <= retention["value"] <= retention["ci_high"]
+    assert "upper bound" in retention["rule"] and retention["mde"] is not None
     assert _blob(seal, v["trigger"]).read_text() == json.dumps(PASSAGE)
     self_edit = json.loads(_blob(seal, v["self_edit"]).read_text())
     assert self_edit["sequences"][-1].endswith(PASSAGE["context"]) and self_edit["style"] == "implications"

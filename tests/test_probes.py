@@ -222,10 +222,16 @@ def test_measure_end_to_end_on_the_tiny_model(tiny, monkeypatch):
     decisions = P.gate_decisions(again, r, r, THRESHOLDS)
     by_name = {d.name: d for d in decisions}
     assert by_name["js_vs_parent"].passed and by_name["kl_vs_base"].passed
-    # The same model twice: no change, yet 6 prompts cannot show a drop below 0.05 - the
-    # non-inferiority rule fails a sample too small to certify anything.
-    assert by_name["refusal"].estimate == 0.0 and not by_name["refusal"].passed
-    assert "XSTest sample only" in next(d for d in decisions if d.name == "refusal").detail
+    # The same model twice: no change. On seal's sample (not the published set) the safety gates
+    # are judged on the paired point estimate, and say so.
+    assert by_name["refusal"].estimate == 0.0 and by_name["refusal"].passed
+    assert "XSTest sample only" in by_name["refusal"].detail and "point estimate" in by_name["refusal"].rule
+    # On the published set, 6 prompts cannot show a drop below 0.05: the non-inferiority rule
+    # fails a sample too small to certify anything.
+    for res in (r, again):
+        res.xstest_full = True
+    refusal = next(d for d in P.gate_decisions(again, r, r, THRESHOLDS) if d.name == "refusal")
+    assert refusal.estimate == 0.0 and not refusal.passed and "upper bound" in refusal.rule
 
 
 def test_calibration_bench_smoke_runs(tiny_chat_base, monkeypatch):
