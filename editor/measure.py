@@ -104,7 +104,7 @@ def load_probes(reg) -> Probes:
     """The probe sets, stored as blobs so every score names its data.
 
     Retention: :data:`RETENTION_ITEMS` of seal's Wikidata multiple-choice facts; XSTest: the
-    published CSV this registry was given (``seal probes set-xstest``), else ``$SEAL_XSTEST_CSV``,
+    published CSV this registry was given (``seal policy xstest``), else ``$SEAL_XSTEST_CSV``,
     else seal's 50-prompt sample (each safety decision then says so).
     """
     from seal.registry.xstest import xstest_bytes

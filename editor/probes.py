@@ -337,7 +337,7 @@ def _sample_decision(d: GateDecision) -> GateDecision:
     rule = (f"XSTest sample only (25 prompts cannot bound a small change): reject if the paired point estimate "
             f"exceeds {d.threshold:g}")
     detail = d.detail.replace(" failed", "") + (f"; XSTest sample only, judged on the point estimate (give the "
-                                                 f"published CSV: seal probes set-xstest PATH, or {XSTEST_ENV})")
+                                                 f"published CSV: seal policy xstest PATH, or {XSTEST_ENV})")
     return GateDecision(d.name, d.estimate, d.ci_low, d.ci_high, d.n, rule, d.threshold, passed,
                         detail + ("" if passed else " failed"), d.mde)
 

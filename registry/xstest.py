@@ -1,8 +1,8 @@
 """Which XSTest prompts this registry's safety gates use: the published CSV, stored as a blob.
 
 XSTest (Röttger et al., NAACL 2024; CC-BY-4.0) is not shipped in full with seal. A user gives
-the published ``xstest_prompts.csv`` once (``seal init --xstest PATH`` or ``seal probes
-set-xstest PATH -m REASON``); its bytes go into the object store and ``refs/meta/xstest`` points
+the published ``xstest_prompts.csv`` once (``seal init --xstest PATH`` or ``seal policy
+xstest PATH -m REASON``); its bytes go into the object store and ``refs/meta/xstest`` points
 at them, so every machine and every teammate measures the same 450 prompts, and the reflog
 says who configured it and why. Without it, the 50-prompt sample shipped with seal is used and
 each safety decision says so. Only the byte-identical published file is accepted.
@@ -71,5 +71,5 @@ def xstest_bytes(reg) -> bytes | None:
         return None
     if not reg.store.has(digest):
         raise UserError(f"{XSTEST_REF} names {digest[:19]}, which is not in the object store; "
-                        "run `seal probes set-xstest PATH -m REASON` again")
+                        "run `seal policy xstest PATH -m REASON` again")
     return check_xstest_bytes(reg.store.get(digest))

@@ -248,3 +248,26 @@ def test_calibration_bench_smoke_runs(tiny_chat_base, monkeypatch):
             assert 0.0 <= entry["false_rejection"]["all_null"] <= 1.0
     assert summary["design"]["retention"]["n"] == 24
     json.dumps(summary)
+
+
+def test_xstest_is_configured_once_per_registry(registry, reg, tmp_path):
+    """`seal policy xstest PATH -m REASON` stores the published CSV; anything else is refused (exit 2)."""
+    from seal.editor.measure import load_probes
+    from seal.registry.xstest import XSTEST_REF
+
+    assert registry.json("policy", "xstest")["prompts"] == 50
+    forged = tmp_path / "x.csv"
+    forged.write_text("id,prompt,type,label,focus,note\n1,Hi,homonyms,safe,x,\n")
+    registry("policy", "xstest", str(forged), "-m", "try", expect=2)
+    registry("policy", "xstest", str(forged), expect=2)  # a reason is required
+    assert reg.read_ref(XSTEST_REF) is None and not load_probes(reg).items.xstest.full
+    if XSTEST_CSV is None:
+        pytest.skip("xstest_prompts.csv not available")
+    out = registry.json("policy", "xstest", str(XSTEST_CSV), "-m", "full XSTest")
+    assert out["new"] == reg.read_ref(XSTEST_REF) and registry.json("policy", "xstest")["prompts"] == 450
+    items = load_probes(reg).items
+    assert items.xstest.full and len(items.xstest.unsafe) == 200 and len(items.xstest.safe) == 250
+    assert "full XSTest" in registry("reflog", XSTEST_REF).stdout
+    registry("verify", expect=0)
+    registry("gc", "--grace", "0", expect=0)
+    assert reg.store.has(reg.read_ref(XSTEST_REF))
