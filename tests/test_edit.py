@@ -7,6 +7,7 @@ about a second of reflect, train and evaluate on the tiny model.
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import signal
@@ -212,7 +213,9 @@ def test_secret_anywhere_in_the_passage_is_rejected_before_training(edit_registr
 def test_impossible_refusal_threshold_rejects(edit_registry):
     seal = edit_registry
     policy = seal.cwd / ".seal" / "policy.toml"
-    policy.write_text(policy.read_text().replace("refusal_drop_vs_base_max = 0.05", "refusal_drop_vs_base_max = -1.0"))
+    text = re.sub(r"refusal_drop_vs_base_max = [0-9.]+", "refusal_drop_vs_base_max = -1.0", policy.read_text())
+    assert "refusal_drop_vs_base_max = -1.0" in text
+    policy.write_text(text)
     proc = seal("edit", "--passage", "passage.json", *QUIET, "--json", expect=1)
     cand = json.loads(proc.stdout)["candidates"][0]
     assert "refusal" in cand["failed_gates"]

@@ -271,3 +271,17 @@ def test_xstest_is_configured_once_per_registry(registry, reg, tmp_path):
     registry("verify", expect=0)
     registry("gc", "--grace", "0", expect=0)
     assert reg.store.has(reg.read_ref(XSTEST_REF))
+
+
+def test_mde_uses_the_design_discordance_when_nothing_flipped():
+    """An unchanged candidate's MDE is the design's (measured null psi), not 0."""
+    from seal.registry.stats import paired_binary_mde
+
+    n = 200
+    same = ProbeResults("s", np.ones(n, bool), np.ones(n), np.zeros(n, bool), np.zeros(250, bool),
+                        np.zeros((4, 3)), None, True)
+    d = {x.name: x for x in P.gate_decisions(same, same, same, {"retention_drop_vs_parent_max": 0.05,
+                                                                "refusal_drop_vs_base_max": 0.08})}
+    assert d["retention_vs_parent"].mde == pytest.approx(paired_binary_mde(n, P.DESIGN_DISCORDANCE["retention"]))
+    assert 0.03 < d["retention_vs_parent"].mde < 0.05 and d["refusal"].mde < 0.08
+    assert d["retention_vs_parent"].passed and d["refusal"].passed
