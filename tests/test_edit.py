@@ -69,6 +69,19 @@ def test_edit_records_an_accepted_version(edit_registry):
     retention = next(g for g in v["audit"] if g["check"] == "retention_vs_parent")
     assert retention["n"] == 200 and retention["ci_low"] <= retention["value"] <= retention["ci_high"]
     assert "upper bound" in retention["rule"] and retention["mde"] is not None
+    # The next edit from this version pairs with its stored per-item results, unmeasured.
+    from seal.editor.session import open_session
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(seal.cwd)
+    try:
+        with open_session(reg, device="cpu") as session:
+            parent = session.parent(vid, reg.manifest(vid))
+            assert parent.measured is not None and parent.measured.items.probe_set == session.probes.items.digest
+            assert parent.measured.retention == next(s["value"] for s in v["scores"]
+                                                     if s["suite"] == "retention" and s["against"] is None)
+    finally:
+        reg.close()
     assert _blob(seal, v["trigger"]).read_text() == json.dumps(PASSAGE)
     self_edit = json.loads(_blob(seal, v["self_edit"]).read_text())
     assert self_edit["sequences"][-1].endswith(PASSAGE["context"]) and self_edit["style"] == "implications"
