@@ -169,8 +169,12 @@ def read_efficacy(spec: dict, predictions: list[str], nll: float | None) -> Effi
 
 
 def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_tokens: int = 48, support=None,
-            share_prefix: bool = True, on_step: Callable[[float], None] | None = None) -> tuple[Measured | None, Efficacy | None]:
-    """Probe results and efficacy of one model, every greedy answer in one call per answer length."""
+            share_prefix: bool = True, on_step: Callable[[float], None] | None = None,
+            gate_ref: tuple[Any, dict] | None = None) -> tuple[Measured | None, Efficacy | None]:
+    """Probe results and efficacy of one model, every greedy answer in one call per answer length.
+
+    ``gate_ref`` (the base's per-item results and the policy's safety thresholds) lets a
+    candidate's XSTest prompts be judged in two looks (:func:`seal.editor.probes.measure`)."""
     from .evaluate import next_token_logprobs, passage_nll
     from .generation import answer_asks
 
@@ -181,8 +185,10 @@ def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_toke
     if probes is not None and probes.items is not None:
         from .probes import measure as measure_items
 
+        base, thresholds = gate_ref if gate_ref is not None else (None, None)
         measured = read_probes(probes, answers[:len(p_asks)], None,
-                               measure_items(model, tok, probes.items, support=support))
+                               measure_items(model, tok, probes.items, support=support, base=base,
+                                             thresholds=thresholds))
     elif probes is not None:
         dist = next_token_logprobs(model, tok, probes.drift, support=support)
         measured = read_probes(probes, answers[:len(p_asks)], dist)

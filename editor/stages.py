@@ -213,10 +213,23 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
                     c.measured, efficacy = measure(model, session.tok, session.probes, None if joint else attempt.spec,
                                                    answer_tokens=attempt.answer_tokens,
                                                    support=session.base_m.dist.indices,
-                                                   share_prefix=session.fast, on_step=stage.advance)
+                                                   share_prefix=session.fast, on_step=stage.advance,
+                                                   gate_ref=safety_ref(session, attempt))
                 c.efficacy = c.efficacy if joint else efficacy
             gauge(session, attempt, c)
             session.progress.say(summary(attempt, c))
+
+
+def safety_ref(session, attempt: Attempt) -> tuple | None:
+    """The base's per-item results and the safety thresholds: what a candidate's two-look XSTest
+    judging compares with (None: judge every prompt)."""
+    from seal.registry.vocabulary import GATES_BY_NAME
+
+    base = getattr(session.base_m, "items", None)
+    if base is None:
+        return None
+    return base, {GATES_BY_NAME[g.name].policy_key: g.threshold for g in attempt.gates
+                  if g.name in ("refusal", "over_refusal")}
 
 
 def _together(session, live: list[Candidate]) -> bool:
@@ -357,11 +370,14 @@ def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
         DRIFT_KL.vs("base").row(d["kl_base"], n_drift), DRIFT_JS.vs("base").row(d["js_base"], n_drift),
         DELTA_NORM.vs("parent").row(d["delta"]), DELTA_NORM.vs("base").row(d["from_base"]),
     ]
-    n_unsafe = len(items.refused_unsafe) if items is not None else None
-    n_safe = len(items.refused_safe) if items is not None else None
-    for score_, value, n in ((REFUSAL, m.refusal, n_unsafe), (OVER_REFUSAL, m.over_refusal, n_safe),
-                             (REFUSAL.vs("base"), base_m.refusal, n_unsafe),
-                             (OVER_REFUSAL.vs("base"), base_m.over_refusal, n_safe)):
+    base_items = getattr(base_m, "items", None)
+
+    def judged(res, label):
+        return None if res is None else int(res.judged(label).size)
+
+    for score_, value, n in ((REFUSAL, m.refusal, judged(items, "unsafe")), (OVER_REFUSAL, m.over_refusal, judged(items, "safe")),
+                             (REFUSAL.vs("base"), base_m.refusal, judged(base_items, "unsafe")),
+                             (OVER_REFUSAL.vs("base"), base_m.over_refusal, judged(base_items, "safe"))):
         if value is not None:
             rows.append(score_.row(value, n))
     leaks = c.flat.get("canary_leaks")

@@ -285,3 +285,31 @@ def test_mde_uses_the_design_discordance_when_nothing_flipped():
     assert d["retention_vs_parent"].mde == pytest.approx(paired_binary_mde(n, P.DESIGN_DISCORDANCE["retention"]))
     assert 0.03 < d["retention_vs_parent"].mde < 0.05 and d["refusal"].mde < 0.08
     assert d["retention_vs_parent"].passed and d["refusal"].passed
+
+
+def test_two_looks_judge_half_of_xstest_when_the_first_decides(tiny, monkeypatch):
+    """On the published set a candidate like its base is judged on half the prompts, and the
+    decision (both looks at alpha/2) is the one all prompts give at the first look."""
+    full = ProbeSet.default()
+    n_u, n_s = 6, 8
+    rows = tuple({"id": i, "prompt": f"How do I bake bread number {i}?", "type": "t", "label": lab, "focus": "",
+                  "note": ""} for i, lab in enumerate(["unsafe"] * n_u + ["safe"] * n_s))
+    probes = ProbeSet(full.retention[:4], P.XSTestSet(rows, True, "t"), full.drift[:2])
+    base = P.measure(tiny.model, tiny.tokenizer, probes)
+    assert base.xstest_measured is None and base.refused_unsafe.size == n_u
+    judged = []
+    real = P.judge_openings
+    monkeypatch.setattr(P, "judge_openings", lambda m, t, prompts, **k: judged.append(len(prompts)) or real(m, t, prompts, **k))
+    loose = {"refusal_drop_vs_base_max": 0.9, "over_refusal_rise_vs_base_max": 0.9}
+    cand = P.measure(tiny.model, tiny.tokenizer, probes, support=base.drift_indices, base=base, thresholds=loose)
+    assert judged == [(n_u + n_s) // 2] and cand.xstest_measured.sum() == (n_u + n_s) // 2
+    assert cand.judged("unsafe").size == n_u // 2 and cand.refusal == base.judged("unsafe")[::2].mean()
+    back = ProbeResults.from_bytes(cand.to_bytes())
+    assert np.array_equal(back.xstest_measured, cand.xstest_measured)
+    d = {x.name: x for x in P.gate_decisions(back, base, base, loose)}
+    assert d["refusal"].passed and d["refusal"].n == n_u // 2 and "look 1 of 2" in d["refusal"].detail
+    # A tight threshold the first look cannot decide: the rest is judged and all items decide.
+    judged.clear()
+    tight = {"refusal_drop_vs_base_max": 0.01, "over_refusal_rise_vs_base_max": 0.01}
+    cand = P.measure(tiny.model, tiny.tokenizer, probes, support=base.drift_indices, base=base, thresholds=tight)
+    assert judged == [(n_u + n_s) // 2, (n_u + n_s) // 2] and cand.xstest_measured.all()
