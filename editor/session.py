@@ -122,22 +122,36 @@ class Session:
         return Parent(vid, manifest, folder, measured=measured)
 
     def _stored_parent(self, vid: str, digest: str | None):
-        """The parent's stored per-item results (or those measured earlier in this process)."""
+        """The parent's stored per-item results, else those measured before on this machine (an
+        old version recorded without them), else None (it is measured)."""
         from .measure import Measured, stored_results
 
         results = stored_results(self.reg, digest, self.probes)
-        if results is None and (vid, self.probes.items.digest) in _PARENT_RESULTS:
-            results = stored_results(self.reg, self.reg.store.put(_PARENT_RESULTS[(vid, self.probes.items.digest)]),
-                                     self.probes)
+        if results is None:
+            data = _PARENT_RESULTS.get((vid, self.probes.items.digest)) or _read_cached(self._parent_cache(vid))
+            if data is not None:
+                results = stored_results(self.reg, self.reg.store.put(data), self.probes)
         return None if results is None else Measured.of_items(results)
 
     def remember_parent(self, vid: str, measured) -> str | None:
-        """Store a parent's per-item results measured now (an old version had none): the digest."""
+        """Keep a parent's per-item results measured now (an old version had none): in this
+        process, in the machine's cache beside the base's, and in the store; the digest."""
         if measured is None or measured.items is None:
             return None
         data = measured.items.to_bytes()
         _PARENT_RESULTS[(vid, self.probes.items.digest)] = data
+        path = self._parent_cache(vid)
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs a measurement later
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
         return self.reg.store.put(data)
+
+    def _parent_cache(self, vid: str) -> Path:
+        from .base import default_cache_dir
+
+        return default_cache_dir().parent / "probes" / f"version-{vid[:32]}-{self.probes.items.digest[7:23]}.safetensors"
 
     def first_timings(self) -> dict:
         """The timings an attempt starts with: the load time for the first trigger of a session."""
@@ -148,6 +162,14 @@ class Session:
         if self.tracker is not None:
             self.tracker.kill_open_runs()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _read_cached(path: Path) -> bytes | None:
+    """A cache file's bytes, when it is a small regular file (checked by the caller as data)."""
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20 else None
+    except OSError:
+        return None
 
 
 def loaded_base(base_row: dict, device: str) -> Any:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SEAL, Seal, make_registry
@@ -80,6 +81,18 @@ def test_edit_records_an_accepted_version(edit_registry):
             assert parent.measured is not None and parent.measured.items.probe_set == session.probes.items.digest
             assert parent.measured.retention == next(s["value"] for s in v["scores"]
                                                      if s["suite"] == "retention" and s["against"] is None)
+            # A version recorded without per-item results is measured once per machine: kept in
+            # the cache beside the base's, found again by a later process.
+            from seal.editor import session as S
+
+            old_vid = "0" * 64
+            assert session._stored_parent(old_vid, None) is None
+            session.remember_parent(old_vid, parent.measured)
+            S._PARENT_RESULTS.clear()
+            again = session._stored_parent(old_vid, None)
+            assert again is not None and np.array_equal(again.items.retention_correct,
+                                                        parent.measured.items.retention_correct)
+            session._parent_cache(old_vid).unlink()
     finally:
         reg.close()
     assert _blob(seal, v["trigger"]).read_text() == json.dumps(PASSAGE)
