@@ -19,6 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PASSAGE = ROOT / "editor" / "data" / "demo_passage.json"
 DEMO = Path(os.environ.get("SEAL_DEMO_DIR", ROOT / "demo-registry"))
+# The published XSTest, where this machine has it (read from there, never copied into seal):
+# the safety gates then judge all 450 prompts; without it, seal's 50-prompt sample.
+XSTEST = next((p for p in (ROOT.parent / "shared" / "data" / "xstest_prompts.csv",
+                           Path("/work/shared/data/xstest_prompts.csv")) if p.is_file()), None)
 
 
 def seal(*args: str, expect: tuple[int, ...] = (0,)) -> tuple[subprocess.CompletedProcess, float]:
@@ -40,7 +44,7 @@ def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir(parents=True)
     times: dict[str, float] = {}
-    _, times["init_s"] = seal("init", ".")
+    _, times["init_s"] = seal("init", ".", *(["--xstest", str(XSTEST)] if XSTEST else []))
     proc, times["edit_s"] = seal("edit", "--passage", str(PASSAGE), "--candidates", "2",
                                  "-m", "learn the Svalbard passage", "--json", expect=(0, 1))
     result = json.loads(proc.stdout)

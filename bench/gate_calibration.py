@@ -79,7 +79,7 @@ class Config:
     base: str | None = None
     xstest: str | None = None
     threads: int = 1
-    retention_items: int | None = None  # None: all 400
+    retention_items: int | None = 200  # the engine's (seal.editor.measure.RETENTION_ITEMS); None: all 400
     drift_probes: int | None = None
     anchors: int | None = None
     xstest_sample: int | None = None
@@ -215,7 +215,9 @@ def setup(cfg: Config) -> dict[str, Any]:
         keep = [r for r in xs.rows if r["label"] == "unsafe"][: cfg.xstest_sample // 2] + \
                [r for r in xs.rows if r["label"] == "safe"][: cfg.xstest_sample // 2]
         xs = XSTestSet(tuple(keep), xs.full, xs.source)
-    probes = ProbeSet(tuple(load_retention_set()[: cfg.retention_items]), xs,
+    from seal.editor.probes import retention_subset
+
+    probes = ProbeSet(tuple(retention_subset(load_retention_set(), cfg.retention_items)), xs,
                       tuple(load_drift_probes()[: cfg.drift_probes]))
     sample = load_xstest_sample()
     old_sets = {"anchors": load_anchors()[: cfg.anchors], "drift": list(probes.drift),
@@ -227,7 +229,7 @@ def setup(cfg: Config) -> dict[str, Any]:
     ctx: dict[str, Any] = {"base": base, "tok": base.tokenizer, "probes": probes, "old_sets": old_sets,
                            "passage": f"{passage['title']}\n{passage['context']}",
                            "unsafe_pool": xs.unsafe, "load_s": time.perf_counter() - t}
-    ctx["neutral"] = neutral_pool(base.model, base.tokenizer, 24 if cfg.retention_items is None else 6)
+    ctx["neutral"] = neutral_pool(base.model, base.tokenizer, 24 if (cfg.retention_items or 400) >= 200 else 6)
     t = time.perf_counter()
     ctx["base_new"] = measure(base.model, base.tokenizer, probes, batch_size=cfg.batch_size)
     ctx["base_new_s"] = time.perf_counter() - t
@@ -250,8 +252,9 @@ def run_edit(kind: str, seed: int, cfg: Config, ctx: dict[str, Any], work: Path)
     train_s = time.perf_counter() - t
     with adapter_applied(base.model, work / f"{kind}-{seed}") as model:
         t = time.perf_counter()
+        # As the engine measures a candidate: XSTest in two looks against the base's results.
         new = measure(model, base.tokenizer, ctx["probes"], support=ctx["base_new"].drift_indices,
-                      batch_size=cfg.batch_size)
+                      batch_size=cfg.batch_size, base=ctx["base_new"], thresholds=policy)
         new_s = time.perf_counter() - t
         t = time.perf_counter()
         sets = ctx["old_sets"]
@@ -260,10 +263,13 @@ def run_edit(kind: str, seed: int, cfg: Config, ctx: dict[str, Any], work: Path)
         old_s = time.perf_counter() - t
     after = gate_decisions(new, ctx["base_new"], ctx["base_new"], {k: policy[k] for k in _GATE_KEYS})
     b = ctx["base_new"]
+    judged = np.ones(b.refused_unsafe.size + b.refused_safe.size, bool) if new.xstest_measured is None \
+        else np.asarray(new.xstest_measured, bool)  # the prompts a two-look measurement judged
+    u_mask, s_mask = judged[:b.refused_unsafe.size], judged[b.refused_unsafe.size:]
     discord = {
         "retention": paired_counts(b.retention_correct, new.retention_correct).discordant / new.retention_correct.size,
-        "refusal": paired_counts(b.refused_unsafe, new.refused_unsafe).discordant / max(new.refused_unsafe.size, 1),
-        "over_refusal": paired_counts(b.refused_safe, new.refused_safe).discordant / max(new.refused_safe.size, 1),
+        "refusal": paired_counts(b.refused_unsafe[u_mask], new.refused_unsafe[u_mask]).discordant / max(u_mask.sum(), 1),
+        "over_refusal": paired_counts(b.refused_safe[s_mask], new.refused_safe[s_mask]).discordant / max(s_mask.sum(), 1),
     }
     return {
         "kind": kind, "seed": seed, "steps": record.get("steps"), "loss_final": record.get("loss_final"),

@@ -13,25 +13,31 @@ from .render import emit, log_line, print_json, short, show_lines, when
 # --- init / import ----------------------------------------------------------------------------
 
 @command(help=doc("Create a registry: PATH/.seal with its database, signing key, trust file and the base's root version.",
-                  "seal init", "seal init . --base ./my-model --db postgresql://me@db/seal"))
+                  "seal init", "seal init . --base ./my-model --db postgresql://me@db/seal",
+                  "seal init --xstest ~/data/xstest_prompts.csv"))
 def init(
     path: Path = typer.Argument(Path("."), help="Where to create .seal/ (default: here)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model: a folder, a .gguf file or a Hub id in the local cache (default: the embedded SmolLM2-135M-Instruct)."),
     db: Optional[str] = typer.Option(None, "--db", help="Database URL (default: sqlite:///.seal/lineage.db)."),
     objects: Optional[str] = typer.Option(None, "--objects", help="Object store URL, e.g. s3://bucket/prefix (default: .seal/objects)."),
+    xstest: Optional[Path] = typer.Option(None, "--xstest", help="The published XSTest xstest_prompts.csv (450 prompts): the safety gates use all of it, stored in the registry (default: seal's 50-prompt sample)."),
     json_: bool = JsonOpt,
 ) -> None:
     from seal.registry.init import check_can_init, init_registry
     from seal.registry.sql import Url
+    from seal.registry.xstest import read_xstest_file, set_xstest
 
     check_can_init(path)
     if db is not None:
         Url.parse(db)
+    xstest_data = read_xstest_file(xstest) if xstest is not None else None
     from .bases import describe_base
 
     record = describe_base(base)
     reg = init_registry(path, base=record, db_url=db, objects_url=objects)
     out = {"path": str(reg.seal_dir), "base": {"id": record["id"], "name": record["name"]}, "signer": reg.signer.id}
+    if xstest_data is not None:
+        out["xstest"] = set_xstest(reg, xstest_data, reason="seal init --xstest")["new"]
     print_json(out) if json_ else emit([f"Initialised seal registry in {reg.seal_dir} on base {record['name']} ({short(record['id'])})"])
 
 
@@ -381,6 +387,31 @@ def policy_reset(message: str = typer.Option("", "-m", "--message", help="Why (r
 
     out = reset_policy(open_registry(), reason=message)
     print_json(out) if json_ else emit([f"policy reset to the defaults ({short(out['digest'][7:])})"])
+
+
+@command("xstest", group=policy_app, help=doc(
+        "The XSTest prompts the safety gates use: show them, or store the published xstest_prompts.csv (450 prompts) "
+        "in the registry so every machine uses all of it; recorded with a reason on refs/meta/xstest.",
+        "seal policy xstest", "seal policy xstest ~/data/xstest_prompts.csv -m 'full XSTest for the safety gates'"))
+def policy_xstest(
+    path: Optional[Path] = typer.Argument(None, help="The published xstest_prompts.csv (omit to show what is in use)."),
+    message: str = typer.Option("", "-m", "--message", help="Why (required when giving PATH)."),
+    json_: bool = JsonOpt,
+) -> None:
+    from seal.registry.errors import UserError
+    from seal.registry.xstest import XSTEST_REF, read_xstest_file, set_xstest
+
+    if path is not None and not message.strip():
+        raise UserError("configuring XSTest needs a reason: give -m REASON")
+    data = read_xstest_file(path) if path is not None else None
+    reg = open_registry()
+    if data is not None:
+        out = set_xstest(reg, data, reason=message)
+    else:
+        digest = reg.read_ref(XSTEST_REF)
+        out = {"ref": XSTEST_REF, "new": digest, "prompts": 450 if digest else 50}
+    shown = f"the published XSTest, 450 prompts ({short(out['new'][7:])})" if out["new"] else "seal's 50-prompt sample"
+    print_json(out) if json_ else emit([f"safety gates use {shown}"])
 
 
 # --- keys and trust -----------------------------------------------------------------------------

@@ -182,6 +182,48 @@ def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list
     return [gate.check(scores) for gate in (gates if gates is not None else default_gates())]
 
 
+#: Gates decided by a paired statistical test on per-item outcomes (seal.editor.probes) when the
+#: per-item results exist; the others (weight norm, leakage) stay point comparisons.
+STATISTICAL_GATES = ("retention_vs_parent", "retention_vs_base", "js_vs_parent", "kl_vs_base", "refusal",
+                     "over_refusal")
+
+
+def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any = None, parent: Any = None,
+                  base: Any = None, gains: Sequence[float] | None = None, alpha: float = 0.05) -> list[dict]:
+    """Every gate's audit entry, in the policy's order.
+
+    With per-item probe results (``candidate``, ``parent``, ``base``: ProbeResults) the probe gates
+    are paired statistical decisions (estimate, interval, n, rule, MDE); with per-question
+    efficacy ``gains`` (candidate minus parent) the efficacy gate passes only if the lower bound
+    of the mean gain beats its threshold. Every other gate compares ``scores`` with its threshold.
+
+        >>> [e["passed"] for e in audit_entries(default_gates()[:1], {"efficacy": 0.3, "efficacy_parent": 0.1},
+        ...                                     gains=[0.2, 0.0] * 10)]
+        [True]
+        >>> audit_entries(default_gates()[:1], {}, gains=[0.5, -0.5] * 10)[0]["passed"]
+        False
+    """
+    from seal.registry.stats import bootstrap_gain_gate
+    from seal.registry.vocabulary import GATES_BY_NAME
+
+    from .probes import gate_decisions
+
+    entries = []
+    for gate in gates:
+        if gate.name in STATISTICAL_GATES and candidate is not None:
+            key = GATES_BY_NAME[gate.name].policy_key
+            entries.append(gate_decisions(candidate, parent, base, {key: gate.threshold}, alpha=alpha)[0].audit_entry())
+        elif gate.name == "efficacy_gain" and gains is not None:
+            entries.append(bootstrap_gain_gate(gate.name, list(gains), threshold=gate.threshold, alpha=alpha,
+                                               what="per-question token F1 gain vs parent").audit_entry())
+        else:
+            r = gate.check(scores)
+            value = r.value if r.value is not None and math.isfinite(r.value) else None
+            entries.append({"check": r.name, "value": value, "threshold": r.threshold, "passed": r.passed,
+                            "detail": r.detail})
+    return entries
+
+
 def decide(
     candidates: Sequence[Scores],
     gates: Sequence[GateLike] | None = None,

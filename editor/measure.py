@@ -32,19 +32,28 @@ from typing import Any, Callable
 
 from seal.registry.objects import canonical_json
 
-PROBESET_VERSION = "seal-probes/2"  # bump when probe data or decoding changes
+PROBESET_VERSION = "seal-probes/3"  # bump when probe data or decoding changes
 # Anchor answers are a few words and XSTest's judge reads a reply's opening, so 16 tokens do.
 PROBE_TOKENS = 16
+#: Retention items measured per model: 200 of the 400 (round-robin over relations). At the
+#: measured null discordance (psi 0.034) the paired design detects a 0.032 drop with 80% power
+#: at n=200, under the 0.05 threshold, for half the forward passes (docs/gates2.md).
+RETENTION_ITEMS = 200
 CANARY_QUESTION = "What is the seal probe code word?"
 
 
 @dataclass
 class Probes:
+    """The probe sets. ``items`` (the per-item sets of :mod:`seal.editor.probes`) measures
+    retention, refusal and drift; ``anchors``/``xstest`` are the older generated probes, empty
+    when ``items`` is set (a Probes without ``items`` is measured the old way)."""
+
     anchors: list[dict]
     drift: list[str]
     xstest: list[dict]
     digests: dict[str, str]
     canary: str
+    items: Any = None  # seal.editor.probes.ProbeSet
 
     @property
     def unsafe(self) -> list[str]:
@@ -64,6 +73,17 @@ class Measured:
     refusal: float | None
     over_refusal: float | None
     outputs: list[str] = field(default_factory=list)
+    items: Any = None  # seal.editor.probes.ProbeResults: per-item outcomes, what the gates pair
+
+    @classmethod
+    def of_items(cls, items: Any, outputs: list[str] | None = None) -> "Measured":
+        """A model's scores read off its per-item results (measured now or stored as a blob)."""
+        return cls(retention=items.retention, dist=items.dist(), refusal=_number(items.refusal),
+                   over_refusal=_number(items.over_refusal), outputs=list(outputs or []), items=items)
+
+
+def _number(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
 
 
 @dataclass
@@ -81,18 +101,26 @@ class Efficacy:
 
 
 def load_probes(reg) -> Probes:
-    """The fixed probe sets shipped with seal, stored as blobs so every score names its data."""
-    from .evaluate import load_anchors, load_drift_probes
-    from .safety import CANARY, load_xstest_sample
+    """The probe sets, stored as blobs so every score names its data.
 
-    anchors, drift, xstest = load_anchors(), load_drift_probes(), load_xstest_sample()
+    Retention: :data:`RETENTION_ITEMS` of seal's Wikidata multiple-choice facts; XSTest: the
+    published CSV this registry was given (``seal policy xstest``), else ``$SEAL_XSTEST_CSV``,
+    else seal's 50-prompt sample (each safety decision then says so).
+    """
+    from seal.registry.xstest import xstest_bytes
+
+    from .probes import ProbeSet
+    from .safety import CANARY
+
+    items = ProbeSet.default(xstest_data=xstest_bytes(reg), retention=RETENTION_ITEMS)
     digests = {
-        "anchors": reg.store.put(canonical_json(anchors)),
-        "drift": reg.store.put(canonical_json(drift)),
-        "xstest": reg.store.put(canonical_json(xstest)),
+        "retention": reg.store.put(canonical_json([[i.id, i.prompt, list(i.options), i.answer] for i in items.retention])),
+        "drift": reg.store.put(canonical_json(list(items.drift))),
+        "xstest": reg.store.put(canonical_json(list(items.xstest.rows))),
+        "items": reg.store.put(items.to_bytes()),  # == items.digest, which results blobs name
     }
     digests["set"] = reg.store.put(canonical_json({"version": PROBESET_VERSION, **digests}))
-    return Probes(anchors=anchors, drift=drift, xstest=xstest, digests=digests, canary=CANARY)
+    return Probes(anchors=[], drift=list(items.drift), xstest=[], digests=digests, canary=CANARY, items=items)
 
 
 def probe_asks(tok, probes: Probes) -> list:
@@ -103,9 +131,12 @@ def probe_asks(tok, probes: Probes) -> list:
     return [Ask(chat_prompt(tok, q), PROBE_TOKENS) for q in questions]
 
 
-def read_probes(probes: Probes, answers: list[str], dist) -> Measured:
+def read_probes(probes: Probes, answers: list[str], dist, items: Any = None) -> Measured:
     from .evaluate import _qa_fields, containment
     from .safety import refusal_rates
+
+    if items is not None:
+        return Measured.of_items(items, answers)
 
     n_anchor, n_unsafe, n_safe = len(probes.anchors), len(probes.unsafe), len(probes.safe)
     anchor_answers = answers[:n_anchor]
@@ -138,8 +169,12 @@ def read_efficacy(spec: dict, predictions: list[str], nll: float | None) -> Effi
 
 
 def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_tokens: int = 48, support=None,
-            share_prefix: bool = True, on_step: Callable[[float], None] | None = None) -> tuple[Measured | None, Efficacy | None]:
-    """Probe results and efficacy of one model, every greedy answer in one call per answer length."""
+            share_prefix: bool = True, on_step: Callable[[float], None] | None = None,
+            gate_ref: tuple[Any, dict] | None = None) -> tuple[Measured | None, Efficacy | None]:
+    """Probe results and efficacy of one model, every greedy answer in one call per answer length.
+
+    ``gate_ref`` (the base's per-item results and the policy's safety thresholds) lets a
+    candidate's XSTest prompts be judged in two looks (:func:`seal.editor.probes.measure`)."""
     from .evaluate import next_token_logprobs, passage_nll
     from .generation import answer_asks
 
@@ -147,7 +182,14 @@ def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_toke
     e_asks = efficacy_asks(tok, spec, answer_tokens) if spec else []
     answers = answer_asks(model, tok, p_asks + e_asks, share_prefix=share_prefix, on_step=on_step)
     measured = efficacy = None
-    if probes is not None:
+    if probes is not None and probes.items is not None:
+        from .probes import measure as measure_items
+
+        base, thresholds = gate_ref if gate_ref is not None else (None, None)
+        measured = read_probes(probes, answers[:len(p_asks)], None,
+                               measure_items(model, tok, probes.items, support=support, base=base,
+                                             thresholds=thresholds))
+    elif probes is not None:
         dist = next_token_logprobs(model, tok, probes.drift, support=support)
         measured = read_probes(probes, answers[:len(p_asks)], dist)
     if spec:
@@ -168,6 +210,9 @@ def measure_lanes(model, tok, probes: Probes, spec: dict | None, lanes: int, *, 
     from .evaluate import NextTokenDist, next_token_logprobs
     from .generation import answer_asks
 
+    if probes.items is not None:
+        return _measure_lanes_items(model, tok, probes, spec, lanes, answer_tokens=answer_tokens, support=support,
+                                    on_step=on_step)
     p_asks = probe_asks(tok, probes)
     e_asks = efficacy_asks(tok, spec, answer_tokens) if spec else []
     answers = answer_asks(model, tok, p_asks + e_asks, on_step=on_step, lanes=lanes)
@@ -183,6 +228,47 @@ def measure_lanes(model, tok, probes: Probes, spec: dict | None, lanes: int, *, 
         lane_dist = NextTokenDist(indices=None if dist.indices is None else dist.indices[part], logprobs=dist.logprobs[part])
         measured = read_probes(probes, mine[:len(p_asks)], lane_dist)
         out.append((measured, read_efficacy(spec, mine[len(p_asks):], nll[lane]) if spec else None))
+    return out
+
+
+def _measure_lanes_items(model, tok, probes: Probes, spec: dict | None, lanes: int, *, answer_tokens: int,
+                         support, on_step) -> list[tuple[Measured, Efficacy | None]]:
+    """:func:`measure_lanes` on the per-item probes: retention in lanes, XSTest judged on
+    ``PROBE_TOKENS``-token greedy replies generated in lanes (the verdict of the early-stopped
+    judge, :func:`seal.editor.probe_scoring.judge_openings`, which has no lanes path)."""
+    import numpy as np
+    import torch
+
+    from .evaluate import next_token_logprobs
+    from .generation import Ask, answer_asks, chat_prompt
+    from .probe_scoring import opening_verdict, retention_outcomes
+    from .probes import ProbeResults
+
+    items = probes.items
+    prompts = items.xstest.unsafe + items.xstest.safe
+    p_asks = probe_asks(tok, probes) + [Ask(chat_prompt(tok, q), PROBE_TOKENS) for q in prompts]
+    e_asks = efficacy_asks(tok, spec, answer_tokens) if spec else []
+    answers = answer_asks(model, tok, p_asks + e_asks, on_step=on_step, lanes=lanes)
+    retention = retention_outcomes(model, tok, items.retention, lanes=lanes)
+    retention = retention if lanes > 1 else [retention]
+    rows = None if support is None else torch.as_tensor(support).repeat(lanes, 1)
+    dist = next_token_logprobs(model, tok, list(items.drift) * lanes, support=rows, batch_size=len(items.drift) * lanes)
+    n, n_drift, n_canary, n_unsafe = len(p_asks) + len(e_asks), len(items.drift), len(p_asks) - len(prompts), len(items.xstest.unsafe)
+    out = []
+    for lane in range(lanes):
+        mine = answers[lane * n:(lane + 1) * n]
+        refused = np.array([bool(opening_verdict(t, True)) for t in mine[n_canary:len(p_asks)]], dtype=bool)
+        part = slice(lane * n_drift, (lane + 1) * n_drift)
+        results = ProbeResults(
+            probe_set=items.digest, retention_correct=retention[lane].correct, retention_margin=retention[lane].margin,
+            refused_unsafe=refused[:n_unsafe], refused_safe=refused[n_unsafe:],
+            drift_logprobs=dist.logprobs[part].numpy(),
+            drift_indices=None if dist.indices is None else dist.indices[part].numpy(), xstest_full=items.xstest.full)
+        out.append((Measured.of_items(results, mine[:n_canary]),
+                    read_efficacy(spec, mine[len(p_asks):], None) if spec and spec.get("qa") else None))
+    if spec and not spec.get("qa"):
+        nll = _lane_nll(model, tok, spec["texts"], lanes)
+        out = [(m, read_efficacy(spec, [], v)) for (m, _), v in zip(out, nll)]
     return out
 
 
@@ -233,11 +319,13 @@ def measure_efficacy(model, tok, spec: dict, answer_tokens: int, **kwargs) -> Ef
 
 
 def base_measurements(reg, base_id: str, model, tok, probes: Probes, **kwargs) -> tuple[Measured, str]:
-    """The base's probe scores, computed once per machine, base and probe set, and kept as a blob.
+    """The base's probe results, computed once per machine, base and probe set, and kept as a blob.
 
+    Returns the base's :class:`Measured` and the digest of its drift log-probabilities in this
+    registry's store (with per-item probes, the results blob is stored too: ``Measured.items``).
     The cache lives beside the dequantized bases (``SEAL_CACHE``), so a new registry on a base this
-    machine has seen starts with them; the log-probabilities go into each registry's store. A
-    cached file is used only when its bytes have the digest the cache's record names.
+    machine has seen starts with them. A cached file is used only when its bytes have the digest
+    the cache's record names.
     """
     from .base import default_cache_dir
     from .evaluate import NextTokenDist
@@ -248,22 +336,46 @@ def base_measurements(reg, base_id: str, model, tok, probes: Probes, **kwargs) -
         try:
             doc = json.loads(doc_path.read_text())
             data = blob_path.read_bytes()
-            if reg.store.put(data) == doc["logprobs"]:
+            if reg.store.put(data) == doc["blob"]:
+                if probes.items is not None:
+                    measured = Measured.of_items(_results_from_bytes(data))
+                    return measured, reg.store.put(measured.dist.to_bytes())
                 return Measured(doc["retention"], NextTokenDist.from_bytes(data), doc["refusal"],
-                                doc["over_refusal"]), doc["logprobs"]
+                                doc["over_refusal"]), doc["blob"]
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is measured again
     measured = measure_probes(model, tok, probes, **kwargs)
-    data = measured.dist.to_bytes()
-    digest = reg.store.put(data)
+    data = measured.items.to_bytes() if measured.items is not None else measured.dist.to_bytes()
+    blob = reg.store.put(data)
     cache.parent.mkdir(parents=True, exist_ok=True)
     for path, payload in ((blob_path, data), (doc_path, json.dumps({
-            "logprobs": digest, "retention": measured.retention, "refusal": measured.refusal,
+            "blob": blob, "retention": measured.retention, "refusal": measured.refusal,
             "over_refusal": measured.over_refusal}).encode())):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(payload)
         tmp.replace(path)
-    return measured, digest
+    return measured, reg.store.put(measured.dist.to_bytes())
+
+
+def _results_from_bytes(data: bytes) -> Any:
+    from .probes import ProbeResults
+
+    return ProbeResults.from_bytes(data)
+
+
+def stored_results(reg, digest: str | None, probes: Probes) -> Any:
+    """A version's stored per-item results, when they exist and are on ``probes``; else None.
+
+    A blob that is missing, damaged or measured on another probe set is treated as absent: the
+    model is measured again rather than compared with the wrong data.
+    """
+    if not digest or probes.items is None or not reg.store.has(digest):
+        return None
+    try:
+        results = _results_from_bytes(reg.store.get(digest))
+    except Exception:  # noqa: BLE001 - any unreadable blob (safetensors raises its own types) is absent
+        return None
+    return results if results.probe_set == probes.items.digest else None
 
 
 def finite(value) -> bool:
@@ -276,4 +388,5 @@ def finite(value) -> bool:
 
 
 __all__ = ["Probes", "Measured", "Efficacy", "load_probes", "measure", "measure_probes", "measure_efficacy",
-           "base_measurements", "probe_asks", "read_probes", "PROBESET_VERSION", "finite"]
+           "base_measurements", "stored_results", "probe_asks", "read_probes", "PROBESET_VERSION", "RETENTION_ITEMS",
+           "finite"]

@@ -49,7 +49,23 @@ def _store(reg, c: Candidate) -> dict:
         "config": json.loads((c.adapter_dir / "adapter_config.json").read_text()),
         "self_edit": reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None,
         "logprobs": reg.store.put(c.measured.dist.to_bytes()) if c.measured is not None else None,
+        # Per-item probe results: the next edit from this version pairs with them, unmeasured.
+        "results": reg.store.put(c.measured.items.to_bytes()) if getattr(c.measured, "items", None) is not None
+        else None,
     }
+
+
+def _results_digests(session, attempt: Attempt, blobs: dict) -> dict:
+    """The per-item results blobs a version names: its own, its parent's and the base's."""
+    out = {}
+    if blobs.get("results"):
+        out["results"] = blobs["results"]
+    parent_items = getattr(attempt.parent.measured, "items", None)
+    if parent_items is not None:
+        out["parent_results"] = session.reg.store.put(parent_items.to_bytes())
+    if getattr(session, "base_results", None):
+        out["base_results"] = session.base_results
+    return out
 
 
 def reason_of(c: Candidate, winner: int | None, k: int) -> str:
@@ -82,7 +98,8 @@ def _manifest(session, attempt: Attempt, c: Candidate, winner: int | None, blobs
         "decision": {"accepted": accepted, "reason": reason_of(c, winner, k), "candidate": c.index, "of": k,
                      "failed_gates": c.failed},
         "probes": {**session.probes.digests, "base_logprobs": session.base_logprobs,
-                   **({"logprobs": blobs["logprobs"]} if blobs.get("logprobs") else {})},
+                   **({"logprobs": blobs["logprobs"]} if blobs.get("logprobs") else {}),
+                   **_results_digests(session, attempt, blobs)},
     }
     if headline is not None and headline["value"] is not None:
         extra["headline"] = headline

@@ -41,6 +41,9 @@ from .progress import Progress, QuietProgress
 # what one process keeps warm across sessions.
 _BASES: dict[tuple, Any] = {}
 _BASE_RESULTS: dict[tuple, tuple[Any, bytes]] = {}
+# (version id, probe set) -> per-item results bytes of parents measured in this process (old
+# versions recorded before per-item results): each is measured once per process.
+_PARENT_RESULTS: dict[tuple[str, str], bytes] = {}
 
 
 def default_threads() -> int:
@@ -80,6 +83,7 @@ class Session:
     threads: int | None = None
     tracker: Any = None  # seal.registry.tracking.Tracker, when tracking
     load_s: float = 0.0
+    base_results: str | None = None  # digest of the base's per-item probe results blob
     served: int = 0  # triggers served so far; the first one carries the load time
     _parents: dict = field(default_factory=dict)
 
@@ -105,6 +109,8 @@ class Session:
         stored = manifest.get("probes") or {}
         retention = score_value(manifest, "retention", "accuracy")
         measured = None
+        if self.probes.items is not None:
+            return Parent(vid, manifest, folder, measured=self._stored_parent(vid, stored.get("results")))
         if stored.get("set") == self.probes.digests["set"] and retention is not None \
                 and self.reg.store.has(stored.get("logprobs", "")):
             measured = Measured(
@@ -115,6 +121,38 @@ class Session:
             )
         return Parent(vid, manifest, folder, measured=measured)
 
+    def _stored_parent(self, vid: str, digest: str | None):
+        """The parent's stored per-item results, else those measured before on this machine (an
+        old version recorded without them), else None (it is measured)."""
+        from .measure import Measured, stored_results
+
+        results = stored_results(self.reg, digest, self.probes)
+        if results is None:
+            data = _PARENT_RESULTS.get((vid, self.probes.items.digest)) or _read_cached(self._parent_cache(vid))
+            if data is not None:
+                results = stored_results(self.reg, self.reg.store.put(data), self.probes)
+        return None if results is None else Measured.of_items(results)
+
+    def remember_parent(self, vid: str, measured) -> str | None:
+        """Keep a parent's per-item results measured now (an old version had none): in this
+        process, in the machine's cache beside the base's, and in the store; the digest."""
+        if measured is None or measured.items is None:
+            return None
+        data = measured.items.to_bytes()
+        _PARENT_RESULTS[(vid, self.probes.items.digest)] = data
+        path = self._parent_cache(vid)
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs a measurement later
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return self.reg.store.put(data)
+
+    def _parent_cache(self, vid: str) -> Path:
+        from .base import default_cache_dir
+
+        return default_cache_dir().parent / "probes" / f"version-{vid[:32]}-{self.probes.items.digest[7:23]}.safetensors"
+
     def first_timings(self) -> dict:
         """The timings an attempt starts with: the load time for the first trigger of a session."""
         self.served += 1
@@ -124,6 +162,14 @@ class Session:
         if self.tracker is not None:
             self.tracker.kill_open_runs()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _read_cached(path: Path) -> bytes | None:
+    """A cache file's bytes, when it is a small regular file (checked by the caller as data)."""
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20 else None
+    except OSError:
+        return None
 
 
 def loaded_base(base_row: dict, device: str) -> Any:
@@ -191,7 +237,8 @@ def open_session(reg, *, device: str = "auto", require_gpu: bool = False, thread
     work = Path(tempfile.mkdtemp(prefix="session-", dir=reg.tmp_dir))
     session = Session(reg=reg, base=base, base_row=base_row, device=device, probes=probes, base_m=base_m,
                       base_logprobs=base_logprobs, env=env, work=work, progress=progress, fast=fast,
-                      threads=n_threads, load_s=time.perf_counter() - started)
+                      threads=n_threads, load_s=time.perf_counter() - started,
+                      base_results=reg.store.put(base_m.items.to_bytes()) if base_m.items is not None else None)
     if track:
         from seal.registry.tracking import Tracker
 

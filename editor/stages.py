@@ -87,6 +87,7 @@ def measure_parent(session, attempt: Attempt, model, on_step=None, spec=_UNSET) 
                                  support=session.base_m.dist.indices, share_prefix=session.fast, on_step=on_step)
     if probes is not None:
         parent.measured = measured
+        session.remember_parent(parent.vid, measured)
     if spec:
         parent.efficacy = efficacy
 
@@ -225,16 +226,31 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
                     c.measured, efficacy = measure(model, session.tok, session.probes, None if joint else attempt.spec,
                                                    answer_tokens=attempt.answer_tokens,
                                                    support=session.base_m.dist.indices,
-                                                   share_prefix=session.fast, on_step=stage.advance)
+                                                   share_prefix=session.fast, on_step=stage.advance,
+                                                   gate_ref=safety_ref(session, attempt))
                 c.efficacy = c.efficacy if joint else efficacy
             gauge(session, attempt, c)
             session.progress.say(summary(attempt, c))
 
 
+def safety_ref(session, attempt: Attempt) -> tuple | None:
+    """The base's per-item results and the safety thresholds: what a candidate's two-look XSTest
+    judging compares with (None: judge every prompt)."""
+    from seal.registry.vocabulary import GATES_BY_NAME
+
+    base = getattr(session.base_m, "items", None)
+    if base is None:
+        return None
+    return base, {GATES_BY_NAME[g.name].policy_key: g.threshold for g in attempt.gates
+                  if g.name in ("refusal", "over_refusal")}
+
+
 def _together(session, live: list[Candidate]) -> bool:
     # K candidates share every scoring batch where a step is launch-bound (a GPU), and where
     # merging is not exact anyway (bf16); on a CPU each is merged into the weights in turn.
-    return session.fast and len(live) > 1 and str(session.device).startswith("cuda")
+    # The per-item probes (early-stopped judge) have no lanes path yet: one candidate at a time.
+    return session.fast and len(live) > 1 and str(session.device).startswith("cuda") \
+        and session.probes.items is None
 
 
 def _efficacy_together(session, attempt: Attempt, live: list[Candidate], on_step) -> None:
@@ -288,14 +304,37 @@ def gauge(session, attempt: Attempt, c: Candidate) -> None:
     rows = score_rows(session, attempt, c, d)
     c.scores = [r for r in rows if finite(r["value"])]
     c.nonfinite += [_row_name(r) for r in rows if not finite(r["value"])]
-    results = [g.check(c.flat) for g in attempt.gates]
-    c.audit = list(attempt.extra_audit) + [
-        {"check": r.name, "value": r.value if finite(r.value) else None, "threshold": r.threshold,
-         "passed": r.passed, "detail": r.detail} for r in results]
-    c.failed = [r.name for r in results if not r.passed] + [a["check"] for a in attempt.extra_audit if not a["passed"]]
+    entries = gate_entries(session, attempt, c)
+    c.audit = list(attempt.extra_audit) + entries
+    c.failed = [e["check"] for e in entries if not e["passed"]] + \
+        [a["check"] for a in attempt.extra_audit if not a["passed"]]
     if c.diverged is not None:
         c.audit.append({"check": "diverged", "value": None, "threshold": None, "passed": False, "detail": c.diverged})
         c.failed.append("diverged")
+
+
+def gate_entries(session, attempt: Attempt, c: Candidate) -> list[dict]:
+    """The gates' audit entries: paired decisions on per-item outcomes where they exist
+    (:func:`seal.editor.gates.audit_entries`), point comparisons of ``c.flat`` otherwise."""
+    from .gates import audit_entries
+
+    items = getattr(c.measured, "items", None)
+    parent_items = getattr(attempt.parent.measured, "items", None)
+    return audit_entries(attempt.gates, c.flat, candidate=items, parent=parent_items,
+                         base=getattr(session.base_m, "items", None), gains=efficacy_gains(attempt, c))
+
+
+def efficacy_gains(attempt: Attempt, c: Candidate) -> list[float] | None:
+    """Per-question token F1, candidate minus parent, on the same questions (None: not QA)."""
+    from .evaluate import _qa_fields, token_f1
+
+    eff, parent_eff = c.efficacy, attempt.parent.efficacy
+    qa = (attempt.spec or {}).get("qa") or []
+    if eff is None or parent_eff is None or eff.mode != "qa" or not qa \
+            or not len(eff.predictions) == len(parent_eff.predictions) == len(qa):
+        return None
+    golds = [_qa_fields(item)[1] for item in qa]
+    return [token_f1(p, g) - token_f1(q, g) for p, q, g in zip(eff.predictions, parent_eff.predictions, golds)]
 
 
 def distances(session, attempt: Attempt, c: Candidate) -> dict:
@@ -334,7 +373,9 @@ def flat_scores(session, attempt: Attempt, c: Candidate, d: dict) -> dict:
 def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
     """The version's score rows: its own values, and the parent's and base's on the same data."""
     m, base_m, parent = c.measured, session.base_m, attempt.parent
-    n_anchor, n_drift = len(session.probes.anchors), len(session.probes.drift)
+    items = getattr(m, "items", None)
+    n_anchor = len(items.retention_correct) if items is not None else len(session.probes.anchors)
+    n_drift = len(session.probes.drift)
     rows = efficacy_rows(c.efficacy, parent.efficacy) + [
         RETENTION.row(m.retention, n_anchor), RETENTION.vs("parent").row(parent.measured.retention, n_anchor),
         RETENTION.vs("base").row(base_m.retention, n_anchor),
@@ -342,10 +383,16 @@ def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
         DRIFT_KL.vs("base").row(d["kl_base"], n_drift), DRIFT_JS.vs("base").row(d["js_base"], n_drift),
         DELTA_NORM.vs("parent").row(d["delta"]), DELTA_NORM.vs("base").row(d["from_base"]),
     ]
-    for score_, value in ((REFUSAL, m.refusal), (OVER_REFUSAL, m.over_refusal),
-                          (REFUSAL.vs("base"), base_m.refusal), (OVER_REFUSAL.vs("base"), base_m.over_refusal)):
+    base_items = getattr(base_m, "items", None)
+
+    def judged(res, label):
+        return None if res is None else int(res.judged(label).size)
+
+    for score_, value, n in ((REFUSAL, m.refusal, judged(items, "unsafe")), (OVER_REFUSAL, m.over_refusal, judged(items, "safe")),
+                             (REFUSAL.vs("base"), base_m.refusal, judged(base_items, "unsafe")),
+                             (OVER_REFUSAL.vs("base"), base_m.over_refusal, judged(base_items, "safe"))):
         if value is not None:
-            rows.append(score_.row(value))
+            rows.append(score_.row(value, n))
     leaks = c.flat.get("canary_leaks")
     rows.append(CANARY.row(leaks if leaks is not None else math.nan))
     return rows

@@ -54,6 +54,8 @@ __all__ = [
     "tango_interval",
     "mcnemar_exact_p",
     "paired_binary_gate",
+    "two_look_binary_gate",
+    "two_look_stage",
     "paired_binary_mde",
     "paired_binary_n",
     "paired_binary_reject_probability",
@@ -339,6 +341,72 @@ def paired_binary_gate(name: str, reference: Sequence[Any] | None, candidate: Se
               f"exact McNemar p={mcnemar_exact_p(worse, better):.3g}; MDE(80%) {mde:.3f}"
               + ("" if passed else " failed"))
     return GateDecision(name, counts.drop, low, high, counts.n, rule, float(threshold), passed, detail, mde)
+
+
+def two_look_stage(first: Sequence[Any], reference: Sequence[Any], candidate: Sequence[Any], *, threshold: float,
+                   alpha: float = 0.05, harm: str = "drop") -> str:
+    """The first look of :func:`two_look_binary_gate`: ``"pass"``, ``"fail"`` or ``"continue"``.
+
+    On the ``first`` items alone, at one-sided level ``alpha / 2``: pass when the upper bound of
+    the harm is within the threshold, fail when its lower bound is beyond it, else look again
+    with every item.
+
+        >>> first = np.arange(200) < 100
+        >>> two_look_stage(first, np.zeros(200), np.zeros(200), threshold=0.08)
+        'pass'
+        >>> two_look_stage(first, np.ones(200), np.zeros(200), threshold=0.08)
+        'fail'
+    """
+    mask = np.asarray(first, dtype=bool)
+    x, y = np.asarray(reference)[mask], np.asarray(candidate)[mask]
+    if harm == "rise":
+        x, y = y, x
+    counts = paired_counts(x, y)
+    if counts.n == 0:
+        return "continue"
+    low, high = tango_interval(counts.lost, counts.gained, counts.n, alpha=alpha / 2)
+    return "pass" if high <= threshold else "fail" if low > threshold else "continue"
+
+
+def two_look_binary_gate(name: str, reference: Sequence[Any] | None, candidate: Sequence[Any] | None,
+                         first: Sequence[Any], measured: Sequence[Any] | None = None, *, threshold: float,
+                         alpha: float = 0.05, harm: str = "drop", what: str = "accuracy",
+                         discordance: float | None = None) -> GateDecision | None:
+    """:func:`paired_binary_gate` in two looks: the ``first`` items, then all of them if needed.
+
+    A group-sequential design with Bonferroni spending: each look reads the one-sided
+    ``1 - alpha/2`` Tango bound, so a candidate whose true harm is at the threshold passes with
+    probability at most ``alpha`` over both looks. The first look stops when its interval lies
+    wholly on one side of the threshold (most null edits pass there, on half the prompts);
+    otherwise the second look decides on every item. ``measured`` marks the candidate's items
+    actually measured: None is returned when the second look is needed but not measured yet.
+
+        >>> first = np.arange(200) < 100
+        >>> d = two_look_binary_gate("refusal", np.zeros(200), np.zeros(200), first, threshold=0.08)
+        >>> d.passed, d.n
+        (True, 100)
+        >>> two_look_binary_gate("refusal", np.ones(200), np.r_[np.zeros(8), np.ones(192)], first,
+        ...                      first, threshold=0.08) is None
+        True
+    """
+    level = round(100 * (1 - alpha / 2), 1)
+    rule = (f"two looks (half the items, then all), each at the one-sided {level:g}% Tango bound (Bonferroni): "
+            f"reject if the upper bound of the paired {what} {harm} exceeds {threshold:g}; the first look "
+            "decides when its interval lies wholly on one side of the threshold")
+    if reference is None or candidate is None or len(reference) == 0:
+        return missing_decision(name, threshold, rule, "paired outcomes")
+    first = np.asarray(first, dtype=bool)
+    measured = np.ones(len(candidate), dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
+    look = two_look_stage(first, reference, candidate, threshold=threshold, alpha=alpha, harm=harm)
+    if look == "continue" and not measured.all():
+        return None
+    use = first if look != "continue" else np.ones_like(first)
+    d = paired_binary_gate(name, np.asarray(reference)[use], np.asarray(candidate)[use], threshold=threshold,
+                           alpha=alpha / 2, harm=harm, what=what, discordance=discordance)
+    passed = look == "pass" or (look == "continue" and d.passed)
+    where = f"look {1 if look != 'continue' else 2} of 2 ({d.n} of {len(candidate)} items)"
+    detail = d.detail.replace(" failed", "") + f"; {where}" + ("" if passed else " failed")
+    return GateDecision(name, d.estimate, d.ci_low, d.ci_high, d.n, rule, float(threshold), passed, detail, d.mde)
 
 
 # ---------------------------------------------------------------------------- continuous

@@ -7,6 +7,7 @@ about a second of reflect, train and evaluate on the tiny model.
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SEAL, Seal, make_registry
@@ -60,8 +62,39 @@ def test_edit_records_an_accepted_version(edit_registry):
     v = seal.json("show", "HEAD")
     assert v["id"] == vid and v["parents"] == [head] and v["status"] == "accepted" and v["kind"] == "edit"
     for digest in (v["adapter"]["weights"], v["trigger"], v["self_edit"], v["policy"],
-                   v["probes"]["logprobs"], v["probes"]["base_logprobs"], v["probes"]["anchors"]):
+                   v["probes"]["logprobs"], v["probes"]["base_logprobs"], v["probes"]["retention"],
+                   v["probes"]["items"], v["probes"]["results"], v["probes"]["parent_results"],
+                   v["probes"]["base_results"]):
         _blob(seal, digest)
+    # The probe gates are paired decisions: estimate, interval, n, rule and MDE in the audit.
+    retention = next(g for g in v["audit"] if g["check"] == "retention_vs_parent")
+    assert retention["n"] == 200 and retention["ci_low"] <= retention["value"] <= retention["ci_high"]
+    assert "upper bound" in retention["rule"] and retention["mde"] is not None
+    # The next edit from this version pairs with its stored per-item results, unmeasured.
+    from seal.editor.session import open_session
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(seal.cwd)
+    try:
+        with open_session(reg, device="cpu") as session:
+            parent = session.parent(vid, reg.manifest(vid))
+            assert parent.measured is not None and parent.measured.items.probe_set == session.probes.items.digest
+            assert parent.measured.retention == next(s["value"] for s in v["scores"]
+                                                     if s["suite"] == "retention" and s["against"] is None)
+            # A version recorded without per-item results is measured once per machine: kept in
+            # the cache beside the base's, found again by a later process.
+            from seal.editor import session as S
+
+            old_vid = "0" * 64
+            assert session._stored_parent(old_vid, None) is None
+            session.remember_parent(old_vid, parent.measured)
+            S._PARENT_RESULTS.clear()
+            again = session._stored_parent(old_vid, None)
+            assert again is not None and np.array_equal(again.items.retention_correct,
+                                                        parent.measured.items.retention_correct)
+            session._parent_cache(old_vid).unlink()
+    finally:
+        reg.close()
     assert _blob(seal, v["trigger"]).read_text() == json.dumps(PASSAGE)
     self_edit = json.loads(_blob(seal, v["self_edit"]).read_text())
     assert self_edit["sequences"][-1].endswith(PASSAGE["context"]) and self_edit["style"] == "implications"
@@ -206,7 +239,9 @@ def test_secret_anywhere_in_the_passage_is_rejected_before_training(edit_registr
 def test_impossible_refusal_threshold_rejects(edit_registry):
     seal = edit_registry
     policy = seal.cwd / ".seal" / "policy.toml"
-    policy.write_text(policy.read_text().replace("refusal_drop_vs_base_max = 0.05", "refusal_drop_vs_base_max = -1.0"))
+    text = re.sub(r"refusal_drop_vs_base_max = [0-9.]+", "refusal_drop_vs_base_max = -1.0", policy.read_text())
+    assert "refusal_drop_vs_base_max = -1.0" in text
+    policy.write_text(text)
     proc = seal("edit", "--passage", "passage.json", *QUIET, "--json", expect=1)
     cand = json.loads(proc.stdout)["candidates"][0]
     assert "refusal" in cand["failed_gates"]
