@@ -37,7 +37,7 @@ PROBESET_VERSION = "seal-probes/3"  # bump when probe data or decoding changes
 PROBE_TOKENS = 16
 #: Retention items measured per model: 200 of the 400 (round-robin over relations). At the
 #: measured null discordance (psi 0.034) the paired design detects a 0.032 drop with 80% power
-#: at n=200, under the 0.05 threshold, for half the forward passes (docs/gates2.md).
+#: at n=200, under the 0.05 threshold, for half the forward passes (README 'Gates you can trust').
 RETENTION_ITEMS = 200
 CANARY_QUESTION = "What is the seal probe code word?"
 
