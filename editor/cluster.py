@@ -61,7 +61,7 @@ from seal.registry import refs as R
 from seal.registry.errors import SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
-from .cluster_worker import CandidateJob, EditWorker, ReflectJob, WorkerSpec, fetch
+from .cluster_worker import CandidateJob, EditWorker, ReflectJob, WorkerSpec, fetch, measured_from_items
 
 INSTALL = "pip install 'seal-registry[cluster]'"
 LOST = "worker lost"
@@ -597,6 +597,8 @@ class Run:
         if doc["measured"]:
             m = doc["measured"]
             c.measured = Measured(m["retention"], StoredDist(fetch(reg, m["logprobs"])), m["refusal"], m["over_refusal"])
+            if m.get("items"):  # the per-item results the record stores as the version's results blob
+                c.measured.items = measured_from_items(reg, m["items"]).items
         if doc["adapter"]:
             c.adapter_dir = folder / f"candidate{index}"
             c.adapter_dir.mkdir()

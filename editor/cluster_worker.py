@@ -202,7 +202,7 @@ def parent_doc(reg, parent) -> dict:
     return {
         "vid": parent.vid,
         "measured": {"retention": m.retention, "refusal": m.refusal, "over_refusal": m.over_refusal,
-                     "logprobs": reg.store.put(m.dist.to_bytes())},
+                     "logprobs": reg.store.put(m.dist.to_bytes()), "items": items_blob(reg, m)},
         "efficacy": dataclasses.asdict(parent.efficacy),
     }
 
@@ -214,10 +214,26 @@ def parent_from_doc(session, attempt, doc: dict):
 
     parent = session.parent(attempt.parents[0], attempt.parent.manifest)
     m = doc["measured"]
-    parent = dataclasses.replace(parent, measured=Measured(
+    measured = measured_from_items(session.reg, m.get("items")) or Measured(
         retention=m["retention"], dist=NextTokenDist.from_bytes(fetch(session.reg, m["logprobs"])),
-        refusal=m["refusal"], over_refusal=m["over_refusal"]), efficacy=Efficacy(**doc["efficacy"]))
-    return parent
+        refusal=m["refusal"], over_refusal=m["over_refusal"])
+    return dataclasses.replace(parent, measured=measured, efficacy=Efficacy(**doc["efficacy"]))
+
+
+def items_blob(reg, measured) -> str | None:
+    """The per-item probe results (what the paired gates compare) as a blob; None without them."""
+    items = getattr(measured, "items", None)
+    return reg.store.put(items.to_bytes()) if items is not None else None
+
+
+def measured_from_items(reg, digest: str | None):
+    """A model's measurement rebuilt from its per-item results blob, checked by digest."""
+    if digest is None:
+        return None
+    from .measure import Measured
+    from .probes import ProbeResults
+
+    return Measured.of_items(ProbeResults.from_bytes(fetch(reg, digest)))
 
 
 def candidate_doc(reg, session, c, timings: dict) -> dict:
@@ -229,7 +245,8 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
     measured = None
     if c.measured is not None:
         measured = {"retention": c.measured.retention, "refusal": c.measured.refusal,
-                    "over_refusal": c.measured.over_refusal, "logprobs": reg.store.put(c.measured.dist.to_bytes())}
+                    "over_refusal": c.measured.over_refusal, "logprobs": reg.store.put(c.measured.dist.to_bytes()),
+                    "items": items_blob(reg, c.measured)}
     return {
         "index": c.index, "train": {**c.train, **session.env, "worker": socket.gethostname()},
         "diverged": c.diverged, "flat": c.flat, "scores": c.scores, "audit": c.audit, "failed": c.failed,
@@ -239,4 +256,5 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
     }
 
 
-__all__ = ["EditWorker", "WorkerSpec", "ReflectJob", "CandidateJob", "fetch", "identity", "open_worker_registry"]
+__all__ = ["EditWorker", "WorkerSpec", "ReflectJob", "CandidateJob", "fetch", "identity", "open_worker_registry",
+           "items_blob", "measured_from_items"]

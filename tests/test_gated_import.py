@@ -26,7 +26,11 @@ def test_gated_import_is_scored_and_recorded_either_way(gated):
     seal = gated
     policy = seal.cwd / ".seal" / "policy.toml"
     text = policy.read_text()
-    policy.write_text(text.replace("refusal_drop_vs_base_max = 0.05", "refusal_drop_vs_base_max = -1.0"))
+    import re
+
+    forced = re.sub(r"(?m)^refusal_drop_vs_base_max = .*$", "refusal_drop_vs_base_max = -1.0", text)
+    assert forced != text
+    policy.write_text(forced)
     proc = seal.run("import", "theirs", "--gate", "--eval", "qa.jsonl", *QUIET)
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)
