@@ -50,16 +50,10 @@ from typing import Any
 import numpy as np
 
 EQUAL_STEPS = 24
-REPLAY_PROMPTS = (
-    "Here is a simple recipe for vegetable soup.", "The history of the bicycle began",
-    "A good morning routine can include", "Libraries are useful places because",
-    "To plant a tomato seedling, first", "The train left the station and",
-    "In the spring, many birds", "A short guide to folding a paper airplane:",
-    "Walking every day is a habit that", "The museum opened a new exhibition about",
-    "When you make a cup of tea,", "The children built a sandcastle on",
-    "A calendar divides the year into", "Rivers usually begin in the mountains and",
-    "The baker started work early to", "Learning to play the piano takes",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gate_calibration import NEUTRAL_PROMPTS  # noqa: E402  (bench/gate_calibration.py, torch-free at import)
+
+REPLAY_PROMPTS = NEUTRAL_PROMPTS[:16]  # general text mixed into training against forgetting
 
 
 def _log(message: str) -> None:
