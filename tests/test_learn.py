@@ -152,6 +152,9 @@ def test_self_edits_written_elsewhere_record_their_provenance(seal):
     done = seal.json("edit", "--passage", "p.json", "--self-edits", published, "--source", "gpt-4.1", "--epochs", "1",
                      "--seed", "1", *FAST)
     assert reg.manifest(done["candidates"][0]["id"])["writer"]["format"] == "seal"
+    for fmt in ("html", "md"):  # the reports name a file writer by its source (it has no version id)
+        report = seal("audit", out["candidates"][0]["id"], "--format", fmt).stdout
+        assert "written by" in report and "a person" in report
 
     before = len(seal.json("log", "--all"))
     (seal.cwd / "secret.txt").write_text("use the key AKIAIOSFODNN7EXAMPLE\n")
