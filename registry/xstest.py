@@ -54,6 +54,9 @@ def set_xstest(reg, data: bytes, *, reason: str) -> dict:
     check_xstest_bytes(data)
     if not reason or not reason.strip():
         raise UserError("configuring XSTest needs a reason: give -m REASON")
+    from .porcelain import check_message
+
+    check_message(reason)  # it goes into the signed reflog: no secrets, no terminal control characters
     digest = reg.store.put(data)
     old = reg.read_ref(XSTEST_REF)
     if old != digest:
