@@ -464,17 +464,8 @@ def bootstrap_gate(name: str, values: Sequence[float] | None, *, threshold: floa
         ...                what="next-token JS vs parent (nats)").passed
         True
     """
-    level = round(100 * (1 - alpha))
-    rule = (f"reject if the one-sided {level}% upper bound (paired percentile bootstrap, "
-            f"{n_resamples} resamples, seed {seed}) of the mean {what} exceeds {threshold:g}")
-    if values is None or len(values) == 0:
-        return missing_decision(name, threshold, rule, "per-item values")
-    est, lo, hi = bootstrap_bound(values, alpha=alpha, n_resamples=n_resamples, seed=seed)
-    mde = mean_mde(values, alpha=alpha)
-    passed = hi <= threshold
-    detail = (f"mean {what} {est:.4g} over {len(values)} items, {level}% upper bound {hi:.4g} "
-              f"{'<=' if passed else '>'} {threshold:g}; MDE(80%) {mde:.3g}" + ("" if passed else " failed"))
-    return GateDecision(name, est, lo, hi, len(values), rule, float(threshold), passed, detail, mde)
+    return _bootstrap_decision(name, values, threshold=threshold, what=what, benefit=False, alpha=alpha,
+                               seed=seed, n_resamples=n_resamples)
 
 
 def bootstrap_gain_gate(name: str, gains: Sequence[float] | None, *, threshold: float, what: str,
@@ -492,14 +483,25 @@ def bootstrap_gain_gate(name: str, gains: Sequence[float] | None, *, threshold: 
         >>> bootstrap_gain_gate("efficacy_gain", [0.2, -0.2] * 5, threshold=0.0, what="F1 gain").passed
         False
     """
+    return _bootstrap_decision(name, gains, threshold=threshold, what=what, benefit=True, alpha=alpha,
+                               seed=seed, n_resamples=n_resamples)
+
+
+def _bootstrap_decision(name: str, values: Sequence[float] | None, *, threshold: float, what: str, benefit: bool,
+                        alpha: float, seed: int, n_resamples: int) -> GateDecision:
+    """Both bootstrap gates: a harm passes when its upper bound is at most the threshold, a
+    benefit only when its lower bound is above it."""
     level = round(100 * (1 - alpha))
-    rule = (f"accept if the one-sided {level}% lower bound (paired percentile bootstrap, "
+    verb, side = ("accept", "lower") if benefit else ("reject", "upper")
+    rule = (f"{verb} if the one-sided {level}% {side} bound (paired percentile bootstrap, "
             f"{n_resamples} resamples, seed {seed}) of the mean {what} exceeds {threshold:g}")
-    if gains is None or len(gains) == 0:
-        return missing_decision(name, threshold, rule, "per-item gains")
-    est, lo, hi = bootstrap_bound(gains, alpha=alpha, n_resamples=n_resamples, seed=seed)
-    mde = mean_mde(gains, alpha=alpha)
-    passed = lo > threshold
-    detail = (f"mean {what} {est:.4g} over {len(gains)} items, {level}% lower bound {lo:.4g} "
-              f"{'>' if passed else '<='} {threshold:g}; MDE(80%) {mde:.3g}" + ("" if passed else " failed"))
-    return GateDecision(name, est, lo, hi, len(gains), rule, float(threshold), passed, detail, mde)
+    if values is None or len(values) == 0:
+        return missing_decision(name, threshold, rule, "per-item gains" if benefit else "per-item values")
+    est, lo, hi = bootstrap_bound(values, alpha=alpha, n_resamples=n_resamples, seed=seed)
+    mde = mean_mde(values, alpha=alpha)
+    bound = lo if benefit else hi
+    passed = lo > threshold if benefit else hi <= threshold
+    shown = (">" if passed else "<=") if benefit else ("<=" if passed else ">")
+    detail = (f"mean {what} {est:.4g} over {len(values)} items, {level}% {side} bound {bound:.4g} "
+              f"{shown} {threshold:g}; MDE(80%) {mde:.3g}" + ("" if passed else " failed"))
+    return GateDecision(name, est, lo, hi, len(values), rule, float(threshold), passed, detail, mde)
