@@ -84,13 +84,9 @@ def adapter_bytes(writer: int, k: int) -> tuple[bytes, dict]:
     import numpy as np
     from safetensors.numpy import save
 
-    rng = np.random.default_rng([writer, k])
-    tensors = {}
-    for layer in range(2):
-        for mod in ("q_proj", "v_proj"):
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
-            tensors[f"{prefix}.lora_A.weight"] = rng.standard_normal((8, 64)).astype(np.float32)
-            tensors[f"{prefix}.lora_B.weight"] = rng.standard_normal((64, 8)).astype(np.float32)
+    from registry import lora_tensors  # bench/registry.py
+
+    tensors = lora_tensors(np.random.default_rng([writer, k]))
     config = {"peft_type": "LORA", "peft_version": "0.21.2", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
               "target_modules": MODULES, "task_type": "CAUSAL_LM", "bias": "none", "base_model_name_or_path": "bench-base",
               "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "use_dora": False,

@@ -31,20 +31,26 @@ HEAVY = ("torch", "transformers", "peft", "mlflow", "sqlalchemy", "alembic")
 SEAL = [sys.executable, "-m", "seal.cli"]
 
 
-def make_adapter(folder: Path, seed: int = 0) -> Path:
-    """A small but valid LoRA folder (safetensors + config) on the bench base, written with numpy."""
+def lora_tensors(rng) -> dict:
+    """r=8 LoRA factors for q_proj and v_proj of the bench base's 2 layers, drawn from ``rng``."""
     import numpy as np
-    from safetensors.numpy import save_file
 
-    rng = np.random.default_rng(seed)
     tensors = {}
     for layer in range(2):
         for mod in ("q_proj", "v_proj"):
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
             tensors[f"{prefix}.lora_A.weight"] = rng.standard_normal((8, 64)).astype(np.float32)
             tensors[f"{prefix}.lora_B.weight"] = rng.standard_normal((64, 8)).astype(np.float32)
+    return tensors
+
+
+def make_adapter(folder: Path, seed: int = 0) -> Path:
+    """A small but valid LoRA folder (safetensors + config) on the bench base, written with numpy."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    save_file(lora_tensors(np.random.default_rng(seed)), str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
         "base_model_name_or_path": "bench-base", "task_type": "CAUSAL_LM", "bias": "none",
