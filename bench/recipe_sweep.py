@@ -244,8 +244,30 @@ def summarize(rows: list[dict], meta: dict | None = None) -> dict:
             "n_passages": len(base), **({"meta": meta} if meta else {})}
 
 
-def summarize_file(path: Path) -> dict:
-    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+def _cell(entry: dict, side: str, metric: str) -> str:
+    part = entry.get(side, {}).get(metric)
+    if part is None:
+        return ""
+    lo, hi = part["ci95"]
+    mark = "**" if lo > 0 or hi < 0 else ""  # the interval excludes 0
+    return f"{mark}{part['diff']:+.3f}{mark} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def markdown_table(summary: dict) -> str:
+    """The README table: per condition, paired differences with 95% CIs (bold where the CI excludes 0)."""
+    head = ("| condition | steps | containment | F1 | Δ containment vs no edit | Δ F1 vs no edit "
+            "| Δ retention vs no edit | Δ F1 vs ref | Δ retention vs ref | JS vs base |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, e in summary["conditions"].items():
+        rows.append(f"| {name} | {e['steps']:.0f} | {e['containment']:.3f} | {e['f1']:.3f} "
+                    f"| {_cell(e, 'vs_base', 'containment')} | {_cell(e, 'vs_base', 'f1')} "
+                    f"| {_cell(e, 'vs_base', 'retention')} | {_cell(e, 'vs_ref', 'f1')} "
+                    f"| {_cell(e, 'vs_ref', 'retention')} | {e['js_base']:.3f} |")
+    return "\n".join(rows)
+
+
+def summarize_files(paths: list[Path]) -> dict:
+    lines = [json.loads(x) for p in paths for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
     meta = next((x for x in lines if x.get("meta")), None)
     return summarize([x for x in lines if not x.get("meta")], meta)
 
@@ -279,12 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="base model spec (default: the embedded SmolLM2-135M)")
     parser.add_argument("--retention-items", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="run only passages whose index is I modulo N (one process per core; cat the --out files)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="append one JSON object per (passage, condition)")
-    parser.add_argument("--summarize", type=Path, default=None, metavar="FILE", help="summarize an --out file and exit")
+    parser.add_argument("--summarize", type=Path, default=None, nargs="+", metavar="FILE",
+                        help="summarize --out file(s) (the shards of one run) and exit")
+    parser.add_argument("--table", action="store_true", help="with --summarize: a markdown table instead of JSON")
     args = parser.parse_args(argv)
     if args.summarize is not None:
-        print(json.dumps(summarize_file(args.summarize)))
+        summary = summarize_files(args.summarize)
+        print(markdown_table(summary) if args.table else json.dumps(summary))
         return 0
     if args.data is None:
         parser.error("--data is required")
@@ -293,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown condition(s) {unknown}")
     passages = [json.loads(x) for x in args.data.read_text(encoding="utf-8").splitlines() if x.strip()][: args.limit]
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    passages = [p for i, p in enumerate(passages) if i % shards == shard]
     ctx = setup(args)
     done = set()
     if args.out is not None and args.out.is_file():  # resume: skip what the file already holds
@@ -322,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"[sweep] {pi + 1}/{len(passages)} {name}: F1 {np.mean(row.get('f1', [math.nan])):.3f} "
                      f"retention {np.mean(row.get('retention', [math.nan])):.3f} steps {row.get('steps', 0)} "
                      f"({row['seconds_total']:.0f} s, {time.perf_counter() - started:.0f} s so far)")
-    print(json.dumps(summarize_file(args.out) if args.out is not None else summarize(rows)))
+    print(json.dumps(summarize_files([args.out]) if args.out is not None else summarize(rows)))
     return 0
 
 

@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from seal.editor import request as recipe
+
 from .app import JsonOpt, command, doc, open_registry
 from .render import emit, print_json, short
 
@@ -40,15 +42,15 @@ def edit(
     passages: Optional[str] = typer.Option(None, "--passages", help="A stream: JSONL of {title, context, questions}, one passage a line, or - for stdin."),
     eval_file: Optional[Path] = typer.Option(None, "--eval", help="JSONL of {question, answer}: no-context QA that measures efficacy."),
     candidates: int = typer.Option(1, "--candidates", "-k", help="How many self-edits to sample and train (one batched generate)."),
-    style: str = typer.Option("implications", "--style", help="Self-edit prompt: implications | rewrite | self-qa."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature of the self-edits (0: greedy)."),
+    style: str = typer.Option(recipe.DEFAULT_STYLE, "--style", help="Self-edit prompt: implications | rewrite | self-qa."),
+    temperature: float = typer.Option(recipe.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature of the self-edits (0: greedy)."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling of the self-edits."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per self-edit."),
-    r: int = typer.Option(32, "--r", help="LoRA rank of a fresh adapter."),
-    alpha: int = typer.Option(64, "--alpha", help="LoRA alpha of a fresh adapter."),
-    targets: str = typer.Option("all-linear", "--targets", help="LoRA target modules (comma list or all-linear)."),
-    lr: float = typer.Option(3e-4, "--lr", help="AdamW learning rate (linear decay to 0)."),
-    epochs: int = typer.Option(10, "--epochs", help="Passes over the self-edit's sequences."),
+    r: int = typer.Option(recipe.DEFAULT_R, "--r", help="LoRA rank of a fresh adapter."),
+    alpha: int = typer.Option(recipe.DEFAULT_ALPHA, "--alpha", help="LoRA alpha of a fresh adapter."),
+    targets: str = typer.Option(recipe.DEFAULT_TARGETS, "--targets", help="LoRA target modules (comma list or all-linear)."),
+    lr: float = typer.Option(recipe.DEFAULT_LR, "--lr", help="AdamW learning rate (linear decay to 0)."),
+    epochs: int = typer.Option(recipe.DEFAULT_EPOCHS, "--epochs", help="Passes over the self-edit's sequences."),
     batch_size: int = typer.Option(1, "--batch-size", help="Sequences per training step."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and training (candidate i uses seed + i)."),
     device: str = DeviceOpt,

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from seal.editor import request as recipe
+
 from .app import JsonOpt, command, doc, open_registry
 from .edit_commands import DeviceOpt, MessageOpt, NoTrackOpt, RequireGpuOpt, ThreadsOpt
 from .render import emit, print_json, short
@@ -42,10 +44,10 @@ def learn(
     lr: float = typer.Option(3e-4, "--lr", help="The writer's AdamW learning rate (linear decay to 0)."),
     r: int = typer.Option(32, "--r", help="The writer's LoRA rank."),
     alpha: int = typer.Option(64, "--alpha", help="The writer's LoRA alpha."),
-    edit_epochs: int = typer.Option(10, "--edit-epochs", help="Epochs of every edit the command runs (held-out and sampling)."),
-    edit_lr: float = typer.Option(3e-4, "--edit-lr", help="Learning rate of every edit the command runs."),
+    edit_epochs: int = typer.Option(recipe.DEFAULT_EPOCHS, "--edit-epochs", help="Epochs of every edit the command runs (held-out and sampling)."),
+    edit_lr: float = typer.Option(recipe.DEFAULT_LR, "--edit-lr", help="Learning rate of every edit the command runs."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per self-edit."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature of the self-edits."),
+    temperature: float = typer.Option(recipe.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature of the self-edits."),
     seed: int = typer.Option(0, "--seed", help="Seed of the writer's training and of every edit."),
     device: str = DeviceOpt,
     require_gpu: bool = RequireGpuOpt,

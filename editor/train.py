@@ -48,14 +48,11 @@ from typing import Any
 import torch
 
 from .generation import model_device, seeded
+from .request import DEFAULT_ALPHA, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R  # one recipe, torch-free there
+from .request import DEFAULT_TARGETS as DEFAULT_TARGET_MODULES
 
-DEFAULT_R = 32
-DEFAULT_ALPHA = 64
-DEFAULT_LR = 3e-4  # the same as seal.editor.request.DEFAULT_LR (torch-free there)
-DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_MAX_LENGTH = 512
-DEFAULT_TARGET_MODULES = "all-linear"
 
 
 def _is_peft(model: Any) -> bool:
