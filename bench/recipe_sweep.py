@@ -240,8 +240,27 @@ def summarize(rows: list[dict], meta: dict | None = None) -> dict:
                 entry["vs_ref"][metric] = {"diff": round(float(d.mean()), 4), "ci95": _bootstrap(d)}
         conditions[name] = entry
     diverged = sorted({f"{r['condition']}@{r['passage']}" for r in rows if r.get("diverged")})
-    return {"bench": "recipe_sweep", "conditions": conditions, "diverged": diverged,
-            "n_passages": len(base), **({"meta": meta} if meta else {})}
+    return {"bench": "recipe_sweep", "conditions": conditions, "front": efficacy_retention_front(conditions),
+            "diverged": diverged, "n_passages": len(base), **({"meta": meta} if meta else {})}
+
+
+def efficacy_retention_front(conditions: dict) -> list[str]:
+    """Conditions no other condition (no edit included, at 0, 0) beats on both F1 gain and retention change.
+
+    >>> c = {"a": {"vs_base": {"f1": {"diff": .03}, "retention": {"diff": -.02}}},
+    ...      "b": {"vs_base": {"f1": {"diff": .01}, "retention": {"diff": -.03}}},
+    ...      "c": {"vs_base": {"f1": {"diff": .00}, "retention": {"diff": .00}}}}
+    >>> efficacy_retention_front(c)
+    ['a', 'c', 'no_edit']
+    """
+    points = {n: (e["vs_base"]["f1"]["diff"], e["vs_base"]["retention"]["diff"])
+              for n, e in conditions.items() if "vs_base" in e}
+    points["no_edit"] = (0.0, 0.0)
+
+    def beaten(p: tuple[float, float]) -> bool:
+        return any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points.values())
+
+    return [n for n, p in points.items() if not beaten(p)]
 
 
 def _cell(entry: dict, side: str, metric: str) -> str:
@@ -259,6 +278,7 @@ def markdown_table(summary: dict) -> str:
             "| Δ retention vs no edit | Δ F1 vs ref | Δ retention vs ref | JS vs base |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, e in summary["conditions"].items():
+        name = f"**{name}** (front)" if name in summary.get("front", ()) else name
         rows.append(f"| {name} | {e['steps']:.0f} | {e['containment']:.3f} | {e['f1']:.3f} "
                     f"| {_cell(e, 'vs_base', 'containment')} | {_cell(e, 'vs_base', 'f1')} "
                     f"| {_cell(e, 'vs_base', 'retention')} | {_cell(e, 'vs_ref', 'f1')} "
