@@ -17,6 +17,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -212,16 +213,8 @@ def make_registry(path: Path, record: dict, db_url: str | None = None):
     """A registry on ``record`` built in-process (what `seal init` does after describing the base)."""
     from seal.registry.init import init_registry
 
-    old = os.environ.get("SEAL_ACTOR")
-    os.environ["SEAL_ACTOR"] = "tester"
-    try:
-        reg = init_registry(Path(path), base=record, db_url=db_url)
-    finally:
-        if old is None:
-            os.environ.pop("SEAL_ACTOR", None)
-        else:
-            os.environ["SEAL_ACTOR"] = old
-    return reg
+    with mock.patch.dict(os.environ, {"SEAL_ACTOR": "tester"}):
+        return init_registry(Path(path), base=record, db_url=db_url)
 
 
 @pytest.fixture

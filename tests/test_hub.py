@@ -16,6 +16,7 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -44,17 +45,10 @@ def new_registry(root: Path, name: str, record: dict, db_url: str | None = None)
 def registry_of(seal: Seal):
     from seal.registry.repo import Registry
 
-    old = os.environ.get("SEAL_DATABASE_URL")
-    if seal.env.get("SEAL_DATABASE_URL"):
-        os.environ["SEAL_DATABASE_URL"] = seal.env["SEAL_DATABASE_URL"]
-    try:
+    url = seal.env.get("SEAL_DATABASE_URL")
+    with mock.patch.dict(os.environ, {"SEAL_DATABASE_URL": url} if url else {}):
         reg = Registry.open(seal.cwd)
         reg.db  # bind the database URL now
-    finally:
-        if old is None:
-            os.environ.pop("SEAL_DATABASE_URL", None)
-        else:
-            os.environ["SEAL_DATABASE_URL"] = old
     return reg
 
 
