@@ -214,28 +214,19 @@ def _fit_masked(peft_model, params: list, pairs: list, device, lreq: LearnReques
 
     import torch
 
+    from .train import fit_steps
+
     order, shuffler = list(range(len(pairs))), random.Random(lreq.seed)
     steps = []
     for _ in range(lreq.epochs):
         shuffler.shuffle(order)
-        steps += list(order)
-    optimizer = torch.optim.AdamW(params, lr=lreq.lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, len(steps))))
-    peft_model.train()
-    for step, i in enumerate(steps, start=1):
-        ids, labels = pairs[i]
-        batch = {"input_ids": torch.tensor([ids], device=device), "labels": torch.tensor([labels], device=device)}
-        loss = peft_model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if on_step is not None:
-            on_step()
-        if not log.add(loss, last=step == len(steps)):
-            break
-    log.flush()
+        steps += [pairs[i] for i in order]
+
+    def loss_of(pair):
+        ids, labels = pair
+        return peft_model(input_ids=torch.tensor([ids], device=device), labels=torch.tensor([labels], device=device)).loss
+
+    fit_steps(peft_model, params, steps, loss_of, lr=lreq.lr, max_grad_norm=1.0, fused=False, log=log, on_step=on_step)
 
 
 # --- evaluating on held-out passages --------------------------------------------------------------

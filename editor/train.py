@@ -304,14 +304,24 @@ class _LossLog:
 
 def _fit(peft_model: Any, params: list, batches: list, pad_id: int, device: torch.device, *, lr: float,
          max_grad_norm: float, log: _LossLog, on_step: Callable[[], None] | None) -> None:
-    """AdamW with a linear decay to zero over all steps, gradient clipping, no host sync per step."""
-    fused = device.type == "cuda"
+    """The adapter's steps: one padded batch of sequences each, loss on all tokens."""
+    fit_steps(peft_model, params, batches, lambda batch: _step_loss(peft_model, _collate(batch, pad_id, device)),
+              lr=lr, max_grad_norm=max_grad_norm, fused=device.type == "cuda", log=log, on_step=on_step)
+
+
+def fit_steps(peft_model: Any, params: list, batches: Sequence, loss_of: Callable[[Any], torch.Tensor], *, lr: float,
+              max_grad_norm: float, fused: bool, log: _LossLog, on_step: Callable[[], None] | None) -> None:
+    """AdamW with a linear decay to zero over all steps, gradient clipping, no host sync per step.
+
+    Shared by the adapter (:func:`_fit`) and the writer (``seal.editor.learn``): ``loss_of(batch)``
+    is the only thing they do differently.
+    """
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, **({"fused": True} if fused else {}))
     total = max(1, len(batches))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
     peft_model.train()
     for step, batch in enumerate(batches, start=1):
-        loss = _step_loss(peft_model, _collate(batch, pad_id, device))
+        loss = loss_of(batch)
         loss.backward()
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
