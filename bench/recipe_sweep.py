@@ -295,6 +295,21 @@ def summarize_files(paths: list[Path]) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
+def finished(out: Path | None) -> set[tuple[str, str]]:
+    """(passage, condition) pairs the --out file already holds: a rerun resumes, and a second process
+    on the same file (``--reverse``) takes the other end of the list, each skipping what the other did."""
+    if out is None or not out.is_file():
+        return set()
+    pairs = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # the other process's line, half written
+            continue
+        pairs.add((row.get("passage"), row.get("condition")))
+    return pairs
+
+
 def setup(args) -> dict:
     import torch
 
@@ -325,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only passages whose index is I modulo N (one process per core; cat the --out files)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="append one JSON object per (passage, condition)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="take the passages last first (a second process on the same --out meets the first halfway)")
     parser.add_argument("--summarize", type=Path, default=None, nargs="+", metavar="FILE",
                         help="summarize --out file(s) (the shards of one run) and exit")
     parser.add_argument("--table", action="store_true", help="with --summarize: a markdown table instead of JSON")
@@ -343,10 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     shard, shards = (int(x) for x in args.shard.split("/"))
     passages = [p for i, p in enumerate(passages) if i % shards == shard]
     ctx = setup(args)
-    done = set()
-    if args.out is not None and args.out.is_file():  # resume: skip what the file already holds
-        done = {(r.get("passage"), r.get("condition")) for r in map(json.loads, args.out.read_text().splitlines())}
-    else:
+    if args.reverse:
+        passages.reverse()
+    if args.out is None or not args.out.is_file():
         meta = {"meta": True, "conditions": {n: asdict(CONDITIONS[n]) for n in names}, "threads": args.threads,
                 "retention_items": len(ctx["retention"]), "seed": args.seed, "data": str(args.data)}
         if args.out is not None:
@@ -356,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="seal-sweep-") as tmp:
         for pi, item in enumerate(passages):
             for name in ["no_edit"] + names:
-                if (item["id"], name) in done:
+                if (item["id"], name) in finished(args.out):
                     continue
                 t = time.perf_counter()
                 if name == "no_edit":
@@ -366,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                 row.update({"passage": item["id"], "passage_index": pi, "seconds_total": time.perf_counter() - t})
                 rows.append(row)
                 if args.out is not None:
-                    with open(args.out, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                    with open(args.out, "ab", buffering=0) as fh:  # one write(2) in append mode: whole lines
+                        fh.write((json.dumps(row) + "\n").encode("utf-8"))
                 _log(f"[sweep] {pi + 1}/{len(passages)} {name}: F1 {np.mean(row.get('f1', [math.nan])):.3f} "
                      f"retention {np.mean(row.get('retention', [math.nan])):.3f} steps {row.get('steps', 0)} "
                      f"({row['seconds_total']:.0f} s, {time.perf_counter() - started:.0f} s so far)")
