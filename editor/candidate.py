@@ -28,12 +28,13 @@ class SelfEdit:
     sequences: list[str]
     prompt: str | None = None
     generated: str | None = None
-    lines: list[str] | None = None
+    lines: list[str] | None = None  # the lines trained on
     records: list[dict] | None = None
+    dropped: list[str] | None = None  # generated lines the passage does not support (--filter), not trained on
 
     def to_json(self) -> dict:
         doc: dict[str, Any] = {"style": self.style}
-        for key in ("prompt", "generated", "lines", "records"):
+        for key in ("prompt", "generated", "lines", "dropped", "records"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
         doc["sequences"] = self.sequences

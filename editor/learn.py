@@ -496,7 +496,7 @@ def _finite(x: float | None) -> float | None:
 def _edit_settings(req: EditRequest) -> dict:
     return {"candidates": req.candidates, "epochs": req.epochs, "lr": req.lr, "r": req.r, "alpha": req.alpha,
             "temperature": req.temperature, "top_p": req.top_p, "max_new_tokens": req.max_new_tokens,
-            "style": req.style, "seed": req.seed}
+            "style": req.style, "filter_lines": req.filter_lines, "seed": req.seed}
 
 
 # --- the porcelain ----------------------------------------------------------------------------------

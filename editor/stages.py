@@ -93,18 +93,28 @@ def measure_parent(session, attempt: Attempt, model, on_step=None, spec=_UNSET) 
 
 
 def _passage_self_edits(model, tok, trigger, req, gen) -> list[SelfEdit]:
-    from .reflect import build_training_sequences, generate_self_edits, self_edit_prompt, split_self_edit_lines
+    from .reflect import generate_self_edits, self_edit_prompt
 
     raw_edits = generate_self_edits(model, tok, trigger.passage, trigger.title, style=req.style, k=req.candidates,
                                     temperature=req.temperature, top_p=req.top_p,
                                     max_new_tokens=req.max_new_tokens, seed=req.seed, **gen)
     prompt = self_edit_prompt(tok, trigger.passage, trigger.title, style=req.style)
-    edits = []
-    for raw in raw_edits:
-        lines = split_self_edit_lines(raw)
-        edits.append(SelfEdit(style=req.style, prompt=prompt, generated=raw, lines=lines,
-                              sequences=build_training_sequences(trigger.passage, trigger.title, lines)))
-    return edits
+    return [passage_self_edit(raw, trigger, style=req.style, prompt=prompt, filter_lines=req.filter_lines)
+            for raw in raw_edits]
+
+
+def passage_self_edit(text: str, trigger, *, style: str, prompt: str | None = None,
+                      filter_lines: bool = False) -> SelfEdit:
+    """A passage's self-edit from the text written for it: its lines (without the ones the passage
+    does not support, when ``filter_lines``), and the training sequences they make."""
+    from .reflect import build_training_sequences, filter_supported_lines, split_self_edit_lines
+
+    lines, dropped = split_self_edit_lines(text), None
+    if filter_lines:
+        kept = filter_supported_lines(lines, trigger.passage)
+        lines, dropped = kept, [line for line in lines if line not in kept]
+    return SelfEdit(style=style, prompt=prompt, generated=text, lines=lines, dropped=dropped,
+                    sequences=build_training_sequences(trigger.passage, trigger.title, lines))
 
 
 def _corrections(model, tok, trigger, req, gen) -> list[SelfEdit]:

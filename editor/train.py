@@ -22,14 +22,11 @@ Defaults, and why (SmolLM2-135M on 2 CPU threads, FINDINGS):
 - ``r=32, alpha=64``, AdamW with linear decay, batch 1, loss on all tokens: the measured
   recipe. ``lr=3e-4`` rather than FINDINGS' 1e-3, for the drift measured below; the same
   default as `seal edit` (one constant, :data:`seal.editor.request.DEFAULT_LR`).
-- ``epochs=10``: FINDINGS' recipe, and within the ~1 min CPU budget. Measured here on
-  SmolLM2-135M (2 CPU threads): a passage plus four short implication lines (5 sequences,
-  ~190 tokens) trains in about 21 s (50 steps, loss 4.2 → 0.06) and then answers 2 of 3
-  no-context questions. 5 epochs took 10 s and also answered 2 of 3 (final loss 0.27) - too
-  small a sample to drop FINDINGS' setting, but the knob to turn when K candidates must be
-  cheap. Drift per edit at these settings is large (JS vs base ≈ 0.14-0.19 nats on the drift
-  probes, anchor retention 0.575 → 0.40-0.45); lr 3e-4 kept the 2/3 recall with JS 0.12 and
-  retention 0.55, which matters for the default gates.
+- ``epochs=5`` (was 10, FINDINGS' recipe): the recipe sweep on 20 SEAL passages (README,
+  ``bench/recipe_sweep.py``) found 10 epochs no better than 5 on the passages' questions and worse
+  on retention (paired CIs over passages), at twice the training time. Drift per edit at the
+  old settings was large (JS vs base ≈ 0.14-0.19 nats on the drift probes, anchor retention
+  0.575 → 0.40-0.45); lr 3e-4 kept the recall with JS 0.12 and retention 0.55.
 - ``lora_dropout=0``: the data is tiny and dropout would make runs depend on RNG draws during
   training, not just on the seed-fixed initialisation and order.
 """

@@ -247,23 +247,18 @@ def _scan_file(file: SelfEditFile, req) -> None:
 
 def written_self_edits(session, writer: Writer | SelfEditFile, trigger, req, gen: dict) -> tuple[list, dict]:
     """The K self-edits ``writer`` writes for ``trigger``, and the audit row of their secrets scan."""
-    from .candidate import SelfEdit
-    from .reflect import build_training_sequences, split_self_edit_lines
+    from .attach import attached
+    from .stages import _passage_self_edits, passage_self_edit
 
     if isinstance(writer, SelfEditFile):
         session.reg.store.put(writer.raw)  # the file as given: its digest is the provenance
         texts = writer.for_passage(trigger.passage)
         if not texts:
             raise UserError(f"--self-edits has no self-edit for {trigger.where or 'this passage'}")
-        edits = []
-        for text in texts:
-            lines = split_self_edit_lines(text)
-            edits.append(SelfEdit(style=req.style, generated=text, lines=lines,
-                                  sequences=build_training_sequences(trigger.passage, trigger.title, lines)))
+        # A file's self-edits are the user's data: trained on as given, never filtered.
+        edits = [passage_self_edit(text, trigger, style=req.style) for text in texts]
         scan = writer.record.get("scanned") or {}
         return edits, _row(scan.get("findings", 0), allowed=bool(scan.get("allowed")), what="the self-edits file")
-    from .attach import attached
-    from .stages import _passage_self_edits
 
     with attached(session.model, writer_dir(session, writer), merge=session.fast) as model:
         edits = _passage_self_edits(model, session.tok, trigger, req, gen)
@@ -286,7 +281,7 @@ def redact_self_edits(edits: list, trigger, req) -> tuple[list, dict]:
     """Scan what a writer wrote; redact findings (before training and storing) and say so."""
     from seal.registry.scan import redact, scan_text
 
-    from .reflect import build_training_sequences, split_self_edit_lines
+    from .stages import passage_self_edit
 
     total = 0
     for e in edits:
@@ -296,9 +291,10 @@ def redact_self_edits(edits: list, trigger, req) -> tuple[list, dict]:
         total += len(findings)
         if req.allow_pii:
             continue
-        e.generated = redact(e.generated, findings)
-        e.lines = split_self_edit_lines(e.generated)
-        e.sequences = build_training_sequences(trigger.passage, trigger.title, e.lines)
+        redacted = passage_self_edit(redact(e.generated, findings), trigger, style=e.style,
+                                     filter_lines=req.filter_lines)
+        e.generated, e.lines, e.dropped, e.sequences = (redacted.generated, redacted.lines, redacted.dropped,
+                                                        redacted.sequences)
     return edits, _row(total, allowed=req.allow_pii, what="the writer's self-edits")
 
 

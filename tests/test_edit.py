@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from seal.editor.reflect import split_self_edit_lines
 import pytest
 
 from conftest import SEAL, Seal, make_registry
@@ -98,12 +100,15 @@ def test_edit_records_an_accepted_version(edit_registry):
     assert _blob(seal, v["trigger"]).read_text() == json.dumps(PASSAGE)
     self_edit = json.loads(_blob(seal, v["self_edit"]).read_text())
     assert self_edit["sequences"][-1].endswith(PASSAGE["context"]) and self_edit["style"] == "implications"
+    # --filter (the default): every generated line is either trained on or recorded as dropped.
+    assert sorted(self_edit["lines"] + self_edit["dropped"]) == sorted(split_self_edit_lines(self_edit["generated"]))
+    assert len(self_edit["sequences"]) == len(self_edit["lines"]) + 1
     suites = {(s["suite"], s["metric"], s["against"]) for s in v["scores"]}
     assert {("efficacy", "nll_drop", "parent"), ("retention", "accuracy", None), ("retention", "accuracy", "base"),
             ("drift", "kl", "base"), ("drift", "js", "parent"), ("weights", "delta_norm", "parent")} <= suites
     assert all(g["passed"] for g in v["audit"]) and {g["check"] for g in v["audit"]} >= {"efficacy_gain", "js_vs_parent", "secrets"}
     train = v["train"]
-    assert train["device"] == "cpu" and train["torch"] and train["peft"] and train["steps"] == 3 * 2
+    assert train["device"] == "cpu" and train["torch"] and train["peft"] and train["steps"] == 3 * len(self_edit["sequences"])
     assert train["lr"] == 1e-3 and train["threads"] >= 1 and train["diverged"] is None
     assert set(train["timings"]) >= {"load_s", "reflect_s", "train_s", "evaluate_s", "record_s"}
     assert all(isinstance(t, float) and t >= 0 for t in train["timings"].values())
@@ -152,12 +157,15 @@ def test_harmful_setting_is_rejected_with_the_decision_json(edit_registry):
 def test_three_candidates_one_batched_reflect_best_one_accepted(edit_registry):
     seal = edit_registry
     proc = seal("edit", "--passage", "passage.json", "--candidates", "3", *QUIET, "--temperature", "1.0", "--json",
-                check=False)
+                "--no-filter", check=False)
     out = json.loads(proc.stdout)
     cands = out["candidates"]
     assert [c["status"] for c in cands].count("accepted") == (1 if out["decision"]["accepted"] else 0)
     assert len({c["id"] for c in cands}) == 3 and len(seal.json("log", "--all")) == 4  # root + all three
     assert len({seal.json("show", c["id"])["self_edit"] for c in cands}) == 3, "three samples from one generate"
+    for c in cands:  # --no-filter: every generated line is trained on, nothing recorded as dropped
+        doc = json.loads(_blob(seal, seal.json("show", c["id"])["self_edit"]).read_text())
+        assert "dropped" not in doc and doc["lines"] == split_self_edit_lines(doc["generated"])
     passing = [c for c in cands if not c["failed_gates"]]
     if passing:  # the accepted one is the passing one with the best efficacy
         best = max(passing, key=lambda c: (c["scores"]["efficacy"], -c["scores"]["js_parent"]))

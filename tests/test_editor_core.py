@@ -163,6 +163,22 @@ def test_build_training_sequences_and_support_filter() -> None:
     assert kept == ["The bridge was built in 1832."]
 
 
+def test_passage_self_edit_filters_and_records_what_it_dropped() -> None:
+    from types import SimpleNamespace
+
+    from seal.editor.stages import passage_self_edit
+
+    trigger = SimpleNamespace(passage=PASSAGE, title=TITLE)
+    text = "The bridge was built in 1832.\nCats rule the moon forever."
+    kept = passage_self_edit(text, trigger, style="implications", filter_lines=True)
+    assert kept.lines == ["The bridge was built in 1832."] and kept.dropped == ["Cats rule the moon forever."]
+    assert kept.sequences == [f"{TITLE}\nThe bridge was built in 1832.", f"{TITLE}\n{PASSAGE}"]
+    assert kept.to_json()["dropped"] == ["Cats rule the moon forever."]
+    every = passage_self_edit(text, trigger, style="implications")
+    assert every.lines == ["The bridge was built in 1832.", "Cats rule the moon forever."] and every.dropped is None
+    assert len(every.sequences) == 3 and "dropped" not in every.to_json()
+
+
 def test_corrections_self_edit(tiny) -> None:
     examples = [{"prompt": "Who built the bridge?", "answer": "Ada Lindqvist"},
                 {"question": "What is 2+2?", "answer": "4"}]
