@@ -283,19 +283,15 @@ def redact_self_edits(edits: list, trigger, req) -> tuple[list, dict]:
 
     from .stages import passage_self_edit
 
-    total = 0
+    total, scanned = 0, []
     for e in edits:
         findings = scan_text(e.generated or "")
-        if not findings:
-            continue
         total += len(findings)
-        if req.allow_pii:
-            continue
-        redacted = passage_self_edit(redact(e.generated, findings), trigger, style=e.style,
-                                     filter_lines=req.filter_lines)
-        e.generated, e.lines, e.dropped, e.sequences = (redacted.generated, redacted.lines, redacted.dropped,
-                                                        redacted.sequences)
-    return edits, _row(total, allowed=req.allow_pii, what="the writer's self-edits")
+        if findings and not req.allow_pii:  # the redacted text, split and filtered as the original was
+            e = passage_self_edit(redact(e.generated, findings), trigger, style=e.style, prompt=e.prompt,
+                                  filter_lines=req.filter_lines)
+        scanned.append(e)
+    return scanned, _row(total, allowed=req.allow_pii, what="the writer's self-edits")
 
 
 def _row(findings: int, *, allowed: bool, what: str) -> dict:

@@ -179,6 +179,23 @@ def test_passage_self_edit_filters_and_records_what_it_dropped() -> None:
     assert len(every.sequences) == 3 and "dropped" not in every.to_json()
 
 
+def test_writer_self_edits_are_redacted_then_split_and_filtered_again() -> None:
+    from types import SimpleNamespace
+
+    from seal.editor.stages import passage_self_edit
+    from seal.editor.writer import redact_self_edits
+
+    trigger = SimpleNamespace(passage=PASSAGE, title=TITLE)
+    text = "The bridge was built in 1832.\nWrite to ada.lindqvist@example.com about the bridge."
+    edit = passage_self_edit(text, trigger, style="implications", prompt="P", filter_lines=True)
+    [out], row = redact_self_edits([edit], trigger, SimpleNamespace(allow_pii=False, filter_lines=True))
+    assert "ada.lindqvist@example.com" not in out.generated + "".join(out.sequences + out.lines + out.dropped)
+    assert out.prompt == "P" and out.lines == ["The bridge was built in 1832."] and len(out.dropped) == 1
+    assert row["check"] == "self_edit_secrets" and row["value"] == 1.0 and row["passed"] is False
+    [kept], allowed = redact_self_edits([edit], trigger, SimpleNamespace(allow_pii=True, filter_lines=True))
+    assert kept is edit and allowed["passed"] is True
+
+
 def test_corrections_self_edit(tiny) -> None:
     examples = [{"prompt": "Who built the bridge?", "answer": "Ada Lindqvist"},
                 {"question": "What is 2+2?", "answer": "4"}]
