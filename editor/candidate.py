@@ -31,10 +31,11 @@ class SelfEdit:
     lines: list[str] | None = None  # the lines trained on
     records: list[dict] | None = None
     dropped: list[str] | None = None  # generated lines the passage does not support (--filter), not trained on
+    restated: list[str] | None = None  # the passage's own sentences, trained on under the title (--restate)
 
     def to_json(self) -> dict:
         doc: dict[str, Any] = {"style": self.style}
-        for key in ("prompt", "generated", "lines", "dropped", "records"):
+        for key in ("prompt", "generated", "lines", "dropped", "restated", "records"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
         doc["sequences"] = self.sequences
@@ -73,6 +74,8 @@ class Candidate:
     failed: list[str] = field(default_factory=list)
     nonfinite: list[str] = field(default_factory=list)  # score names whose value was NaN or infinite
     run_id: str | None = None  # its MLflow run
+    margins: Any = None  # seal.editor.efficacy.MarginDecision: the efficacy rule's verdict
+    evidence: dict | None = None  # per-question margins and effects, and the placebo, as recorded
     id: str | None = None  # its version, once recorded
     status: str | None = None
 
@@ -98,6 +101,8 @@ class Attempt:
     title: str = ""
     answer_tokens: int = 48
     history: list[float] = field(default_factory=list)  # recent edits' ||dW||, for the weight-norm gate
+    contrast: list = field(default_factory=list)  # seal.editor.efficacy.ContrastQuestion: the margin questions
+    words: int = 0  # the trigger passage's length, which the placebo matches
     extra_audit: list[dict] = field(default_factory=list)
     fields: dict = field(default_factory=dict)  # manifest fields (trigger)
     extra: dict = field(default_factory=dict)  # extra manifest keys (eval, reflect, merge, ...)

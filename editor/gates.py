@@ -127,7 +127,7 @@ def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
     A key set to ``None`` disables that gate.
 
         >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})][:5]
-        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'weight_norm']
+        ['efficacy_gain', 'efficacy_margin', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent']
     """
     merged: dict[str, Any] = {**DEFAULT_POLICY, **(policy or {})}
     unknown = set(merged) - set(DEFAULT_POLICY)
@@ -138,6 +138,8 @@ def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
     specs = [
         ("efficacy_gain", "efficacy_gain_min", ">", _diff("efficacy", "efficacy_parent"),
          "efficacy gain over parent", ("efficacy", "efficacy_parent")),
+        ("efficacy_margin", "efficacy_margin_gain_min", ">=", _key("efficacy_margin"),
+         "placebo-corrected answer-margin gain (nats)", ("efficacy_margin",)),
         ("retention_vs_parent", "retention_drop_vs_parent_max", "<=",
          _diff("retention_parent", "retention"), "retention drop vs parent",
          ("retention", "retention_parent")),
@@ -168,7 +170,7 @@ def default_gates() -> list[Gate]:
     """The gates of DEFAULT_POLICY.
 
         >>> [g.name for g in default_gates()]
-        ['efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
+        ['efficacy_gain', 'efficacy_margin', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
     """
     return gates_from_policy(None)
 
@@ -179,7 +181,19 @@ def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list
         >>> all(r.passed for r in check_gates({"efficacy": 0.2, "efficacy_parent": 0.1}, default_gates()[:1]))
         True
     """
-    return [gate.check(scores) for gate in (gates if gates is not None else default_gates())]
+    gates = gates if gates is not None else default_gates()
+    return [gate.check(scores) for gate in applicable(gates, scores.get("efficacy_margin") is not None)]
+
+
+def applicable(gates: Sequence[GateLike], margins: bool) -> list[GateLike]:
+    """The gates that judge one attempt: one efficacy gate, the margin rule where margins were
+    measured and the F1/NLL comparison elsewhere.
+
+        >>> [g.name for g in applicable(default_gates()[:2], margins=True)]
+        ['efficacy_margin']
+    """
+    skip = "efficacy_gain" if margins else "efficacy_margin"
+    return [g for g in gates if g.name != skip]
 
 
 #: Gates decided by a paired statistical test on per-item outcomes (seal.editor.probes) when the
@@ -188,9 +202,31 @@ STATISTICAL_GATES = ("retention_vs_parent", "retention_vs_base", "js_vs_parent",
                      "over_refusal")
 
 
+def margin_rule(policy_gates: Mapping[str, Any]):
+    """The efficacy margin rule with the policy's thresholds, or None when the policy turned it off.
+
+        >>> margin_rule({"efficacy_margin_gain_min": 0.5, "efficacy_margin_floor_min": -1.0}).floor
+        -1.0
+    """
+    from .efficacy import MarginRule
+
+    merged = {**DEFAULT_POLICY, **policy_gates}
+    if merged["efficacy_margin_gain_min"] is None:
+        return None
+    floor = merged["efficacy_margin_floor_min"]
+    return MarginRule(mean_min=float(merged["efficacy_margin_gain_min"]),
+                      floor=-math.inf if floor is None else float(floor))
+
+
 def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any = None, parent: Any = None,
-                  base: Any = None, gains: Sequence[float] | None = None, alpha: float = 0.05) -> list[dict]:
+                  base: Any = None, gains: Sequence[float] | None = None, margins: Any = None,
+                  alpha: float = 0.05) -> list[dict]:
     """Every gate's audit entry, in the policy's order.
+
+    One efficacy gate judges each attempt: with ``margins`` (a
+    :class:`seal.editor.efficacy.MarginDecision`, an edit of a passage with questions) the margin
+    rule, and the F1 gate is left out (F1 and containment stay recorded scores, judged pooled over
+    a branch by ``seal audit``); without, the F1 (or NLL) gate, and the margin gate is left out.
 
     With per-item probe results (``candidate``, ``parent``, ``base``: ProbeResults) the probe gates
     are paired statistical decisions (estimate, interval, n, rule, MDE); with per-question
@@ -209,8 +245,10 @@ def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any =
     from .probes import gate_decisions
 
     entries = []
-    for gate in gates:
-        if gate.name in STATISTICAL_GATES and candidate is not None:
+    for gate in applicable(gates, margins is not None):
+        if gate.name == "efficacy_margin":
+            entries.append(margins.audit_entry(gate.name))
+        elif gate.name in STATISTICAL_GATES and candidate is not None:
             key = GATES_BY_NAME[gate.name].policy_key
             entries.append(gate_decisions(candidate, parent, base, {key: gate.threshold}, alpha=alpha)[0].audit_entry())
         elif gate.name == "efficacy_gain" and gains is not None:

@@ -145,6 +145,11 @@ def edit_attempt(session, trigger: Trigger, req: EditRequest, *, ref: str, paren
         },
         timings=session.first_timings(),
     )
+    if trigger.kind == "passage" and attempt.spec.get("qa"):
+        from .efficacy import contrast_questions, unrelated_answers
+
+        attempt.contrast = contrast_questions(attempt.spec["qa"], trigger.passage, unrelated_answers())
+        attempt.words = len(trigger.passage.split())
     if session.tracker is not None:
         attempt.run_id = session.tracker.start_run(
             f"edit {title or trigger.kind}", params={"k": req.candidates, "parent": parent, "style": style},

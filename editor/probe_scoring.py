@@ -62,7 +62,7 @@ def _packed_batch(items: Sequence[tuple[list[int], list[list[int]]]], pad_id: in
 
 
 def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], *,
-                    batch_size: int = 64, lanes: int = 1) -> np.ndarray:
+                    batch_size: int = 64, lanes: int = 1, sep: str = " ", special: bool = True) -> np.ndarray:
     """Summed log-probability of each option after its prompt, ``[n_items, n_options]``.
 
     One forward pass per batch: options are packed after a single copy of the prompt, with
@@ -72,7 +72,10 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
     option's tokens but its last): the 49k-word head and its softmax are a fifth of the model's
     arithmetic, and most of it would be thrown away. With ``lanes`` (K adapters attached side by
     side, :func:`seal.editor.multi_lora.lanes_attached`) every batch holds each row once per
-    adapter, adapter-major, and the result is ``[lanes, n_items, n_options]``.
+    adapter, adapter-major, and the result is ``[lanes, n_items, n_options]``. ``sep`` joins a
+    prompt and its options (a cloze continues after a space; a chat reply starts right after the
+    template's opening, ``sep=""``), and ``special=False`` keeps the tokenizer from adding a second
+    BOS to a prompt the chat template has already opened.
 
         >>> option_logprobs(model, tok, load_retention_set()[:2]).shape   # doctest: +SKIP
         (2, 4)
@@ -83,8 +86,8 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
 
     encoded = []
     for item in items:
-        prefix = tokenizer(item.prompt, add_special_tokens=True)["input_ids"]
-        opts = [tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in item.options]
+        prefix = tokenizer(item.prompt, add_special_tokens=special)["input_ids"]
+        opts = [tokenizer(sep + o, add_special_tokens=False)["input_ids"] for o in item.options]
         encoded.append((prefix, opts))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = next(model.parameters()).dtype

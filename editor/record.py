@@ -105,6 +105,8 @@ def _manifest(session, attempt: Attempt, c: Candidate, winner: int | None, blobs
         extra["headline"] = headline
     if c.nonfinite:
         extra["nonfinite"] = c.nonfinite
+    if c.evidence is not None:
+        extra["efficacy"] = efficacy_extra(reg, c.evidence)
     return build_manifest(
         base=session.base_row["id"], parents=attempt.parents, kind=attempt.kind,
         status="accepted" if accepted else "rejected",
@@ -112,6 +114,14 @@ def _manifest(session, attempt: Attempt, c: Candidate, winner: int | None, blobs
         self_edit=self_edit, train=train, scores=c.scores, audit=c.audit, policy=attempt.policy.digest,
         author=R.actor(), message=attempt.message, **attempt.fields, extra=extra,
     )
+
+
+def efficacy_extra(reg, evidence: dict) -> dict:
+    """The margin rule's figures in the manifest, and its per-question record as a blob."""
+    keep = ("n", "saturated", "gain", "min_effect", "p_value", "passed")
+    placebo = evidence.get("placebo") or {}
+    return {**{k: evidence[k] for k in keep}, "margins": reg.store.put(canonical_json(evidence)),
+            "placebo": placebo.get("weights")}
 
 
 def _commit(reg, attempt: Attempt, manifests: list[dict], winner: int | None) -> tuple[list[str], str | None]:

@@ -25,6 +25,10 @@ DEFAULT_TARGETS = "all-linear"
 # Drop the self-edit lines the passage does not support (under half their words in it) before
 # training: the recipe sweep in the README (bench/recipe_sweep.py, 20 SEAL passages).
 DEFAULT_FILTER = True
+# Add the passage's own sentences, each under the title, to the training data: faithful,
+# title-keyed restatements (facts become answerable after varied, faithful restatements; the
+# issue's hand-written title-keyed lines taught where the model's own lines did not).
+DEFAULT_RESTATE = True
 
 
 @dataclass
@@ -43,6 +47,7 @@ class EditRequest:
     style: str = DEFAULT_STYLE
     temperature: float = DEFAULT_TEMPERATURE
     filter_lines: bool = DEFAULT_FILTER
+    restate: bool = DEFAULT_RESTATE
     top_p: float = 0.95
     max_new_tokens: int = 256
     r: int = DEFAULT_R

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 
 from seal.registry.vocabulary import (CANARY, DELTA_NORM, DRIFT_JS, DRIFT_KL, EFFICACY_CONTAINMENT, EFFICACY_F1,
-                                      EFFICACY_NLL, EFFICACY_NLL_DROP, EFFICACY_RECALL, OVER_REFUSAL, REFUSAL,
+                                      EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL, EFFICACY_NLL_DROP, EFFICACY_RECALL, OVER_REFUSAL, REFUSAL,
                                       RETENTION)
 
 from .attach import attached
@@ -99,22 +99,25 @@ def _passage_self_edits(model, tok, trigger, req, gen) -> list[SelfEdit]:
                                     temperature=req.temperature, top_p=req.top_p,
                                     max_new_tokens=req.max_new_tokens, seed=req.seed, **gen)
     prompt = self_edit_prompt(tok, trigger.passage, trigger.title, style=req.style)
-    return [passage_self_edit(raw, trigger, style=req.style, prompt=prompt, filter_lines=req.filter_lines)
-            for raw in raw_edits]
+    return [passage_self_edit(raw, trigger, style=req.style, prompt=prompt, filter_lines=req.filter_lines,
+                              restate=req.restate) for raw in raw_edits]
 
 
 def passage_self_edit(text: str, trigger, *, style: str, prompt: str | None = None,
-                      filter_lines: bool = False) -> SelfEdit:
+                      filter_lines: bool = False, restate: bool = False) -> SelfEdit:
     """A passage's self-edit from the text written for it: its lines (without the ones the passage
-    does not support, when ``filter_lines``), and the training sequences they make."""
+    does not support, when ``filter_lines``), the passage's own sentences when ``restate``, and
+    the training sequences they make."""
+    from .placebo import sentences
     from .reflect import build_training_sequences, filter_supported_lines, split_self_edit_lines
 
     lines, dropped = split_self_edit_lines(text), None
     if filter_lines:
         kept = filter_supported_lines(lines, trigger.passage)
         lines, dropped = kept, [line for line in lines if line not in kept]
-    return SelfEdit(style=style, prompt=prompt, generated=text, lines=lines, dropped=dropped,
-                    sequences=build_training_sequences(trigger.passage, trigger.title, lines))
+    restated = sentences(trigger.passage) if restate else None
+    return SelfEdit(style=style, prompt=prompt, generated=text, lines=lines, dropped=dropped, restated=restated,
+                    sequences=build_training_sequences(trigger.passage, trigger.title, lines + (restated or [])))
 
 
 def _corrections(model, tok, trigger, req, gen) -> list[SelfEdit]:
@@ -217,6 +220,8 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
     candidate merged into the weights (on a GPU, through all candidates side by side).
     """
     live = [c for c in candidates if c.diverged is None]
+    if attempt.contrast and live:
+        margin_evidence(session, attempt, live)
     joint = attempt.parent.efficacy is None and bool(live)
     together = _together(session, live)
     probe_steps = generation_steps(session.probes, None if joint else attempt.spec, attempt.answer_tokens)
@@ -241,6 +246,63 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
                 c.efficacy = c.efficacy if joint else efficacy
             gauge(session, attempt, c)
             session.progress.say(summary(attempt, c))
+
+
+def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
+    """Every live candidate's efficacy verdict by the margin rule (:mod:`seal.editor.efficacy`):
+    the parent's, the placebo's and each candidate's answer margins on the trigger's questions."""
+    from .efficacy import answer_margins, decide_margins
+    from .gates import margin_rule
+
+    rule = margin_rule(attempt.policy.gates)
+    if rule is None or not any(g.name == "efficacy_margin" for g in attempt.gates):
+        return
+    qs = attempt.contrast
+    with timed(attempt, "margins_s"):
+        with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
+            parent_m, parent_first = answer_margins(model, session.tok, qs)
+    placebo = placebo_for(session, attempt, live[0])
+    with timed(attempt, "margins_s"):
+        placebo_m = [math.nan] * len(qs)
+        if placebo is not None:
+            with attached(session.model, placebo.folder, merge=session.fast) as model:
+                placebo_m = answer_margins(model, session.tok, qs)[0]
+        for c in live:
+            with attached(session.model, c.adapter_dir, merge=session.fast) as model:
+                cand_m, cand_first = answer_margins(model, session.tok, qs)
+            c.margins = decide_margins(cand_m, parent_m, placebo_m, parent_first, rule)
+            c.evidence = _evidence(qs, parent_m, parent_first, placebo_m, cand_m, cand_first, c.margins, placebo)
+
+
+def placebo_for(session, attempt: Attempt, c: Candidate):
+    """The placebo of this parent and recipe: cached, else trained now (timed as ``placebo_s``)."""
+    from .placebo import cached_placebo, placebo_key, train_placebo
+
+    hyper = c.train.get("hyperparameters") or {}
+    n_seq = len(c.self_edit.sequences) if c.self_edit else 1
+    key = placebo_key(attempt.parent.vid, session.base_row["id"], hyper, attempt.words, n_seq, c.seed)
+    with timed(attempt, "placebo_s"):
+        found = cached_placebo(session.reg, key, session.work)
+        if found is not None:
+            return found
+        with session.progress.stage("placebo: the same recipe on an unrelated passage", total=0, unit="steps"):
+            return train_placebo(session, parent_dir=attempt.parent.adapter_dir, key=key, words=attempt.words,
+                                 n_sequences=n_seq, hyper=hyper, seed=c.seed)
+
+
+def _evidence(qs, parent_m, parent_first, placebo_m, cand_m, cand_first, decision, placebo) -> dict:
+    def num(x):
+        return float(x) if finite(x) else None
+
+    questions = [{"question": q.question, "gold": list(q.options[:q.n_gold]), "options": len(q.options),
+                  "margin_parent": num(p), "margin_placebo": num(pl), "margin": num(m), "first": bool(f),
+                  "saturated": bool(sat), "effect": num(e) if e is not None else None}
+                 for q, p, sat, pl, m, f, e in zip(qs, parent_m, parent_first, placebo_m, cand_m, cand_first,
+                                                     decision.effects)]
+    return {"questions": questions, "placebo": None if placebo is None else placebo.to_json(),
+            "rule": decision.rule.words(), "passed": decision.passed, "n": decision.n,
+            "saturated": decision.saturated, "gain": num(decision.mean), "min_effect": num(decision.minimum),
+            "p_value": num(decision.p_value)}
 
 
 def safety_ref(session, attempt: Attempt) -> tuple | None:
@@ -331,7 +393,8 @@ def gate_entries(session, attempt: Attempt, c: Candidate) -> list[dict]:
     items = getattr(c.measured, "items", None)
     parent_items = getattr(attempt.parent.measured, "items", None)
     return audit_entries(attempt.gates, c.flat, candidate=items, parent=parent_items,
-                         base=getattr(session.base_m, "items", None), gains=efficacy_gains(attempt, c))
+                         base=getattr(session.base_m, "items", None), gains=efficacy_gains(attempt, c),
+                         margins=c.margins)
 
 
 def efficacy_gains(attempt: Attempt, c: Candidate) -> list[float] | None:
@@ -377,6 +440,7 @@ def flat_scores(session, attempt: Attempt, c: Candidate, d: dict) -> dict:
         "refusal": m.refusal, "refusal_base": base_m.refusal,
         "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
         "canary_leaks": float(leaks),
+        "efficacy_margin": c.margins.mean if c.margins is not None else None,
     }
 
 
@@ -405,7 +469,25 @@ def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
             rows.append(score_.row(value, n))
     leaks = c.flat.get("canary_leaks")
     rows.append(CANARY.row(leaks if leaks is not None else math.nan))
-    return rows
+    return rows + margin_rows(c.evidence)
+
+
+def margin_rows(evidence: dict | None) -> list[dict]:
+    """The margin scores: the candidate's and the parent's mean margin over the usable questions,
+    and the placebo-corrected gain (the rule's estimate)."""
+    if not evidence or not evidence["n"]:
+        return []
+    usable = [q for q in evidence["questions"] if not q["saturated"]]
+    n = len(usable)
+
+    def mean(key):
+        values = [q[key] for q in usable]
+        return math.nan if any(v is None for v in values) else sum(values) / n
+
+    gain = evidence["gain"]
+    return [EFFICACY_MARGIN.row(mean("margin"), n), EFFICACY_MARGIN.vs("parent").row(mean("margin_parent"), n),
+            EFFICACY_MARGIN.vs("placebo").row(mean("margin_placebo"), n),
+            EFFICACY_MARGIN_GAIN.row(gain if gain is not None else math.nan, n)]
 
 
 def efficacy_rows(eff, parent_eff) -> list[dict]:
@@ -438,7 +520,9 @@ def decide(candidates: list[Candidate]) -> int | None:
     from .gates import decide as best_of
 
     passed = [c for c in candidates if c.passed]
-    best = best_of([c.flat for c in passed], gates=[])
+    # Where the margin rule judged, it also ranks: the largest placebo-corrected gain wins.
+    rank = "efficacy_margin" if passed and all(c.margins is not None for c in passed) else "efficacy"
+    best = best_of([c.flat for c in passed], gates=[], rank_by=rank)
     return None if best is None else passed[best].index
 
 

@@ -64,8 +64,14 @@ DELTA_NORM = Score("weights", "delta_norm", method="||dW|| from r x r products o
 REFUSAL = Score("refusal", "refusal_rate_unsafe", method="XSTest unsafe prompts refused, string match on the reply's opening")
 OVER_REFUSAL = Score("refusal", "over_refusal_safe", method="XSTest safe prompts refused, string match on the reply's opening")
 CANARY = Score("leakage", "canary_hits", method="outputs and training sequences holding the probe canary")
+_MARGIN = ("log P(gold answers) - log P(gold + >= 8 distractors) under the no-context chat prompt, "
+           "mean over the questions the parent does not already rank first (nats)")
+EFFICACY_MARGIN = Score("efficacy", "margin", method=f"contrastive answer margin: {_MARGIN}")
+EFFICACY_MARGIN_GAIN = Score("efficacy", "margin_gain", against="placebo",
+                             method="per-question margin minus a placebo edit's margin, mean over the usable questions (nats)")
 
-SCORES = (EFFICACY_F1, EFFICACY_CONTAINMENT, EFFICACY_RECALL, EFFICACY_NLL, EFFICACY_NLL_DROP, RETENTION,
+SCORES = (EFFICACY_F1, EFFICACY_CONTAINMENT, EFFICACY_RECALL, EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL,
+          EFFICACY_NLL_DROP, RETENTION,
           DRIFT_KL, DRIFT_JS, DELTA_NORM, REFUSAL, OVER_REFUSAL, CANARY)
 METHODS = {s.suite: s.method for s in reversed(SCORES)}
 
@@ -88,9 +94,21 @@ class GateSpec:
     why: str
 
 
+#: The efficacy margin rule's false-pass rate on placebo-against-placebo pairs, as measured
+#: (bench/gate_calibration.py --placebo-pairs; bench/results/); recorded with the policy.
+EFFICACY_MARGIN_CALIBRATION = "not yet measured"
+
 GATES: tuple[GateSpec, ...] = (
+    GateSpec("efficacy_margin", "efficacy_margin_gain_min", 1.0, "placebo-corrected answer-margin gain (nats)",
+             "an edit of a passage with questions: the mean, over the questions the parent does not already rank "
+             "first, of the contrastive answer-margin gain minus a placebo edit's must reach this many nats "
+             f"(false-pass rate on placebo pairs: {EFFICACY_MARGIN_CALIBRATION})"),
+    GateSpec("efficacy_margin_floor", "efficacy_margin_floor_min", -1.5, "the lowest placebo-corrected gain allowed",
+             "... and no single usable question's placebo-corrected gain may fall below this many nats "
+             "(with >= 5 usable questions an exact sign-flip test at 0.05 must also pass)"),
     GateSpec("efficacy_gain", "efficacy_gain_min", 0.0, "efficacy gain over the parent",
-             "efficacy (token F1 on the eval set, else minus the passage's NLL) must beat the parent's"),
+             "without margins (no questions, or not an edit): efficacy (token F1 on the eval set, else minus the "
+             "passage's NLL) must beat the parent's"),
     GateSpec("retention_vs_parent", "retention_drop_vs_parent_max", 0.05, "retention drop against the parent",
              "the one-sided 95% upper bound of the paired retention drop (a fraction of 200 Wikidata facts) "
              "against the parent may be at most this much"),

@@ -352,7 +352,7 @@ def stream_registry(edit_registry):
     reg = Registry.open(edit_registry.cwd)
     # The tiny random model's scores are noise (its QA F1 is 0 before and after); the stream's
     # contract is about chaining, so every gate but leakage is off.
-    for key in ("efficacy_gain_min", "retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max",
+    for key in ("efficacy_gain_min", "efficacy_margin_gain_min", "retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max",
                 "kl_vs_base_max", "weight_norm_ratio_max", "refusal_drop_vs_base_max", "over_refusal_rise_vs_base_max"):
         set_policy(reg, key, "false", reason="tests: the stream's chaining, not the gates")
     reg.close()

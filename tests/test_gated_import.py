@@ -42,7 +42,7 @@ def test_gated_import_is_scored_and_recorded_either_way(gated):
     assert seal.json("show", "main")["kind"] == "root"  # a rejected import moves nothing
 
     policy.write_text(text)
-    for key in ("efficacy_gain_min", "retention_drop_vs_parent_max", "js_vs_parent_max", "kl_vs_base_max"):
+    for key in ("efficacy_gain_min", "efficacy_margin_gain_min", "retention_drop_vs_parent_max", "js_vs_parent_max", "kl_vs_base_max"):
         seal("policy", "set", key, "false", "-m", "tests: the tiny random model's scores are noise")
     accepted = json.loads(seal.run("import", "theirs", "--gate", "--eval", "qa.jsonl", *QUIET).stdout)
     assert accepted["decision"]["accepted"], (accepted["decision"], accepted["candidates"][0]["failed_gates"])

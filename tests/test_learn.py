@@ -24,7 +24,7 @@ HELD = [{"title": "Mount Velder", "context": "Mount Velder is the tallest peak o
          "questions": [{"question": "What is Quenmar known for?", "answer": "honey"}]}]
 FAST = ["--max-tokens", "16", "--no-track"]
 LEARN = ["--edit-epochs", "2", "--epochs", "2", *FAST]
-NOISY_GATES = ("efficacy_gain_min", "retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max",
+NOISY_GATES = ("efficacy_gain_min", "efficacy_margin_gain_min", "retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max",
                "kl_vs_base_max", "weight_norm_ratio_max", "refusal_drop_vs_base_max", "over_refusal_rise_vs_base_max")
 
 

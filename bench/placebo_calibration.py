@@ -1,0 +1,244 @@
+"""Benchmark: the efficacy margin rule's false-pass rate on placebo pairs, and what it accepts.
+
+Per passage ``i`` of the data, one adapter is trained from the frozen base on that passage with
+the recipe under test (the engine's training sequences: title-keyed lines, then the passage;
+:func:`seal.editor.reflect.build_training_sequences`), and every adapter's contrastive answer
+margins (:func:`seal.editor.efficacy.answer_margins`) are measured on every passage's questions,
+with the base's as the parent's. Then, with the rule of :mod:`seal.editor.efficacy`:
+
+- **null (placebo-against-placebo) pairs**: on passage ``i``'s questions, adapter ``j`` judged as
+  the candidate against adapter ``k`` as its placebo, ``i``, ``j``, ``k`` all different: neither
+  saw passage ``i``, so a pass is a false pass. Each passage's other adapters are paired off
+  disjointly (``j``, ``k``), so each adapter appears once per passage;
+- **edits**: adapter ``i`` on its own questions against a placebo ``k`` (the next passage's
+  adapter): the share that passes is the rule's power on this recipe;
+- **contradicting edits** (known-bad): the passage with every gold answer replaced by a
+  distractor, judged on its questions: a pass is a bad edit let through.
+
+Retention is measured too (accuracy of the retention set's first 200 items, first-token
+log-likelihood, against the base), so the same run compares recipes (``--lr``, ``--epochs``,
+``--restate``) on the efficacy-retention front. Prints one JSON line; ``--out`` receives one JSON
+object per passage::
+
+    nice python bench/placebo_calibration.py --data ../shared/data/squad-knowledge-200.jsonl \\
+        --limit 20 --threads 1 > bench/results/placebo_calibration.json
+
+``--tiny`` runs the tests' tiny random model on synthetic passages (seconds; many pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- data
+
+_NAMES = ("Orvella", "Tamsk", "Quilon", "Brevik", "Maundry", "Selwick", "Darrow", "Ilsen", "Penhallow", "Corvane",
+          "Ashgrove", "Veltmar", "Rookby", "Famsted", "Gildermoor", "Hessary", "Juniper Vale", "Kestrow")
+_THINGS = ("bridge", "observatory", "canal", "library", "foundry", "lighthouse", "market hall", "dam")
+_MATERIALS = ("granite", "copper", "oak", "basalt", "limestone", "bronze", "slate", "cedar")
+_MONTHS = ("January", "March", "May", "July", "September", "November", "April", "October")
+
+
+def synthetic_passages(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Fictional passages, four facts and four questions each (deterministic).
+
+        >>> p = synthetic_passages(2)
+        >>> len(p), len(p[0]["questions"]), p[0]["questions"][0]["answer"] in p[0]["context"]
+        (2, 4, True)
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        town, person = rng.choice(_NAMES), rng.choice(_NAMES)
+        thing, material, month = rng.choice(_THINGS), rng.choice(_MATERIALS), rng.choice(_MONTHS)
+        year = str(rng.randint(1700, 1990))
+        title = f"The {thing} of {town}"
+        context = (f"The {thing} of {town} was built from {material}. Its designer was {person}. "
+                   f"It opened in {year}, and a festival is held there every {month}.")
+        qa = [("What was the {t} of {w} built from?", material), ("Who designed the {t} of {w}?", person),
+              ("In which year did the {t} of {w} open?", year), ("In which month is the festival at the {t} of {w}?",
+                                                                  month)]
+        out.append({"id": f"synthetic-{i}", "title": title, "context": context,
+                    "questions": [{"question": q.format(t=thing, w=town), "answer": a} for q, a in qa]})
+    return out
+
+
+def read_passages(path: Path, limit: int) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows[:limit]
+
+
+def contradicted(item: dict[str, Any], questions) -> str:
+    """The passage with each gold answer replaced by its question's first distractor."""
+    text = item["context"]
+    for q in questions:
+        gold, wrong = q.options[0], q.options[q.n_gold]
+        text = text.replace(gold, wrong)
+    return text
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def load(args) -> tuple[Any, Any, str]:
+    from seal.editor.base import default_cache_dir, load_base
+
+    if args.tiny:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from tinymodel import build_tiny_model  # noqa: E402
+
+        folder = build_tiny_model(Path(tempfile.mkdtemp(prefix="seal-tiny-")) / "tiny")
+        base = load_base(str(folder), cache_dir=Path(tempfile.mkdtemp()), device="cpu")
+    else:
+        base = load_base(args.base, cache_dir=default_cache_dir(), device="cpu")
+    return base.model, base.tokenizer, base.name
+
+
+def train_one(model, tok, name: str, title: str, text: str, args, out: Path, seed: int) -> dict[str, Any]:
+    from seal.editor.placebo import sentences
+    from seal.editor.reflect import build_training_sequences
+    from seal.editor.train import train_adapter
+
+    lines = sentences(text) if args.restate else []
+    seqs = build_training_sequences(text, title, lines)
+    return train_adapter(model, tok, seqs, out_dir=out, seed=seed, lr=args.lr, epochs=args.epochs, r=args.r,
+                         alpha=2 * args.r, base_name=name)
+
+
+def margins_on(model, tok, folder: Path | None, question_sets: list[list]) -> list[tuple[list[float], list[bool]]]:
+    from seal.editor.attach import attached
+    from seal.editor.efficacy import answer_margins
+
+    with attached(model, folder) as m:
+        return [answer_margins(m, tok, qs) for qs in question_sets]
+
+
+def retention(model, tok, folder: Path | None, items) -> float:
+    from seal.editor.attach import attached
+    from seal.editor.probes import retention_outcomes
+
+    with attached(model, folder) as m:
+        return float(retention_outcomes(m, tok, items).correct.mean())
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run(args) -> dict[str, Any]:
+    import torch
+
+    from seal.editor.efficacy import contrast_questions, unrelated_answers
+    from seal.editor.gates import margin_rule
+    from seal.editor.retention_set import load_retention_set
+
+    torch.set_num_threads(args.threads)
+    passages = synthetic_passages(args.limit) if args.tiny or not args.data else read_passages(args.data, args.limit)
+    model, tok, name = load(args)
+    rule = margin_rule({})
+    qsets = [contrast_questions(p["questions"], p["context"], unrelated_answers()) for p in passages]
+    items = load_retention_set()[:args.retention_items]
+    work = Path(tempfile.mkdtemp(prefix="seal-placebo-"))
+    started = time.perf_counter()
+    base_m = margins_on(model, tok, None, qsets)
+    base_ret = retention(model, tok, None, items)
+    edits, bad, train_s = [], [], []
+    for i, p in enumerate(passages):
+        rec = train_one(model, tok, name, p["title"], p["context"], args, work / f"edit{i}", seed=i)
+        train_s.append(rec["seconds"])
+        edits.append(margins_on(model, tok, work / f"edit{i}", qsets))
+        retained = retention(model, tok, work / f"edit{i}", items)
+        if args.bad:
+            train_one(model, tok, name, p["title"], contradicted(p, qsets[i]), args, work / f"bad{i}", seed=i)
+            bad.append(margins_on(model, tok, work / f"bad{i}", [qsets[i]])[0])
+        _log(f"passage {i + 1}/{len(passages)}: trained in {rec['seconds']:.1f} s, retention {retained:.3f}")
+        passages[i]["_retention"] = retained
+    return summarize(passages, qsets, base_m, edits, bad, rule, base_ret, train_s, time.perf_counter() - started, args)
+
+
+def _decide(i: int, cand, placebo, base_m, rule):
+    from seal.editor.efficacy import decide_margins
+
+    cm, _ = cand
+    pm, _ = placebo
+    bm, first = base_m[i]
+    return decide_margins(cm, bm, pm, first, rule)
+
+
+def summarize(passages, qsets, base_m, edits, bad, rule, base_ret, train_s, seconds, args) -> dict[str, Any]:
+    n = len(passages)
+    null_pass, nulls, edit_rows = 0, 0, []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for j, k in zip(others[0::2], others[1::2]):
+            d = _decide(i, edits[j][i], edits[k][i], base_m, rule)
+            if d.n:
+                nulls += 1
+                null_pass += d.passed
+        k = (i + 1) % n
+        d = _decide(i, edits[i][i], edits[k][i], base_m, rule)
+        edit_rows.append({"passage": passages[i].get("id", i), "passed": d.passed, "gain": d.mean, "n": d.n,
+                          "saturated": d.saturated, "min": d.minimum, "p": d.p_value,
+                          "retention_drop": base_ret - passages[i]["_retention"],
+                          "bad_passed": (_decide(i, bad[i], edits[k][i], base_m, rule).passed if bad else None)})
+        if args.out:
+            with open(args.out, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(edit_rows[-1]) + "\n")
+    usable = [r for r in edit_rows if r["n"]]
+    bad_rows = [r for r in edit_rows if r["bad_passed"] is not None and r["n"]]
+    return {
+        "bench": "placebo_calibration", "model": "tiny" if args.tiny else (args.base or "embedded SmolLM2-135M"),
+        "passages": n, "recipe": {"lr": args.lr, "epochs": args.epochs, "r": args.r, "restate": args.restate},
+        "rule": rule.words(),
+        "null_pairs": nulls, "null_false_passes": null_pass,
+        "null_false_pass_rate": null_pass / nulls if nulls else None,
+        "edits_judged": len(usable), "edits_passed": sum(r["passed"] for r in usable),
+        "edit_pass_rate": sum(r["passed"] for r in usable) / len(usable) if usable else None,
+        "median_edit_gain": statistics.median([r["gain"] for r in usable]) if usable else None,
+        "bad_judged": len(bad_rows), "bad_passed": sum(r["bad_passed"] for r in bad_rows),
+        "mean_retention_drop": statistics.fmean(r["retention_drop"] for r in edit_rows),
+        "base_retention": base_ret, "median_train_s": statistics.median(train_s), "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, help="JSONL of passages with questions (SEAL's set); default: synthetic")
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--base", default=None, help="a base seal can load (default: the embedded SmolLM2)")
+    ap.add_argument("--tiny", action="store_true", help="the tests' tiny random model on synthetic passages")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--r", type=int, default=None)
+    ap.add_argument("--restate", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--bad", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--retention-items", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R, DEFAULT_RESTATE
+
+    args.lr = DEFAULT_LR if args.lr is None else args.lr
+    args.epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    args.r = DEFAULT_R if args.r is None else args.r
+    args.restate = DEFAULT_RESTATE if args.restate is None else args.restate
+    print(json.dumps(run(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
