@@ -31,6 +31,7 @@ from .errors import UserError
 from .graph import first_parent_line
 from .objects import now_utc
 from .policy import POLICY_REF, parse_policy
+from .pooled import pooled_efficacy
 from .previews import first_lines, head_text
 from .revisions import resolve_revision
 from .signing import check_signature
@@ -96,6 +97,8 @@ AUDIT_SCHEMA = {
         },
         "ref_moves": {"type": "array", "description": "reflog rows touching these versions: ref, old, new, actor, reason, time"},
         "drift": {"type": "array", "description": "per first-parent version: kl_base, js_base, retention, delta_norm_base"},
+        "efficacy": {"type": "object", "description": "pooled over the accepted edits on the path: containment, f1 "
+                     "and margin_gain, each an estimate with a passage-clustered bootstrap 95% CI, edits and n"},
     },
 }
 
@@ -186,6 +189,8 @@ def audit_report(reg, rev: str = "HEAD") -> dict:
         "versions": entries,
         "ref_moves": data["moves"],
         "drift": _drift(reg, data),
+        # The accepted edits on the path to REV: what this line of edits taught, pooled.
+        "efficacy": pooled_efficacy(data["manifests"][v] for v in data["path"]),
     }
 
 
