@@ -7,9 +7,11 @@ passage's line goes to ``--out`` as soon as it is recorded (a stopped run still 
 the last line is the summary:
 
 - ``accepted_share``: the share of passages whose edit was accepted;
-- ``gain``: the mean per-question token-F1 gain of the accepted edits over their parents, with
-  a 95% bootstrap interval over the accepted edits (each edit's own interval is in its audit:
-  the efficacy gate accepts only when that edit's lower bound is above its threshold);
+- ``pooled``: what the accepted edits taught, pooled (:func:`seal.registry.pooled.pooled_efficacy`,
+  the figure ``seal audit`` reports): containment and token F1 against each parent, and the
+  placebo-corrected answer-margin gain, each with a passage-clustered bootstrap 95% interval;
+- ``seconds``: the median wall time per passage (every stage, the placebo included) and how
+  often the placebo came from the cache;
 - ``retention``: the branch tip against the base on the retention set after all of them, the
   paired decision of the ``retention_vs_base`` gate (estimate, interval, threshold, passed).
 
@@ -71,29 +73,44 @@ def passage_line(reg, item: dict) -> dict:
     if vid:
         m = reg.manifest(vid)
         out["failed"] = (m.get("decision") or {}).get("failed_gates", [])
-        for name in ("efficacy_gain", "retention_vs_parent", "retention_vs_base", "refusal", "over_refusal",
+        for name in ("efficacy_margin", "efficacy_gain", "retention_vs_parent", "retention_vs_base", "refusal", "over_refusal",
                      "js_vs_parent", "kl_vs_base"):
             g = gate(m, name)
             if g:
                 out[name] = {k: g.get(k) for k in ("value", "ci_low", "ci_high", "n", "passed")}
         out["timings"] = (m.get("train") or {}).get("timings")
+        out["scores"] = {f"{r['suite']}.{r['metric']}" + (f".{r['against']}" if r.get("against") else ""): r["value"]
+                         for r in m.get("scores") or [] if r["suite"] == "efficacy"}
+        out["margins"] = m.get("efficacy")
+        out["placebo_cached"] = _placebo_cached(reg, m)
+        out["manifest"] = {k: m.get(k) for k in ("kind", "status", "scores")}  # what the pooled figure reads
     return out
 
 
-def summary(lines: list[dict]) -> dict:
-    """Share accepted, mean gain of the accepted edits with a bootstrap CI, tip vs base retention."""
-    from seal.registry.stats import bootstrap_bound
+def _placebo_cached(reg, m: dict) -> bool | None:
+    digest = (m.get("efficacy") or {}).get("margins")
+    if not digest:
+        return None
+    return bool((json.loads(reg.store.get(digest)).get("placebo") or {}).get("cached"))
+
+
+def summary(lines: list[dict], manifests: list[dict] | None = None) -> dict:
+    """Share accepted, what the accepted edits taught (pooled), tip vs base retention, time per passage."""
+    import statistics
+
+    from seal.registry.pooled import pooled_efficacy
 
     done = [x for x in lines if not x["skipped"]]
-    gains = [x["efficacy_gain"]["value"] for x in done if x["accepted"] and x.get("efficacy_gain")]
     out: dict = {"summary": True, "passages": len(done), "accepted": sum(x["accepted"] for x in done)}
     out["accepted_share"] = out["accepted"] / len(done) if done else None
-    if gains:
-        est, lo, hi = bootstrap_bound(gains, alpha=0.025) if len(gains) > 1 else (gains[0], None, None)
-        out["gain"] = {"mean": est, "ci95": [lo, hi], "n": len(gains),
-                       "each_ci_low_above_0": all(x["efficacy_gain"]["ci_low"] is not None
-                                                  and x["efficacy_gain"]["ci_low"] > 0
-                                                  for x in done if x["accepted"] and x.get("efficacy_gain"))}
+    if manifests is not None:
+        out["pooled"] = pooled_efficacy(manifests)
+    seconds = [sum(v for v in (x.get("timings") or {}).values()) for x in done if x.get("timings")]
+    if seconds:
+        out["seconds"] = {"median_per_passage": statistics.median(seconds),
+                          "median_placebo": statistics.median((x.get("timings") or {}).get("placebo_s", 0.0)
+                                                              for x in done),
+                          "placebo_cached": sum(bool(x.get("placebo_cached")) for x in done)}
     failed: dict[str, int] = {}
     for x in done:
         for name in x.get("failed") or []:
@@ -108,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.summarize:
         lines = [json.loads(x) for x in args.summarize.read_text().splitlines() if x.strip()]
-        print(json.dumps(summary([x for x in lines if "passage" in x and not x.get("summary")])))
+        rows = [x for x in lines if "passage" in x and not x.get("summary")]
+        print(json.dumps(summary(rows, [x["manifest"] for x in rows if x.get("manifest")])))
         return 0
     from seal.editor.progress import QuietProgress
     from seal.editor.request import EditRequest
@@ -125,14 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[dict] = []
     started = time.perf_counter()
 
+    manifests: list[dict] = []
+
     def emit(item: dict) -> None:
         line = passage_line(reg, item)
+        if line.get("manifest"):
+            manifests.append(line["manifest"])
         line["elapsed_s"] = round(time.perf_counter() - started, 1)
         lines.append(line)
         print(json.dumps(line), file=out, flush=True)
 
     run_stream(reg, req, emit=emit, progress=QuietProgress())
-    print(json.dumps({**summary(lines), "config": {"passages": args.passages, "threads": args.threads,
+    print(json.dumps({**summary(lines, manifests), "config": {"passages": args.passages, "threads": args.threads,
                                                         "overrides": extra, "xstest_full": bool(args.xstest and args.xstest.is_file())},
                       "wall_s": round(time.perf_counter() - started, 1)}), file=out, flush=True)
     reg.close()

@@ -32,10 +32,11 @@ class SelfEdit:
     records: list[dict] | None = None
     dropped: list[str] | None = None  # generated lines the passage does not support (--filter), not trained on
     restated: list[str] | None = None  # the passage's own sentences, trained on under the title (--restate)
+    replay: list[str] | None = None  # the base's own text mixed in against forgetting (--replay)
 
     def to_json(self) -> dict:
         doc: dict[str, Any] = {"style": self.style}
-        for key in ("prompt", "generated", "lines", "dropped", "restated", "records"):
+        for key in ("prompt", "generated", "lines", "dropped", "restated", "replay", "records"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
         doc["sequences"] = self.sequences

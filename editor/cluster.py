@@ -594,6 +594,7 @@ class Run:
         c.train, c.diverged, c.flat, c.scores = doc["train"], doc["diverged"], doc["flat"], doc["scores"]
         c.audit, c.failed, c.nonfinite = doc["audit"], doc["failed"], doc["nonfinite"]
         c.efficacy = Efficacy(**doc["efficacy"]) if doc["efficacy"] else None
+        c.evidence = doc.get("evidence")
         if doc["measured"]:
             m = doc["measured"]
             c.measured = Measured(m["retention"], StoredDist(fetch(reg, m["logprobs"])), m["refusal"], m["over_refusal"])

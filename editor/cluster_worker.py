@@ -251,7 +251,7 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
         "index": c.index, "train": {**c.train, **session.env, "worker": socket.gethostname()},
         "diverged": c.diverged, "flat": c.flat, "scores": c.scores, "audit": c.audit, "failed": c.failed,
         "nonfinite": c.nonfinite, "efficacy": dataclasses.asdict(c.efficacy) if c.efficacy is not None else None,
-        "measured": measured, "adapter": adapter, "worker": identity(),
+        "measured": measured, "adapter": adapter, "worker": identity(), "evidence": c.evidence,
         "timings": {k: timings.get(k, 0.0) for k in ("train_s", "evaluate_s")},
     }
 

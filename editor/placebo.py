@@ -140,14 +140,16 @@ def cached_placebo(reg, key: str, work: Path) -> Placebo | None:
 
 
 def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_sequences: int, hyper: dict,
-                  seed: int, on_step: Callable[[], None] | None = None) -> Placebo | None:
+                  seed: int, replay: list[str] = (), on_step: Callable[[], None] | None = None) -> Placebo | None:
     """Train the placebo for ``key`` with the edit's ``hyper`` (the candidates' hyperparameters)
-    and keep it; None when it diverged (the efficacy rule then has no control, and fails)."""
+    and its ``replay`` lines, and keep it; None when it diverged (the efficacy rule then has no
+    control, and fails)."""
     from .request import DEFAULT_ALPHA, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R, DEFAULT_TARGETS
     from .train import train_adapter
 
     folder = session.work / f"placebo-{key[:16]}"
-    record = train_adapter(session.model, session.tok, placebo_sequences(words, n_sequences), out_dir=folder,
+    sequences = placebo_sequences(words, n_sequences) + list(replay)
+    record = train_adapter(session.model, session.tok, sequences, out_dir=folder,
                            parent_adapter_dir=parent_dir, r=hyper.get("r", DEFAULT_R),
                            alpha=hyper.get("lora_alpha", DEFAULT_ALPHA),
                            target_modules=hyper.get("target_modules", DEFAULT_TARGETS),

@@ -146,6 +146,8 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     candidates train together in one batched pass (:mod:`seal.editor.multi_lora`); elsewhere one
     after the other. Each candidate's MLflow run opens when its training starts."""
     candidates = [Candidate(index=i, seed=req.seed + i, self_edit=e) for i, e in enumerate(self_edits)]
+    if req.replay:
+        with_replay(session, candidates)
     total = sum(req.epochs * math.ceil(len(e.sequences) / req.batch_size) for e in self_edits)
     hyper = hyperparameters(req)
     with timed(attempt, "train_s"), session.progress.stage(
@@ -163,6 +165,18 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
         c.diverged = record.get("diverged")
         c.adapter_dir = None if c.diverged else session.work / f"candidate{c.index}"
     return candidates
+
+
+def with_replay(session, candidates: list[Candidate]) -> None:
+    """Each candidate's replay lines (:mod:`seal.editor.replay`), drawn with its seed and added to
+    the sequences it trains on."""
+    from .replay import draw, replay_pool
+
+    pool = replay_pool(session)
+    for c in candidates:
+        if c.self_edit is not None and c.self_edit.replay is None:
+            c.self_edit.replay = draw(pool, len(c.self_edit.sequences), c.seed)
+            c.self_edit.sequences = c.self_edit.sequences + c.self_edit.replay
 
 
 def _batched(session, candidates: list[Candidate]) -> bool:
@@ -279,15 +293,17 @@ def placebo_for(session, attempt: Attempt, c: Candidate):
     from .placebo import cached_placebo, placebo_key, train_placebo
 
     hyper = c.train.get("hyperparameters") or {}
-    n_seq = len(c.self_edit.sequences) if c.self_edit else 1
-    key = placebo_key(attempt.parent.vid, session.base_row["id"], hyper, attempt.words, n_seq, c.seed)
+    replay = (c.self_edit.replay if c.self_edit else None) or []
+    n_seq = (len(c.self_edit.sequences) if c.self_edit else 1) - len(replay)
+    key = placebo_key(attempt.parent.vid, session.base_row["id"], {**hyper, "replay": replay}, attempt.words, n_seq,
+                      c.seed)
     with timed(attempt, "placebo_s"):
         found = cached_placebo(session.reg, key, session.work)
         if found is not None:
             return found
         with session.progress.stage("placebo: the same recipe on an unrelated passage", total=0, unit="steps"):
             return train_placebo(session, parent_dir=attempt.parent.adapter_dir, key=key, words=attempt.words,
-                                 n_sequences=n_seq, hyper=hyper, seed=c.seed)
+                                 n_sequences=n_seq, hyper=hyper, seed=c.seed, replay=replay)
 
 
 def _evidence(qs, parent_m, parent_first, placebo_m, cand_m, cand_first, decision, placebo) -> dict:
@@ -521,7 +537,8 @@ def decide(candidates: list[Candidate]) -> int | None:
 
     passed = [c for c in candidates if c.passed]
     # Where the margin rule judged, it also ranks: the largest placebo-corrected gain wins.
-    rank = "efficacy_margin" if passed and all(c.margins is not None for c in passed) else "efficacy"
+    rank = "efficacy_margin" if passed and all(c.flat.get("efficacy_margin") is not None for c in passed) \
+        else "efficacy"
     best = best_of([c.flat for c in passed], gates=[], rank_by=rank)
     return None if best is None else passed[best].index
 
