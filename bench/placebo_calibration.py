@@ -17,8 +17,8 @@ with the base's as the parent's. Then, with the rule of :mod:`seal.editor.effica
 
 Retention is measured too (accuracy of the retention set's first 200 items, first-token
 log-likelihood, against the base), so the same run compares recipes (``--lr``, ``--epochs``,
-``--restate``) on the efficacy-retention front. Prints one JSON line; ``--out`` receives one JSON
-object per passage::
+``--recipes LR:EPOCHS,...``, ``--restate``, ``--replay``) on the efficacy-retention front. Prints one JSON line per recipe; ``--out`` receives one
+JSON object per (recipe, passage)::
 
     nice python bench/placebo_calibration.py --data ../shared/data/squad-knowledge-200.jsonl \\
         --limit 20 --threads 1 > bench/results/placebo_calibration.json
@@ -112,10 +112,12 @@ def load(args) -> tuple[Any, Any, str]:
 def train_one(model, tok, name: str, title: str, text: str, args, out: Path, seed: int) -> dict[str, Any]:
     from seal.editor.placebo import sentences
     from seal.editor.reflect import build_training_sequences
+    from seal.editor.replay import draw
     from seal.editor.train import train_adapter
 
     lines = sentences(text) if args.restate else []
     seqs = build_training_sequences(text, title, lines)
+    seqs += draw(args.replay_pool, len(seqs), seed) if args.replay else []
     return train_adapter(model, tok, seqs, out_dir=out, seed=seed, lr=args.lr, epochs=args.epochs, r=args.r,
                          alpha=2 * args.r, base_name=name)
 
@@ -139,7 +141,7 @@ def retention(model, tok, folder: Path | None, items) -> float:
 # ---------------------------------------------------------------------------- the run
 
 
-def run(args) -> dict[str, Any]:
+def run(args) -> list[dict[str, Any]]:
     import torch
 
     from seal.editor.efficacy import contrast_questions, unrelated_answers
@@ -149,25 +151,34 @@ def run(args) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     passages = synthetic_passages(args.limit) if args.tiny or not args.data else read_passages(args.data, args.limit)
     model, tok, name = load(args)
+    from seal.editor.replay import _generate
+
+    args.replay_pool = _generate(model, tok) if args.replay else []
     rule = margin_rule({})
     qsets = [contrast_questions(p["questions"], p["context"], unrelated_answers()) for p in passages]
     items = load_retention_set()[:args.retention_items]
     work = Path(tempfile.mkdtemp(prefix="seal-placebo-"))
-    started = time.perf_counter()
     base_m = margins_on(model, tok, None, qsets)
     base_ret = retention(model, tok, None, items)
-    edits, bad, train_s = [], [], []
-    for i, p in enumerate(passages):
-        rec = train_one(model, tok, name, p["title"], p["context"], args, work / f"edit{i}", seed=i)
-        train_s.append(rec["seconds"])
-        edits.append(margins_on(model, tok, work / f"edit{i}", qsets))
-        retained = retention(model, tok, work / f"edit{i}", items)
-        if args.bad:
-            train_one(model, tok, name, p["title"], contradicted(p, qsets[i]), args, work / f"bad{i}", seed=i)
-            bad.append(margins_on(model, tok, work / f"bad{i}", [qsets[i]])[0])
-        _log(f"passage {i + 1}/{len(passages)}: trained in {rec['seconds']:.1f} s, retention {retained:.3f}")
-        passages[i]["_retention"] = retained
-    return summarize(passages, qsets, base_m, edits, bad, rule, base_ret, train_s, time.perf_counter() - started, args)
+    summaries = []
+    for r, (lr, epochs) in enumerate(args.recipes):
+        started = time.perf_counter()
+        recipe = argparse.Namespace(**{**vars(args), "lr": lr, "epochs": epochs})
+        edits, bad, train_s, retained = [], [], [], []
+        for i, p in enumerate(passages):
+            rec = train_one(model, tok, name, p["title"], p["context"], recipe, work / f"r{r}-edit{i}", seed=i)
+            train_s.append(rec["seconds"])
+            edits.append(margins_on(model, tok, work / f"r{r}-edit{i}", qsets))
+            retained.append(retention(model, tok, work / f"r{r}-edit{i}", items))
+            if args.bad and r == 0:
+                train_one(model, tok, name, p["title"], contradicted(p, qsets[i]), recipe, work / f"bad{i}", seed=i)
+                bad.append(margins_on(model, tok, work / f"bad{i}", [qsets[i]])[0])
+            _log(f"recipe lr {lr:g} x {epochs} epochs, passage {i + 1}/{len(passages)}: trained in "
+                 f"{rec['seconds']:.1f} s ({rec['steps']} steps), retention {retained[-1]:.3f}")
+        summaries.append(summarize(passages, base_m, edits, bad, rule, base_ret, retained, train_s,
+                                   time.perf_counter() - started, recipe))
+        print(json.dumps(summaries[-1]), flush=True)
+    return summaries
 
 
 def _decide(i: int, cand, placebo, base_m, rule):
@@ -179,7 +190,7 @@ def _decide(i: int, cand, placebo, base_m, rule):
     return decide_margins(cm, bm, pm, first, rule)
 
 
-def summarize(passages, qsets, base_m, edits, bad, rule, base_ret, train_s, seconds, args) -> dict[str, Any]:
+def summarize(passages, base_m, edits, bad, rule, base_ret, retained, train_s, seconds, args) -> dict[str, Any]:
     n = len(passages)
     null_pass, nulls, edit_rows = 0, 0, []
     for i in range(n):
@@ -193,7 +204,7 @@ def summarize(passages, qsets, base_m, edits, bad, rule, base_ret, train_s, seco
         d = _decide(i, edits[i][i], edits[k][i], base_m, rule)
         edit_rows.append({"passage": passages[i].get("id", i), "passed": d.passed, "gain": d.mean, "n": d.n,
                           "saturated": d.saturated, "min": d.minimum, "p": d.p_value,
-                          "retention_drop": base_ret - passages[i]["_retention"],
+                          "retention_drop": base_ret - retained[i], "lr": args.lr, "epochs": args.epochs,
                           "bad_passed": (_decide(i, bad[i], edits[k][i], base_m, rule).passed if bad else None)})
         if args.out:
             with open(args.out, "a", encoding="utf-8") as fh:
@@ -202,7 +213,8 @@ def summarize(passages, qsets, base_m, edits, bad, rule, base_ret, train_s, seco
     bad_rows = [r for r in edit_rows if r["bad_passed"] is not None and r["n"]]
     return {
         "bench": "placebo_calibration", "model": "tiny" if args.tiny else (args.base or "embedded SmolLM2-135M"),
-        "passages": n, "recipe": {"lr": args.lr, "epochs": args.epochs, "r": args.r, "restate": args.restate},
+        "passages": n, "recipe": {"lr": args.lr, "epochs": args.epochs, "r": args.r, "restate": args.restate,
+                                      "replay": args.replay},
         "rule": rule.words(),
         "null_pairs": nulls, "null_false_passes": null_pass,
         "null_false_pass_rate": null_pass / nulls if nulls else None,
@@ -221,22 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--base", default=None, help="a base seal can load (default: the embedded SmolLM2)")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny random model on synthetic passages")
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--recipes", default=None,
+                    help="recipes to compare, LR:EPOCHS,... (default: the engine's); bad edits use the first")
     ap.add_argument("--r", type=int, default=None)
     ap.add_argument("--restate", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--replay", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--bad", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--retention-items", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R, DEFAULT_RESTATE
+    from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R, DEFAULT_REPLAY, DEFAULT_RESTATE
 
-    args.lr = DEFAULT_LR if args.lr is None else args.lr
-    args.epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    args.recipes = [(float(a), int(b)) for a, b in (x.split(":") for x in args.recipes.split(","))] \
+        if args.recipes else [(DEFAULT_LR, DEFAULT_EPOCHS)]
     args.r = DEFAULT_R if args.r is None else args.r
     args.restate = DEFAULT_RESTATE if args.restate is None else args.restate
-    print(json.dumps(run(args)))
+    args.replay = DEFAULT_REPLAY if args.replay is None else args.replay
+    run(args)
     return 0
 
 

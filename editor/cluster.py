@@ -587,7 +587,8 @@ class Run:
         from .measure import Efficacy, Measured
 
         reg, doc = self.driver.reg, flight.results[index]
-        self_edit = SelfEdit(**json.loads(fetch(reg, flight.self_edits[index])))
+        trained = doc.get("self_edit") if isinstance(doc, dict) else None
+        self_edit = SelfEdit(**json.loads(fetch(reg, trained or flight.self_edits[index])))
         c = Candidate(index=index, seed=self.req.seed + index, self_edit=self_edit, run_id=flight.runs.get(index))
         if isinstance(doc, WorkerLost):
             return lost_candidate(c, flight.attempt, doc, self.req)

@@ -252,6 +252,8 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
         "diverged": c.diverged, "flat": c.flat, "scores": c.scores, "audit": c.audit, "failed": c.failed,
         "nonfinite": c.nonfinite, "efficacy": dataclasses.asdict(c.efficacy) if c.efficacy is not None else None,
         "measured": measured, "adapter": adapter, "worker": identity(), "evidence": c.evidence,
+        # what it trained on: the reflected self-edit plus its replay lines (stages.with_replay)
+        "self_edit": reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None,
         "timings": {k: timings.get(k, 0.0) for k in ("train_s", "evaluate_s")},
     }
 

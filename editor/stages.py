@@ -456,7 +456,7 @@ def flat_scores(session, attempt: Attempt, c: Candidate, d: dict) -> dict:
         "refusal": m.refusal, "refusal_base": base_m.refusal,
         "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
         "canary_leaks": float(leaks),
-        "efficacy_margin": c.margins.mean if c.margins is not None else None,
+        **({"efficacy_margin": c.margins.mean} if c.margins is not None else {}),
     }
 
 

@@ -289,7 +289,7 @@ def redact_self_edits(edits: list, trigger, req) -> tuple[list, dict]:
         total += len(findings)
         if findings and not req.allow_pii:  # the redacted text, split and filtered as the original was
             e = passage_self_edit(redact(e.generated, findings), trigger, style=e.style, prompt=e.prompt,
-                                  filter_lines=req.filter_lines, restate=req.restate)
+                                  filter_lines=req.filter_lines, restate=e.restated is not None)
         scanned.append(e)
     return scanned, _row(total, allowed=req.allow_pii, what="the writer's self-edits")
 
