@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from seal.registry import refs as R
+
+from seal.registry.adapters import WEIGHTS_FILE
 from seal.registry.errors import UserError
 from seal.registry.objects import blob_digest
 
@@ -272,7 +273,7 @@ def writer_dir(session, writer: Writer) -> Path | None:
     from seal.registry.worktree import export_adapter
 
     folder = session.work / f"writer-{writer.vid[:16]}"
-    if not (folder / "adapter_model.safetensors").is_file():
+    if not (folder / WEIGHTS_FILE).is_file():
         export_adapter(session.reg, session.reg.manifest(writer.vid), writer.vid, folder)
     return folder
 
