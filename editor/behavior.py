@@ -11,10 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from seal.registry.bases import get_base
 from seal.registry.errors import UserError
 from seal.registry.repo import Registry as Repository
-from seal.registry.versions import load_manifest
 from seal.registry.worktree import export_adapter as materialize
 
 
@@ -49,9 +47,8 @@ def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str]
     from .reflect import answer_prompts
     from .session import loaded_base, set_threads
 
-    with repo.read() as conn:
-        base_row = get_base(conn, repo.base_id())
-        manifests = {vid: load_manifest(conn, vid) for vid in (a, b) if vid}
+    base_row = repo.base()
+    manifests = {vid: repo.manifest(vid) for vid in (a, b) if vid}
     device = pick_device(device)
     set_threads(device, None)
     base = loaded_base(base_row, device)

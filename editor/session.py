@@ -220,10 +220,7 @@ def open_session(reg, *, device: str = "auto", require_gpu: bool = False, thread
 
     device = pick_device(device, require_gpu=require_gpu)
     progress = progress or QuietProgress()
-    with reg.read() as conn:
-        from seal.registry.bases import get_base
-
-        base_row = get_base(conn, reg.base_id())
+    base_row = reg.base()
     started = time.perf_counter()
     n_threads = set_threads(device, threads)
     with progress.stage(f"load base {base_row['name']} on {device}"):

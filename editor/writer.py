@@ -159,18 +159,16 @@ def resolve_writer(reg, rev: str) -> Writer:
         'refs/writers/main'
     """
     from seal.registry.errors import RevisionError
-    from seal.registry.revisions import resolve_revision
 
     names = [rev] if rev.startswith("refs/") else [WRITERS + rev.removeprefix("writers/"), rev]
     vid = name = None
-    with reg.read() as conn:
-        for name in names:
-            try:
-                vid = resolve_revision(conn, name)
-                break
-            except RevisionError:
-                if name is names[-1]:
-                    raise
+    for name in names:
+        try:
+            vid = reg.resolve(name)
+            break
+        except RevisionError:
+            if name is names[-1]:
+                raise
     manifest = reg.manifest(vid)
     if manifest["kind"] != "writer":
         article = "an" if manifest["kind"][0] in "aeiou" else "a"

@@ -12,8 +12,6 @@ characters (terminal escapes, bidirectional overrides) are replaced before anyon
 
 from __future__ import annotations
 
-import re
-
 from .objects import UNSAFE_CHARS
 
 #: How much of a blob a preview reads: enough for a few lines, never the whole file.
