@@ -146,7 +146,7 @@ def edit_attempt(session, trigger: Trigger, req: EditRequest, *, ref: str, paren
 def recent_edit_norms(reg, start: str, window: int) -> list[float]:
     """‖ΔW‖ against their parents of the last ``window`` edits on the first-parent line."""
     norms: list[float] = []
-    for vid in reg.first_parent_line(start, 10 * window - 1):
+    for vid in reg.first_parent_line(start, 10 * window - 1) if window > 0 else []:
         manifest = reg.manifest(vid)
         value = score_value(manifest, "weights", "delta_norm", "parent")
         if value is not None and manifest["kind"] in ("edit", "merge", "consolidate"):
@@ -156,5 +156,5 @@ def recent_edit_norms(reg, start: str, window: int) -> list[float]:
     return norms
 
 
-__all__ = ["EditRequest", "Trigger", "run_edit", "prepare_edit", "refuse_trigger", "edit_trigger", "edit_attempt", "recent_edit_norms", "on_workers",
-           "pii_allowed"]
+__all__ = ["EditRequest", "Trigger", "run_edit", "prepare_edit", "refuse_trigger", "edit_trigger", "edit_attempt",
+           "recent_edit_norms", "on_workers", "pii_allowed"]
