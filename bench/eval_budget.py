@@ -9,12 +9,12 @@ from seal.editor.base import load_base, default_cache_dir
 from seal.editor import probes as P
 from seal.editor.measure import Probes, measure, RETENTION_ITEMS
 from seal.editor.evaluate import load_anchors, load_drift_probes
-from seal.editor.safety import CANARY, load_xstest_sample
+from seal.editor.safety import CANARY_TEXT, load_xstest_sample
 b = load_base(None, cache_dir=default_cache_dir(), device="cpu")
 m, tok = b.model, b.tokenizer
-old = Probes(anchors=load_anchors(), drift=load_drift_probes(), xstest=load_xstest_sample(), digests={}, canary=CANARY)
+old = Probes(anchors=load_anchors(), drift=load_drift_probes(), xstest=load_xstest_sample(), digests={}, canary=CANARY_TEXT)
 items = P.ProbeSet.default("/work/shared/data/xstest_prompts.csv", retention=RETENTION_ITEMS)
-new = Probes(anchors=[], drift=list(items.drift), xstest=[], digests={}, canary=CANARY, items=items)
+new = Probes(anchors=[], drift=list(items.drift), xstest=[], digests={}, canary=CANARY_TEXT, items=items)
 row = json.loads(open("/work/shared/data/squad-knowledge-200.jsonl").readline())
 spec = {"qa": row["questions"]}
 base_items = P.measure(m, tok, items)

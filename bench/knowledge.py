@@ -1,4 +1,5 @@
-"""Benchmark: SEAL's single-passage knowledge incorporation on the loaded base (FINDINGS recipe).
+"""Benchmark: SEAL's single-passage knowledge incorporation on the loaded base (the recipe of
+bench/results/findings-2026-11-27.md).
 
 For each of the first N passages of a SEAL/SQuAD knowledge file (``shared/data/squad-knowledge-200.jsonl``
 format: ``id, title, context, questions[{question, answer}], reference_self_edits{generator: text}``),
@@ -13,8 +14,8 @@ every condition starts from the same frozen base with a fresh LoRA and the same 
 
 Training sequences come from :func:`seal.editor.reflect.build_training_sequences`; training is
 :func:`seal.editor.train.train_adapter` (all-linear, r=32, alpha=64, AdamW + linear decay,
-batch 1, loss on all tokens; lr and epochs are flags: 3e-4, seal's default, and 10; FINDINGS'
-tables were measured with ``--lr 1e-3``).
+batch 1, loss on all tokens; lr and epochs are flags: 3e-4, seal's default, and 10; the
+tables of bench/results/findings-2026-11-27.md were measured with ``--lr 1e-3``).
 The adapter is saved to a scratch folder and evaluated after reloading it, as the loop does.
 Evaluation is no-context QA in the chat template, greedy, 48 new tokens, graded with
 :func:`seal.editor.evaluate.qa_scores` (SQuAD-normalised containment, token F1, token recall).
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=20, help="first N passages (default 20)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-4,
-                        help="seal's default (3e-4); FINDINGS' knowledge tables used 1e-3")
+                        help="seal's default (3e-4); the knowledge tables of results/findings-2026-11-27.md used 1e-3")
     parser.add_argument("--seed", type=int, default=0, help="LoRA init/data order and own self-edit")
     parser.add_argument("--out", type=Path, default=None, help="per-question results (JSONL)")
     parser.add_argument("--temperature", type=float, default=0.7, help="own self-edit sampling")

@@ -328,7 +328,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--writer-epochs", type=int, default=3)
     p.add_argument("--writer-lr", type=float, default=3e-4)
     p.add_argument("--steps", type=int, default=30, help="training steps of every measured condition")
-    p.add_argument("--lr", type=float, default=1e-3, help="lr of the measured conditions (FINDINGS' knowledge recipe)")
+    p.add_argument("--lr", type=float, default=1e-3, help="lr of the measured conditions (the knowledge recipe of results/findings-2026-11-27.md)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--published", nargs="*", default=list(PUBLISHED))

@@ -1,8 +1,9 @@
-"""The `seal` app, its global options, and the one place errors become exit codes.
+"""The `seal` app: the table of its commands, and the one place errors become exit codes.
 
-Command modules register with :func:`command` (which adds ``--repo`` to every command, so it
-works before or after the command name); :func:`build_app` turns the registered functions into
-a typer app, only the invoked command's when it can tell which. Nothing here loads a model.
+Every command is registered in :data:`COMMANDS`, the table of contents, as huggingface_hub's
+cli/hf.py does; the command modules only define functions (marked with
+:func:`~seal.cli.framework.command`). :func:`build_app` turns only the invoked command into a typer
+command when it can tell which. Nothing here loads a model.
 
 Exit codes: 0 done or accepted; 1 recorded but rejected, differences found, a fault found, or
 a ref moved under you; 2 refused with one line that says what to do, nothing written (bad
@@ -12,15 +13,15 @@ input, usage errors, a locked or damaged database, a full disk); 3 an internal e
 from __future__ import annotations
 
 import errno
-import functools
-import inspect
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+
+from . import diff_commands, edit_commands, hub_commands, learn_commands, registry_commands, team_commands
+from .framework import RepoOpt, close_registries, reset_state, state
 
 APP_SETTINGS = dict(
     name="seal",
@@ -37,29 +38,22 @@ GROUPS = {
     "policy": "The gates and their thresholds (.seal/policy.toml), changed with a reason.",
     "key": "This registry's signing key and the keys it trusts.",
 }
-db_app, policy_app, key_app = "db", "policy", "key"
 
-
-@dataclass(frozen=True)
-class CommandSpec:
-    name: str
-    group: str | None
-    fn: Callable
-    kwargs: dict
-
-
-SPECS: list[CommandSpec] = []
-
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
-RepoOpt = typer.Option(None, "--repo", help="The registry folder (default: SEAL_DIR, or walk up from here).")
-
-
-class State:
-    repo_path: Optional[Path] = None
-    opened: list = []
-
-
-state = State()
+R, E = registry_commands, edit_commands
+# (group, command function), in the order `seal --help` lists them.
+COMMANDS: list[tuple[str | None, Callable]] = [
+    (None, R.init), (None, R.import_), (None, R.base), (None, R.log), (None, R.show), (None, R.status),
+    (None, R.checkout), (None, R.branch), (None, R.tag), (None, R.alias), (None, R.reflog), (None, R.verify),
+    (None, R.gc), (None, R.audit),
+    ("db", R.db_current), ("db", R.db_upgrade),
+    ("policy", R.policy_show), ("policy", R.policy_set), ("policy", R.policy_reset), ("policy", R.policy_xstest),
+    ("key", R.key_show), ("key", R.key_new), ("key", R.key_trust),
+    (None, E.edit), (None, E.merge), (None, E.consolidate),
+    (None, hub_commands.push), (None, hub_commands.pull),
+    (None, diff_commands.diff), (None, diff_commands.revert),
+    (None, team_commands.clone),
+    (None, learn_commands.learn),
+]
 
 
 def version_text() -> str:
@@ -87,36 +81,8 @@ def _global(
         state.repo_path = repo
 
 
-def doc(text: str, *examples: str) -> str:
-    """A command's help: its description, then examples (kept as written, not re-wrapped)."""
-    return text + "\n\n\b\nExample" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
-
-
-def command(name: str | None = None, *, group: str | None = None, **kwargs) -> Callable:
-    """Register ``fn`` as a command (in ``group``, e.g. "db") that also takes ``--repo``."""
-
-    def deco(fn: Callable) -> Callable:
-        SPECS.append(CommandSpec(name or fn.__name__.rstrip("_").replace("_", "-"), group, _with_repo(fn), kwargs))
-        return fn
-
-    return deco
-
-
-def _with_repo(fn: Callable) -> Callable:
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())
-    params.append(inspect.Parameter("repo_path", inspect.Parameter.KEYWORD_ONLY, default=RepoOpt,
-                                    annotation=Optional[Path]))
-
-    @functools.wraps(fn)
-    def wrapper(*args, repo_path: Optional[Path] = None, **kw):
-        if repo_path is not None:
-            state.repo_path = repo_path
-        return fn(*args, **kw)
-
-    wrapper.__signature__ = sig.replace(parameters=params)
-    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "repo_path": Optional[Path]}
-    return wrapper
+def _top(group: str | None, fn: Callable) -> str:
+    return group or fn.seal_command.name
 
 
 def build_app(only: str | None = None) -> typer.Typer:
@@ -125,17 +91,17 @@ def build_app(only: str | None = None) -> typer.Typer:
     app = typer.Typer(**APP_SETTINGS)
     app.callback()(_global)
     groups: dict[str, typer.Typer] = {}
-    for spec in SPECS:
-        top = spec.group or spec.name
-        if only is not None and top != only:
+    for group, fn in COMMANDS:
+        if only is not None and _top(group, fn) != only:
             continue
-        if spec.group is None:
-            app.command(spec.name, **spec.kwargs)(spec.fn)
+        spec = fn.seal_command
+        if group is None:
+            app.command(spec.name, help=spec.help)(fn)
             continue
-        if spec.group not in groups:
-            groups[spec.group] = typer.Typer(help=GROUPS[spec.group], no_args_is_help=True)
-            app.add_typer(groups[spec.group], name=spec.group)
-        groups[spec.group].command(spec.name, **spec.kwargs)(spec.fn)
+        if group not in groups:
+            groups[group] = typer.Typer(help=GROUPS[group], no_args_is_help=True)
+            app.add_typer(groups[group], name=group)
+        groups[group].command(spec.name, help=spec.help)(fn)
     return app
 
 
@@ -154,25 +120,9 @@ def _invoked(argv: List[str]) -> str | None:
             continue
         if arg.startswith("-"):
             return None
-        known = {spec.group or spec.name for spec in SPECS}
+        known = {_top(group, fn) for group, fn in COMMANDS}
         return arg if arg in known else None
     return None
-
-
-def open_registry():
-    from seal.registry.repo import Registry
-
-    reg = Registry.open(state.repo_path)
-    state.opened.append(reg)
-    return reg
-
-
-def _close_registries() -> None:
-    while state.opened:
-        try:
-            state.opened.pop().close()
-        except Exception:
-            pass
 
 
 def _say(message: str) -> None:
@@ -202,12 +152,7 @@ def _click_error(e) -> tuple[str, int]:
 
 def run(argv: List[str]) -> int:
     """Run the app on ``argv``; return the exit code instead of exiting (used in-process by tests)."""
-    from typer._click.exceptions import ClickException
-
-    from seal.registry.errors import SealError
-
-    _register_commands()
-    state.repo_path = None
+    reset_state()
     if not argv:
         _say("seal: error: no command given; see `seal --help`")
         return 2
@@ -218,7 +163,7 @@ def run(argv: List[str]) -> int:
     try:
         return _dispatch(argv)
     finally:
-        _close_registries()
+        close_registries()
 
 
 def _blank_argument(argv: List[str]) -> str | None:
@@ -238,8 +183,6 @@ def _blank_argument(argv: List[str]) -> str | None:
 
 
 def _dispatch(argv: List[str]) -> int:
-    from typer._click.exceptions import ClickException
-
     from seal.registry.errors import SealError
 
     try:
@@ -252,7 +195,7 @@ def _dispatch(argv: List[str]) -> int:
         if e.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
             _say("seal: interrupted; nothing half-written was kept")
         return e.exit_code
-    except ClickException as e:
+    except typer.TyperException as e:  # usage errors: typer's public base of its (vendored) click errors
         message, code = _click_error(e)
         _say(f"seal: error: {message}")
         return 2 if code not in (0, 1, 2) else code
@@ -288,9 +231,3 @@ def main(argv: Optional[List[str]] = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = code if code else 0
     sys.exit(code)
-
-
-def _register_commands() -> None:
-    """Import the command modules; each registers its commands on ``app`` (no model imports)."""
-    from . import registry_commands, edit_commands, hub_commands, diff_commands, team_commands  # noqa: F401
-    from . import learn_commands  # noqa: F401

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import JsonOpt, command, doc, open_registry
+from .framework import JsonOpt, command, doc, open_registry
 from .diff_render import diff_lines, stat_lines
 from .render import emit, print_json, short
 
@@ -33,7 +33,7 @@ def diff(
 
     reg = open_registry()
     if behavior is not None:
-        from seal.editor.behavior import read_prompts
+        from seal.editor.behavior import add_behavior, read_prompts
 
         prompts = read_prompts(behavior)  # checked before anything is computed
     if new is None:
@@ -41,7 +41,7 @@ def diff(
     else:
         report = diff_versions(reg, old, new, include_all=all_)
     if behavior is not None:
-        _add_behavior(reg, report, prompts, all_)
+        add_behavior(reg, report, prompts, include_all=all_)
     if json_:
         print_json(report)
     elif stat:
@@ -50,17 +50,6 @@ def diff(
         emit(diff_lines(report))
     if exit_code and report["differs"]:
         raise typer.Exit(1)
-
-
-def _add_behavior(reg, report: dict, prompts: list[str], all_: bool) -> None:
-    from seal.editor.behavior import compare_behavior
-
-    old_id = (report.get("old") or {}).get("id")
-    rows = compare_behavior(reg, report["new"]["id"], old_id, prompts)
-    # compare_behavior answers (a, b) for the (first, second) version it was given: here (new, old).
-    report["behavior"] = [{"prompt": r["prompt"], "old": r["b"], "new": r["a"], "same": r["same"]}
-                          for r in rows if all_ or not r["same"]]
-    report["differs"] = report["differs"] or any(not r["same"] for r in rows)
 
 
 @command(help=doc(

@@ -16,8 +16,8 @@ import typer
 
 from seal.editor import request as recipe
 
-from .app import JsonOpt, command, doc, open_registry
-from .render import emit, print_json, short
+from .framework import JsonOpt, command, doc, open_registry
+from .render import decision_lines, emit, print_json, short
 
 
 NoTrackOpt = typer.Option(False, "--no-track", help="Do not log MLflow runs for this command.")
@@ -86,7 +86,7 @@ def edit(
     if passages is not None:
         _stream(req, json_)
         return
-    from seal.editor.loop import run_edit
+    from seal.editor.run import run_edit
 
     result = run_edit(open_registry(), req)
     _finish(result, json_)
@@ -115,7 +115,7 @@ def _finish(result: dict, json_: bool) -> None:
 
 
 def _stream(req, json_: bool) -> None:
-    from seal.editor.stream import run_stream
+    from seal.editor.run import run_stream
 
     done: list[dict] = []
 
@@ -142,20 +142,6 @@ def _stream(req, json_: bool) -> None:
     if summary["stopped"]:
         sys.stderr.write(f"seal: error: stopped: {summary['stopped']}\n")
         raise typer.Exit(1)
-
-
-def decision_lines(result: dict) -> list[str]:
-    lines = []
-    for c in result["candidates"]:
-        failed = ", ".join(c.get("failed_gates") or [])
-        why = f"  diverged: {c['diverged']}" if c.get("diverged") else (f"  failed: {failed}" if failed else "")
-        lines.append(f"{c['status']:<9} {short(c['id'])}{why}")
-    d = result["decision"]
-    if d["accepted"]:
-        lines.append(f"accepted {short(d['id'])}" + (f"; {d['ref']} moved" if d.get("ref") else "; no branch moved"))
-    else:
-        lines.append(f"rejected: {d['reason']}")
-    return lines
 
 
 @command(help=doc(

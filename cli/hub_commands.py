@@ -10,7 +10,7 @@ from typing import List
 
 import typer
 
-from .app import JsonOpt, command, doc, open_registry
+from .framework import JsonOpt, command, doc, open_registry
 from .render import emit, print_json, short
 
 

@@ -13,7 +13,7 @@ import typer
 
 from seal.editor import request as recipe
 
-from .app import JsonOpt, command, doc, open_registry
+from .framework import JsonOpt, command, doc, open_registry
 from .edit_commands import DeviceOpt, MessageOpt, NoTrackOpt, RequireGpuOpt, ThreadsOpt
 from .render import emit, print_json, short
 

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from .app import JsonOpt, command, db_app, doc, key_app, open_registry, policy_app
-from .render import emit, log_line, print_json, short, show_lines, when
+from .framework import JsonOpt, command, doc, open_registry
+from .render import decision_lines, emit, log_line, print_json, short, show_lines, when
 
 
 # --- init / import ----------------------------------------------------------------------------
@@ -31,9 +31,9 @@ def init(
     if db is not None:
         Url.parse(db)
     xstest_data = read_xstest_file(xstest) if xstest is not None else None
-    from .bases import describe_base
+    from seal.editor.base import base_record
 
-    record = describe_base(base)
+    record = base_record(base)
     reg = init_registry(path, base=record, db_url=db, objects_url=objects)
     out = {"path": str(reg.seal_dir), "base": {"id": record["id"], "name": record["name"]}, "signer": reg.signer.id}
     if xstest_data is not None:
@@ -71,8 +71,6 @@ def import_(
     if parent is not None:
         raise UserError("--parent does not go with --gate: a gated import is compared with HEAD; check out the parent first")
     from seal.editor.gated_import import run_gated_import
-
-    from .edit_commands import decision_lines
 
     result = run_gated_import(reg, adapter_dir, message=message, eval_file=eval_file, device=device, track=not no_track)
     print_json(result) if json_ else emit(decision_lines(result))
@@ -232,10 +230,6 @@ def alias(
     if rev is None:
         raise UserError(f"give the version alias {name} should name: `seal alias {name} REV -m REASON`")
     out = P.set_alias(reg, name, rev, reason=message)
-    if out["moved"]:
-        from seal.registry.tracking import mirror_alias
-
-        out["mlflow"] = mirror_alias(reg, out["name"], out["id"])
     print_json(out) if json_ else emit([f"@{out['name']} -> {short(out['id'])}" + ("" if out["moved"] else " (already there)")])
 
 
@@ -302,17 +296,9 @@ def audit(
     drift: bool = typer.Option(False, "--drift", help="Only the drift table of the first-parent line, one line per version."),
     json_: bool = JsonOpt,
 ) -> None:
-    from seal.registry.audit import audit_report, drift_lines, render, write_report
-    from seal.registry.errors import UserError
+    from seal.registry.audit import audit_report, check_output, drift_lines, render, write_report
 
-    if fmt not in ("md", "json", "html"):
-        raise UserError(f"unknown --format {fmt!r}; use md, json or html")
-    if output is not None:
-        from seal.registry.audit import PNG_MARK, REPORT_MARKS, check_report_target, drift_image_path
-
-        check_report_target(Path(output), ours=REPORT_MARKS)  # before the report is built: a refusal costs nothing
-        if fmt == "md":
-            check_report_target(drift_image_path(Path(output)), ours=(PNG_MARK,))
+    check_output(fmt, output)
     report = audit_report(open_registry(), rev)
     if drift:
         print_json(report["drift"]) if json_ else emit(drift_lines(report["drift"]))
@@ -332,7 +318,7 @@ def _db_url() -> str:
     return os.environ.get("SEAL_DATABASE_URL") or open_registry().database_url
 
 
-@command("current", group=db_app, help=doc("The schema revision of the lineage database, and the newest this seal knows.", "seal db current"))
+@command("current", help=doc("The schema revision of the lineage database, and the newest this seal knows.", "seal db current"))
 def db_current(json_: bool = JsonOpt) -> None:
     from seal.registry.db import HEAD_REVISION, current_revision
     from seal.registry.sql import Database
@@ -345,7 +331,7 @@ def db_current(json_: bool = JsonOpt) -> None:
                                         f"{'up to date' if out['up_to_date'] else 'run `seal db upgrade`'}"])
 
 
-@command("upgrade", group=db_app, help=doc("Upgrade the lineage database's schema to the newest revision.", "seal db upgrade"))
+@command("upgrade", help=doc("Upgrade the lineage database's schema to the newest revision.", "seal db upgrade"))
 def db_upgrade(json_: bool = JsonOpt) -> None:
     from seal.registry.db import upgrade
 
@@ -355,7 +341,7 @@ def db_upgrade(json_: bool = JsonOpt) -> None:
 
 # --- policy -------------------------------------------------------------------------------------
 
-@command("show", group=policy_app, help=doc("The gates and their thresholds in force, and the policy's digest.", "seal policy show"))
+@command("show", help=doc("The gates and their thresholds in force, and the policy's digest.", "seal policy show"))
 def policy_show(json_: bool = JsonOpt) -> None:
     from seal.registry.policy import read_policy
 
@@ -365,7 +351,7 @@ def policy_show(json_: bool = JsonOpt) -> None:
                                        + [f"  {k} = {v}" for k, v in p.settings.items()])
 
 
-@command("set", group=policy_app, help=doc("Change one gate threshold (or setting) with a reason; the change and its "
+@command("set", help=doc("Change one gate threshold (or setting) with a reason; the change and its "
                                            "reason are recorded on refs/meta/policy.",
                                            "seal policy set refusal_drop_vs_base_max 0.08 -m 'calibrated on 20 null edits'",
                                            "seal policy set kl_vs_base_max false -m 'drift gate off for the demo'"))
@@ -381,7 +367,7 @@ def policy_set(
     print_json(out) if json_ else emit([f"{key}: {out['old']} -> {out['new']}  (policy {short(out['digest'][7:])})"])
 
 
-@command("reset", group=policy_app, help=doc("Restore the default policy, with a reason.", "seal policy reset -m 'back to defaults'"))
+@command("reset", help=doc("Restore the default policy, with a reason.", "seal policy reset -m 'back to defaults'"))
 def policy_reset(message: str = typer.Option("", "-m", "--message", help="Why (required)."), json_: bool = JsonOpt) -> None:
     from seal.registry.policy import reset_policy
 
@@ -389,7 +375,7 @@ def policy_reset(message: str = typer.Option("", "-m", "--message", help="Why (r
     print_json(out) if json_ else emit([f"policy reset to the defaults ({short(out['digest'][7:])})"])
 
 
-@command("xstest", group=policy_app, help=doc(
+@command("xstest", help=doc(
         "The XSTest prompts the safety gates use: show them, or store the published xstest_prompts.csv (450 prompts) "
         "in the registry so every machine uses all of it; recorded with a reason on refs/meta/xstest.",
         "seal policy xstest", "seal policy xstest ~/data/xstest_prompts.csv -m 'full XSTest for the safety gates'"))
@@ -416,7 +402,7 @@ def policy_xstest(
 
 # --- keys and trust -----------------------------------------------------------------------------
 
-@command("show", group=key_app, help=doc("This registry's signing key, and the keys in the trust file.", "seal key show"))
+@command("show", help=doc("This registry's signing key, and the keys in the trust file.", "seal key show"))
 def key_show(json_: bool = JsonOpt) -> None:
     reg = open_registry()
     trusted = [{"id": k.id, "name": k.name, "public_key": k.public_key} for k in reg.trusted().values()]
@@ -425,7 +411,7 @@ def key_show(json_: bool = JsonOpt) -> None:
                                        + [f"  trusted {k['id'][:16]}  {k['name']}" for k in trusted])
 
 
-@command("new", group=key_app, help=doc("Make a new signing key when the old one is lost; versions signed before stay "
+@command("new", help=doc("Make a new signing key when the old one is lost; versions signed before stay "
                                         "verifiable while their key stays in the trust file.", "seal key new"))
 def key_new(json_: bool = JsonOpt) -> None:
     from seal.registry.keys import new_key
@@ -434,7 +420,7 @@ def key_new(json_: bool = JsonOpt) -> None:
     print_json(out) if json_ else emit([f"new signing key {out['signer']}; added to {out['trust_file']}"])
 
 
-@command("trust", group=key_app, help=doc("Add a public key to the trust file (what `seal pull --trust` does).",
+@command("trust", help=doc("Add a public key to the trust file (what `seal pull --trust` does).",
                                           "seal key trust 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29 --name alice"))
 def key_trust(
     public_key: str = typer.Argument(..., help="The Ed25519 public key, 64 hex digits."),

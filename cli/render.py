@@ -96,6 +96,21 @@ def gate_lines(audit: list[dict]) -> list[str]:
     return lines
 
 
+def decision_lines(result: dict) -> list[str]:
+    """An attempt's result (edit, merge, consolidate, gated import): one line per candidate, then the decision."""
+    lines = []
+    for c in result["candidates"]:
+        failed = ", ".join(c.get("failed_gates") or [])
+        why = f"  diverged: {c['diverged']}" if c.get("diverged") else (f"  failed: {failed}" if failed else "")
+        lines.append(f"{c['status']:<9} {short(c['id'])}{why}")
+    d = result["decision"]
+    if d["accepted"]:
+        lines.append(f"accepted {short(d['id'])}" + (f"; {d['ref']} moved" if d.get("ref") else "; no branch moved"))
+    else:
+        lines.append(f"rejected: {d['reason']}")
+    return lines
+
+
 def decision_line(decision: dict) -> str:
     if decision.get("gated") is False:
         return "decision  accepted without gates (ungated)"
@@ -159,9 +174,9 @@ def printable(text: str) -> str:
     >>> print(printable("ok\x1b[2Jgone"))
     ok\x1b[2Jgone
     """
-    from seal.registry.objects import _UNSAFE_CHARS
+    from seal.registry.objects import UNSAFE_CHARS
 
-    return _UNSAFE_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    return UNSAFE_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def emit(lines: list[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import JsonOpt, command, doc
+from .framework import JsonOpt, command, doc
 from .render import emit, print_json, short
 
 

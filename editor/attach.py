@@ -27,9 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_PREFIX = "base_model.model."
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
+
+SAVED_PREFIX = "base_model.model."
 # Config keys whose non-empty value means "not a plain LoRA": leave those to PEFT.
-_UNSUPPORTED = ("use_dora", "fan_in_fan_out", "lora_bias", "modules_to_save", "layer_replication",
+UNSUPPORTED_KEYS = ("use_dora", "fan_in_fan_out", "lora_bias", "modules_to_save", "layer_replication",
                 "trainable_token_indices", "target_parameters", "rank_pattern", "alpha_pattern",
                 "alora_invocation_tokens", "use_qalora", "use_bdlora", "arrow_config")
 
@@ -65,27 +67,27 @@ def merge_plan(model: Any, adapter_dir: Path | str) -> list[tuple[Any, Any, Any,
     if next(model.parameters()).dtype not in (torch.float32, torch.float64):
         return None
     try:
-        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        config = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return None
     if config.get("peft_type", "LORA") != "LORA" or config.get("bias", "none") != "none":
         return None
-    if any(config.get(key) for key in _UNSUPPORTED):
+    if any(config.get(key) for key in UNSUPPORTED_KEYS):
         return None
     r, alpha = config.get("r"), config.get("lora_alpha")
     if not isinstance(r, int) or r < 1 or not isinstance(alpha, (int, float)):
         return None
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    tensors = load_file(str(adapter_dir / WEIGHTS_FILE))
     modules = dict(model.named_modules())
     plan = []
     for key in sorted(tensors):
         if key.endswith(".lora_B.weight") and key[: -len(".lora_B.weight")] + ".lora_A.weight" in tensors:
             continue
-        if not (key.startswith(_PREFIX) and key.endswith(".lora_A.weight")):
+        if not (key.startswith(SAVED_PREFIX) and key.endswith(".lora_A.weight")):
             return None
-        name = key[len(_PREFIX): -len(".lora_A.weight")]
-        a, b = tensors[key], tensors.get(f"{_PREFIX}{name}.lora_B.weight")
+        name = key[len(SAVED_PREFIX): -len(".lora_A.weight")]
+        a, b = tensors[key], tensors.get(f"{SAVED_PREFIX}{name}.lora_B.weight")
         module = modules.get(name)
         if b is None or not isinstance(module, torch.nn.Linear) or a.ndim != 2 or b.ndim != 2 \
                 or a.shape[0] != r or b.shape[1] != r or (b.shape[0], a.shape[1]) != tuple(module.weight.shape):

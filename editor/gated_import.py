@@ -16,13 +16,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from seal.registry.adapters import read_adapter_folder
-from seal.registry.errors import UserError
-from seal.registry.graph import first_parent_line
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE, read_adapter_folder
+from seal.registry.errors import NoHead, UserError
 from seal.registry.objects import canonical_json
 from seal.registry.porcelain import check_message, check_same_base
 
-from .merge import _attempt, _candidate, _eval_union, _finish, _merged_parent
+from .merge import eval_union, measure_merged_parent, open_attempt, score_and_record, single_candidate
 from .options import check_device_name
 from .trigger import read_jsonl
 
@@ -32,9 +31,8 @@ LINE_DEPTH = 50  # how far back along HEAD's line eval sets are gathered when --
 def _spec(reg, head: str, eval_file: Path | None) -> dict:
     if eval_file is not None:
         return {"qa": read_jsonl(eval_file, "eval", ("question", "answer|answers"))[0]}
-    with reg.read() as c:
-        line = first_parent_line(c, head, LINE_DEPTH)
-    spec = _eval_union(reg, [reg.manifest(v) for v in line])
+    line = reg.first_parent_line(head, LINE_DEPTH)
+    spec = eval_union(reg, [reg.manifest(v) for v in line])
     if not spec:
         raise UserError("HEAD's line carries no eval set or passage to measure efficacy on; pass --eval FILE.jsonl")
     return spec
@@ -54,20 +52,20 @@ def run_gated_import(reg, folder: Path, *, message: str = "", eval_file: Path | 
     check_same_base(base, adapter.config, str(adapter.path))
     ref, head = reg.head()
     if head is None:
-        raise UserError("HEAD points at nothing; run `seal checkout main` first")
+        raise NoHead()
     spec = _spec(reg, head, eval_file)
     progress = progress or default_progress()
     with open_session(reg, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
                       track=track) as session:
         manifests = {head: reg.manifest(head)}
-        attempt = _attempt(session, "import", [head], manifests, ref=ref, expected=head, spec=spec,
+        attempt = open_attempt(session, "import", [head], manifests, ref=ref, expected=head, spec=spec,
                            message=message or f"import {adapter.path.name} (gated)", title=adapter.path.name,
                            answer_tokens=answer_tokens, extra={"eval": reg.store.put(canonical_json(spec))})
         with progress.stage("measure the parent") as stage:
-            _merged_parent(session, attempt, stage)
+            measure_merged_parent(session, attempt, stage)
         local = session.work / "imported"
         local.mkdir()
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
+        for name in (ADAPTER_CONFIG_FILE, WEIGHTS_FILE):
             shutil.copyfile(adapter.path / name, local / name)
-        cand = _candidate(session, attempt, local, {"source": "import", "gated": True})
-        return _finish(session, attempt, cand)
+        cand = single_candidate(session, attempt, local, {"source": "import", "gated": True})
+        return score_and_record(session, attempt, cand)

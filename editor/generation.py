@@ -1,8 +1,8 @@
 """Prompt formatting and batched decoding shared by reflection and evaluation.
 
 Questions, self-edit requests and training conversations all go through the tokenizer's chat
-template when it has one: FINDINGS showed that asking an instruct model in raw text makes it
-loop, and that training and asking in different formats costs recall.
+template when it has one: asking an instruct model in raw text made SmolLM2 loop, and training
+and asking in different formats costs recall (bench/results/findings-2026-11-27.md).
 
     >>> from seal.editor.generation import chat_prompt, generate_completions
     >>> prompt = chat_prompt(tokenizer, "What is the capital of France?")  # doctest: +SKIP

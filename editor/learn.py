@@ -44,8 +44,10 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 from seal.registry import refs as R
-from seal.registry.errors import RefConflict, UserError
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
+from seal.registry.errors import NoHead, RefConflict, UserError
 from seal.registry.learning import (WRITER_GAIN, WRITER_GATE, WRITERS, Dataset, Selection, build_dataset,
                                     root_of)
 from seal.registry.objects import build_manifest, now_utc
@@ -400,7 +402,7 @@ def learn_step(session, lreq: LearnRequest, dataset: Dataset, heldout: list, par
     timings = {"train_s": time.perf_counter() - started}
     if train_rec["diverged"] is not None:
         return record_writer(session, lreq, dataset, None, train_rec, None, old, old_tip, round_no, timings)
-    weights = reg.store.put_file(folder / "adapter_model.safetensors")
+    weights = reg.store.put_file(folder / WEIGHTS_FILE)
     new = Writer({"type": "candidate", "adapter": weights, "dataset": ds_digest}, folder)
     info = {"dataset": ds_digest, "round": round_no}
     t = time.perf_counter()
@@ -433,8 +435,8 @@ def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | 
     heldout = _heldout_items(evaluation)
     adapter = None
     if folder is not None:
-        adapter = {"weights": reg.store.put_file(folder / "adapter_model.safetensors"),
-                   "config": json.loads((folder / "adapter_config.json").read_text()), "format": "peft-lora"}
+        adapter = {"weights": reg.store.put_file(folder / WEIGHTS_FILE),
+                   "config": json.loads((folder / ADAPTER_CONFIG_FILE).read_text()), "format": "peft-lora"}
     gain = evaluation["gain"] if evaluation else None
     reason = "the new writer's edits beat the old writer's on held-out passages and every check passed" if accepted \
         else "failed: " + ", ".join(failed)
@@ -458,8 +460,9 @@ def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | 
                                 f"{len(dataset.triggers)} trigger(s)" + (f", round {round_no}" if round_no else ""),
         extra=extra,
     )
-    vid, conflict = _commit(reg, manifest, lreq.ref if accepted else None, old_tip)
-    moved = accepted and conflict is None
+    vid, lost = _commit(reg, manifest, lreq.ref if accepted else None, old_tip)
+    moved = accepted and lost is None
+    conflict = f"{lost}; the writer is recorded as {vid[:12]} but {lreq.ref} did not move" if lost else None
     if not accepted:
         session.progress.say(f"writer {vid[:12]} rejected ({reason}); {lreq.ref} stays")
     else:
@@ -471,14 +474,15 @@ def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | 
             "timings": {k: round(v, 2) for k, v in timings.items()}}
 
 
-def _commit(reg, manifest: dict, ref: str | None, expected: str | None) -> tuple[str, str | None]:
+def _commit(reg, manifest: dict, ref: str | None, expected: str | None) -> tuple[str, RefConflict | None]:
+    """Record ``manifest``, moving ``ref`` from ``expected``; on a lost race, record it without the
+    move and hand back the conflict."""
     if ref is None:
         return reg.record(manifest), None
     try:
         return reg.record(manifest, ref=ref, expected=expected, reason="learn: writer accepted"), None
     except RefConflict as e:
-        vid = reg.record(manifest)
-        return vid, f"{e}; the writer is recorded as {vid[:12]} but {ref} did not move"
+        return reg.record(manifest), e
 
 
 def _heldout_items(evaluation: dict | None) -> list[dict]:
@@ -552,7 +556,7 @@ def run_rounds(reg, lreq: LearnRequest, *, progress=None) -> dict:
 def sample_round(session, lreq: LearnRequest, triggers: list, parent: str, branch: str, n: int) -> dict:
     """The sampling step: every training passage through the edit stream, K candidates each, self-edits
     by the current writer (or the model's own before the first one), on a new branch from ``parent``."""
-    from .stream import _serve
+    from .stream import serve_passage
 
     reg = session.reg
     ref = R.HEADS + R.check_ref_name(branch)
@@ -564,19 +568,19 @@ def sample_round(session, lreq: LearnRequest, triggers: list, parent: str, branc
     accepted = 0
     for number, trigger in enumerate(triggers, start=1):
         session.progress.say(f"round {n}, sampling {number}/{len(triggers)}")
-        item = _serve(session, trigger, req, set(), number, ref)
+        item = serve_passage(session, trigger, req, set(), number, ref)
         accepted += bool(item.get("decision", {}).get("accepted"))
     return {"branch": branch, "since": since, "passages": len(triggers), "accepted": accepted,
             "candidates": lreq.candidates, "writer": writer.record if writer else None}
 
 
 def _start(reg, lreq: LearnRequest) -> str:
-    from .loop import _check_device
+    from .options import check_device
 
-    _check_device(lreq.edit)
+    check_device(lreq.edit)
     _, parent = reg.head()
     if parent is None:
-        raise UserError("HEAD points at nothing; run `seal checkout main` first")
+        raise NoHead()
     return parent
 
 

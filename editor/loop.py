@@ -22,53 +22,54 @@ of the data, and the secret itself is written nowhere.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from seal.registry import refs as R
-from seal.registry.errors import UserError
-from seal.registry.graph import parents_of
+from seal.registry.errors import NoHead, UserError
 from seal.registry.objects import score_value
 from seal.registry.policy import read_policy, record_policy
-from seal.registry.versions import load_manifest
 
 from .candidate import Attempt
+from .options import check_device, on_workers  # noqa: F401 (on_workers re-exported)
 from .request import EditRequest, check_request
 from .trigger import Trigger, efficacy_spec, read_jsonl, read_trigger, secrets_audit  # noqa: F401 (re-exported)
 
 
 def run_edit(reg, req: EditRequest, *, progress=None) -> dict:
-    """Run one SEAL self-edit on HEAD and record every candidate. See the module docstring."""
+    """Run one SEAL self-edit on HEAD in this process and record every candidate. See the module
+    docstring; :func:`seal.editor.run.run_edit` chooses between this and Ray workers."""
     from .progress import default_progress
-    from .record import record_refusal
     from .session import open_session
 
-    check_request(req, reg.base())
-    if req.passages is not None:
-        raise UserError("a stream of passages goes through seal.editor.stream.run_stream")
-    trigger = read_trigger(req)
-    if not on_workers(req):  # workers pick their own devices
-        _check_device(req)
-    ref, parent = reg.head()
-    if parent is None:
-        raise UserError("HEAD points at nothing; run `seal checkout main` first")
-    findings, secrets_row = secrets_audit(trigger, req.message)
+    trigger, ref, parent, findings, secrets_row = prepare_edit(reg, req)
     if findings and not req.allow_pii:
-        policy = read_policy(reg)
-        record_policy(reg, policy)
-        return record_refusal(reg, trigger, req.message, findings, secrets_row, (ref, parent), policy)
-    if on_workers(req):
-        from .cluster import edit_on_workers
-
-        return edit_on_workers(reg, trigger, req, ref=ref, secrets_row=pii_allowed(secrets_row), findings=findings,
-                               progress=progress or default_progress())
+        return refuse_trigger(reg, trigger, req, findings, secrets_row, ref, parent)
     with open_session(reg, device=req.device, require_gpu=req.require_gpu, threads=req.threads, fast=req.fast,
                       progress=progress or default_progress(), track=req.track) as session:
         return edit_trigger(session, trigger, req, secrets_row=secrets_row)
 
 
-def on_workers(req: EditRequest) -> bool:
-    """Whether the edit fans out over Ray workers (``--workers`` or ``--ray``, :mod:`seal.editor.cluster`)."""
-    return req.workers is not None or req.ray is not None
+def prepare_edit(reg, req: EditRequest) -> tuple[Trigger, str, str, list, dict]:
+    """Everything checked before a model loads: the options, the trigger, the device (workers pick
+    their own), HEAD; then the trigger's secrets audit. (trigger, ref, parent, findings, row)."""
+    check_request(req, reg.base())
+    if req.passages is not None:
+        raise UserError("a stream of passages goes through seal.editor.run.run_stream")
+    trigger = read_trigger(req)
+    if not on_workers(req):
+        check_device(req)
+    ref, parent = reg.head()
+    if parent is None:
+        raise NoHead()
+    findings, secrets_row = secrets_audit(trigger, req.message)
+    return trigger, ref, parent, findings, secrets_row
+
+
+def refuse_trigger(reg, trigger: Trigger, req: EditRequest, findings: list, secrets_row: dict, ref: str,
+                   parent: str) -> dict:
+    """Record the refusal of a trigger that holds secrets or personal data (no ``--allow-pii``)."""
+    from .record import record_refusal
+
+    policy = read_policy(reg)
+    record_policy(reg, policy)
+    return record_refusal(reg, trigger, req.message, findings, secrets_row, (ref, parent), policy)
 
 
 def pii_allowed(secrets_row: dict) -> dict:
@@ -76,15 +77,6 @@ def pii_allowed(secrets_row: dict) -> dict:
     if secrets_row["passed"]:
         return secrets_row
     return {**secrets_row, "passed": True, "detail": "allowed by --allow-pii: " + secrets_row["detail"]}
-
-
-def _check_device(req: EditRequest) -> None:
-    from .device import pick_device
-
-    try:
-        pick_device(req.device, require_gpu=req.require_gpu)
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
 
 def edit_trigger(session, trigger: Trigger, req: EditRequest, *, secrets_row: dict | None = None,
@@ -98,10 +90,9 @@ def edit_trigger(session, trigger: Trigger, req: EditRequest, *, secrets_row: di
     if ref is None:
         ref, parent = reg.head()
     else:
-        with reg.read() as conn:
-            parent = R.peel(conn, ref)
+        parent = reg.peel(ref)
     if parent is None:
-        raise UserError("HEAD points at nothing; run `seal checkout main` first")
+        raise NoHead()
     if secrets_row is None:
         findings, secrets_row = secrets_audit(trigger, req.message)
         if findings and not req.allow_pii:
@@ -160,18 +151,15 @@ def edit_attempt(session, trigger: Trigger, req: EditRequest, *, ref: str, paren
 def recent_edit_norms(reg, start: str, window: int) -> list[float]:
     """‖ΔW‖ against their parents of the last ``window`` edits on the first-parent line."""
     norms: list[float] = []
-    with reg.read() as conn:
-        vid, steps = start, 0
-        while vid and len(norms) < window and steps < 10 * window:
-            manifest = load_manifest(conn, vid)
-            value = score_value(manifest, "weights", "delta_norm", "parent")
-            if value is not None and manifest["kind"] in ("edit", "merge", "consolidate"):
-                norms.append(value)
-            ps = parents_of(conn, vid)
-            vid = ps[0] if ps else None
-            steps += 1
+    for vid in reg.first_parent_line(start, 10 * window - 1) if window > 0 else []:
+        manifest = reg.manifest(vid)
+        value = score_value(manifest, "weights", "delta_norm", "parent")
+        if value is not None and manifest["kind"] in ("edit", "merge", "consolidate"):
+            norms.append(value)
+            if len(norms) == window:
+                break
     return norms
 
 
-__all__ = ["EditRequest", "Trigger", "run_edit", "edit_trigger", "edit_attempt", "recent_edit_norms", "on_workers",
-           "pii_allowed"]
+__all__ = ["EditRequest", "Trigger", "run_edit", "prepare_edit", "refuse_trigger", "edit_trigger", "edit_attempt",
+           "recent_edit_norms", "on_workers", "pii_allowed"]

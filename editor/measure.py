@@ -110,7 +110,7 @@ def load_probes(reg) -> Probes:
     from seal.registry.xstest import xstest_bytes
 
     from .probes import ProbeSet
-    from .safety import CANARY
+    from .safety import CANARY_TEXT
 
     items = ProbeSet.default(xstest_data=xstest_bytes(reg), retention=RETENTION_ITEMS)
     digests = {
@@ -120,7 +120,7 @@ def load_probes(reg) -> Probes:
         "items": reg.store.put(items.to_bytes()),  # == items.digest, which results blobs name
     }
     digests["set"] = reg.store.put(canonical_json({"version": PROBESET_VERSION, **digests}))
-    return Probes(anchors=[], drift=list(items.drift), xstest=[], digests=digests, canary=CANARY, items=items)
+    return Probes(anchors=[], drift=list(items.drift), xstest=[], digests=digests, canary=CANARY_TEXT, items=items)
 
 
 def probe_asks(tok, probes: Probes) -> list:

@@ -18,9 +18,10 @@ import shutil
 from pathlib import Path
 
 from seal.registry import refs as R
+from seal.registry.adapters import ADAPTER_CONFIG_FILE
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
-from seal.registry.graph import parents_of
+from seal.registry.graph import first_parent_line
 from seal.registry.objects import canonical_json, score_value
 from seal.registry.policy import read_policy, record_policy
 from seal.registry.repo import Registry as Repository
@@ -83,7 +84,7 @@ def combine(session, dirs: list[Path], weights: list[float], method: str, out: P
         shutil.rmtree(tmp, ignore_errors=True)
     finally:
         detach_adapters(model)
-    cfg_path = out / "adapter_config.json"
+    cfg_path = out / ADAPTER_CONFIG_FILE
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = session.base.name
     if isinstance(cfg.get("target_modules"), list):
@@ -92,7 +93,7 @@ def combine(session, dirs: list[Path], weights: list[float], method: str, out: P
     return out
 
 
-def _eval_union(repo: Repository, manifests: list[dict]) -> dict:
+def eval_union(repo: Repository, manifests: list[dict]) -> dict:
     """The union of the inputs' efficacy sets: their eval QA items, else their passages' NLL."""
     qa, texts, seen = [], [], set()
     for m in manifests:
@@ -164,13 +165,10 @@ def _check_device(device: str, require_gpu: bool) -> None:
     from .options import check_device_name
 
     check_device_name(device)
-    try:
-        pick_device(device, require_gpu=require_gpu)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    pick_device(device, require_gpu=require_gpu)
 
 
-def _attempt(session, kind: str, parents: list[str], manifests: dict, *, ref, expected, spec: dict, message: str,
+def open_attempt(session, kind: str, parents: list[str], manifests: dict, *, ref, expected, spec: dict, message: str,
              title: str, answer_tokens: int, extra: dict) -> Attempt:
     """A merge or consolidate attempt, compared against its first parent, with its MLflow runs open."""
     from .gates import gates_from_policy
@@ -188,7 +186,7 @@ def _attempt(session, kind: str, parents: list[str], manifests: dict, *, ref, ex
     return attempt
 
 
-def _candidate(session, attempt: Attempt, out: Path, train: dict) -> Candidate:
+def single_candidate(session, attempt: Attempt, out: Path, train: dict) -> Candidate:
     from .stages import run_params
 
     cand = Candidate(index=0, seed=0, adapter_dir=out, train=train)
@@ -199,7 +197,7 @@ def _candidate(session, attempt: Attempt, out: Path, train: dict) -> Candidate:
     return cand
 
 
-def _finish(session, attempt: Attempt, cand: Candidate) -> dict:
+def score_and_record(session, attempt: Attempt, cand: Candidate) -> dict:
     from .record import record
     from .stages import score
 
@@ -212,7 +210,7 @@ def _finish(session, attempt: Attempt, cand: Candidate) -> dict:
         raise
 
 
-def _merged_parent(session, attempt: Attempt, stage) -> None:
+def measure_merged_parent(session, attempt: Attempt, stage) -> None:
     from .attach import attached
     from .stages import measure_parent
 
@@ -249,7 +247,7 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
     if method in NEEDS_DENSITY and density is None:
         density = 0.5
     spec = {"qa": read_jsonl(eval_file, "eval", ("question", "answer|answers"))[0]} if eval_file else \
-        _eval_union(repo, list(manifests.values()))
+        eval_union(repo, list(manifests.values()))
     if not spec:
         raise UserError("none of the inputs carries an eval set or a passage; pass --eval FILE.jsonl")
     # HEAD's line continues through the merge: it is the first parent whenever it is an input.
@@ -263,16 +261,16 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
     recipe = {"method": method, "weights": w, "density": density, "svd_rank": svd_rank, "inputs": ids}
     with open_session(repo, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
                       track=track) as session:
-        attempt = _attempt(session, "merge", ids, manifests, ref=ref if head in ids else None, expected=head,
+        attempt = open_attempt(session, "merge", ids, manifests, ref=ref if head in ids else None, expected=head,
                            spec=spec, message=message or f"merge {', '.join(r for r in revs)} ({method})",
                            title=f"{', '.join(revs)} ({method})", answer_tokens=answer_tokens,
                            extra={"merge": recipe, "eval": repo.store.put(canonical_json(spec))})
         dirs = [session.parent(vid, manifests[vid]).adapter_dir for vid in ids]
         with timed(attempt, "merge_s"), progress.stage(f"merge {len(ids)} adapters with {method}") as stage:
-            _merged_parent(session, attempt, stage)
+            measure_merged_parent(session, attempt, stage)
             out = combine(session, dirs, w, method, session.work / "merged", density=density, svd_rank=svd_rank)
-        cand = _candidate(session, attempt, out, {"source": "merge", "merge": recipe})
-        return _finish(session, attempt, cand)
+        cand = single_candidate(session, attempt, out, {"source": "merge", "merge": recipe})
+        return score_and_record(session, attempt, cand)
 
 
 def chain_of(conn, spec: str) -> tuple[list[str], str | None]:
@@ -282,13 +280,11 @@ def chain_of(conn, spec: str) -> tuple[list[str], str | None]:
     start_rev, end_rev = spec.split("..", 1)
     start = resolve_revision(conn, start_rev) if start_rev else None
     end = resolve_revision(conn, end_rev or "HEAD")
-    chain, vid = [], end
-    while vid is not None and vid != start:
-        chain.append(vid)
-        ps = parents_of(conn, vid)
-        vid = ps[0] if ps else None
-    if start is not None and vid != start:
-        raise UserError(f"{start_rev} is not on the first-parent line of {end_rev or 'HEAD'}; give an ancestor")
+    chain = first_parent_line(conn, end)
+    if start is not None:
+        if start not in chain:
+            raise UserError(f"{start_rev} is not on the first-parent line of {end_rev or 'HEAD'}; give an ancestor")
+        chain = chain[:chain.index(start)]
     return list(reversed(chain)), start
 
 
@@ -319,8 +315,8 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
     check_mergeable({tip: manifests[tip]}, "svd", base_row["id"])
     rank = rank or max(max([m["adapter"]["config"].get("r", 0), *(m["adapter"]["config"].get("rank_pattern") or {}).values()])
                        for m in manifests.values())
-    specs = {vid: _eval_union(repo, [m]) for vid, m in manifests.items()}
-    union = _eval_union(repo, list(manifests.values()))
+    specs = {vid: eval_union(repo, [m]) for vid, m in manifests.items()}
+    union = eval_union(repo, list(manifests.values()))
     if not union:
         raise UserError("the folded versions carry no eval set or passage to check efficacy on")
     _check_device(device, require_gpu)
@@ -328,13 +324,13 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
     recipe = {"method": "svd", "rank": rank, "range": range_spec, "folded": chain}
     with open_session(repo, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
                       track=track) as session:
-        attempt = _attempt(session, "consolidate", [tip, chain[0]], {tip: manifests[tip], chain[0]: manifests[chain[0]]},
+        attempt = open_attempt(session, "consolidate", [tip, chain[0]], {tip: manifests[tip], chain[0]: manifests[chain[0]]},
                            ref=ref if head == tip else None, expected=head, spec=union,
                            message=message or f"consolidate {range_spec} into rank {rank}", title=range_spec,
                            answer_tokens=answer_tokens,
                            extra={"consolidate": recipe, "eval": repo.store.put(canonical_json(union))})
         with timed(attempt, "merge_s"), progress.stage(f"consolidate {len(chain)} versions into rank {rank} (svd)") as stage:
-            _merged_parent(session, attempt, stage)
+            measure_merged_parent(session, attempt, stage)
             # The tip's adapter already holds the whole chain (each edit trains on from its parent), so
             # folding is an SVD of its update; PEFT needs two inputs for svd, so it gets the tip twice.
             tip_dir = attempt.parent.adapter_dir
@@ -346,8 +342,8 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
         # Folding cannot beat the tip it compresses, so the efficacy-gain gate gives way to the
         # per-version checks above.
         attempt.gates = [g for g in attempt.gates if g.name != "efficacy_gain"]
-        cand = _candidate(session, attempt, out, {"source": "consolidate", "consolidate": recipe})
-        return _finish(session, attempt, cand)
+        cand = single_candidate(session, attempt, out, {"source": "consolidate", "consolidate": recipe})
+        return score_and_record(session, attempt, cand)
 
 
 def _folded_checks(session, out: Path, chain: list[str], manifests: dict, specs: dict, answer_tokens: int,

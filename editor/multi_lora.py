@@ -32,12 +32,14 @@ from typing import Any
 
 import torch
 
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
+
+from .attach import SAVED_PREFIX, UNSUPPORTED_KEYS
 from .generation import seeded
 from .train import (_attach_trainable, _batches, _encode, _LossLog, _quiet_peft, _save_adapter, _train_record,
                     _weights_diverged, detach_adapters)
 
 _SUFFIX_A, _SUFFIX_B = ".lora_A.default.weight", ".lora_B.default.weight"
-_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -108,9 +110,9 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
     a, b = {}, {}
     for name, tensor in named.items():
         if name.endswith(_SUFFIX_A):
-            a[name[len(_PREFIX):-len(_SUFFIX_A)]] = torch.nn.Parameter(tensor)
+            a[name[len(SAVED_PREFIX):-len(_SUFFIX_A)]] = torch.nn.Parameter(tensor)
         elif name.endswith(_SUFFIX_B):
-            b[name[len(_PREFIX):-len(_SUFFIX_B)]] = torch.nn.Parameter(tensor)
+            b[name[len(SAVED_PREFIX):-len(_SUFFIX_B)]] = torch.nn.Parameter(tensor)
         else:
             raise ValueError(f"batched training handles plain LoRA factors only, not {name}")
     return Lane(index=index, seed=seed, a=a, b=b, batches=_batches(data, req.batch_size, req.epochs, seed),
@@ -225,9 +227,9 @@ def _save(model, lane: Lane, parent_dir, out_dir: Path, base_name: str) -> None:
             params = dict(peft_model.named_parameters())
             with torch.no_grad():
                 for name, value in lane.a.items():
-                    params[f"{_PREFIX}{name}{_SUFFIX_A}"].copy_(value)
+                    params[f"{SAVED_PREFIX}{name}{_SUFFIX_A}"].copy_(value)
                 for name, value in lane.b.items():
-                    params[f"{_PREFIX}{name}{_SUFFIX_B}"].copy_(value)
+                    params[f"{SAVED_PREFIX}{name}{_SUFFIX_B}"].copy_(value)
             peft_model.eval()
             _save_adapter(peft_model, peft_model.peft_config["default"], out_dir, base_name)
         finally:
@@ -270,17 +272,16 @@ def _factors(folder: Path | None, device) -> SimpleNamespace:
 
     from safetensors.torch import load_file
 
-    from .attach import _PREFIX as SAVED, _UNSUPPORTED
 
     if folder is None:
         return SimpleNamespace(a={}, b={}, scale=0.0)
-    config = json.loads((Path(folder) / "adapter_config.json").read_text())
-    if any(config.get(key) for key in _UNSUPPORTED) or config.get("bias", "none") != "none":
+    config = json.loads((Path(folder) / ADAPTER_CONFIG_FILE).read_text())
+    if any(config.get(key) for key in UNSUPPORTED_KEYS) or config.get("bias", "none") != "none":
         raise ValueError(f"{folder} is not a plain LoRA; score it on its own")
     scale = config["lora_alpha"] / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
-    tensors = load_file(str(Path(folder) / "adapter_model.safetensors"), device=str(device))
-    a = {k[len(SAVED):-len(".lora_A.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_A.weight")}
-    b = {k[len(SAVED):-len(".lora_B.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_B.weight")}
+    tensors = load_file(str(Path(folder) / WEIGHTS_FILE), device=str(device))
+    a = {k[len(SAVED_PREFIX):-len(".lora_A.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_A.weight")}
+    b = {k[len(SAVED_PREFIX):-len(".lora_B.weight")]: v.float() for k, v in tensors.items() if k.endswith(".lora_B.weight")}
     if sorted(a) != sorted(b):
         raise ValueError(f"{folder} has lora_A and lora_B for different modules")
     return SimpleNamespace(a=a, b=b, scale=scale)

@@ -19,12 +19,25 @@ from seal.registry.errors import UserError
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 STYLES = ("implications", "rewrite", "self-qa")
+INSTALL = "pip install 'seal-registry[cluster]'"
 
 
 def check_device_name(name: str) -> str:
     if not isinstance(name, str) or not _DEVICE.match(name.strip().lower()):
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return name.strip().lower()
+
+
+def on_workers(req) -> bool:
+    """Whether an edit fans out over Ray workers (``--workers`` or ``--ray``, :mod:`seal.editor.cluster`)."""
+    return req.workers is not None or req.ray is not None
+
+
+def check_device(req) -> str:
+    """The device ``req`` (an EditRequest) runs on, or :class:`DeviceUnavailable` (imports torch)."""
+    from .device import pick_device
+
+    return pick_device(req.device, require_gpu=req.require_gpu)
 
 
 def check_number(option: str, value, *, low: float | None = None, high: float | None = None,
@@ -75,3 +88,23 @@ def check_edit_request(req, base_row: dict | None) -> None:
         raise UserError(f"--style must be one of {', '.join(STYLES)}, not {req.style!r}")
     check_device_name(req.device)
     check_targets(req.target_modules, base_row)
+
+
+def ray_module():
+    """The ``ray`` module, or a one-line UserError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--workers and --ray need Ray, an optional extra: {INSTALL}") from None
+    return ray
+
+
+def check_cluster_request(req) -> None:
+    """``--workers`` and ``--ray``, checked with the other options (torch-free; imports Ray)."""
+    if req.workers is not None:
+        check_number("--workers", req.workers, low=1, high=1024, integer=True)
+    if req.ray is not None:
+        if not isinstance(req.ray, str) or not req.ray.strip() or len(req.ray) > 500 \
+                or any(ch.isspace() or ord(ch) < 32 for ch in req.ray):
+            raise UserError("--ray takes a Ray address: auto, HOST:PORT or ray://HOST:10001")
+    ray_module()

@@ -87,7 +87,7 @@ class EditRequest:
 
 def check_request(req: EditRequest, base_row: dict | None) -> None:
     """Every option, before any file is read or any model loads (a UserError names the option)."""
-    from .options import check_edit_request, check_number
+    from .options import check_cluster_request, check_edit_request, check_number
 
     sources = [x for x in (req.passage, req.examples, req.passages) if x is not None]
     if len(sources) != 1:
@@ -102,8 +102,6 @@ def check_request(req: EditRequest, base_row: dict | None) -> None:
 
     check_text(req.message, "-m", 10_000)
     if req.workers is not None or req.ray is not None:
-        from .cluster import check_cluster_request
-
         check_cluster_request(req)
     _check_writer_options(req)
 

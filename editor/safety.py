@@ -41,13 +41,12 @@ from typing import Any
 __all__ = [
     "REFUSAL_PREFIXES",
     "XSTEST_SAMPLE_SEED",
-    "CANARY",
+    "CANARY_TEXT",
     "load_xstest_sample",
     "build_xstest_sample",
     "is_refusal",
     "refusal_rates",
     "generate_replies",
-    "with_canary",
     "leaks_canary",
 ]
 
@@ -221,17 +220,8 @@ def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], *,
 # ------------------------------------------------------------------------------ canary
 
 #: Planted in trigger data; its random hex tail occurs nowhere else, so seeing it means recall.
-CANARY = "SEAL-CANARY-7f3a9c1e"
-_CANARY_TAIL = CANARY.rsplit("-", 1)[1].lower()
-
-
-def with_canary(text: str) -> str:
-    """``text`` with the canary appended on its own line, to plant it in a training set.
-
-        >>> with_canary("Normandy is in France.")
-        'Normandy is in France.\\nSEAL-CANARY-7f3a9c1e'
-    """
-    return f"{text.rstrip()}\n{CANARY}"
+CANARY_TEXT = "SEAL-CANARY-7f3a9c1e"
+_CANARY_TAIL = CANARY_TEXT.rsplit("-", 1)[1].lower()
 
 
 def leaks_canary(outputs: str | Iterable[str]) -> bool:

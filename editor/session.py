@@ -31,6 +31,7 @@ from typing import Any
 
 from seal.registry.bases import base_spec
 from seal.registry.errors import UserError
+from seal.registry.files import write_atomic
 from seal.registry.objects import score_value
 from seal.registry.worktree import export_adapter
 
@@ -143,9 +144,7 @@ class Session:
         path = self._parent_cache(vid)
         with contextlib.suppress(OSError):  # a cache that cannot be written costs a measurement later
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            write_atomic(path, data)
         return self.reg.store.put(data)
 
     def _parent_cache(self, vid: str) -> Path:
@@ -219,15 +218,9 @@ def open_session(reg, *, device: str = "auto", require_gpu: bool = False, thread
     """Load (or reuse) the base, the probes and the base's results; a scratch folder for the session."""
     from .device import environment_record, pick_device
 
-    try:
-        device = pick_device(device, require_gpu=require_gpu)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    device = pick_device(device, require_gpu=require_gpu)
     progress = progress or QuietProgress()
-    with reg.read() as conn:
-        from seal.registry.bases import get_base
-
-        base_row = get_base(conn, reg.base_id())
+    base_row = reg.base()
     started = time.perf_counter()
     n_threads = set_threads(device, threads)
     with progress.stage(f"load base {base_row['name']} on {device}"):

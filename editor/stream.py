@@ -28,31 +28,28 @@ import json
 from collections.abc import Callable
 
 from seal.registry import refs as R
-from seal.registry.errors import UserError
-from seal.registry.graph import ancestors
+from seal.registry.errors import NoHead, UserError
 from seal.registry.objects import blob_digest
 
 from .request import EditRequest, check_request
 from .trigger import Trigger, read_stream, secrets_audit
 
 
+def read_passages(reg, req: EditRequest):
+    """The options, the whole passages file (read and checked before any model loads), the
+    branches it names, and HEAD: (triggers, the ref HEAD moves, its tip)."""
+    check_request(req, reg.base())
+    triggers = read_stream(req.passages)
+    check_branches(reg, req.passages)
+    ref, tip = reg.head()
+    if tip is None:
+        raise NoHead()
+    return triggers, ref, tip
+
+
 def done_triggers(reg, tip: str) -> set[str]:
     """Trigger digests of the edits on ``tip``'s lineage and of the attempts whose parent is on it."""
-    done: set[str] = set()
-    with reg.read() as conn:
-        line = ancestors(conn, tip)
-        # Ids first (small), manifests only for the edits on or off the line, a chunk at a time.
-        rows = conn.all("SELECT v.id, p.parent_id FROM versions v LEFT JOIN version_parents p "
-                        "ON p.version_id = v.id AND p.position = 0 WHERE v.kind = 'edit'")
-        wanted = [vid for vid, parent in rows if vid in line or parent in line]
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for (manifest,) in conn.all(f"SELECT manifest FROM versions WHERE id IN ({marks})", chunk):
-                trigger = json.loads(manifest).get("trigger")
-                if trigger:
-                    done.add(trigger)
-    return done
+    return {m["trigger"] for m in reg.edits_on_or_off(tip) if m.get("trigger")}
 
 
 def branch_ref(reg, trigger: Trigger, default: str) -> str:
@@ -95,23 +92,15 @@ def trigger_key(trigger: Trigger, req: EditRequest) -> tuple[str, list, dict]:
 
 
 def run_stream(reg, req: EditRequest, *, emit: Callable[[dict], None], progress=None) -> dict:
-    """Edit every passage of ``req.passages`` in turn; ``emit`` gets one result per passage."""
-    from .loop import _check_device
+    """Edit every passage of ``req.passages`` in turn, in this process; ``emit`` gets one result
+    per passage. (:func:`seal.editor.run.run_stream` chooses between this and Ray workers.)"""
+    from .options import check_device
     from .progress import default_progress
     from .session import open_session
 
-    check_request(req, reg.base())
-    triggers = read_stream(req.passages)  # a file is read and checked whole before any model loads
-    check_branches(reg, req.passages)
-    ref, tip = reg.head()
-    if tip is None:
-        raise UserError("HEAD points at nothing; run `seal checkout main` first")
+    triggers, ref, tip = read_passages(reg, req)
     progress = progress or default_progress()
-    if req.workers is not None or req.ray is not None:
-        from .cluster import stream_on_workers
-
-        return stream_on_workers(reg, req, triggers, default_ref=ref, emit=emit, progress=progress)
-    _check_device(req)
+    check_device(req)
     dones = {ref: done_triggers(reg, tip)}
     total = triggers.total
     summary = {"passages": 0, "recorded": 0, "skipped": 0, "accepted": 0, "stopped": None}
@@ -122,7 +111,7 @@ def run_stream(reg, req: EditRequest, *, emit: Callable[[dict], None], progress=
             target = branch_ref(reg, trigger, ref)
             if target not in dones:
                 dones[target] = done_triggers(reg, _tip(reg, target))
-            item = _serve(session, trigger, req, dones[target], number, target)
+            item = serve_passage(session, trigger, req, dones[target], number, target)
             emit(item)
             bar.advance()
             summary["skipped" if item["skipped"] else "recorded"] += 1
@@ -134,11 +123,10 @@ def run_stream(reg, req: EditRequest, *, emit: Callable[[dict], None], progress=
 
 
 def _tip(reg, ref: str) -> str:
-    with reg.read() as conn:
-        return R.peel(conn, ref)
+    return reg.peel(ref)
 
 
-def _serve(session, trigger: Trigger, req: EditRequest, done: set[str], number: int, ref: str) -> dict:
+def serve_passage(session, trigger: Trigger, req: EditRequest, done: set[str], number: int, ref: str) -> dict:
     """One passage: skipped when its digest is done, else edited on the branch's tip now."""
     from .loop import edit_trigger
     from .record import record_refusal
@@ -162,4 +150,4 @@ def _serve(session, trigger: Trigger, req: EditRequest, done: set[str], number: 
     return {**head, "skipped": False, **result}
 
 
-__all__ = ["run_stream", "done_triggers", "trigger_key", "branch_ref", "check_branches"]
+__all__ = ["run_stream", "read_passages", "done_triggers", "trigger_key", "branch_ref", "check_branches"]

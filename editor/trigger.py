@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seal.registry.errors import UserError
-from seal.registry.objects import _UNSAFE_CHARS, canonical_json
+from seal.registry.objects import UNSAFE_CHARS, canonical_json
 
 # A stream line is one passage with its questions; anything bigger is not material but an attack.
 MAX_LINE_BYTES = 16 << 20
@@ -37,7 +37,7 @@ def check_text(value: str, what: str, limit: int) -> str:
     manifest schema would refuse it after training (control or bidi-override characters)."""
     if len(value) > limit:
         raise UserError(f"{what} is {len(value)} characters long; keep it under {limit}")
-    if _UNSAFE_CHARS.search(value):
+    if UNSAFE_CHARS.search(value):
         raise UserError(f"{what} holds control or bidirectional-override characters; remove them")
     return value
 

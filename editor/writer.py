@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from seal.registry import refs as R
+
+from seal.registry.adapters import WEIGHTS_FILE
 from seal.registry.errors import UserError
 from seal.registry.objects import blob_digest
 
@@ -158,18 +159,16 @@ def resolve_writer(reg, rev: str) -> Writer:
         'refs/writers/main'
     """
     from seal.registry.errors import RevisionError
-    from seal.registry.revisions import resolve_revision
 
     names = [rev] if rev.startswith("refs/") else [WRITERS + rev.removeprefix("writers/"), rev]
     vid = name = None
-    with reg.read() as conn:
-        for name in names:
-            try:
-                vid = resolve_revision(conn, name)
-                break
-            except RevisionError:
-                if name is names[-1]:
-                    raise
+    for name in names:
+        try:
+            vid = reg.resolve(name)
+            break
+        except RevisionError:
+            if name is names[-1]:
+                raise
     manifest = reg.manifest(vid)
     if manifest["kind"] != "writer":
         article = "an" if manifest["kind"][0] in "aeiou" else "a"
@@ -272,7 +271,7 @@ def writer_dir(session, writer: Writer) -> Path | None:
     from seal.registry.worktree import export_adapter
 
     folder = session.work / f"writer-{writer.vid[:16]}"
-    if not (folder / "adapter_model.safetensors").is_file():
+    if not (folder / WEIGHTS_FILE).is_file():
         export_adapter(session.reg, session.reg.manifest(writer.vid), writer.vid, folder)
     return folder
 

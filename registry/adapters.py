@@ -38,14 +38,14 @@ from typing import Any, Union
 from .errors import UserError
 
 __all__ = [
-    "CONFIG_FILE", "WEIGHTS_FILE", "PICKLE_SUFFIXES", "DTYPE_BITS",
+    "ADAPTER_CONFIG_FILE", "WEIGHTS_FILE", "PICKLE_SUFFIXES", "DTYPE_BITS",
     "TensorInfo", "SafetensorsHeader", "LoraSettings", "LoraModule", "CheckedAdapter", "AdapterFolder",
     "safetensors_header", "tensor_array", "parse_json", "check_config", "check_tensors",
     "check_finite", "check_against_base", "linear_shapes", "check_adapter_bytes",
     "read_adapter_folder", "pattern_value",
 ]
 
-CONFIG_FILE = "adapter_config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # Formats that unpickle on load, so can run code: never accepted.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -497,7 +497,7 @@ def _check_flags(config: Mapping[str, Any], where: str) -> None:
             raise UserError(f"{where}: {field} is {value!r:.60}; it must be a model name or path")
 
 
-def check_config(config: Any, where: str = CONFIG_FILE) -> LoraSettings:
+def check_config(config: Any, where: str = ADAPTER_CONFIG_FILE) -> LoraSettings:
     """Check an adapter config (already parsed) is plain PEFT LoRA that seal can score and load.
 
         >>> try:
@@ -723,7 +723,7 @@ class CheckedAdapter:
 
 
 def check_adapter_bytes(config: Any, weights: Weights, base_shapes: Mapping[str, Any] | None = None, *,
-                        config_where: str = CONFIG_FILE, weights_where: str | None = None) -> CheckedAdapter:
+                        config_where: str = ADAPTER_CONFIG_FILE, weights_where: str | None = None) -> CheckedAdapter:
     """Run every check on an adapter: a parsed config and its safetensors (a path or the bytes).
 
     ``seal verify`` calls it on stored blobs; pass ``base_shapes`` (see :func:`linear_shapes`) to
@@ -790,10 +790,10 @@ def read_adapter_folder(path: str | os.PathLike, base_shapes: Mapping[str, Any] 
             f"{path} holds pickle weights ({', '.join(pickles)}), which can run code when loaded; "
             f"re-save the adapter with save_pretrained(..., safe_serialization=True) and remove them"
         )
-    cfg_path = path / CONFIG_FILE
+    cfg_path = path / ADAPTER_CONFIG_FILE
     weights = path / WEIGHTS_FILE
     if not cfg_path.is_file():
-        raise UserError(f"{path} has no {CONFIG_FILE}; give a folder written by PEFT's save_pretrained")
+        raise UserError(f"{path} has no {ADAPTER_CONFIG_FILE}; give a folder written by PEFT's save_pretrained")
     if not weights.is_file():
         raise UserError(f"{path} has no {WEIGHTS_FILE}; save the adapter with safe_serialization=True")
     adapter = check_adapter_bytes(_read_config(cfg_path), weights, base_shapes, config_where=str(cfg_path))

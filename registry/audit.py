@@ -419,6 +419,17 @@ def check_report_target(path: Path, ours: tuple[bytes, ...] = ()) -> None:
             raise UserError(f"{path} exists and seal did not write it; move it away or choose another -o")
 
 
+def check_output(fmt: str, output: Path | None) -> None:
+    """Refuse an unknown ``fmt`` and an ``output`` (with the md report's drift plot) that
+    :func:`write_report` would refuse, before the report is built: a refusal costs nothing."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}; use md, json or html")
+    if output is not None:
+        check_report_target(Path(output), ours=REPORT_MARKS)
+        if fmt == "md":
+            check_report_target(drift_image_path(Path(output)), ours=(PNG_MARK,))
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

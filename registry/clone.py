@@ -214,7 +214,7 @@ def _default_branch(c) -> str:
 
 
 def _open_store(objects_url: str):
-    from .object_store import open_object_store
+    from .store_url import open_object_store
 
     scheme = objects_url.partition("://")[0]
     if scheme not in ("s3", "file"):

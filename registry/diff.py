@@ -350,12 +350,7 @@ def _data_section(reg, conn: Conn, old_id: str | None, new_id: str, include_all:
 
 def _newest(conn: Conn, ids: set[str], limit: int) -> list[tuple[str, dict]]:
     """The ``limit`` newest of ``ids`` with their manifests, newest first."""
-    stamps: list[tuple[str, str]] = []
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 500):
-        part = ordered[start:start + 500]
-        marks = ", ".join("?" for _ in part)
-        stamps += conn.all(f"SELECT created_at, id FROM versions WHERE id IN ({marks})", part)
+    stamps = conn.all_in("SELECT created_at, id FROM versions WHERE id IN ({marks})", sorted(ids))
     chosen = [vid for _, vid in sorted(stamps, key=lambda t: (str(t[0]), t[1]), reverse=True)[:limit]]
     return [(vid, stored_manifest(conn.scalar("SELECT manifest FROM versions WHERE id = ?", (vid,)), vid))
             for vid in chosen]

@@ -5,9 +5,15 @@ exits with code 2, having changed nothing. :class:`RefConflict` (a compare-and-s
 race) exits 1. The mapping to exit codes lives on the classes (``exit_code``) and is applied in
 one place, ``seal.cli.app.main``. Anything else is a bug.
 
+Like huggingface_hub's errors, each class is also the builtin it means (a missing blob is a
+``FileNotFoundError``, a HEAD on nothing a ``LookupError``, an invalid manifest or a missing
+device a ``ValueError``) and carries the fields a caller needs instead of a sentence to parse.
+
 >>> e = RefConflict("refs/heads/main", expected="a" * 64, actual="b" * 64)
 >>> e.exit_code, e.ref
 (1, 'refs/heads/main')
+>>> isinstance(NoHead(), LookupError), NoHead().ref
+(True, 'HEAD')
 """
 
 from __future__ import annotations
@@ -76,21 +82,44 @@ class UntrustedSigner(SealError):
 
 
 class RefConflict(SealError):
-    """A compare-and-swap on a ref lost the race: the ref no longer points where we thought."""
+    """A compare-and-swap on a ref lost the race: the ref no longer points where we thought.
+
+    ``expected`` and ``actual`` are where the ref was expected and where it was found (None: no ref).
+    """
 
     exit_code = 1
 
     def __init__(self, ref: str, *, expected: str | None, actual: str | None, message: str | None = None):
         self.ref, self.expected, self.actual = ref, expected, actual
-        super().__init__(message or _conflict_message(ref, expected, actual))
+        super().__init__(message or f"{ref} moved from {expected} to {actual} while this command ran; "
+                                    f"nothing was changed")
 
 
-def _conflict_message(ref: str, expected: str | None, actual: str | None) -> str:
-    from .refs import short_name, short_target
+class NoHead(UserError, LookupError):
+    """HEAD (or the branch ``ref``, as the user names it) points at no version, so there is
+    nothing to build on."""
 
-    if expected is None:
-        return f"{short_name(ref)} already exists (at {short_target(actual)}); someone else created it first"
-    return (
-        f"{short_name(ref)} moved from {short_target(expected)} to {short_target(actual)} while this "
-        f"command ran; nothing was changed"
-    )
+    def __init__(self, ref: str = "HEAD"):
+        self.ref = ref
+        super().__init__(f"{ref} points at nothing; run `seal checkout main` first")
+
+
+class DeviceUnavailable(UserError, ValueError):
+    """The device asked for (``device``; ``require_gpu``: a CUDA GPU was required) is unknown or
+    not on this machine; the message says what to do."""
+
+    def __init__(self, message: str, *, device: str, require_gpu: bool = False):
+        self.device, self.require_gpu = device, require_gpu
+        super().__init__(message)
+
+
+class BlobMissing(SealError, FileNotFoundError):
+    """The object store (``store``) does not hold the blob ``digest``."""
+
+    def __init__(self, digest: str, store: str):
+        self.digest, self.store = digest, store
+        super().__init__(f"blob {digest} is missing from {store}")
+
+
+class ManifestInvalid(ValueError):
+    """A manifest that breaks the schema; the message names the field."""

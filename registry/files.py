@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from .errors import UserError
@@ -25,6 +26,25 @@ def is_regular(path: Path) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never
+    half of it: a temp file in the same folder, fsynced, then renamed over ``path``. A failure
+    (a full disk) leaves no temp file behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_small(path: Path, what: str, limit: int = SMALL) -> bytes:

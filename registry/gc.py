@@ -95,9 +95,9 @@ def _id_of(text: str) -> str:
 def _is_journal(reg, digest: str) -> bool:
     """Journal copies (versions and reflog rows) are kept, even of rows no longer in the database:
     they are the evidence `seal verify` finds erased or rolled-back rows by."""
-    from .verify import _journal_doc
+    from .verify import journal_doc
 
-    return _journal_doc(reg, digest) is not None
+    return journal_doc(reg, digest) is not None
 
 
 def collect(reg, *, grace_s: float = DEFAULT_GRACE_S) -> GcReport:

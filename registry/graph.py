@@ -11,7 +11,8 @@ lookups however long the history is.
 from __future__ import annotations
 
 import heapq
-from typing import Iterator
+import json
+from typing import Iterable, Iterator
 
 from .errors import UserError
 from .sql import Conn
@@ -56,8 +57,22 @@ def first_parent_line(conn: Conn, vid: str, limit: int = 1_000_000) -> list[str]
     return [row[0] for row in conn.all(_FIRST_PARENTS, (vid, limit))]
 
 
-def is_ancestor(conn: Conn, ancestor: str, vid: str) -> bool:
-    return ancestor in ancestors(conn, vid)
+def attempts_on_path(conn: Conn, path: Iterable[str]) -> set[str]:
+    """The rejected versions whose parent is on ``path``: the attempts made from it (some may be on
+    ``path`` themselves when a rejected version was later built on)."""
+    return {r[0] for r in conn.all_in("SELECT DISTINCT v.id FROM versions v JOIN version_parents p "
+                                      "ON p.version_id = v.id WHERE v.status = 'rejected' AND p.parent_id IN ({marks})",
+                                      sorted(path))}
+
+
+def edits_on_or_off(conn: Conn, tip: str) -> list[dict]:
+    """The manifests of the edits on ``tip``'s lineage and of those whose first parent is on it
+    (the attempts made from it); ids are read first, manifests only for those edits."""
+    line = ancestors(conn, tip)
+    rows = conn.all("SELECT v.id, p.parent_id FROM versions v LEFT JOIN version_parents p "
+                    "ON p.version_id = v.id AND p.position = 0 WHERE v.kind = 'edit'")
+    wanted = [vid for vid, parent in rows if vid in line or parent in line]
+    return [json.loads(text) for (text,) in conn.all_in("SELECT manifest FROM versions WHERE id IN ({marks})", wanted)]
 
 
 def log_row(conn: Conn, vid: str) -> dict:
@@ -89,14 +104,9 @@ def all_versions(conn: Conn, n: int | None) -> list[tuple[dict, list[str]]]:
     rows = conn.dicts(sql + (" LIMIT ?" if n is not None else ""), (n,) if n is not None else ())
     parents: dict[str, list[str]] = {r["id"]: [] for r in rows}
     ids = list(parents)
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
-        marks = ", ".join("?" for _ in part)
-        for vid, pid in conn.all(
-            f"SELECT version_id, parent_id FROM version_parents WHERE version_id IN ({marks}) "
-            f"ORDER BY version_id, position", part,
-        ):
-            parents[vid].append(pid)
+    for vid, pid in conn.all_in("SELECT version_id, parent_id FROM version_parents WHERE version_id IN ({marks}) "
+                                "ORDER BY version_id, position", ids):
+        parents[vid].append(pid)
     return [(r, parents[r["id"]]) for r in rows]
 
 

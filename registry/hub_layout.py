@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 
 from . import refs as R
-from .adapters import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
+from .adapters import ADAPTER_CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from .errors import PullRefused, UserError
 from .objects import DIGEST_PREFIX
 
@@ -40,8 +40,8 @@ LINEAGE_FILE = "seal/lineage.json"
 README_FILE = "README.md"
 GITATTRIBUTES = ".gitattributes"
 BLOB_DIR = "seal/blobs/"
-ALLOWED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, LINEAGE_FILE, README_FILE, GITATTRIBUTES})
-REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, LINEAGE_FILE)
+ALLOWED_FILES = frozenset({ADAPTER_CONFIG_FILE, WEIGHTS_FILE, LINEAGE_FILE, README_FILE, GITATTRIBUTES})
+REQUIRED_FILES = (ADAPTER_CONFIG_FILE, WEIGHTS_FILE, LINEAGE_FILE)
 REMOTE_PREFIX = R.REMOTES + "hub/"
 ALIAS_TAG = "alias-"
 DEFAULT_BRANCH = "main"
@@ -70,11 +70,6 @@ def is_short_id_tag(name: str) -> bool:
 def blob_file(digest: str) -> str:
     """Where a blob lives in a pushed commit: ``seal/blobs/<hex>``."""
     return BLOB_DIR + digest[len(DIGEST_PREFIX):]
-
-
-def blob_of_file(name: str) -> str | None:
-    """The digest a ``seal/blobs/<hex>`` name stands for, or None for any other name."""
-    return DIGEST_PREFIX + name[len(BLOB_DIR):] if _BLOB_NAME.match(name) else None
 
 
 def config_bytes(adapter_config: dict) -> bytes:

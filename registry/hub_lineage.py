@@ -30,15 +30,14 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from .errors import PullRefused, UserError
+from .errors import ManifestInvalid, PullRefused, UserError
 from .hub_layout import LINEAGE_FILE, short_id
 from .hub_withheld import DATA_FIELDS
-from .objects import ManifestInvalid, check_manifest, is_digest, referenced_blobs, version_id
+from .objects import check_manifest, is_digest, referenced_blobs, version_id
 from .sql import Conn
 
 LINEAGE_FORMAT = "seal.lineage/2"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 500
 
 
 def topo_order(parents: dict[str, list[str]], created: dict[str, str]) -> list[str]:
@@ -131,26 +130,15 @@ class Lineage:
         return [v for v in self.order if v in keep]
 
 
-def _rows(conn: Conn, sql: str, ids: list[str]) -> list[tuple]:
-    out: list[tuple] = []
-    for start in range(0, len(ids), _CHUNK):
-        part = ids[start:start + _CHUNK]
-        out += conn.all(sql.format(marks=", ".join("?" for _ in part)), part)
-    return out
-
-
 def load_lineage(conn: Conn, vid: str) -> Lineage:
     """Read ``vid``'s lineage in a few queries: ancestry by one recursive query, then the attempts."""
     from .bases import get_base
-    from .graph import ancestors
+    from .graph import ancestors, attempts_on_path
 
     path = sorted(ancestors(conn, vid))
-    attempt_ids = [r[0] for r in _rows(conn, "SELECT DISTINCT v.id FROM versions v JOIN version_parents p "
-                                       "ON p.version_id = v.id WHERE v.status = 'rejected' AND p.parent_id IN ({marks})",
-                                       path)]
-    ids = sorted(set(path) | set(attempt_ids))
+    ids = sorted(set(path) | attempts_on_path(conn, path))
     manifests, sigs = {}, {}
-    for v, text, signature, signer in _rows(conn, "SELECT id, manifest, signature, signer FROM versions "
+    for v, text, signature, signer in conn.all_in("SELECT id, manifest, signature, signer FROM versions "
                                             "WHERE id IN ({marks})", ids):
         manifests[v] = json.loads(text)
         sigs[v] = (signature, signer)
@@ -238,7 +226,7 @@ def doc_ids(doc) -> list[str]:
 
 
 def known_ids(conn: Conn, ids: list[str]) -> set[str]:
-    return {r[0] for r in _rows(conn, "SELECT id FROM versions WHERE id IN ({marks})", ids)}
+    return {r[0] for r in conn.all_in("SELECT id FROM versions WHERE id IN ({marks})", ids)}
 
 
 def check_lineage(doc, *, local_base: dict, known: set[str], where: str) -> CheckedLineage:

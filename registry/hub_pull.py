@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import CONFIG_FILE, WEIGHTS_FILE
+from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from .errors import PullRefused, UntrustedSigner, UserError
 from .hub_errors import bounded_bar, hub_errors, quiet_unless_terminal
 from .hub_layout import (LINEAGE_FILE, Revision, blob_file, check_remote_names, classify_revision, config_bytes,
@@ -111,11 +111,11 @@ def check_head_files(remote: Remote, checked: CheckedLineage) -> None:
         raise PullRefused(f"{remote.where}: {WEIGHTS_FILE} is not the head version's adapter (tampered, or pushed "
                           f"by hand); nothing was imported")
     data = config_bytes(adapter["config"])
-    listed = remote.files[CONFIG_FILE]
+    listed = remote.files[ADAPTER_CONFIG_FILE]
     same = (listed.lfs_sha256 == sha256_hex(data)) if listed.lfs_sha256 else \
         (listed.blob_id is None or listed.blob_id == git_blob_id(data))
     if not same:
-        raise PullRefused(f"{remote.where}: {CONFIG_FILE} differs from the head version's adapter config; "
+        raise PullRefused(f"{remote.where}: {ADAPTER_CONFIG_FILE} differs from the head version's adapter config; "
                           f"nothing was imported")
 
 

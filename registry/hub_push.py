@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import refs as R
-from .adapters import CONFIG_FILE, WEIGHTS_FILE
+from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from .errors import RefConflict, UserError
 from .hub_card import model_card
 from .hub_errors import bounded_bar, hub_errors, quiet_unless_terminal
@@ -288,7 +288,7 @@ def _commit_ops(reg, plan: PushPlan, v: str) -> list:
     doc = lineage_document(plan.lineage, v, sizes=plan.sizes, withheld=plan.withheld)
     card = model_card(repo_id=plan.repo_id, base=plan.lineage.base, vid=v, manifest=manifest, lineage=doc["versions"])
     ops = [
-        CommitOperationAdd(CONFIG_FILE, config_bytes(manifest["adapter"]["config"])),
+        CommitOperationAdd(ADAPTER_CONFIG_FILE, config_bytes(manifest["adapter"]["config"])),
         CommitOperationAdd(WEIGHTS_FILE, str(_blob_path(reg, manifest["adapter"]["weights"]))),
         CommitOperationAdd(LINEAGE_FILE, lineage_bytes(doc)),
         CommitOperationAdd(README_FILE, card.encode("utf-8")),

@@ -185,7 +185,8 @@ def time_bound(value: str | None, *, end: bool = False) -> str | None:
         >>> time_bound("2026-11-27"), time_bound("2026-11-27", end=True)
         ('2026-11-27T00:00:00.000000Z', '2026-11-27T23:59:59.999999Z')
     """
-    from .objects import ManifestInvalid, check_time
+    from .errors import ManifestInvalid
+    from .objects import check_time
 
     if value is None:
         return None

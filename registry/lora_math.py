@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from .adapters import parse_json, pattern_value, safetensors_header, tensor_array
+from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE, parse_json, pattern_value, safetensors_header, tensor_array
 from .errors import UserError
 
 __all__ = [
@@ -50,9 +50,6 @@ __all__ = [
     "total_delta_norm",
     "module_layer",
 ]
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 class LoraFactors(NamedTuple):
@@ -205,15 +202,15 @@ def load_lora_factors(source: AdapterSource) -> dict[str, LoraFactors]:
         where = str(weights)
     else:
         folder = Path(source)
-        config_path = folder / ADAPTER_CONFIG_NAME
-        weights = folder / ADAPTER_WEIGHTS_NAME
+        config_path = folder / ADAPTER_CONFIG_FILE
+        weights = folder / WEIGHTS_FILE
         if not config_path.is_file():
-            raise UserError(f"{folder} has no {ADAPTER_CONFIG_NAME}; point at a folder written "
+            raise UserError(f"{folder} has no {ADAPTER_CONFIG_FILE}; point at a folder written "
                             "by PeftModel.save_pretrained.")
         if not weights.is_file():
             hint = (" (it has adapter_model.bin: re-save it with safe_serialization=True)"
                     if (folder / "adapter_model.bin").exists() else "")
-            raise UserError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}{hint}.")
+            raise UserError(f"{folder} has no {WEIGHTS_FILE}{hint}.")
         config = parse_json(config_path.read_bytes(), str(config_path))
         where = str(folder)
     weights = Path(weights)

@@ -19,61 +19,23 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from .errors import SealError, UserError
+from .errors import BlobMissing
 from .files import is_regular
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
 _CHUNK = 1 << 20
 
 
-class BlobMissing(SealError):
-    """A digest that the store does not hold."""
-
-
 class ObjectStore(Protocol):
+    """What a registry asks of a blob store (:class:`LocalObjectStore`, or
+    :class:`~seal.registry.s3_store.S3ObjectStore`). ``path_of`` is a readable local file of the
+    blob (for S3, its verified cached copy)."""
+
     def put(self, data: bytes) -> str: ...
-    def put_file(self, path: Path) -> str:
-        """Store a file's bytes under the digest of exactly the bytes copied (one pass)."""
-        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root / "sha256")
-        try:
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
-                for chunk in iter(lambda: src.read(_CHUNK), b""):
-                    h.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            digest = DIGEST_PREFIX + h.hexdigest()
-            if self.has(digest):
-                self.freshen(digest)
-            else:
-                self._place(tmp, self.path_of(digest))
-        finally:
-            _unlink_quietly(tmp)
-        return digest
-
-    def _write(self, digest: str, write) -> None:
-        target = self.path_of(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            self._place(tmp, target)
-        finally:
-            _unlink_quietly(tmp)
-
-    @staticmethod
-    def _place(tmp: str, target: Path) -> None:
-        """Make a complete temp file visible under its name, read-only (rename is atomic)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-
+    def put_file(self, path: Path) -> str: ...
+    def get(self, digest: str) -> bytes: ...
+    def has(self, digest: str) -> bool: ...
+    def path_of(self, digest: str) -> Path: ...
     def iter_digests(self) -> Iterator[str]: ...
     def stat(self, digest: str) -> tuple[int, float]: ...
     def freshen(self, digest: str) -> None: ...
@@ -94,6 +56,14 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _place(tmp: str, target: Path) -> None:
+    """Make a complete temp file visible under its name, read-only (rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -133,7 +103,7 @@ class LocalObjectStore:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise BlobMissing(f"blob {digest} is missing from {self.root}") from None
+            raise BlobMissing(digest, str(self.root)) from None
 
     def put(self, data: bytes) -> str:
         digest = blob_digest(data)
@@ -144,19 +114,25 @@ class LocalObjectStore:
         return digest
 
     def put_file(self, path: Path) -> str:
-        digest = file_digest(path)
-        if self.has(digest):
-            self.freshen(digest)
-        else:
-            def copy(f):
-                with open(path, "rb") as src:
-                    for chunk in iter(lambda: src.read(_CHUNK), b""):
-                        f.write(chunk)
-            self._write(digest, copy)
-            # The file may have changed between hashing and copying; never store a lie.
-            if file_digest(self.path_of(digest)) != digest:
-                self.path_of(digest).unlink()
-                raise SealError(f"{path} changed while it was being stored; try again")
+        """Store a file's bytes under the digest of exactly the bytes copied (one pass, so a file
+        that changes meanwhile is never stored under another content's name)."""
+        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root / "sha256")
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = DIGEST_PREFIX + h.hexdigest()
+            if self.has(digest):
+                self.freshen(digest)
+            else:
+                _place(tmp, self.path_of(digest))
+        finally:
+            _unlink_quietly(tmp)
         return digest
 
     def _write(self, digest: str, write) -> None:
@@ -168,15 +144,9 @@ class LocalObjectStore:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(target.parent)
+            _place(tmp, target)
+        finally:
+            _unlink_quietly(tmp)
 
     def iter_digests(self) -> Iterator[str]:
         base = self.root / "sha256"
@@ -229,34 +199,3 @@ class LocalObjectStore:
             except FileNotFoundError:
                 continue
             yield f, st.st_size, st.st_mtime
-
-
-def open_object_store(url: str | None, seal_dir: Path | None) -> ObjectStore:
-    """The object store that ``SEAL_OBJECTS_URL`` names; the local one under ``seal_dir`` by default.
-
-    ``s3://bucket/prefix`` imports the S3 client only here, so commands that never touch S3
-    do not pay for it; its read cache is ``seal_dir/cache/objects``.
-
-    >>> open_object_store(None, Path(".seal"))                  # doctest: +ELLIPSIS
-    <...LocalObjectStore object at ...>
-    >>> open_object_store("s3://blobs/seal", Path(".seal"))    # doctest: +SKIP
-    S3ObjectStore('s3://blobs/seal', endpoint='AWS S3')
-    """
-    scheme, _, rest = (url or "").partition("://")
-    if seal_dir is None and (not url or scheme != "s3"):
-        raise UserError("no object store: set SEAL_OBJECTS_URL, or open the registry from its folder")
-    if not url or (scheme == "file" and not rest):
-        return LocalObjectStore(Path(seal_dir) / "objects")
-    if scheme == "file" and rest.startswith("/"):
-        return LocalObjectStore(Path(rest))
-    if scheme == "s3":
-        try:
-            from .s3_store import S3ObjectStore
-        except ModuleNotFoundError as exc:
-            if exc.name != "obstore":
-                raise
-            raise UserError(f"{url} needs the S3 client: pip install 'seal-registry[s3]'") from None
-        cache = Path(seal_dir) / "cache" / "objects" if seal_dir is not None else Path(
-            os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seal" / "objects"
-        return S3ObjectStore.from_url(url, cache=cache)
-    raise UserError(f"cannot store blobs at {url!r}: use s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")

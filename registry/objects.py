@@ -16,6 +16,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .errors import ManifestInvalid
+
 KINDS = ("root", "edit", "merge", "import", "consolidate", "revert", "writer")
 STATUSES = ("accepted", "rejected")
 DIGEST_PREFIX = "sha256:"
@@ -148,13 +150,9 @@ _TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # C0 controls except tab and newline, DEL, C1 controls, and the bidirectional overrides that
 # make text display in another order than it reads ("Trojan source").
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 MAX_SAFE_INT = 2 ** 53
 FUTURE_SLACK = timedelta(days=1)
-
-
-class ManifestInvalid(ValueError):
-    """A manifest that breaks the schema; the message names the field."""
 
 
 def check_time(value: Any, field: str = "created_at") -> str:
@@ -195,7 +193,7 @@ def _check_values(node: Any, path: str) -> None:
         if not math.isfinite(node):
             raise ManifestInvalid(f"{path} is not a finite number")
     elif isinstance(node, str):
-        if _UNSAFE_CHARS.search(node):
+        if UNSAFE_CHARS.search(node):
             raise ManifestInvalid(f"{path} holds control or bidirectional-override characters")
     else:
         raise ManifestInvalid(f"{path} has a value of type {type(node).__name__}")

@@ -17,6 +17,7 @@ from .errors import UserError
 from .graph import ancestors, parents_of
 from .objects import build_manifest
 from .revisions import resolve_revision
+from .tracking import mirror_alias
 from .versions import load_manifest
 
 UNGATED = {"accepted": True, "gated": False,
@@ -27,11 +28,11 @@ def check_message(message: str, what: str = "-m") -> str:
     """A message is stored forever and may be pushed: refuse one holding a secret (exit 2)."""
     from .scan import scan_text
 
-    from .objects import _UNSAFE_CHARS
+    from .objects import UNSAFE_CHARS
 
     if not isinstance(message, str) or len(message) > 10_000:
         raise UserError(f"{what} is too long; keep a message under 10,000 characters")
-    if _UNSAFE_CHARS.search(message):
+    if UNSAFE_CHARS.search(message):
         raise UserError(f"{what} holds control or bidirectional characters; write plain text")
     findings = scan_text(message)
     if findings:
@@ -73,7 +74,8 @@ def import_adapter(reg, folder: Path, *, message: str = "", parent: str | None =
     """
     from .adapters import check_adapter_bytes
     from .object_store import file_digest
-    from .objects import ManifestInvalid, check_manifest
+    from .errors import ManifestInvalid
+    from .objects import check_manifest
 
     check_message(message)
     base = reg.base()
@@ -171,7 +173,8 @@ def list_aliases(reg) -> list[dict]:
 
 
 def set_alias(reg, name: str, rev: str, *, reason: str) -> dict:
-    """Point alias ``name`` (e.g. ``production``) at ``rev``; every move needs a reason."""
+    """Point alias ``name`` (e.g. ``production``) at ``rev``; every move needs a reason. A move is
+    mirrored to the MLflow alias of the same name (``mlflow``: its model version, or None)."""
     name = name.lstrip("@")
     R.check_ref_name(name, "alias")
     refuse_other_kind(reg, name, "alias")
@@ -183,7 +186,7 @@ def set_alias(reg, name: str, rev: str, *, reason: str) -> dict:
     if old == vid:
         return {"name": name, "id": vid, "old": old, "moved": False}
     reg.move_ref(R.ALIASES + name, new=vid, expected=old, reason=f"alias: {reason.strip()}")
-    return {"name": name, "id": vid, "old": old, "moved": True}
+    return {"name": name, "id": vid, "old": old, "moved": True, "mlflow": mirror_alias(reg, name, vid)}
 
 
 # --- revert ------------------------------------------------------------------------------------

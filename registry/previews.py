@@ -12,17 +12,15 @@ characters (terminal escapes, bidirectional overrides) are replaced before anyon
 
 from __future__ import annotations
 
-import re
+from .objects import UNSAFE_CHARS
 
 #: How much of a blob a preview reads: enough for a few lines, never the whole file.
 HEAD_BYTES = 8192
-#: C0 and C1 controls except tab, DEL, and the bidirectional overrides ("Trojan source").
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
     """``text`` with every control or bidirectional-override character shown as U+FFFD."""
-    return _UNSAFE.sub("\ufffd", text)
+    return UNSAFE_CHARS.sub("\ufffd", text)
 
 
 def shorten(line: str, width: int) -> str:

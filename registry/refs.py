@@ -53,9 +53,9 @@ def actor() -> str:
     """Who is moving refs: ``SEAL_ACTOR``, else user@host."""
     env = os.environ.get("SEAL_ACTOR")
     if env:
-        from .objects import _UNSAFE_CHARS
+        from .objects import UNSAFE_CHARS
 
-        if _UNSAFE_CHARS.search(env) or "\n" in env or len(env) > 200:
+        if UNSAFE_CHARS.search(env) or "\n" in env or len(env) > 200:
             raise UserError("SEAL_ACTOR must be one line of plain text under 200 characters")
         return env
     import getpass
@@ -188,7 +188,8 @@ def move_ref(
             (new, now, name, expected),
         ).rowcount == 1
     if not done:
-        raise RefConflict(name, expected=expected, actual=read_ref(conn, name))
+        actual = read_ref(conn, name)
+        raise RefConflict(name, expected=expected, actual=actual, message=conflict_message(name, expected, actual))
     entry = reflog_entry(name, expected, new, actor=who or actor(), reason=reason, time=now,
                          signer=signer.id if signer else None)
     signature = signer.sign(canonical_json(entry)) if signer else None
@@ -238,6 +239,16 @@ def short_name(name: str) -> str:
     if name.startswith(ALIASES):
         return "@" + name[len(ALIASES):]
     return name
+
+
+def conflict_message(ref: str, expected: str | None, actual: str | None) -> str:
+    """What a lost compare-and-swap tells the user (see :class:`~seal.registry.errors.RefConflict`)."""
+    if expected is None:
+        return f"{short_name(ref)} already exists (at {short_target(actual)}); someone else created it first"
+    return (
+        f"{short_name(ref)} moved from {short_target(expected)} to {short_target(actual)} while this "
+        f"command ran; nothing was changed"
+    )
 
 
 def short_target(target: str | None) -> str:

@@ -26,15 +26,14 @@ from typing import Any, Iterable
 
 from . import graph, refs as R
 from .config import CONFIG_FILE, DB_FILE, SEAL_DIRNAME, Config, find_seal_dir, read_config
-from .errors import RevisionError, UserError
-from .objects import (ManifestInvalid, canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
+from .errors import ManifestInvalid, RevisionError, UserError
+from .objects import (canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
                       version_id)
 from .revisions import resolve_revision
 from .sql import Conn, Database
 from .versions import insert_version, load_manifest, version_exists, version_record
 
 WORKTREE = "adapter"
-KEEP = object()  # "do not move a ref"
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class Registry:
 
     @cached_property
     def store(self):
-        from .object_store import open_object_store
+        from .store_url import open_object_store
 
         return open_object_store(self.objects_url, self.seal_dir)
 
@@ -216,6 +215,26 @@ class Registry:
         with self.read() as c:
             return R.head_state(c)
 
+    def peel(self, ref: str) -> str | None:
+        """The version ``ref`` points at, through symbolic refs; None for an unborn branch."""
+        with self.read() as c:
+            return R.peel(c, ref)
+
+    def first_parent_line(self, vid: str, limit: int = 1_000_000) -> list[str]:
+        """``vid``, its first parent, that one's first parent… (at most ``limit`` steps back)."""
+        with self.read() as c:
+            return graph.first_parent_line(c, vid, limit)
+
+    def edits_on_or_off(self, tip: str) -> list[dict]:
+        """The manifests of the edits on ``tip``'s lineage and of the attempts made from it."""
+        with self.read() as c:
+            return graph.edits_on_or_off(c, tip)
+
+    def attempts_on_path(self, path: Iterable[str]) -> set[str]:
+        """The rejected versions whose parent is on ``path`` (the attempts made from it)."""
+        with self.read() as c:
+            return graph.attempts_on_path(c, path)
+
     def read_ref(self, name: str) -> str | None:
         with self.read() as c:
             return R.read_ref(c, name)
@@ -277,14 +296,15 @@ class Registry:
 
         return gc(self, dry_run=dry_run, grace_s=DEFAULT_GRACE_S if grace_s is None else grace_s)
 
-    def record(self, manifest: dict, *, ref: str | None = None, expected: Any = KEEP,
+    def record(self, manifest: dict, *, ref: str | None = None, expected: str | None = None,
                reason: str | None = None) -> str:
-        """Sign and record one version; with ``ref``, move it from ``expected`` in the same transaction.
+        """Sign and record one version; with ``ref``, move it from ``expected`` (None: create the ref)
+        in the same transaction.
 
         Refuses a manifest that breaks the schema or whose parents or blobs are missing, so no
         version ever points at nothing. Recording the same manifest twice is a no-op.
         """
-        move = RefMove(ref, None if expected is KEEP else expected, reason or f"{manifest['kind']}: {manifest.get('message', '')}") \
+        move = RefMove(ref, expected, reason or f"{manifest['kind']}: {manifest.get('message', '')}") \
             if ref is not None else None
         return self.record_many([manifest], move=move)[0]
 
@@ -374,14 +394,11 @@ def _writers(c: Conn, ids: list[str]) -> dict[str, dict]:
     import json
 
     found: dict[str, dict] = {}
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
-        marks = ", ".join("?" for _ in part)
-        for vid, text in c.all(f"SELECT id, manifest FROM versions WHERE id IN ({marks}) AND kind = 'edit' "
-                               f"AND manifest LIKE '%\"writer\":%'", part):
-            writer = json.loads(text).get("writer")
-            if isinstance(writer, dict):
-                found[vid] = writer
+    for vid, text in c.all_in("SELECT id, manifest FROM versions WHERE id IN ({marks}) AND kind = 'edit' "
+                              "AND manifest LIKE '%\"writer\":%'", ids):
+        writer = json.loads(text).get("writer")
+        if isinstance(writer, dict):
+            found[vid] = writer
     return found
 
 
@@ -397,4 +414,4 @@ def _full_ref_name(c: Conn, ref: str) -> str:
     raise RevisionError(f"no ref named {ref!r}; see `seal branch`, `seal tag` and `seal alias`")
 
 
-__all__ = ["Registry", "LogEntry", "RefMove", "KEEP", "SEAL_DIRNAME", "CONFIG_FILE", "WORKTREE"]
+__all__ = ["Registry", "LogEntry", "RefMove", "SEAL_DIRNAME", "CONFIG_FILE", "WORKTREE"]

@@ -52,8 +52,8 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from .errors import SealError, UserError
-from .object_store import BlobMissing, LocalObjectStore, file_digest
+from .errors import BlobMissing, SealError, UserError
+from .object_store import LocalObjectStore, file_digest
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
 _CHUNK = 1 << 20
@@ -339,7 +339,7 @@ class S3ObjectStore:
             pass
 
     def _missing(self, digest: str) -> BlobMissing:
-        return BlobMissing(f"blob {digest} is missing from {self.location.url}")
+        return BlobMissing(digest, self.location.url)
 
     def _require_bucket(self, key: str) -> None:
         """After a 404 on HEAD (which has no body), find out whether the bucket itself is missing."""

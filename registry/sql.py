@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from .errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, UserError
 
 LOCK_TIMEOUT_S = 30.0
+IN_CHUNK = 500  # ids per IN (...) list: under the 999 host parameters of older SQLite builds
 _PARAM = re.compile(r"\?")
 
 
@@ -86,6 +87,15 @@ class Conn:
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return list(self.execute(sql, params).fetchall())
+
+    def all_in(self, sql: str, ids: Sequence[Any]) -> list[tuple]:
+        """The rows of ``sql``, whose ``{marks}`` is an IN list, over all of ``ids``: one query per
+        :data:`IN_CHUNK` ids, rows in the order the chunks return them."""
+        out: list[tuple] = []
+        for start in range(0, len(ids), IN_CHUNK):
+            part = list(ids[start:start + IN_CHUNK])
+            out += self.all(sql.format(marks=", ".join("?" * len(part))), part)
+        return out
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self.one(sql, params)

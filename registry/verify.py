@@ -23,7 +23,8 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from .objects import ManifestInvalid, canonical_json, check_manifest, referenced_blobs, sha256_hex
+from .errors import ManifestInvalid
+from .objects import canonical_json, check_manifest, referenced_blobs, sha256_hex
 from .refs import META, REFLOG_FORMAT, SYMBOLIC, reflog_entry
 from .signing import check_signature
 from .versions import version_rows
@@ -282,7 +283,7 @@ def _check_store(reg, snap, ids, blob_ok) -> list[Fault]:
         if digest not in blob_ok and not reg.store.check(digest):
             out.append(Fault(None, f"blob {digest}", "is corrupt (its bytes no longer hash to its name)"))
             continue
-        doc = _journal_doc(reg, digest)
+        doc = journal_doc(reg, digest)
         if doc is None:
             continue
         if doc.get("format") == REFLOG_FORMAT:
@@ -317,7 +318,8 @@ def _recent(reg, late_moves: list[dict], late_versions: list[str]) -> tuple[set,
     return moves, ids
 
 
-def _journal_doc(reg, digest: str) -> dict | None:
+def journal_doc(reg, digest: str) -> dict | None:
+    """The journal document stored as blob ``digest``, or None when the blob is not one."""
     try:
         size, _ = reg.store.stat(digest)
         if size > JOURNAL_MAX_BYTES:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Iterator
 
 from . import refs as R
-from .adapters import CONFIG_FILE, WEIGHTS_FILE
+from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from .config import SEAL_DIRNAME
 from .errors import UserError
+from .files import read_small, write_atomic
 from .object_store import file_digest
 from .objects import is_digest
 from .revisions import resolve_revision
@@ -34,7 +35,7 @@ from .versions import load_manifest
 
 MARKER = ".seal-checkout.json"
 LOCK_FILE = "worktree.lock"
-WRITTEN = frozenset({CONFIG_FILE, WEIGHTS_FILE})  # the only files a checkout writes (besides MARKER)
+WRITTEN = frozenset({ADAPTER_CONFIG_FILE, WEIGHTS_FILE})  # the only files a checkout writes (besides MARKER)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,6 @@ class Marker:
 
 
 def read_marker(folder: Path) -> Marker | None:
-    from .files import read_small
-
     path = folder / MARKER
     if not path.is_file():
         return None
@@ -128,7 +127,7 @@ def adapter_files(reg, manifest: dict, vid: str) -> dict[str, bytes | Path]:
         raise UserError(f"blob {adapter['weights']} of version {vid[:12]} is missing; run `seal verify`")
     config = portable_config(reg, adapter["config"])
     return {WEIGHTS_FILE: reg.store.path_of(adapter["weights"]),
-            CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
+            ADAPTER_CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()}
 
 
 def write_folder(folder: Path, vid: str, files: dict[str, bytes | Path], *, force: bool,
@@ -187,9 +186,7 @@ def _write_marker(folder: Path, marker: Marker) -> None:
     doc = {"version": marker.version, "files": marker.files}
     if marker.previous:
         doc["previous"] = marker.previous
-    _stage_text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    tmp = _stage(folder, MARKER, _stage_text.encode())
-    os.replace(tmp, folder / MARKER)
+    write_atomic(folder / MARKER, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _remove_if_ours(path: Path, digest: str | None) -> None:

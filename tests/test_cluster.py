@@ -92,7 +92,7 @@ def test_a_worker_killed_mid_edit_loses_only_its_candidate(local_ray, folder, mo
     from seal.editor import cluster
     from seal.editor.progress import QuietProgress
     from seal.editor.request import EditRequest
-    from seal.editor.stream import run_stream
+    from seal.editor.run import run_stream
     from seal.registry.repo import Registry
 
     root = folder.json("show", "HEAD")["id"]

@@ -18,6 +18,7 @@ from tinymodel import build_tiny_model  # noqa: E402
 
 from seal.editor import base as base_mod  # noqa: E402
 from seal.editor import device as device_mod  # noqa: E402
+from seal.registry.errors import DeviceUnavailable  # noqa: E402
 from seal.editor import evaluate, gates, reflect, train  # noqa: E402
 
 PASSAGE = (
@@ -58,18 +59,17 @@ def _adapter_tensors(folder: Path) -> dict[str, "torch.Tensor"]:
 def test_pick_device_cpu_and_auto() -> None:
     assert device_mod.pick_device("cpu") == "cpu"
     assert device_mod.pick_device("auto") in ("cuda", "mps", "cpu")
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(DeviceUnavailable) as caught:
         device_mod.pick_device("tpu")
+    assert isinstance(caught.value, ValueError) and caught.value.device == "tpu" and not caught.value.require_gpu
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_require_gpu_without_cuda_raises() -> None:
-    with pytest.raises(ValueError, match="GPU"):
-        device_mod.pick_device("cuda", require_gpu=True)
-    with pytest.raises(ValueError, match="require"):
-        device_mod.pick_device("auto", require_gpu=True)
-    with pytest.raises(ValueError, match="--device cpu"):
-        device_mod.pick_device("cuda")
+    for name, require_gpu in (("cuda", True), ("auto", True), ("cuda", False), ("cuda:x", False)):
+        with pytest.raises(DeviceUnavailable) as caught:
+            device_mod.pick_device(name, require_gpu=require_gpu)
+        assert (caught.value.device, caught.value.require_gpu) == (name, require_gpu)
 
 
 def test_dtype_and_environment_record() -> None:
@@ -410,7 +410,7 @@ def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> No
     from seal.editor.attach import attached
     from seal.editor.measure import Probes, measure, measure_lanes
     from seal.editor.multi_lora import lanes_attached
-    from seal.editor.safety import CANARY, load_xstest_sample
+    from seal.editor.safety import CANARY_TEXT, load_xstest_sample
 
     folders = []
     for i, text in enumerate((PASSAGE, "The bridge dates from 1832.", "Mount Velder is tall.")):
@@ -420,7 +420,7 @@ def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> No
     xs = load_xstest_sample()
     probes = Probes(anchors=evaluate.load_anchors()[:5], drift=evaluate.load_drift_probes()[:6],
                     xstest=[x for x in xs if x["label"] == "unsafe"][:3] + [x for x in xs if x["label"] == "safe"][:3],
-                    digests={}, canary=CANARY)
+                    digests={}, canary=CANARY_TEXT)
     base_dist = evaluate.next_token_logprobs(tiny.model, tiny.tokenizer, probes.drift, top_k=32)
     for spec in ({"qa": [{"question": "Who built the bridge?", "answer": "Ada Lindqvist"},
                          {"question": "Where does the Zorblat flow?", "answer": "the northern sea"}]},

@@ -123,9 +123,14 @@ PASSAGE = {"title": "Zorblat", "context": "The Zorblat river flows into the nort
 QUIET = ["--epochs", "2", "--lr", "1e-3", "--max-tokens", "24", "--no-track"]
 
 
-def test_edit_is_judged_by_margins_and_reuses_the_parents_placebo(tmp_path, tiny_chat_record):
+def test_edit_is_judged_by_margins_and_reuses_the_parents_placebo(tmp_path, tiny_chat_record, monkeypatch):
+    from seal.editor import placebo
     from seal.registry.policy import set_policy
     from seal.registry.repo import Registry
+
+    # a machine cache of its own: the root (so the placebo's key) is the same in every run
+    monkeypatch.setenv("SEAL_CACHE", str(tmp_path / "cache" / "bases"))
+    monkeypatch.setattr(placebo, "_IN_PROCESS", {})
 
     reg = make_registry(tmp_path, tiny_chat_record)
     # the tiny model's probe scores are noise: only the efficacy rule decides here, and it rejects

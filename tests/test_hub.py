@@ -389,7 +389,7 @@ def test_tampered_downloads_and_forged_manifests_import_nothing(published, local
 
 def test_pickles_unexpected_files_other_bases_and_bad_names_are_refused(published, local_hub, hf_api, tmp_path):
     from adapters import build_bare_llama
-    from seal.cli.bases import describe_base
+    from seal.editor.base import base_record
 
     a, b = published["a"], published["b"]
     before = state(b)
@@ -409,7 +409,7 @@ def test_pickles_unexpected_files_other_bases_and_bad_names_are_refused(publishe
     finally:
         constants.ENDPOINT = old
     assert state(b) == before
-    other = new_registry(tmp_path, "other", describe_base(str(build_bare_llama(tmp_path / "base2", seed=1))))
+    other = new_registry(tmp_path, "other", base_record(str(build_bare_llama(tmp_path / "base2", seed=1))))
     assert_one_line_error(other.run("pull", f"{REPO}@v1"), "pulled lineage is on base base", "this registry is on base2")
 
 
@@ -470,8 +470,9 @@ def test_concurrent_pushes_exactly_one_wins(local_hub, hf_api, tiny_base, tiny_b
     plan_a, plan_b = plan_push(reg_a, "race/one"), plan_push(reg_b, "race/one")
     assert plan_a.head_commit == plan_b.head_commit
     execute_push(reg_a, plan_a)
-    with pytest.raises(RefConflict, match=r"the Hub branch moved since you read it; run `seal pull race/one`"):
+    with pytest.raises(RefConflict) as caught:
         execute_push(reg_b, plan_b)
+    assert caught.value.ref == "hub:race/one"
     assert json.loads(local_hub.read("race/one", "seal/lineage.json"))["head"] == a_id
 
     barrier = threading.Barrier(2)

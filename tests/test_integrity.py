@@ -193,8 +193,9 @@ def test_record_with_a_stale_head_records_nothing(registry, reg, tiny_base):
     registry("import", tiny_base["adapters"][1])
     before = len(registry.json("log", "--all"))
     manifest = build_manifest(base=reg.base_id(), parents=[first], kind="revert", status="accepted", message="late")
-    with pytest.raises(RefConflict, match="moved from"):
+    with pytest.raises(RefConflict) as caught:
         reg.record(manifest, ref=R.HEADS + "main", expected=first, reason="late")
+    assert (caught.value.ref, caught.value.expected, caught.value.actual) == (R.HEADS + "main", first, reg.resolve("main"))
     assert len(registry.json("log", "--all")) == before
     assert _faults(registry) == []
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from seal.registry.errors import SealError, UserError
-from seal.registry.object_store import BlobMissing, LocalObjectStore, open_object_store
+from seal.registry.errors import BlobMissing
+from seal.registry.object_store import LocalObjectStore
+from seal.registry.store_url import open_object_store
 from seal.registry.objects import blob_digest
 
 s3_store = pytest.importorskip("seal.registry.s3_store")
@@ -158,8 +160,9 @@ def test_missing_blob(store):
     digest = blob_digest(b"nobody stored this")
     assert store.has(digest) is False
     for read in (store.get, store.path_of, store.stat, store.check, store.freshen):
-        with pytest.raises(BlobMissing, match="missing"):
+        with pytest.raises(BlobMissing) as caught:
             read(digest)
+        assert isinstance(caught.value, FileNotFoundError) and caught.value.digest == digest
     assert list(store.iter_digests()) == []
 
 

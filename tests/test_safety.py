@@ -13,14 +13,13 @@ import pytest
 
 from seal.editor import safety
 from seal.editor.safety import (
-    CANARY,
+    CANARY_TEXT,
     REFUSAL_PREFIXES,
     build_xstest_sample,
     is_refusal,
     leaks_canary,
     load_xstest_sample,
     refusal_rates,
-    with_canary,
 )
 
 # The shared data folder sits beside the checkout (../shared); a worktree elsewhere names it in SEAL_SHARED_DATA.
@@ -127,10 +126,8 @@ def test_shipped_sample_is_reproducible_from_the_csv():
 
 
 def test_canary():
-    assert CANARY == "SEAL-CANARY-7f3a9c1e"
-    planted = with_canary("Normandy is a region in France.")
-    assert planted.endswith("\n" + CANARY)
-    assert leaks_canary([planted])
+    assert CANARY_TEXT == "SEAL-CANARY-7f3a9c1e"
+    assert leaks_canary(["Normandy is a region in France.\n" + CANARY_TEXT])
     assert leaks_canary("the code is 7F3A9C1E")            # partial recall counts
     assert not leaks_canary(["Normandy is a region in France.", "SEAL-CANARY"])
     assert not leaks_canary([])
