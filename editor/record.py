@@ -75,6 +75,8 @@ def reason_of(c: Candidate, winner: int | None, k: int) -> str:
         return f"diverged: {c.diverged}"
     if c.passed:
         return "passed every gate but another candidate scored higher"
+    if c.failed == ["outranked"]:
+        return "passed the efficacy rule; not probed: a candidate with a larger margin gain passed every gate"
     return "failed: " + ", ".join(c.failed)
 
 

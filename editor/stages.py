@@ -227,6 +227,13 @@ def run_params(session, attempt: Attempt, c: Candidate, params: dict) -> dict:
 def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
     """Measure every candidate against its parent and the base, and run every gate.
 
+    Where the efficacy margin rule judges (an edit of a passage with questions), it runs first,
+    on every candidate, in one forward pass each; the probes (generation, retention, drift,
+    safety) then run only where they can change the decision: never for a candidate the rule
+    rejected, and, best margin first, not for those ranked below one that passed every gate. The
+    winner is the one a full evaluation would pick (the best margin among those passing every
+    gate); the others are recorded with the gate that decided them.
+
     When the parent has not answered the trigger's questions yet (the fast path), it answers them
     in the same calls as its candidates: the parent and the K candidates are attached side by side
     (:func:`seal.editor.multi_lora.lanes_attached`), so the answers' slow token-by-token decoding
@@ -236,7 +243,43 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
     live = [c for c in candidates if c.diverged is None]
     if attempt.contrast and live:
         margin_evidence(session, attempt, live)
-    joint = attempt.parent.efficacy is None and bool(live)
+    for c in candidates:
+        if c.diverged is not None:
+            void(c)
+        elif c.margins is not None and not c.margins.passed:
+            # Rejected whatever the probes say: not probed (the decision is already certain).
+            judged_by_margins(attempt, c)
+            session.progress.say(summary(attempt, c))
+    live = [c for c in live if not c.audit]
+    if live and all(c.margins is not None for c in live) and not _together(session, live):
+        # Best margin first; once one passes every gate the rest cannot win: not probed.
+        for i, c in enumerate(sorted(live, key=lambda c: (-c.margins.mean, c.index))):
+            probe(session, attempt, [c])
+            if c.passed:
+                for rest in sorted(live, key=lambda c: (-c.margins.mean, c.index))[i + 1:]:
+                    judged_by_margins(attempt, rest, outranked_by=c.index)
+                    session.progress.say(summary(attempt, rest))
+                break
+    elif live:
+        probe(session, attempt, live)
+
+
+def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None = None) -> None:
+    """A candidate decided without its probes: the efficacy rule rejected it, or (``outranked_by``)
+    a candidate with a larger margin gain passed every gate first."""
+    c.scores = margin_rows(c.evidence)
+    c.flat = {"efficacy_margin": c.margins.mean}
+    c.audit = list(attempt.extra_audit) + [c.margins.audit_entry()]
+    if outranked_by is not None:
+        c.audit.append({"check": "outranked", "value": None, "threshold": None, "passed": False,
+                        "detail": f"not probed: candidate {outranked_by + 1} has a larger margin gain and passed "
+                                  "every gate"})
+    c.failed = [e["check"] for e in c.audit if not e["passed"]]
+
+
+def probe(session, attempt: Attempt, live: list[Candidate]) -> None:
+    """Generated answers and the probes (retention, drift, safety) of ``live``, then every gate."""
+    joint = attempt.parent.efficacy is None
     together = _together(session, live)
     probe_steps = generation_steps(session.probes, None if joint else attempt.spec, attempt.answer_tokens)
     steps = probe_steps * (1 if together else len(live)) + (attempt.answer_tokens if joint else 0)
@@ -246,10 +289,7 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
             _efficacy_together(session, attempt, live, stage.advance)
         if together:
             _measure_together(session, attempt, live, stage.advance, with_efficacy=not joint)
-        for c in candidates:
-            if c.diverged is not None:
-                void(c)
-                continue
+        for c in live:
             if not together:
                 with attached(session.model, c.adapter_dir, merge=session.fast) as model:
                     c.measured, efficacy = measure(model, session.tok, session.probes, None if joint else attempt.spec,
@@ -523,9 +563,13 @@ def _row_name(row: dict) -> str:
 
 
 def summary(attempt: Attempt, c: Candidate) -> str:
+    verdict = "passes every gate" if not c.failed else "fails " + ", ".join(c.failed)
+    if c.margins is not None:
+        gain = "-" if c.margins.mean is None else f"{c.margins.mean:+.3f} nats"
+        probed = "" if c.measured is not None else " (not probed)"
+        return f"candidate {c.index + 1}: margin gain {gain} over {c.margins.n} question(s), {verdict}{probed}"
     eff, parent_eff = c.flat.get("efficacy"), c.flat.get("efficacy_parent")
     shown = "-" if eff is None else f"{eff:.4f}"
-    verdict = "passes every gate" if not c.failed else "fails " + ", ".join(c.failed)
     return f"candidate {c.index + 1}: efficacy {shown} (parent {parent_eff if parent_eff is None else round(parent_eff, 4)}), {verdict}"
 
 

@@ -150,8 +150,9 @@ def test_edit_is_judged_by_margins_and_reuses_the_parents_placebo(tmp_path, tiny
         assert out["candidates"][0]["failed_gates"] == ["efficacy_margin"]
         shown = seal.json("show", out["candidates"][0]["id"])
         assert [g["check"] for g in shown["audit"] if g["check"].startswith("efficacy")] == ["efficacy_margin"]
-        assert {s["metric"] for s in shown["scores"] if s["suite"] == "efficacy"} >= {"f1", "containment", "margin",
-                                                                                       "margin_gain"}
+        # rejected by the rule, so not probed: its record holds the margins that decided it, nothing else
+        assert {(s["suite"], s["metric"]) for s in shown["scores"]} == {("efficacy", "margin"),
+                                                                         ("efficacy", "margin_gain")}
         docs.append((shown, json.loads(Registry.open(tmp_path).store.get(shown["efficacy"]["margins"]))))
     assert seal.json("show", "HEAD")["id"] == head
     (first, first_doc), (second, second_doc) = docs
@@ -194,3 +195,29 @@ def test_the_audit_reports_the_pooled_figure(tmp_path, tiny_chat_record):
     assert report["efficacy"]["accepted_edits"] == 0 and report["efficacy"]["containment"]["estimate"] is None
     assert "What the accepted edits taught" in render(report, "md")
     assert "What the accepted edits taught" in render(report, "html")
+
+
+def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, tiny_chat_record):
+    """The winner is the best margin among those passing every gate, as with a full evaluation;
+    a candidate ranked below it is recorded as outranked, unprobed."""
+    from seal.registry.policy import set_policy
+
+    reg = make_registry(tmp_path, tiny_chat_record)
+    for key in ("retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max", "kl_vs_base_max",
+                "weight_norm_ratio_max", "refusal_drop_vs_base_max", "over_refusal_rise_vs_base_max",
+                "efficacy_margin_floor_min"):
+        set_policy(reg, key, "false", reason="tests: the efficacy rule alone")
+    set_policy(reg, "efficacy_margin_gain_min", "-1000", reason="tests: a rule every edit passes")
+    reg.close()
+    (tmp_path / "passage.json").write_text(json.dumps(PASSAGE))
+    seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
+    out = json.loads(seal("edit", "--passage", "passage.json", "-k", "2", *QUIET, "--json").stdout)
+    assert out["decision"]["accepted"]
+    shown = {c["id"]: seal.json("show", c["id"]) for c in out["candidates"]}
+    gains = {vid: next(s["value"] for s in m["scores"] if s["metric"] == "margin_gain") for vid, m in shown.items()}
+    winner = out["decision"]["id"]
+    [other] = [vid for vid in shown if vid != winner]
+    assert gains[winner] >= gains[other]
+    assert any(s["suite"] == "retention" for s in shown[winner]["scores"])  # probed
+    assert shown[other]["decision"]["failed_gates"] == ["outranked"]
+    assert not any(s["suite"] == "retention" for s in shown[other]["scores"])  # not probed
