@@ -293,4 +293,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 def _register_commands() -> None:
     """Import the command modules; each registers its commands on ``app`` (no model imports)."""
     from . import registry_commands, edit_commands, hub_commands, diff_commands, team_commands  # noqa: F401
-    from . import learn_commands  # noqa: F401
+    from . import learn_commands, ui_commands  # noqa: F401
