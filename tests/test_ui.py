@@ -150,8 +150,8 @@ def test_version_page_shows_what_seal_show_knows(client, ui_lineage):
     assert "Bridges of the Zorblat." in html and "Ana Brel built it." in html
     assert "self-edits gpt-4.1" in html                       # the writer
     assert 'class="plot"' in html and "training loss per step" in html
-    assert "retention.accuracy" in html and "0.5500" in html  # a score and its value
-    assert "[-0.0300, 0.0500]" in html and ">200<" in html     # a gate's interval and n
+    assert re.search(r"<td>retention.accuracy</td><td class=\"n\"><b>0.5600</b>", html)  # a score and its value
+    assert "[-0.0400, 0.0400]" in html and ">200<" in html     # a gate's interval and n
     assert "one-sided 95% upper bound" in html                 # its rule
     assert "valid</span> by trusted key" in html
     assert f'href="http://mlflow.example:5000/#/runs/{RUN_ID}"' in html

@@ -41,7 +41,7 @@ def build_ui_lineage(seal, reg, tiny_base) -> UILineage:
     a0, a1, a2 = tiny_base["adapters"]
     policy = reg.read_ref("refs/meta/policy")
     third = edit(reg, ids["revert"], a0, status="accepted", message="learn the bridges", f1=0.7, parent_f1=0.6,
-                 retention=0.55, parent_retention=0.56, trigger=XSS_PASSAGE, self_edit=[XSS_LINE, "Ana Brel built it."],
+                 retention=0.56, parent_retention=0.56, trigger=XSS_PASSAGE, self_edit=[XSS_LINE, "Ana Brel built it."],
                  policy=policy)
     third["train"].update({"losses": [2.1, 1.7, 1.2, None, 0.8, 0.61, 0.5], "mlflow_run_id": RUN_ID, "steps": 7})
     third["writer"] = {"type": "file", "file": reg.store.put(b"{}"), "format": "seal", "source": "gpt-4.1"}

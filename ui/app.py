@@ -42,6 +42,7 @@ from . import lanes, plots, views
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+AUDIT_PAGE_VERSIONS = 200  # the audit page shows the newest; its downloads carry every version
 COOKIE = "seal_ui_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
@@ -68,7 +69,7 @@ class BadRequest(Exception):
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
-    env.filters.update(short=views.short, when=lambda ts: str(ts or "").replace("T", " ")[:19],
+    env.filters.update(short=views.short, rev=_short_rev, when=lambda ts: str(ts or "").replace("T", " ")[:19],
                        num=_num, signed=_signed)
     env.globals.update(line_plot=plots.line_plot, bar_plot=plots.bar_plot, ROW_H=lanes.ROW_H, x_of=lanes.x_of,
                        lane_paths=lanes.paths, module_bars=_module_bars)
@@ -80,6 +81,11 @@ def _module_bars(modules: list[dict], limit: int = 24) -> list[tuple[str, float]
     rows = sorted(((m["module"], m["diff_norm"]) for m in modules if m.get("diff_norm") is not None),
                   key=lambda row: -row[1])
     return rows[:limit]
+
+
+def _short_rev(rev: str) -> str:
+    """A revision as a reader types it: a full version id cut to 12 digits, anything else as given."""
+    return rev[:12] if len(rev) == 64 and all(c in "0123456789abcdef" for c in rev) else rev
 
 
 def _num(x, digits: int = 4) -> str:
@@ -184,7 +190,7 @@ class SealUI:
         report, rev, since = self._audit(request)
         query = urlencode({"rev": rev, **({"since": since} if since else {})})
         return self.render("audit.html.j2", a=report, rev=rev, since=since, query=query,
-                           gates=views.gate_rows)
+                           gates=views.gate_rows, max_versions=AUDIT_PAGE_VERSIONS)
 
     def audit_download(self, request: Request) -> Response:
         from seal.registry.audit import render

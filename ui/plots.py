@@ -42,8 +42,9 @@ def line_plot(values: list, *, title: str, x_label: str = "step", marks: list[bo
         return Markup(f'<p class="muted">{escape(title)}: no values recorded</p>')
     ys = [y for _, y in pts] + ([hline] if _finite(hline) else [])
     lo, hi = min(ys), max(ys)
-    if hi == lo:
-        lo, hi = lo - 0.5 if lo else -0.5, hi + 0.5 if hi else 0.5
+    if hi == lo:  # a flat series: a band around it, never one that crosses zero for a positive value
+        pad = abs(lo) * 0.25 or 0.5
+        lo, hi = (lo - pad if lo - pad >= 0 or lo < 0 else 0.0), hi + pad
     n = max(len(values) - 1, 1)
     pw, ph = width - LEFT - RIGHT, height - TOP - BOTTOM
 
