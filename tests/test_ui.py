@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from uifixtures import HUB_COMMIT, RUN_ID, XSS_LINE, build_ui_lineage, free_port
+from uifixtures import HUB_COMMIT, RUN_ID, XSS_LINE, free_port, make_ui_lineage
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 BASE_URL = "http://127.0.0.1:8765"
@@ -26,8 +26,8 @@ TOKEN = "correct-horse-battery-staple"
 
 
 @pytest.fixture
-def ui_lineage(registry, reg, tiny_base):
-    return build_ui_lineage(registry, reg, tiny_base)
+def ui_lineage(tmp_path, tiny_base_record, tiny_base, db_url):
+    return make_ui_lineage(tmp_path / "zorblat", tiny_base_record, tiny_base, db_url)
 
 
 def client_for(root: Path, **kwargs):
@@ -159,10 +159,17 @@ def test_version_page_shows_what_seal_show_knows(client, ui_lineage):
     assert f'id="parent-diff" class="small" href="/compare?old={ids["revert"]}&amp;new={ids["edit3"]}"' in html
     assert "‖ΔW_new − ΔW_old‖ per module" in html and "self_attn" in html
     rejected = client.get(f"/v/{ids['rejected']}").text
+    same = re.search(r'<a id="same-trigger" href="([^"]+)"', rejected).group(1)
+    attempts = client.get(same.replace("&amp;", "&")).text
+    assert f'href="/v/{ids["rejected"]}"' in attempts and f'href="/v/{ids["edit1"]}"' in attempts  # both candidates
+    assert f'href="/v/{ids["edit2"]}"' not in attempts
     assert re.search(r'<tr class="fail">\s*<td><b>retention_vs_parent</b>', rejected)
     assert '<span class="badge fail">1 failed</span>' in rejected
     pulled = client.get(f"/v/{ids['edit2']}").text
     assert f'href="https://huggingface.co/acme/zorblat/commit/{HUB_COMMIT}"' in pulled
+    assert "AKIAIOSFODNN7EXAMPLE" not in rejected and "[REDACTED:AWS Access Key]" in rejected  # masked, diff too
+    compared = client.get(f"/compare?old={ids['root']}&new={ids['rejected']}").text
+    assert "They differ." in compared and "AKIAIOSFODNN7EXAMPLE" not in compared
     root = client.get(f"/v/{ids['root']}").text
     assert "The root has no parent to compare with." in root
 

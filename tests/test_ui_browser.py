@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from uifixtures import build_ui_lineage, serving
+from uifixtures import make_ui_lineage, serving
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 VIEWPORT = {"width": 1280, "height": 860}
@@ -34,13 +34,13 @@ def chromium_binary() -> str:
 
 
 @pytest.fixture
-def browser(registry, reg, tiny_base, tmp_path):
+def browser(tmp_path, tiny_base_record, tiny_base, db_url):
     binary = chromium_binary()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra: pip install playwright")
     from seal.registry.repo import Registry
     from seal.ui import create_app
 
-    lineage = build_ui_lineage(registry, reg, tiny_base)
+    lineage = make_ui_lineage(tmp_path / "zorblat", tiny_base_record, tiny_base, db_url)
     ui_reg = Registry.open(lineage.root, read_only=True)
     with serving(create_app(ui_reg)) as url, sync_api.sync_playwright() as pw:
         chrome = pw.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])

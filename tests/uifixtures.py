@@ -32,6 +32,20 @@ class UILineage:
     ids: dict = field(default_factory=dict)
 
 
+def make_ui_lineage(root: Path, record: dict, tiny_base, db_url: str | None = None) -> UILineage:
+    """The lineage in a new registry at ``root`` (its writer closed again, so nothing is pending)."""
+    from conftest import Seal, make_registry
+    from seal.registry.repo import Registry
+
+    make_registry(root, record, db_url).close()
+    reg = Registry.open(root)
+    try:
+        env = {"SEAL_ACTOR": "tester", **({"SEAL_DATABASE_URL": db_url} if db_url else {})}
+        return build_ui_lineage(Seal(root, env), reg, tiny_base)
+    finally:
+        reg.close()
+
+
 def build_ui_lineage(seal, reg, tiny_base) -> UILineage:
     from seal.registry.objects import build_manifest
     from seal.registry.porcelain import create_tag, set_alias

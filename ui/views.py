@@ -98,6 +98,15 @@ def masked(text: str | None) -> str | None:
     return redact(text, scan_text(text))
 
 
+def masked_diff(report: dict) -> dict:
+    """A `seal diff` document with secrets masked in the quoted data lines, as on the version page."""
+    for v in report.get("data", {}).get("versions", []):
+        for key in ("trigger", "self_edit"):
+            if v.get(key):
+                v[key] = {**v[key], "lines": [masked(line) for line in v[key]["lines"]]}
+    return report
+
+
 def trigger_view(reg, record: dict) -> dict | None:
     from seal.registry.previews import head_text
 
@@ -184,7 +193,7 @@ def version_view(reg, rev: str, *, mlflow_url: str | None = None) -> dict:
     moves = moves_to(reg, vid)
     train = record.get("train") if isinstance(record.get("train"), dict) else {}
     losses = train.get("losses") if isinstance(train.get("losses"), list) else []
-    diff = diff_revision(reg, vid) if record.get("parents") else None
+    diff = masked_diff(diff_revision(reg, vid)) if record.get("parents") else None
     return {
         "record": record, "id": vid, "short": short(vid), "refs": ref_map(reg).get(vid, []),
         "trigger": trigger_view(reg, record), "self_edit": self_edit_view(reg, record),
