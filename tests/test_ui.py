@@ -236,6 +236,34 @@ def test_audit_page_and_downloads(client, ui_lineage):
     assert client.get("/audit/download?rev=main&format=pdf").status_code == 400
 
 
+def test_lanes_lead_every_edge_to_its_parent():
+    """On random DAGs (merges, branches, parents off the page), each edge leaves its node into a lane
+    that runs unbroken to the parent's row and ends at the parent's node; no lane is shared."""
+    import random
+
+    from seal.ui.lanes import lay_out
+
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 60)
+        ids = [f"v{i}" for i in range(n + 5)]  # v0 newest; the last five are off the page
+        rows = [{"id": ids[i], "parents": sorted(rng.sample(ids[i + 1:], min(len(ids) - i - 1, rng.choice((1, 1, 1, 2, 3)))))}
+                for i in range(n)]
+        layout = lay_out(rows)
+        row_of = {r["id"]: k for k, r in enumerate(rows)}
+        for k, (row, lay) in enumerate(zip(rows, layout)):
+            leaving = [b for shape, a, b in lay.segments if shape == "node-to-lane"]
+            assert len(leaving) == len(row["parents"])
+            for lane, parent in zip(leaving, row["parents"]):
+                end = row_of.get(parent, len(rows))
+                for between in layout[k + 1:end]:
+                    assert ("lane", lane, lane) in between.segments, (k, parent, lane)
+                if end < len(rows):
+                    assert ("lane-to-node", lane, layout[end].column) in layout[end].segments
+            crossing = [a for shape, a, _ in lay.segments if shape == "lane"]
+            assert len(crossing) == len(set(crossing)) and lay.column not in crossing
+
+
 # --- safety ---------------------------------------------------------------------------------------
 
 def test_stored_xss_renders_as_text(client, ui_lineage):
@@ -375,7 +403,6 @@ def dump(root: Path) -> list[str]:
         raw.close()
 
 
-@sqlite_only
 def test_the_database_is_opened_read_only(ui_lineage):
     from seal.registry.errors import UserError
     from seal.registry.repo import Registry
@@ -384,8 +411,8 @@ def test_the_database_is_opened_read_only(ui_lineage):
     head = reg.resolve("main")
     with pytest.raises(UserError, match="read-only"):
         reg.move_ref("refs/heads/main", new=ui_lineage.ids["root"], expected=head, reason="should not happen")
-    with reg.read() as conn:  # even SQL that slips past the API is refused by SQLite itself
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with reg.read() as conn:  # even SQL that slips past the API is refused by the database itself
+        with pytest.raises(Exception, match="read-only|readonly"):
             conn.raw.execute("DELETE FROM refs")
     assert reg.resolve("main") == head
     reg.close()

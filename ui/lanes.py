@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 ROW_H = 32
 LANE_W = 18
 PAD = 12
-MAX_LANES = 16  # past this, new lanes share the last one (a page of 50 rarely needs more than a few)
 
 
 @dataclass
@@ -67,10 +66,11 @@ def lay_out(rows: list[dict]) -> list[RowLayout]:
 
 
 def _free(lanes: list[str | None]) -> int:
+    """The leftmost lane no one waits in (a new one at the right when all are taken)."""
     for i, want in enumerate(lanes):
         if want is None:
             return i
-    return min(len(lanes), MAX_LANES - 1)
+    return len(lanes)
 
 
 def _put(lanes: list[str | None], i: int, vid: str | None) -> None:
