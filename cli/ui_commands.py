@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import sys
@@ -13,20 +12,6 @@ import typer
 from .app import command, doc, state
 
 MIN_TOKEN = 16
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine.
-
-    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
-    (True, True, False)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @command(help=doc(
@@ -45,6 +30,7 @@ def ui(
 ) -> None:
     from seal.registry.errors import UserError
     from seal.registry.repo import Registry
+    from seal.ui.app import is_loopback
 
     if token is not None and len(token) < MIN_TOKEN:
         raise UserError(f"--token is too short; give {MIN_TOKEN} characters or more (e.g. `openssl rand -hex 16`)")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 from . import refs as R
 from .errors import UserError
-from .graph import LOG_COLUMNS, walk
+from .graph import LOG_COLUMNS, first_parent_line, walk
 from .revisions import resolve_revision
 from .sql import Conn
+from .versions import load_manifest
 
 KINDS = ("root", "edit", "merge", "import", "consolidate", "revert", "writer")
 STATUSES = ("accepted", "rejected")
@@ -196,3 +197,24 @@ def moves_to(reg, vid: str) -> list[dict]:
     with reg.read() as c:
         return c.dicts("SELECT id, ref, old, new, actor, reason, time, signer FROM reflog WHERE new = ? OR old = ? "
                        "ORDER BY id", (vid, vid))
+
+
+def first_parent_ids(reg, rev: str, limit: int) -> list[str]:
+    """``rev``, its first parent, that one's… at most ``limit + 1`` ids (newest first): a cheap
+    lower bound of how far a history goes back."""
+    with reg.read() as c:
+        return first_parent_line(c, resolve_revision(c, rev), limit)
+
+
+def first_parent_manifests(reg, rev: str, limit: int = 500) -> tuple[str, list[tuple[str, dict]], bool]:
+    """The newest ``limit`` versions of ``rev``'s first-parent line with their manifests, oldest
+    first, and whether the line goes on further back (a drift plot's window).
+
+        >>> tip, line, more = first_parent_manifests(Registry.open(), "main", limit=200)   # doctest: +SKIP
+    """
+    with reg.read() as c:
+        tip = resolve_revision(c, rev)
+        ids = first_parent_line(c, tip, limit)  # limit steps back: limit + 1 versions at most
+        more = len(ids) > limit
+        ids = ids[:limit]
+        return tip, [(vid, load_manifest(c, vid)) for vid in reversed(ids)], more

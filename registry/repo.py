@@ -91,6 +91,11 @@ class Registry:
         seal_dir = find_seal_dir(Path(where) if where is not None else None)
         return cls(seal_dir, read_config(seal_dir), read_only=read_only)
 
+    def reopened(self) -> "Registry":
+        """Another handle on the same registry, with a connection of its own (for another thread)."""
+        return Registry(self.seal_dir, self.config, db_url=self._db_url, objects_url=self._objects_url,
+                        read_only=self.read_only)
+
     @property
     def root(self) -> Path:
         return self._folder().parent

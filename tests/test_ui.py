@@ -211,7 +211,7 @@ def test_drift_page_plots_the_first_parent_line(client, ui_lineage):
 def test_drift_page_shows_a_pooled_figure_when_the_audit_has_one(ui_lineage, monkeypatch):
     from seal.registry import audit
 
-    monkeypatch.setattr(audit, "pooled_efficacy", lambda reg, report: {"estimate": 0.123, "ci_low": 0.01,
+    monkeypatch.setattr(audit, "pooled_efficacy", lambda reg, rev: {"estimate": 0.123, "ci_low": 0.01,
                                                                        "ci_high": 0.2, "n": 3, "method": "bootstrap"},
                         raising=False)
     c, reg = client_for(ui_lineage.root)
@@ -264,6 +264,21 @@ def test_lanes_lead_every_edge_to_its_parent():
             assert len(crossing) == len(set(crossing)) and lay.column not in crossing
 
 
+def test_long_histories_are_windowed_or_sent_to_the_cli(client, monkeypatch):
+    """A drift plot shows the newest DRIFT_WINDOW versions; an audit longer than AUDIT_MAX is refused
+    in one line naming the command, instead of holding the reader for minutes."""
+    from seal.ui import views
+
+    monkeypatch.setattr(views, "DRIFT_WINDOW", 3)
+    monkeypatch.setattr(views, "AUDIT_MAX", 3)
+    drift = client.get("/drift?branch=main").text
+    assert "the newest 3 versions of the first-parent line" in drift and drift.count('<td><a class="vid"') == 3
+    for url in ("/audit?rev=main", "/audit/download?rev=main&format=json"):
+        r = client.get(url)
+        assert r.status_code == 400 and "seal audit main --format html -o audit.html" in error_line(r.text)
+    assert client.get("/audit?rev=v1").status_code == 200  # three versions from the root: within the limit
+
+
 # --- safety ---------------------------------------------------------------------------------------
 
 def test_stored_xss_renders_as_text(client, ui_lineage):
@@ -294,7 +309,8 @@ def test_every_response_carries_a_strict_csp(client, ui_lineage):
 def test_token_is_required_on_every_request(ui_lineage):
     c, reg = client_for(ui_lineage.root, token=TOKEN)
     try:
-        assert c.get("/").status_code == 401
+        refused = c.get("/")
+        assert refused.status_code == 401 and "default-src 'none'" in refused.headers["content-security-policy"]
         assert c.get("/static/seal.css").status_code == 401
         assert c.get("/", headers={"Authorization": "Bearer wrong-token-of-some-length"}).status_code == 401
         assert c.get("/?token=" + TOKEN[:-1] + "X").status_code == 401
@@ -313,6 +329,8 @@ def test_token_is_required_on_every_request(ui_lineage):
 
 def test_without_a_token_only_loopback_hosts_are_answered(client):
     assert client.get("/", headers={"Host": "attacker.example:8765"}).status_code == 421
+    assert client.get("/", headers={"Host": "localhost.attacker.example"}).status_code == 421
+    assert client.get("/", headers={"Host": "[::1]:8765"}).status_code == 200
     assert client.get("/", headers={"Host": "localhost:8765"}).status_code == 200
 
 

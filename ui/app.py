@@ -23,6 +23,7 @@ page with one line, as the CLI gives exit 2.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import threading
 import time
 from pathlib import Path
@@ -45,7 +46,6 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 AUDIT_PAGE_VERSIONS = 200  # the audit page shows the newest; its downloads carry every version
 COOKIE = "seal_ui_token"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -195,11 +195,16 @@ class SealUI:
     def _audit(self, request: Request) -> tuple[dict, str, str | None]:
         rev = request.query_params.get("rev", "").strip() or "HEAD"
         since = request.query_params.get("since", "").strip() or None
-        with self.lock:
-            try:
-                return views.audit_range(self.reg, rev, since), rev, since
-            except RevisionError as e:
-                raise NotFound(str(e)) from None
+        # An audit takes seconds: on a connection of its own, so the other pages do not wait for it.
+        reg = self.reg.reopened()
+        try:
+            return views.audit_range(reg, rev, since), rev, since
+        except RevisionError as e:
+            raise NotFound(str(e)) from None
+        except views.AuditTooLarge as e:
+            raise BadRequest(str(e)) from None
+        finally:
+            reg.close()
 
     def audit(self, request: Request) -> Response:
         report, rev, since = self._audit(request)
@@ -298,7 +303,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        if self.local_only and _host_name(request.headers.get("host", "")) not in LOOPBACK_HOSTS:
+        if self.local_only and not is_loopback(_host_name(request.headers.get("host", ""))):
             return await PlainTextResponse("seal ui answers only on 127.0.0.1 without a token; open "
                                            "http://127.0.0.1:PORT/", status_code=421)(scope, receive, send)
         if self.token is None:
@@ -321,7 +326,24 @@ class Guard:
         return await self.app(scope, receive, send)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a Host header's name) only reaches this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("[::1]"), is_loopback("127.0.0.2")
+    (True, True, True, True)
+    >>> is_loopback("0.0.0.0"), is_loopback("seal.example"), is_loopback("localhost.evil.example")
+    (False, False, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8765`` -> ``[::1]``."""
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

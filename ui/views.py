@@ -211,53 +211,95 @@ def version_view(reg, rev: str, *, mlflow_url: str | None = None) -> dict:
 
 # --- drift --------------------------------------------------------------------------------------
 
-def drift_view(reg, branch: str) -> dict:
-    """A branch's first-parent line: retention, refusal, KL and ‖ΔW‖ against the base per version,
+#: How many versions of a branch's first-parent line the drift page plots (the newest).
+DRIFT_WINDOW = 500
+
+
+def drift_view(reg, branch: str, *, window: int | None = None) -> dict:
+    """A branch's first-parent line (its newest ``window`` versions): retention, refusal, KL and
+    ‖ΔW‖ against the base per version, read from each manifest as `seal audit --drift` reads them,
     and the efficacy of its accepted edits (pooled, when the registry's audit offers it)."""
-    from seal.registry import audit
+    from seal.registry.listing import first_parent_manifests
 
-    report = audit.audit_report(reg, branch)
-    by_id = {v["id"]: v for v in report["versions"]}
-    points = []
-    for i, d in enumerate(report["drift"]):
-        scores = {"scores": by_id[d["id"]]["evaluation"]} if d["id"] in by_id else {"scores": []}
-        points.append({**d, "index": i, "refusal": V.REFUSAL.of(scores), "refusal_base": V.REFUSAL.vs("base").of(scores)})
-    gains = []
-    for v in report["versions"]:
-        own, parent = V.EFFICACY_F1.of({"scores": v["evaluation"]}), V.EFFICACY_F1.vs("parent").of({"scores": v["evaluation"]})
-        if v["status"] == "accepted" and v["on_path"] and v["kind"] == "edit" and own is not None and parent is not None:
-            gains.append({"id": v["id"], "gain": own - parent, "timestamp": v["timestamp"]})
-    return {"branch": branch, "subject": report["subject"], "points": points, "gains": gains,
-            "pooled": pooled_efficacy(reg, report)}
+    window = DRIFT_WINDOW if window is None else window
+    tip, line, more = first_parent_manifests(reg, branch, limit=window)
+    norms: dict[str, float | None] = {}
+    base_retention, base_refusal = (next((x.vs("base").of(m) for _, m in line if x.vs("base").of(m) is not None), None)
+                                    for x in (V.RETENTION, V.REFUSAL))
+    points, gains = [], []
+    for i, (vid, m) in enumerate(line):
+        root = m["kind"] == "root"
+        points.append({
+            "index": i, "id": vid, "kind": m["kind"], "status": m["status"], "timestamp": m["created_at"],
+            "retention": base_retention if root else V.RETENTION.of(m),
+            "refusal": base_refusal if root else V.REFUSAL.of(m),
+            "kl_base": 0.0 if root else V.DRIFT_KL.vs("base").of(m),
+            "js_base": 0.0 if root else V.DRIFT_JS.vs("base").of(m),
+            "delta_norm_base": 0.0 if root else _delta_norm(reg, m, norms),
+        })
+        own, parent = V.EFFICACY_F1.of(m), V.EFFICACY_F1.vs("parent").of(m)
+        if m["kind"] == "edit" and m["status"] == "accepted" and own is not None and parent is not None:
+            gains.append({"id": vid, "gain": own - parent, "timestamp": m["created_at"]})
+    return {"branch": branch, "subject": tip, "points": points, "gains": gains, "window": window, "more": more,
+            "pooled": pooled_efficacy(reg, tip)}
 
 
-def pooled_efficacy(reg, report: dict) -> dict | None:
+def _delta_norm(reg, m: dict, cache: dict[str, float | None]) -> float | None:
+    """‖ΔW‖ from the base: the recorded score, else computed from the adapter (once per blob)."""
+    recorded = V.DELTA_NORM.vs("base").of(m)
+    adapter = m.get("adapter") if isinstance(m.get("adapter"), dict) else None
+    if recorded is not None or not adapter or not isinstance(adapter.get("weights"), str):
+        return recorded
+    digest = adapter["weights"]
+    if digest not in cache:
+        from seal.registry import lora_math
+        from seal.registry.errors import SealError
+
+        try:
+            cache[digest] = lora_math.total_delta_norm((adapter.get("config") or {}, reg.store.path_of(digest))) \
+                if reg.store.has(digest) else None
+        except (SealError, OSError, ValueError, KeyError):  # a DoRA or foreign adapter: a gap in the plot
+            cache[digest] = None
+    return cache[digest]
+
+
+def pooled_efficacy(reg, tip: str) -> dict | None:
     """The branch's pooled efficacy with its interval, when :mod:`seal.registry.audit` provides one.
 
-    The hook: the audit report carries it as ``pooled_efficacy`` (or the module offers a
-    ``pooled_efficacy(reg, report)`` function); until then the drift page shows the per-edit gains
-    and says that no pooled figure is recorded.
+    The hook: ``seal.registry.audit.pooled_efficacy(reg, rev)`` returning a dict with ``estimate``,
+    ``ci_low``, ``ci_high``, ``n`` and ``method``. Until it exists the drift page shows each
+    accepted edit's own gain and says that no pooled figure is recorded.
     """
     from seal.registry import audit
 
-    if isinstance(report.get("pooled_efficacy"), dict):
-        return report["pooled_efficacy"]
     compute = getattr(audit, "pooled_efficacy", None)
-    if callable(compute):
-        try:
-            found = compute(reg, report)
-        except TypeError:
-            found = None
-        return found if isinstance(found, dict) else None
-    return None
+    found = compute(reg, tip) if callable(compute) else None
+    return found if isinstance(found, dict) else None
 
 
 # --- audit --------------------------------------------------------------------------------------
 
-def audit_range(reg, rev: str, since: str | None) -> dict:
-    """The audit report of ``rev``, limited to what came after ``since`` when given (a range)."""
-    from seal.registry import audit
+#: The longest history whose audit a page computes while the reader waits (the CLI has no limit).
+AUDIT_MAX = 2000
 
+
+class AuditTooLarge(Exception):
+    """The audit asked for would take minutes: one line that says how to get it from the CLI."""
+
+
+def audit_range(reg, rev: str, since: str | None, *, limit: int | None = None) -> dict:
+    """The audit report of ``rev``, limited to what came after ``since`` when given (a range).
+
+    The report is built over the whole path from the root (the audit module has no range yet) and
+    then cut to the range, so a history longer than ``limit`` is refused with the command to run.
+    """
+    from seal.registry import audit
+    from seal.registry.listing import first_parent_ids
+
+    limit = AUDIT_MAX if limit is None else limit
+    if len(first_parent_ids(reg, rev, limit)) > limit:
+        raise AuditTooLarge(f"the history of {rev} is longer than {limit:,} versions, too long to audit while you wait; "
+                            f"run `seal audit {rev} --format html -o audit.html` (or md, json)")
     report = audit.audit_report(reg, rev)
     if since:
         before = reg.ancestors(since)
