@@ -12,7 +12,7 @@ Prints one JSON line:
   request (``*_first_ms``, templates compiled and modules imported on the way) and the median of
   ``--repeat`` requests after it (``*_ms``). Pages: the lineage's first page (all versions), the
   first page of main's history, the version page of main's head (with its parent diff), a
-  rejected attempt's page, and `HEAD~1` against `HEAD`;
+  rejected attempt's page, `HEAD~1` against `HEAD`, and main's drift (its newest 500 versions);
 - ``heavy_imports``: any of torch, transformers, peft, mlflow the server imported (should be none).
 
 The lineage is built by bench/registry.py's builder (every tenth version a rejected sibling).
@@ -99,9 +99,10 @@ def main() -> None:
         rejected = next(e.id for e in reg.log(all=True, n=50) if e.status == "rejected")
         reg.close()
         pages = {"lineage": "/", "lineage_main": "/?branch=main", "version_head": f"/v/{head}",
-                 "version_rejected": f"/v/{rejected}", "compare_head": "/compare?old=HEAD~1&new=HEAD"}
+                 "version_rejected": f"/v/{rejected}", "compare_head": "/compare?old=HEAD~1&new=HEAD",
+                 "drift_main": "/drift?branch=main"}
         results: dict = {"bench": "ui", "versions": args.versions, "build_s": build_s,
-                         "machine": f"{os.cpu_count()} cpus"}
+                         "machine": f"{os.cpu_count()} cpus", "load_avg_1m": round(os.getloadavg()[0], 2)}
         starts = []
         for _ in range(args.starts):
             proc, _, seconds = start(root, env)
