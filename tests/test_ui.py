@@ -279,6 +279,27 @@ def test_long_histories_are_windowed_or_sent_to_the_cli(client, monkeypatch):
     assert client.get("/audit?rev=v1").status_code == 200  # three versions from the root: within the limit
 
 
+def test_a_missing_blob_costs_the_diff_not_the_page(ui_lineage):
+    """The object store lost an adapter: the version page still shows the record, and says why the
+    parent diff is missing (as `seal diff` would, in one line)."""
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(ui_lineage.root, read_only=True)
+    digest = reg.manifest(ui_lineage.ids["edit3"])["adapter"]["weights"]
+    path = Path(reg.store.path_of(digest))
+    reg.close()
+    moved = path.with_name(path.name + ".away")
+    path.rename(moved)
+    try:
+        c, reg = client_for(ui_lineage.root)
+        r = c.get(f"/v/{ui_lineage.ids['edit3']}")
+        reg.close()
+    finally:
+        moved.rename(path)
+    assert r.status_code == 200 and 'id="gates"' in r.text
+    assert "is missing from the object store; run `seal verify`" in error_line(r.text)
+
+
 # --- safety ---------------------------------------------------------------------------------------
 
 def test_stored_xss_renders_as_text(client, ui_lineage):

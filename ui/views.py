@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from seal.registry import vocabulary as V
+from seal.registry.errors import SealError
 
 #: How much of a trigger or self-edit blob a version page reads (the rest is named, not shown).
 TEXT_HEAD = 32768
@@ -193,7 +194,12 @@ def version_view(reg, rev: str, *, mlflow_url: str | None = None) -> dict:
     moves = moves_to(reg, vid)
     train = record.get("train") if isinstance(record.get("train"), dict) else {}
     losses = train.get("losses") if isinstance(train.get("losses"), list) else []
-    diff = masked_diff(diff_revision(reg, vid)) if record.get("parents") else None
+    diff, diff_error = None, None
+    if record.get("parents"):
+        try:
+            diff = masked_diff(diff_revision(reg, vid))
+        except SealError as e:  # a missing or damaged blob costs the diff, not the rest of the page
+            diff_error = str(e)
     return {
         "record": record, "id": vid, "short": short(vid), "refs": ref_map(reg).get(vid, []),
         "trigger": trigger_view(reg, record), "self_edit": self_edit_view(reg, record),
@@ -205,7 +211,7 @@ def version_view(reg, rev: str, *, mlflow_url: str | None = None) -> dict:
         "decision": record.get("decision") if isinstance(record.get("decision"), dict) else None,
         "revert": record.get("revert") if isinstance(record.get("revert"), dict) else None,
         "signature": signature_view(reg, record), "moves": moves, "links": links_view(record, moves, mlflow_url),
-        "diff": diff,
+        "diff": diff, "diff_error": diff_error,
     }
 
 
