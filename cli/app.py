@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from . import diff_commands, edit_commands, hub_commands, learn_commands, registry_commands, team_commands
+from . import diff_commands, edit_commands, hub_commands, learn_commands, registry_commands, team_commands, ui_commands
 from .framework import RepoOpt, close_registries, reset_state, state
 
 APP_SETTINGS = dict(
@@ -53,6 +53,7 @@ COMMANDS: list[tuple[str | None, Callable]] = [
     (None, diff_commands.diff), (None, diff_commands.revert),
     (None, team_commands.clone),
     (None, learn_commands.learn),
+    (None, ui_commands.ui),
 ]
 
 

@@ -61,8 +61,8 @@ def check_schema(db: Database) -> None:
     )
 
 
-def open_database(url: str) -> Database:
-    db = Database.open(url)
+def open_database(url: str, *, read_only: bool = False) -> Database:
+    db = Database.open(url, read_only=read_only)
     check_schema(db)
     return db
 

@@ -330,9 +330,16 @@ def blob_preview(reg, digest: str, *, lines: int = PREVIEW_LINES) -> dict:
 
 def _data_section(reg, conn: Conn, old_id: str | None, new_id: str, include_all: bool) -> dict:
     """The versions reachable from one side but not the other (git's ``OLD...NEW``), newest first."""
-    anc_new = ancestors(conn, new_id)
-    anc_old = ancestors(conn, old_id) if old_id else set()
-    only_new, only_old = anc_new - anc_old, anc_old - anc_new
+    ahead = _single_parent_line(conn, new_id, old_id) if old_id is not None else None
+    behind = _single_parent_line(conn, old_id, new_id) if old_id is not None and ahead is None else None
+    if ahead is not None or behind is not None:
+        # One side is a few single-parent steps behind the other (a version against its parent,
+        # `HEAD~3 HEAD`): those steps are all that differs, with no walk of the whole history.
+        only_new, only_old = ahead or set(), behind or set()
+    else:
+        anc_new = ancestors(conn, new_id)
+        anc_old = ancestors(conn, old_id) if old_id else set()
+        only_new, only_old = anc_new - anc_old, anc_old - anc_new
     versions = []
     for side, ids in (("new", only_new), ("old", only_old)):
         for vid, m in _newest(conn, ids, DATA_LIMIT):
@@ -346,6 +353,21 @@ def _data_section(reg, conn: Conn, old_id: str | None, new_id: str, include_all:
                     "trigger": trigger, "self_edit": self_edit, "has_data": has_data,
                 })
     return {"only_in_new": len(only_new), "only_in_old": len(only_old), "limit": DATA_LIMIT, "versions": versions}
+
+
+def _single_parent_line(conn: Conn, new_id: str, old_id: str, steps: int = 1000) -> set[str] | None:
+    """The versions from NEW back to OLD (OLD excluded) when each has exactly one parent and OLD is
+    at most ``steps`` back; None otherwise. Then ancestors(NEW) - ancestors(OLD) is exactly that set."""
+    line, vid = set(), new_id
+    for _ in range(steps):
+        if vid == old_id:
+            return line
+        ps = parents_of(conn, vid)
+        if len(ps) != 1:
+            return None
+        line.add(vid)
+        vid = ps[0]
+    return None
 
 
 def _newest(conn: Conn, ids: set[str], limit: int) -> list[tuple[str, dict]]:

@@ -68,8 +68,9 @@ class Registry:
     """One registry: its database, object store, signing key and trust file."""
 
     def __init__(self, seal_dir: Path | None, config: Config, *, db_url: str | None = None,
-                 objects_url: str | None = None):
+                 objects_url: str | None = None, read_only: bool = False):
         self.seal_dir = Path(seal_dir) if seal_dir is not None else None
+        self.read_only = read_only
         self.config = config
         self._db_url = db_url
         self._objects_url = objects_url
@@ -78,13 +79,21 @@ class Registry:
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, where: str | Path | None = None) -> "Registry":
-        """A registry from a folder (walking up to `.seal/`), ``SEAL_DIR``, or a database URL."""
+    def open(cls, where: str | Path | None = None, *, read_only: bool = False) -> "Registry":
+        """A registry from a folder (walking up to `.seal/`), ``SEAL_DIR``, or a database URL.
+
+        With ``read_only`` the database connection itself refuses writes (SQLite ``mode=ro``,
+        PostgreSQL ``default_transaction_read_only``), as `seal ui` needs."""
         text = str(where) if where is not None else ""
         if "://" in text:
-            return cls(None, Config(), db_url=text)
+            return cls(None, Config(), db_url=text, read_only=read_only)
         seal_dir = find_seal_dir(Path(where) if where is not None else None)
-        return cls(seal_dir, read_config(seal_dir))
+        return cls(seal_dir, read_config(seal_dir), read_only=read_only)
+
+    def reopened(self) -> "Registry":
+        """Another handle on the same registry, with a connection of its own (for another thread)."""
+        return Registry(self.seal_dir, self.config, db_url=self._db_url, objects_url=self._objects_url,
+                        read_only=self.read_only)
 
     @property
     def root(self) -> Path:
@@ -113,7 +122,7 @@ class Registry:
     def db(self) -> Database:
         from .db import open_database
 
-        db = open_database(self.database_url)
+        db = open_database(self.database_url, read_only=self.read_only)
         db.head = self.head_ref
         return db
 

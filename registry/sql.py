@@ -127,23 +127,25 @@ class Conn:
 class Database:
     """Connections to one lineage database. Cheap to create; connects on first use."""
 
-    def __init__(self, url: str, *, create: bool = False):
+    def __init__(self, url: str, *, create: bool = False, read_only: bool = False):
         self.url = url
         self.create = create
+        self.read_only = read_only
         self.parsed = Url.parse(url)
         self.dialect = self.parsed.dialect
         self.head = "HEAD"
         self._raw: Any = None
 
     @classmethod
-    def open(cls, url: str, *, create: bool = False) -> "Database":
-        """Connections to ``url``; a SQLite file is created only with ``create`` (init, db upgrade)."""
-        return cls(url, create=create)
+    def open(cls, url: str, *, create: bool = False, read_only: bool = False) -> "Database":
+        """Connections to ``url``; a SQLite file is created only with ``create`` (init, db upgrade).
+        With ``read_only`` the driver itself refuses every write (`seal ui`)."""
+        return cls(url, create=create, read_only=read_only)
 
     def _connect(self) -> Any:
         if self._raw is None:
-            self._raw = _connect_sqlite(self.parsed.target, self.create) if self.dialect == "sqlite" \
-                else _connect_postgres(self.parsed.target)
+            self._raw = _connect_sqlite(self.parsed.target, self.create, self.read_only) if self.dialect == "sqlite" \
+                else _connect_postgres(self.parsed.target, self.read_only)
         return self._raw
 
     def use_wal(self) -> None:
@@ -175,6 +177,8 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Conn]:
         """One write transaction: everything in the block lands, or nothing does."""
+        if self.read_only:
+            raise UserError("this registry was opened read-only; nothing was written")
         with _translated(self.url):
             raw = self._connect()
             conn = Conn(raw, self.dialect, self.head)
@@ -214,7 +218,7 @@ def _commit(conn: Conn) -> None:
     conn.execute("COMMIT")
 
 
-def _connect_sqlite(path: str, create: bool = False) -> sqlite3.Connection:
+def _connect_sqlite(path: str, create: bool = False, read_only: bool = False) -> sqlite3.Connection:
     """A connection that never creates a missing registry database (only init and upgrade do), and
     reads a database on read-only media (WAL needs a writable -shm file, so there it is opened
     immutable: nothing can change it anyway)."""
@@ -225,7 +229,7 @@ def _connect_sqlite(path: str, create: bool = False) -> sqlite3.Connection:
         return _configured(sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False))
     if not create and not os.path.exists(path):
         raise DatabaseUnavailable(f"the lineage database {path} is missing; restore it from a backup")
-    uri = f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
+    uri = f"file:{quote(path)}?mode={'rwc' if create else 'ro' if read_only else 'rw'}"
     try:
         raw = _configured(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None,
                                           check_same_thread=False))
@@ -246,12 +250,13 @@ def _configured(raw: sqlite3.Connection) -> sqlite3.Connection:
     return raw
 
 
-def _connect_postgres(conninfo: str) -> Any:
+def _connect_postgres(conninfo: str, read_only: bool = False) -> Any:
     try:
         import psycopg
     except ModuleNotFoundError:
         raise UserError("no PostgreSQL driver; install seal-registry[postgres] (psycopg)") from None
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+    options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **options)
 
 
 @contextmanager

@@ -12,11 +12,12 @@ import pytest
 import seal.cli
 import seal.editor
 import seal.registry
+import seal.ui
 
 
 def _modules() -> list[str]:
     names = []
-    for pkg in (seal.registry, seal.editor, seal.cli):
+    for pkg in (seal.registry, seal.editor, seal.cli, seal.ui):
         names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".") if not m.name.endswith("__main__")]
     return sorted(names)
 
