@@ -425,6 +425,7 @@ def test_stream_killed_after_the_first_passage_resumes_at_the_second(stream_regi
 
 # --- the fast path gives the plain path's results ------------------------------------------------
 
+@pytest.mark.numeric
 def test_fast_path_equals_plain_path(tmp_path, tiny_chat_record):
     """Merged weights, shared prompt prefixes and one generate per answer length: same decisions,
     same self-edits, the same scores within float tolerance."""
@@ -455,6 +456,7 @@ def test_fast_path_equals_plain_path(tmp_path, tiny_chat_record):
     reg_p.close()
 
 
+@pytest.mark.numeric
 def test_cuda_paths_forced_on_the_cpu_give_the_same_results(tmp_path, tiny_chat_record, monkeypatch):
     """The batched training and batched scoring that a GPU takes, run here through the whole engine."""
     from seal.editor import stages
