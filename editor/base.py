@@ -40,6 +40,8 @@ EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _FINGERPRINT_FILE = "seal-fingerprint.json"
 _SOURCE_FILE = "seal-source.json"
+_CHECK_FILE = "seal-check.json"
+_CHECK_VERSION = 1  # bump when base_check learns something new, so every base is checked again
 
 
 @dataclass
@@ -367,6 +369,28 @@ def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revis
     return fingerprint
 
 
+def _checked(weights_dir: Path, record_dir: Path) -> None:
+    """Check the folder (:mod:`seal.editor.base_check`) unless it passed with these very files."""
+    from .base_check import check_model_folder
+
+    record = record_dir / _CHECK_FILE
+    stats = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(weights_dir.iterdir())
+             if f.is_file() and not f.name.startswith("seal-")}  # seal's own records change beside them
+    try:
+        if json.loads(record.read_text()) == {"check": _CHECK_VERSION, "files": stats}:
+            return
+    except (OSError, ValueError):
+        pass  # never checked, or a damaged record: check again
+    check_model_folder(weights_dir)
+    try:
+        record_dir.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"check": _CHECK_VERSION, "files": stats}) + "\n")
+        os.replace(tmp, record)
+    except OSError:
+        pass  # a read-only cache: the check simply runs again next time
+
+
 def _quiet_transformers() -> None:
     # transformers' progress bars (GGUF conversion, weight loading) are noise on seal's stderr,
     # which carries seal's own progress.
@@ -384,17 +408,21 @@ def prepare_base(
 
         >>> desc, weights_dir, fingerprint = prepare_base(None, cache_dir=Path(".seal/cache"))  # doctest: +SKIP
     """
+    from .base_check import check_gguf
+
     desc = describe_base(spec)
     _quiet_transformers()
     record_dir = Path(cache_dir) / _cache_key(desc["name"], desc["revision"])
     if desc["kind"] in ("embedded", "gguf"):
         weights_dir = record_dir
         if not (weights_dir / "model.safetensors").is_file():
+            check_gguf(Path(desc["source"]))
             _dequantize_gguf(
                 Path(desc["source"]), weights_dir, name=desc["name"], revision=desc["revision"]
             )
     else:
         weights_dir = Path(desc["source"])
+    _checked(weights_dir, record_dir)
     fingerprint = _cached_fingerprint(
         weights_dir, record_dir, name=desc["name"], revision=desc["revision"]
     )

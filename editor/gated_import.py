@@ -18,6 +18,7 @@ from pathlib import Path
 
 from seal.registry.adapters import read_adapter_folder
 from seal.registry.errors import UserError
+from seal.registry.files import display_name
 from seal.registry.graph import first_parent_line
 from seal.registry.objects import canonical_json
 from seal.registry.porcelain import check_message, check_same_base
@@ -61,7 +62,7 @@ def run_gated_import(reg, folder: Path, *, message: str = "", eval_file: Path | 
                       track=track) as session:
         manifests = {head: reg.manifest(head)}
         attempt = _attempt(session, "import", [head], manifests, ref=ref, expected=head, spec=spec,
-                           message=message or f"import {adapter.path.name} (gated)", title=adapter.path.name,
+                           message=message or f"import {display_name(adapter.path)} (gated)", title=display_name(adapter.path),
                            answer_tokens=answer_tokens, extra={"eval": reg.store.put(canonical_json(spec))})
         with progress.stage("measure the parent") as stage:
             _merged_parent(session, attempt, stage)

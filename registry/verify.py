@@ -278,6 +278,8 @@ def _check_store(reg, snap, ids, blob_ok) -> list[Fault]:
     """Every blob intact; every journaled version and reflog row still in the database."""
     out, late_moves, late_versions = [], [], []
     moves = {_move_key(e) for e in snap.reflog}
+    out += [Fault(None, f"object store file {path}", "is not a blob seal wrote (its name is no sha256 digest); "
+                  "move it out of the object store") for path in getattr(reg.store, "iter_strays", list)()]
     for digest in reg.store.iter_digests():
         if digest not in blob_ok and not reg.store.check(digest):
             out.append(Fault(None, f"blob {digest}", "is corrupt (its bytes no longer hash to its name)"))
