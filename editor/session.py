@@ -217,8 +217,11 @@ def set_threads(device: str, threads: int | None) -> int | None:
 def open_session(reg, *, device: str = "auto", require_gpu: bool = False, threads: int | None = None,
                  fast: bool = True, progress: Progress | None = None, track: bool = False) -> Iterator[Session]:
     """Load (or reuse) the base, the probes and the base's results; a scratch folder for the session."""
+    from seal.registry.policy import read_policy
+
     from .device import environment_record, pick_device
 
+    read_policy(reg)  # a broken policy.toml is refused before the model loads and before any blob is written
     try:
         device = pick_device(device, require_gpu=require_gpu)
     except ValueError as e:

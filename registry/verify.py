@@ -198,7 +198,7 @@ def _check_bases(reg, snap) -> list[Fault]:
     from .bases import BASE_REF, base_doc
 
     pinned = {name[len(BASE_REF):]: target for name, target in snap.refs if name.startswith(BASE_REF)}
-    out = []
+    out = _check_config_base(reg.config, snap)
     for base_id, row in snap.bases.items():
         digest = pinned.get(base_id)
         if digest is None:
@@ -214,6 +214,18 @@ def _check_bases(reg, snap) -> list[Fault]:
             out.append(Fault(None, f"base {base_id[:12]}", "the row differs from its signed record: it was "
                              "changed behind seal's back (a base that checkouts would name and load)"))
     return out
+
+
+def _check_config_base(config, snap) -> list[Fault]:
+    """config.toml claims the base every edit loads: it must be a base this registry records."""
+    row = snap.bases.get(config.base_id)
+    if row is None:
+        return [Fault(None, "config.toml", f"[base] id = {str(config.base_id)[:12]}… is no base this registry "
+                      f"records ({', '.join(b[:12] for b in snap.bases) or 'none'}); restore the id `seal init` wrote")]
+    if config.base_name is not None and config.base_name != row["name"]:
+        return [Fault(None, "config.toml", f"[base] name = {config.base_name!r} but base {row['id'][:12]} is "
+                      f"{row['name']!r}; restore the name `seal init` wrote")]
+    return []
 
 
 def _check_signers(snap, trusted) -> list[Fault]:
