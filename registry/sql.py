@@ -124,6 +124,7 @@ class Database:
         self.dialect = self.parsed.dialect
         self.head = "HEAD"
         self._raw: Any = None
+        self.read_only: str | None = None  # why a SQLite connection can only read (full disk, read-only media)
 
     @classmethod
     def open(cls, url: str, *, create: bool = False) -> "Database":
@@ -132,15 +133,19 @@ class Database:
 
     def _connect(self) -> Any:
         if self._raw is None:
-            self._raw = _connect_sqlite(self.parsed.target, self.create) if self.dialect == "sqlite" \
-                else _connect_postgres(self.parsed.target)
+            if self.dialect == "sqlite":
+                self._raw, self.read_only = _connect_sqlite(self.parsed.target, self.create)
+            else:
+                self._raw = _connect_postgres(self.parsed.target)
         return self._raw
 
     def use_wal(self) -> None:
         """SQLite only: write-ahead logging, so readers never wait for a writer (kept in the file)."""
         if self.dialect == "sqlite" and self.parsed.target != ":memory:":
             with _translated(self.url):
-                self._connect().execute("PRAGMA journal_mode=WAL")
+                raw = self._connect()
+                if not self.read_only:
+                    raw.execute("PRAGMA journal_mode=WAL")
 
     def close(self) -> None:
         if self._raw is not None:
@@ -167,6 +172,9 @@ class Database:
         """One write transaction: everything in the block lands, or nothing does."""
         with _translated(self.url):
             raw = self._connect()
+            if self.read_only:
+                raise DatabaseUnavailable(f"cannot write the lineage database {_where(self.url)}: {self.read_only}; "
+                                          "nothing was changed")
             conn = Conn(raw, self.dialect, self.head)
             _begin_write(conn)
             try:
@@ -204,28 +212,53 @@ def _commit(conn: Conn) -> None:
     conn.execute("COMMIT")
 
 
-def _connect_sqlite(path: str, create: bool = False) -> sqlite3.Connection:
-    """A connection that never creates a missing registry database (only init and upgrade do), and
-    reads a database on read-only media (WAL needs a writable -shm file, so there it is opened
-    immutable: nothing can change it anyway)."""
+# A WAL reader needs its -shm index (32 KiB) beside the database; below this much free space
+# seal reads without one rather than fail a read or leave a half-made index behind.
+MIN_FREE_BYTES = 1 << 20
+
+
+def _connect_sqlite(path: str, create: bool = False) -> tuple[sqlite3.Connection, str | None]:
+    """A connection, and why it is read-only (None when it can write).
+
+    It never creates a missing registry database (only init and upgrade do). Where nothing can be
+    written (read-only media, a full disk) it reads without writing a byte: a database with no
+    pending WAL is opened immutable (WAL would need a new -shm file), one with a WAL read-only
+    through the index already there.
+    """
     import os
     from urllib.parse import quote
 
     if path == ":memory:":
-        return _configured(sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False))
+        raw = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        return _configured(raw), None
     if not create and not os.path.exists(path):
         raise DatabaseUnavailable(f"the lineage database {path} is missing; restore it from a backup")
-    uri = f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
+    why = None if create else _why_unwritable(path)
+    if why is None:
+        uri = f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
+        raw = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        return _configured(raw), None
+    wal = path + "-wal"
+    pending = os.path.exists(wal) and os.path.getsize(wal) > 0 and os.path.exists(path + "-shm")
+    uri = f"file:{quote(path)}?mode=ro" + ("" if pending else "&immutable=1")
+    raw = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    return _configured(raw), why
+
+
+def _why_unwritable(path: str) -> str | None:
+    """Why nothing can be written beside ``path`` (read-only media, a full disk), or None."""
+    import os
+
+    folder = os.path.dirname(path) or "."
+    if not os.access(folder, os.W_OK) or not os.access(path, os.W_OK):
+        return "it is on read-only media or lacks write permission (check the file's permissions and the disk)"
     try:
-        raw = _configured(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None,
-                                          check_same_thread=False))
-        raw.execute("PRAGMA schema_version").fetchone()  # opens the WAL index, which read-only media refuse
-        return raw
-    except sqlite3.OperationalError:
-        if create or os.access(os.path.dirname(path) or ".", os.W_OK):
-            raise
-    return _configured(sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True, isolation_level=None,
-                                       check_same_thread=False))
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        return "its disk is full; free disk space and try again"
+    return None
 
 
 def _configured(raw: sqlite3.Connection) -> sqlite3.Connection:
