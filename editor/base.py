@@ -430,7 +430,11 @@ def prepare_base(
 
 
 def load_base(
-    spec: str | os.PathLike[str] | None, *, cache_dir: Path, device: str = "cpu"
+    spec: str | os.PathLike[str] | None,
+    *,
+    cache_dir: Path,
+    device: str = "cpu",
+    prepared: tuple[dict[str, str], Path, str] | None = None,
 ) -> LoadedBase:
     """Load the frozen base model and its tokenizer onto ``device``.
 
@@ -442,14 +446,17 @@ def load_base(
         >>> base.name, base.kind  # doctest: +SKIP
         ('HuggingFaceTB/SmolLM2-135M-Instruct', 'embedded')
 
+    ``prepared`` is :func:`prepare_base`'s result when the caller has already checked the base.
+
     Raises:
         FileNotFoundError: the spec names nothing loadable (see :func:`describe_base`).
+        BaseUnusable: the files would not load or train (see :mod:`seal.editor.base_check`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .device import dtype_for
 
-    desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=cache_dir)
+    desc, weights_dir, fingerprint = prepared or prepare_base(spec, cache_dir=cache_dir)
     model = AutoModelForCausalLM.from_pretrained(
         weights_dir, dtype=dtype_for(device), local_files_only=True, use_safetensors=True
     )

@@ -172,7 +172,20 @@ def _read_cached(path: Path) -> bytes | None:
         return None
 
 
-def loaded_base(base_row: dict, device: str) -> Any:
+def checked_base(base_row: dict) -> tuple | None:
+    """The base's files checked (:mod:`seal.editor.base_check`) and fingerprinted before anything
+    loads, so a base that went bad since `init` is one line; None when this process holds it."""
+    from .base import default_cache_dir, prepare_base
+
+    if any(k[0] == base_spec(base_row) for k in _BASES):
+        return None
+    try:
+        return prepare_base(base_spec(base_row), cache_dir=default_cache_dir())
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+
+
+def loaded_base(base_row: dict, device: str, prepared: tuple | None = None) -> Any:
     """The base of ``base_row`` on ``device``, loaded once per process and checked against the
     registry's fingerprint. A base left with adapter layers by an interrupted call is reloaded."""
     from .base import default_cache_dir, load_base
@@ -184,7 +197,7 @@ def loaded_base(base_row: dict, device: str) -> Any:
         base = None
     if base is None:
         try:
-            base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=device)
+            base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=device, prepared=prepared)
         except FileNotFoundError as e:
             raise UserError(str(e)) from None
         if base.fingerprint != base_row["id"]:
@@ -233,8 +246,9 @@ def open_session(reg, *, device: str = "auto", require_gpu: bool = False, thread
         base_row = get_base(conn, reg.base_id())
     started = time.perf_counter()
     n_threads = set_threads(device, threads)
+    prepared = checked_base(base_row)
     with progress.stage(f"load base {base_row['name']} on {device}"):
-        base = loaded_base(base_row, device)
+        base = loaded_base(base_row, device, prepared)
         probes, base_m, base_logprobs = _base_results(reg, base_row, base, device, fast)
     env = {**environment_record(device), "threads": n_threads}
     work = Path(tempfile.mkdtemp(prefix="session-", dir=reg.tmp_dir))

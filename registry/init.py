@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import refs as R
 from .bases import insert_base, record_base
@@ -62,9 +64,10 @@ def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_
         _fill(staging, base, db_url, objects_url)
         reg = Registry(staging, read_config(staging), db_url=db_url or os.environ.get("SEAL_DATABASE_URL"),
                        objects_url=objects_url)
-        _refuse_attached(reg.database_url)
-        upgrade(reg.database_url)
-        _first_rows(reg, base, branch)
+        with _init_lock(reg.database_url):  # of N inits racing on one new database, one wins
+            _refuse_attached(reg.database_url)
+            upgrade(reg.database_url)
+            _first_rows(reg, base, branch)
         reg.close()
         os.rename(staging, path / SEAL_DIRNAME)
     except BaseException:
@@ -83,6 +86,20 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+@contextmanager
+def _init_lock(url: str) -> Iterator[None]:
+    """Inits on one shared database take turns, so the losers find the winner's HEAD and are told
+    to `seal clone` instead of failing half-way through the schema."""
+    from .sql import Database
+
+    db = Database.open(url)
+    try:
+        with db.session_lock("seal init"):
+            yield
+    finally:
+        db.close()
 
 
 def _refuse_attached(url: str) -> None:

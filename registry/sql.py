@@ -147,6 +147,22 @@ class Database:
                 if not self.read_only:
                     raw.execute("PRAGMA journal_mode=WAL")
 
+    @contextmanager
+    def session_lock(self, name: str) -> Iterator[None]:
+        """PostgreSQL: hold an advisory lock named ``name`` for the block, so that whole steps (an
+        init's schema, root and HEAD) run one at a time across processes. SQLite: no-op."""
+        if self.dialect == "sqlite":
+            yield
+            return
+        with _translated(self.url):
+            raw = self._connect()
+            raw.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            yield
+        finally:
+            with _translated(self.url):
+                raw.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+
     def close(self) -> None:
         if self._raw is not None:
             self._raw.close()
