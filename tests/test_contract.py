@@ -258,6 +258,11 @@ def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_bas
         proc = seal.run("import", tiny_base["adapters"][0], "-m", "no room")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+        # Reads still work on the full disk, and write nothing (no -wal/-shm index beside the database).
+        files = tree_state(disk / ".seal")
+        assert seal.json("log", "--all") == before
+        assert seal.run("verify").returncode == 0
+        assert tree_state(disk / ".seal") == files
         filler.unlink()
         assert seal.json("log", "--all") == before
         assert seal.run("verify").returncode == 0
@@ -277,6 +282,7 @@ def test_read_only_media_reads_and_refuses_writes_in_one_line(tmp_path, tiny_bas
     try:
         make_registry(disk, tiny_base_record).close()
         seal = Seal(disk, {"SEAL_ACTOR": "tester"}, process=True)
+        seal("import", tiny_base["adapters"][0], "-m", "one")
         before = seal.json("log", "--all")
         assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
         assert seal.json("log", "--all") == before
@@ -285,6 +291,11 @@ def test_read_only_media_reads_and_refuses_writes_in_one_line(tmp_path, tiny_bas
             proc = seal.run(*argv)
             assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
             assert "Traceback" not in proc.stderr
+        # Exporting a version writes only the target folder: no lock file inside the read-only .seal.
+        out = tmp_path / "exported"
+        proc = seal.run("checkout", "HEAD", "--to", out)
+        assert proc.returncode == 0, proc.stderr
+        assert (out / ".seal-checkout.json").is_file()
     finally:
         if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
