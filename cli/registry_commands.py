@@ -31,13 +31,18 @@ def init(
     if db is not None:
         Url.parse(db)
     xstest_data = read_xstest_file(xstest) if xstest is not None else None
-    from .bases import describe_base
+    from seal.editor.progress import default_progress
 
-    record = describe_base(base)
-    reg = init_registry(path, base=record, db_url=db, objects_url=objects)
+    from .bases import check_base_spec, describe_base, measure_base
+
+    check_base_spec(base)
+    progress = default_progress()
+    reg = init_registry(path, base=lambda: describe_base(base, progress), db_url=db, objects_url=objects)
+    record = reg.base()
     out = {"path": str(reg.seal_dir), "base": {"id": record["id"], "name": record["name"]}, "signer": reg.signer.id}
     if xstest_data is not None:
         out["xstest"] = set_xstest(reg, xstest_data, reason="seal init --xstest")["new"]
+    measure_base(reg, progress)  # the base's one-time work, here rather than in the first edit
     print_json(out) if json_ else emit([f"Initialised seal registry in {reg.seal_dir} on base {record['name']} ({short(record['id'])})"])
 
 

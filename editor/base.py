@@ -340,7 +340,7 @@ def _file_stats(weights_dir: Path) -> dict[str, list[int]]:
     }
 
 
-def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revision: str) -> str:
+def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revision: str, progress: Any = None) -> str:
     """Fingerprint, reusing the one stored in ``record_dir`` while the files are unchanged."""
     record = record_dir / _FINGERPRINT_FILE
     stats = _file_stats(weights_dir)
@@ -355,7 +355,10 @@ def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revis
                 return str(saved["fingerprint"])
         except (ValueError, KeyError):
             pass  # a damaged record is simply recomputed
-    fingerprint = fingerprint_base(weights_dir, name=name, revision=revision)
+    from .progress import QuietProgress
+
+    with (progress or QuietProgress()).stage("fingerprint the weights (sha256, once per machine)"):
+        fingerprint = fingerprint_base(weights_dir, name=name, revision=revision)
     record_dir.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(".tmp")
     tmp.write_text(
@@ -381,6 +384,7 @@ def _checked(weights_dir: Path, record_dir: Path) -> None:
             return
     except (OSError, ValueError):
         pass  # never checked, or a damaged record: check again
+    # No progress line: a refusal here must stay the command's one line on stderr.
     check_model_folder(weights_dir)
     try:
         record_dir.mkdir(parents=True, exist_ok=True)
@@ -400,16 +404,20 @@ def _quiet_transformers() -> None:
 
 
 def prepare_base(
-    spec: str | os.PathLike[str] | None, *, cache_dir: Path
+    spec: str | os.PathLike[str] | None, *, cache_dir: Path, progress: Any = None
 ) -> tuple[dict[str, str], Path, str]:
     """Everything short of loading torch modules: (description, weights folder, fingerprint).
 
-    Dequantizes a GGUF into the cache on first use. Useful for ``seal init`` to record the base.
+    The one-time work of a new base, each step cached per machine and skipped once done: check
+    the files (:mod:`seal.editor.base_check`), de-quantize a GGUF into safetensors, fingerprint
+    the weights. ``progress`` (a :class:`seal.editor.progress.Progress`) names each step it runs.
 
         >>> desc, weights_dir, fingerprint = prepare_base(None, cache_dir=Path(".seal/cache"))  # doctest: +SKIP
     """
     from .base_check import check_gguf
+    from .progress import QuietProgress
 
+    progress = progress or QuietProgress()
     desc = describe_base(spec)
     _quiet_transformers()
     record_dir = Path(cache_dir) / _cache_key(desc["name"], desc["revision"])
@@ -417,14 +425,15 @@ def prepare_base(
         weights_dir = record_dir
         if not (weights_dir / "model.safetensors").is_file():
             check_gguf(Path(desc["source"]))
-            _dequantize_gguf(
-                Path(desc["source"]), weights_dir, name=desc["name"], revision=desc["revision"]
-            )
+            with progress.stage(f"de-quantize {Path(desc['source']).name} to safetensors in {record_dir} (once per machine)"):
+                _dequantize_gguf(
+                    Path(desc["source"]), weights_dir, name=desc["name"], revision=desc["revision"]
+                )
     else:
         weights_dir = Path(desc["source"])
     _checked(weights_dir, record_dir)
     fingerprint = _cached_fingerprint(
-        weights_dir, record_dir, name=desc["name"], revision=desc["revision"]
+        weights_dir, record_dir, name=desc["name"], revision=desc["revision"], progress=progress
     )
     return desc, weights_dir, fingerprint
 

@@ -249,6 +249,7 @@ def open_session(reg, *, device: str = "auto", require_gpu: bool = False, thread
     prepared = checked_base(base_row)
     with progress.stage(f"load base {base_row['name']} on {device}"):
         base = loaded_base(base_row, device, prepared)
+    with progress.stage("the base's probe results (measured once per machine and probe set, then cached)"):
         probes, base_m, base_logprobs = _base_results(reg, base_row, base, device, fast)
     env = {**environment_record(device), "threads": n_threads}
     work = Path(tempfile.mkdtemp(prefix="session-", dir=reg.tmp_dir))
