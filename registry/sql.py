@@ -237,44 +237,49 @@ def _connect_sqlite(path: str, create: bool = False) -> tuple[sqlite3.Connection
     """A connection, and why it is read-only (None when it can write).
 
     It never creates a missing registry database (only init and upgrade do). Where nothing can be
-    written (read-only media, a full disk) it reads without writing a byte: a database with no
-    pending WAL is opened immutable (WAL would need a new -shm file), one with a WAL read-only
-    through the index already there.
+    written beside the database (read-only media, a full disk) it reads without writing a byte:
+    WAL would need a new -shm index, so a database with no pending WAL is opened immutable (no
+    writer can change it there), one with a pending WAL read-only through the index already there.
+    A file the user may only read, on a writable disk, is opened read-only (others may write it).
     """
     import os
     from urllib.parse import quote
+
+    def connect(uri: str) -> sqlite3.Connection:
+        return _configured(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None,
+                                           check_same_thread=False))
 
     if path == ":memory:":
         raw = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         return _configured(raw), None
     if not create and not os.path.exists(path):
         raise DatabaseUnavailable(f"the lineage database {path} is missing; restore it from a backup")
-    why = None if create else _why_unwritable(path)
+    if create:
+        return connect(f"file:{quote(path)}?mode=rwc"), None
+    frozen, why = _why_unwritable(path)
     if why is None:
-        uri = f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
-        raw = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        return _configured(raw), None
-    wal = path + "-wal"
-    pending = os.path.exists(wal) and os.path.getsize(wal) > 0 and os.path.exists(path + "-shm")
-    uri = f"file:{quote(path)}?mode=ro" + ("" if pending else "&immutable=1")
-    raw = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    return _configured(raw), why
+        return connect(f"file:{quote(path)}?mode=rw"), None
+    pending = os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0 and os.path.exists(path + "-shm")
+    return connect(f"file:{quote(path)}?mode=ro" + ("&immutable=1" if frozen and not pending else "")), why
 
 
-def _why_unwritable(path: str) -> str | None:
-    """Why nothing can be written beside ``path`` (read-only media, a full disk), or None."""
+def _why_unwritable(path: str) -> tuple[bool, str | None]:
+    """(whether nothing can write beside ``path``, why this process cannot write it) or (False, None)."""
     import os
 
     folder = os.path.dirname(path) or "."
-    if not os.access(folder, os.W_OK) or not os.access(path, os.W_OK):
-        return "it is on read-only media or lacks write permission (check the file's permissions and the disk)"
     try:
         st = os.statvfs(folder)
     except OSError:
-        return None
-    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
-        return "its disk is full; free disk space and try again"
-    return None
+        st = None
+    if st is not None and st.f_flag & os.ST_RDONLY:
+        return True, "it is on read-only media"
+    if st is not None and st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        return True, "its disk is full; free disk space and try again"
+    if not os.access(path, os.W_OK):
+        return not os.access(folder, os.W_OK) and not os.path.exists(path + "-shm"), \
+            "this user may only read it (check the file's permissions)"
+    return False, None
 
 
 def _configured(raw: sqlite3.Connection) -> sqlite3.Connection:
