@@ -343,6 +343,17 @@ def _bad_bases(root: Path, good: Path) -> dict[str, tuple[Path, str]]:
     out["truncated GGUF"] = (root / "truncated.gguf", "truncated GGUF")
     (root / "foreign.gguf").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
     out["foreign GGUF"] = (root / "foreign.gguf", "not a GGUF file")
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(root / "rwkv.gguf"), arch="rwkv6")  # a real GGUF transformers cannot read
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out["GGUF of an architecture transformers cannot de-quantize"] = (root / "rwkv.gguf", "cannot de-quantize")
     no_tok = copy("no-tokenizer")
     for f in no_tok.iterdir():
         if "token" in f.name:
