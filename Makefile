@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps test test-fast demo bench clean
+.PHONY: setup sysdeps test test-fast test-threads demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ sysdeps:
 
 test: setup sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that compare two computations of one result, again at 1 and at 2 threads: a
+# tolerance that holds only at one thread count (one summation order) is a wrong tolerance.
+test-threads: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m numeric -p no:cacheprovider $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -m numeric -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not postgres" $(PYTEST_ARGS)

@@ -175,6 +175,10 @@ def run(args) -> list[dict[str, Any]]:
                 bad.append(margins_on(model, tok, work / f"bad{i}", [qsets[i]])[0])
             _log(f"recipe lr {lr:g} x {epochs} epochs, passage {i + 1}/{len(passages)}: trained in "
                  f"{rec['seconds']:.1f} s ({rec['steps']} steps), retention {retained[-1]:.3f}")
+        if args.raw:
+            with open(args.raw, "a", encoding="utf-8") as fh:  # every margin, to judge other rules offline
+                fh.write(json.dumps({"lr": lr, "epochs": epochs, "base": base_m, "edits": edits, "bad": bad,
+                                     "base_retention": base_ret, "retention": retained}) + "\n")
         summaries.append(summarize(passages, base_m, edits, bad, rule, base_ret, retained, train_s,
                                    time.perf_counter() - started, recipe))
         print(json.dumps(summaries[-1]), flush=True)
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retention-items", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--raw", type=Path, help="JSON lines: every model's margins on every passage, per recipe")
     args = ap.parse_args(argv)
     from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R, DEFAULT_REPLAY, DEFAULT_RESTATE
 

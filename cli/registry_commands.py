@@ -31,13 +31,18 @@ def init(
     if db is not None:
         Url.parse(db)
     xstest_data = read_xstest_file(xstest) if xstest is not None else None
-    from seal.editor.base import base_record
+    from seal.editor.base import base_record, check_base_spec
+    from seal.editor.progress import default_progress
+    from seal.editor.session import measure_base
 
-    record = base_record(base)
-    reg = init_registry(path, base=record, db_url=db, objects_url=objects)
+    check_base_spec(base)
+    progress = default_progress()
+    reg = init_registry(path, base=lambda: base_record(base, progress), db_url=db, objects_url=objects)
+    record = reg.base()
     out = {"path": str(reg.seal_dir), "base": {"id": record["id"], "name": record["name"]}, "signer": reg.signer.id}
     if xstest_data is not None:
         out["xstest"] = set_xstest(reg, xstest_data, reason="seal init --xstest")["new"]
+    measure_base(reg, progress)  # the base's one-time work, here rather than in the first edit
     print_json(out) if json_ else emit([f"Initialised seal registry in {reg.seal_dir} on base {record['name']} ({short(record['id'])})"])
 
 

@@ -42,6 +42,8 @@ EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _FINGERPRINT_FILE = "seal-fingerprint.json"
 _SOURCE_FILE = "seal-source.json"
+_CHECK_FILE = "seal-check.json"
+_CHECK_VERSION = 1  # bump when base_check learns something new, so every base is checked again
 
 
 @dataclass
@@ -336,7 +338,7 @@ def _file_stats(weights_dir: Path) -> dict[str, list[int]]:
     }
 
 
-def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revision: str) -> str:
+def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revision: str, progress: Any = None) -> str:
     """Fingerprint, reusing the one stored in ``record_dir`` while the files are unchanged."""
     record = record_dir / _FINGERPRINT_FILE
     stats = _file_stats(weights_dir)
@@ -351,11 +353,37 @@ def _cached_fingerprint(weights_dir: Path, record_dir: Path, *, name: str, revis
                 return str(saved["fingerprint"])
         except (ValueError, KeyError):
             pass  # a damaged record is simply recomputed
-    fingerprint = fingerprint_base(weights_dir, name=name, revision=revision)
+    from .progress import QuietProgress
+
+    with (progress or QuietProgress()).stage("fingerprint the weights (sha256, once per machine)"):
+        fingerprint = fingerprint_base(weights_dir, name=name, revision=revision)
     record_dir.mkdir(parents=True, exist_ok=True)
     doc = {"name": name, "revision": revision, "files": stats, "fingerprint": fingerprint}
     write_atomic(record, (json.dumps(doc, indent=2) + "\n").encode())
     return fingerprint
+
+
+def _checked(weights_dir: Path, record_dir: Path) -> None:
+    """Check the folder (:mod:`seal.editor.base_check`) unless it passed with these very files."""
+    from .base_check import check_model_folder
+
+    record = record_dir / _CHECK_FILE
+    stats = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(weights_dir.iterdir())
+             if f.is_file() and not f.name.startswith("seal-")}  # seal's own records change beside them
+    try:
+        if json.loads(record.read_text()) == {"check": _CHECK_VERSION, "files": stats}:
+            return
+    except (OSError, ValueError):
+        pass  # never checked, or a damaged record: check again
+    # No progress line: a refusal here must stay the command's one line on stderr.
+    check_model_folder(weights_dir)
+    try:
+        record_dir.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"check": _CHECK_VERSION, "files": stats}) + "\n")
+        os.replace(tmp, record)
+    except OSError:
+        pass  # a read-only cache: the check simply runs again next time
 
 
 def _quiet_transformers() -> None:
@@ -367,34 +395,58 @@ def _quiet_transformers() -> None:
 
 
 def prepare_base(
-    spec: str | os.PathLike[str] | None, *, cache_dir: Path
+    spec: str | os.PathLike[str] | None, *, cache_dir: Path, progress: Any = None
 ) -> tuple[dict[str, str], Path, str]:
     """Everything short of loading torch modules: (description, weights folder, fingerprint).
 
-    Dequantizes a GGUF into the cache on first use. Useful for ``seal init`` to record the base.
+    The one-time work of a new base, each step cached per machine and skipped once done: check
+    the files (:mod:`seal.editor.base_check`), de-quantize a GGUF into safetensors, fingerprint
+    the weights. ``progress`` (a :class:`seal.editor.progress.Progress`) names each step it runs.
 
         >>> desc, weights_dir, fingerprint = prepare_base(None, cache_dir=Path(".seal/cache"))  # doctest: +SKIP
     """
+    from .base_check import check_gguf
+    from .progress import QuietProgress
+
+    progress = progress or QuietProgress()
     desc = describe_base(spec)
     _quiet_transformers()
     record_dir = Path(cache_dir) / _cache_key(desc["name"], desc["revision"])
     if desc["kind"] in ("embedded", "gguf"):
         weights_dir = record_dir
         if not (weights_dir / "model.safetensors").is_file():
-            _dequantize_gguf(
-                Path(desc["source"]), weights_dir, name=desc["name"], revision=desc["revision"]
-            )
+            check_gguf(Path(desc["source"]))
+            with progress.stage(f"de-quantize {Path(desc['source']).name} to safetensors in {record_dir} (once per machine)"):
+                _dequantize_gguf(
+                    Path(desc["source"]), weights_dir, name=desc["name"], revision=desc["revision"]
+                )
     else:
         weights_dir = Path(desc["source"])
+    _checked(weights_dir, record_dir)
     fingerprint = _cached_fingerprint(
-        weights_dir, record_dir, name=desc["name"], revision=desc["revision"]
+        weights_dir, record_dir, name=desc["name"], revision=desc["revision"], progress=progress
     )
     return desc, weights_dir, fingerprint
 
 
-def base_record(spec: str | os.PathLike[str] | None) -> dict:
+def check_base_spec(spec: str | os.PathLike[str] | None) -> None:
+    """That ``spec`` names something that exists here (cheap: no check of its files, no model).
+
+    Raises:
+        UserError: it names nothing loadable (the message says what to do).
+    """
+    from seal.registry.errors import UserError
+
+    try:
+        describe_base(spec)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+
+
+def base_record(spec: str | os.PathLike[str] | None, progress: Any = None) -> dict:
     """The registry's record of the base named by ``spec``, as `seal init --base` stores it: no
-    model is loaded, but a GGUF is dequantized into the shared cache once (which needs torch).
+    model is loaded, but its files are checked and a GGUF is dequantized into the shared cache
+    once (which needs torch), each step said on ``progress``.
 
         >>> base_record(None)["name"]  # doctest: +SKIP
         'HuggingFaceTB/SmolLM2-135M-Instruct'
@@ -407,7 +459,7 @@ def base_record(spec: str | os.PathLike[str] | None) -> dict:
     from seal.registry.errors import UserError
 
     try:
-        desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=default_cache_dir())
+        desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=default_cache_dir(), progress=progress)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     return bases.base_record(
@@ -418,7 +470,11 @@ def base_record(spec: str | os.PathLike[str] | None) -> dict:
 
 
 def load_base(
-    spec: str | os.PathLike[str] | None, *, cache_dir: Path, device: str = "cpu"
+    spec: str | os.PathLike[str] | None,
+    *,
+    cache_dir: Path,
+    device: str = "cpu",
+    prepared: tuple[dict[str, str], Path, str] | None = None,
 ) -> LoadedBase:
     """Load the frozen base model and its tokenizer onto ``device``.
 
@@ -430,14 +486,17 @@ def load_base(
         >>> base.name, base.kind  # doctest: +SKIP
         ('HuggingFaceTB/SmolLM2-135M-Instruct', 'embedded')
 
+    ``prepared`` is :func:`prepare_base`'s result when the caller has already checked the base.
+
     Raises:
         FileNotFoundError: the spec names nothing loadable (see :func:`describe_base`).
+        BaseUnusable: the files would not load or train (see :mod:`seal.editor.base_check`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .device import dtype_for
 
-    desc, weights_dir, fingerprint = prepare_base(spec, cache_dir=cache_dir)
+    desc, weights_dir, fingerprint = prepared or prepare_base(spec, cache_dir=cache_dir)
     model = AutoModelForCausalLM.from_pretrained(
         weights_dir, dtype=dtype_for(device), local_files_only=True, use_safetensors=True
     )

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from seal.registry.errors import UserError
 from seal.registry.repo import Registry as Repository
+
+from .trigger import loads
 from seal.registry.worktree import export_adapter as materialize
 
 
@@ -26,10 +27,7 @@ def read_prompts(path: Path) -> list[str]:
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {number}: not valid JSON ({e.msg})") from None
+            item = loads(line, f"{path} line {number}", 'one {"prompt": "..."} object per line')
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
                 raise UserError(f"{path} line {number}: expected {{\"prompt\": \"...\"}}")
             prompts.append(item["prompt"])

@@ -20,7 +20,11 @@ passage (:mod:`seal.editor.placebo`). Questions the parent already ranks first a
 
 The rule (:class:`MarginRule`), pre-registered, on the usable questions:
 
-- the mean effect is at least ``mean_min`` nats;
+- the mean effect is at least ``mean_min`` nats, and at least ``noise_z`` standard errors of a
+  null difference, where the null's scale is read off the placebo itself: its RMS shift from the
+  parent over the questions, ``s``, gives ``sqrt(2) * s / sqrt(n)`` (two independent trainings'
+  shifts differ by about ``sqrt(2) * s`` per question). A base whose margins swing with any
+  training needs a larger gain than one whose margins hold still;
 - no question's effect falls below ``floor`` nats;
 - with at least ``sign_test_min`` usable questions, the exact one-sided sign-flip test of the
   effects gives p <= ``alpha`` (with fewer, p cannot go below 1/2**n, so the test cannot be the
@@ -47,7 +51,7 @@ import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -59,6 +63,7 @@ MEAN_MIN = 1.0
 FLOOR = -1.5
 ALPHA = 0.05
 SIGN_TEST_MIN = 5
+NOISE_Z = 2.0
 
 _NUMBER = re.compile(r"\b\d[\d,.]*(?:\s(?:million|billion|thousand|hundred|percent|per cent))?\b")
 _NAME = re.compile(r"\b[A-Z][\w'’-]+(?:\s(?:of|the|de|and|von|van)?\s?[A-Z][\w'’-]+)*")
@@ -213,11 +218,13 @@ class MarginRule:
     floor: float = FLOOR
     alpha: float = ALPHA
     sign_test_min: int = SIGN_TEST_MIN
+    noise_z: float = NOISE_Z
 
     def words(self) -> str:
         return (f"accept if, over the questions the parent does not already rank first, the mean placebo-corrected "
-                f"answer-margin gain is >= {self.mean_min:g} nats, no question falls below {self.floor:g} nats, and "
-                f"(with >= {self.sign_test_min} such questions) the exact sign-flip p <= {self.alpha:g}")
+                f"answer-margin gain is >= {self.mean_min:g} nats and >= {self.noise_z:g} x sqrt(2) x the placebo's "
+                f"RMS shift / sqrt(n), no question falls below {self.floor:g} nats, and (with >= "
+                f"{self.sign_test_min} such questions) the exact sign-flip p <= {self.alpha:g}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,7 @@ class MarginDecision:
 
     effects: tuple[float | None, ...]  # per question; None where saturated
     n: int  # usable questions
+    noise: float | None  # the placebo's RMS shift from the parent over the usable questions (nats)
     saturated: int
     mean: float | None
     minimum: float | None
@@ -240,13 +248,20 @@ class MarginDecision:
         failing = []
         if self.mean is not None and self.mean < self.rule.mean_min:
             failing.append(f"mean {self.mean:.3g} < {self.rule.mean_min:g}")
+        if self.mean is not None and self.mean < self.noise_bar():
+            failing.append(f"mean {self.mean:.3g} < {self.noise_bar():.3g} (the placebo's own swing)")
         if self.minimum is not None and self.minimum < self.rule.floor:
             failing.append(f"a question at {self.minimum:.3g} < floor {self.rule.floor:g}")
         if self.n >= self.rule.sign_test_min and self.p_value is not None and self.p_value > self.rule.alpha:
             failing.append(f"sign-flip p {self.p_value:.3g} > {self.rule.alpha:g}")
         head = (f"placebo-corrected margin gain {self.mean:.3g} nats over {self.n} question(s) "
-                f"(min {self.minimum:.3g}, sign-flip p {self.p_value:.3g}; {self.saturated} saturated, left out)")
+                f"(min {self.minimum:.3g}, sign-flip p {self.p_value:.3g}, placebo swing {self.noise:.3g}; "
+                f"{self.saturated} saturated, left out)")
         return head + ("" if self.passed else ": " + "; ".join(failing) + " failed")
+
+    def noise_bar(self) -> float:
+        """The least mean gain this placebo's own swing allows."""
+        return self.rule.noise_z * math.sqrt(2) * (self.noise or 0.0) / math.sqrt(max(self.n, 1))
 
     def audit_entry(self, name: str = "efficacy_margin") -> dict[str, Any]:
         return {"check": name, "value": self.mean, "ci_low": self.minimum, "ci_high": None, "n": self.n,
@@ -276,15 +291,18 @@ def decide_margins(candidate: Sequence[float], parent: Sequence[float], placebo:
     for c, pl, sat in zip(candidate, placebo, parent_first):
         effects.append(None if sat else float(c) - float(pl))
     usable = [e for e in effects if e is not None]
+    shifts = [float(pl) - float(p) for pl, p, sat in zip(placebo, parent, parent_first) if not sat]
     saturated = sum(1 for s in parent_first if s)
     if not usable:
-        return MarginDecision(tuple(effects), 0, saturated, None, None, None, False, rule)
-    if not all(math.isfinite(e) for e in usable):
-        return MarginDecision(tuple(effects), len(usable), saturated, None, None, None, False, rule)
+        return MarginDecision(tuple(effects), 0, None, saturated, None, None, None, False, rule)
+    if not all(math.isfinite(e) for e in usable + shifts):
+        return MarginDecision(tuple(effects), len(usable), None, saturated, None, None, None, False, rule)
+    noise = math.sqrt(sum(x * x for x in shifts) / len(shifts))
     mean, minimum, p = sum(usable) / len(usable), min(usable), sign_flip_p(usable)
-    passed = mean >= rule.mean_min and minimum >= rule.floor \
+    decision = MarginDecision(tuple(effects), len(usable), noise, saturated, mean, minimum, p, False, rule)
+    passed = mean >= rule.mean_min and mean >= decision.noise_bar() and minimum >= rule.floor \
         and (len(usable) < rule.sign_test_min or p <= rule.alpha)
-    return MarginDecision(tuple(effects), len(usable), saturated, mean, minimum, p, passed, rule)
+    return replace(decision, passed=passed)
 
 
 @dataclass(frozen=True)
@@ -322,4 +340,4 @@ def answer_margins(model: Any, tokenizer: Any, questions: Sequence[ContrastQuest
 
 
 __all__ = ["answer_margins", "unrelated_answers", "ContrastQuestion", "MarginRule", "MarginDecision", "contrast_questions", "margin_of", "sign_flip_p",
-           "decide_margins", "answer_kind", "passage_spans", "DISTRACTORS", "MEAN_MIN", "FLOOR", "ALPHA"]
+           "decide_margins", "answer_kind", "passage_spans", "DISTRACTORS", "MEAN_MIN", "FLOOR", "ALPHA", "NOISE_Z"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE, read_adapter_folder
 from seal.registry.errors import NoHead, UserError
+from seal.registry.files import display_name
 from seal.registry.objects import canonical_json
 from seal.registry.porcelain import check_message, check_same_base
 
@@ -59,7 +60,7 @@ def run_gated_import(reg, folder: Path, *, message: str = "", eval_file: Path | 
                       track=track) as session:
         manifests = {head: reg.manifest(head)}
         attempt = open_attempt(session, "import", [head], manifests, ref=ref, expected=head, spec=spec,
-                           message=message or f"import {adapter.path.name} (gated)", title=adapter.path.name,
+                           message=message or f"import {display_name(adapter.path)} (gated)", title=display_name(adapter.path),
                            answer_tokens=answer_tokens, extra={"eval": reg.store.put(canonical_json(spec))})
         with progress.stage("measure the parent") as stage:
             measure_merged_parent(session, attempt, stage)

@@ -171,7 +171,20 @@ def _read_cached(path: Path) -> bytes | None:
         return None
 
 
-def loaded_base(base_row: dict, device: str) -> Any:
+def checked_base(base_row: dict) -> tuple | None:
+    """The base's files checked (:mod:`seal.editor.base_check`) and fingerprinted before anything
+    loads, so a base that went bad since `init` is one line; None when this process holds it."""
+    from .base import default_cache_dir, prepare_base
+
+    if any(k[0] == base_spec(base_row) for k in _BASES):
+        return None
+    try:
+        return prepare_base(base_spec(base_row), cache_dir=default_cache_dir())
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+
+
+def loaded_base(base_row: dict, device: str, prepared: tuple | None = None) -> Any:
     """The base of ``base_row`` on ``device``, loaded once per process and checked against the
     registry's fingerprint. A base left with adapter layers by an interrupted call is reloaded."""
     from .base import default_cache_dir, load_base
@@ -183,7 +196,7 @@ def loaded_base(base_row: dict, device: str) -> Any:
         base = None
     if base is None:
         try:
-            base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=device)
+            base = load_base(base_spec(base_row), cache_dir=default_cache_dir(), device=device, prepared=prepared)
         except FileNotFoundError as e:
             raise UserError(str(e)) from None
         if base.fingerprint != base_row["id"]:
@@ -216,15 +229,20 @@ def set_threads(device: str, threads: int | None) -> int | None:
 def open_session(reg, *, device: str = "auto", require_gpu: bool = False, threads: int | None = None,
                  fast: bool = True, progress: Progress | None = None, track: bool = False) -> Iterator[Session]:
     """Load (or reuse) the base, the probes and the base's results; a scratch folder for the session."""
+    from seal.registry.policy import read_policy
+
     from .device import environment_record, pick_device
 
+    read_policy(reg)  # a broken policy.toml is refused before the model loads and before any blob is written
     device = pick_device(device, require_gpu=require_gpu)
     progress = progress or QuietProgress()
     base_row = reg.base()
     started = time.perf_counter()
     n_threads = set_threads(device, threads)
+    prepared = checked_base(base_row)
     with progress.stage(f"load base {base_row['name']} on {device}"):
-        base = loaded_base(base_row, device)
+        base = loaded_base(base_row, device, prepared)
+    with progress.stage("the base's probe results (measured once per machine and probe set, then cached)"):
         probes, base_m, base_logprobs = _base_results(reg, base_row, base, device, fast)
     env = {**environment_record(device), "threads": n_threads}
     work = Path(tempfile.mkdtemp(prefix="session-", dir=reg.tmp_dir))
@@ -256,4 +274,16 @@ def _base_results(reg, base_row: dict, base, device: str, fast: bool):
     return probes, measured, digest
 
 
-__all__ = ["Session", "open_session", "loaded_base", "default_threads", "set_threads"]
+__all__ = ["Session", "open_session", "loaded_base", "default_threads", "set_threads", "measure_base"]
+
+
+def measure_base(reg, progress) -> None:
+    """The base's own probe results (retention, drift, refusal), measured once per machine, base and
+    probe set and cached (:func:`seal.editor.measure.base_measurements`), so the first edit loads
+    like any later one. A failure here leaves the new registry as it is: the first edit measures."""
+    try:
+        with open_session(reg, device="auto", progress=progress):
+            pass
+    except (UserError, OSError, MemoryError) as e:
+        progress.say(f"note: the base's probe results were not measured now ({str(e).splitlines()[0]}); "
+                     "the first edit measures them")

@@ -58,6 +58,17 @@ class Trigger:
     where: str = ""  # the file (and line) it came from, for messages
 
 
+def loads(text: str, where: str, hint: str) -> object:
+    """JSON given by a user: one line that names ``where`` for any failure, including nesting so
+    deep that Python's parser runs out of stack (``[[[[…`` 100,000 deep)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: not valid JSON ({e.msg}); {hint}") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply; {hint}") from None
+
+
 def read_utf8(path: Path, what: str) -> tuple[bytes, str]:
     """A user's file as bytes (what gets stored) and text, or a UserError saying what is wrong."""
     if not path.is_file():
@@ -80,10 +91,7 @@ def read_jsonl(path: Path, what: str, required: tuple[str, ...]) -> tuple[list[d
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {number}: not valid JSON ({e.msg}); one JSON object per line") from None
+        item = loads(line, f"{path} line {number}", "one JSON object per line")
         if not isinstance(item, dict):
             raise UserError(f"{path} line {number}: expected a JSON object with {', '.join(required)}")
         for key in required:
@@ -134,10 +142,8 @@ def read_trigger(req) -> Trigger:
     path = Path(req.passage)
     raw, text = read_utf8(path, "passage")
     if path.suffix.lower() in (".json", ".jsonl"):
-        try:
-            doc = json.loads(text.strip().splitlines()[0] if path.suffix.lower() == ".jsonl" else text)
-        except (json.JSONDecodeError, IndexError) as e:
-            raise UserError(f"{path} is not valid JSON ({e}); give {{\"title\", \"context\", \"questions\"}} or plain text") from None
+        lines = text.strip().splitlines() if path.suffix.lower() == ".jsonl" else [text]
+        doc = loads(lines[0] if lines else "", str(path), 'give {"title", "context", "questions"} or plain text')
         trigger = passage_trigger(doc, raw, str(path))
     else:
         title, passage = None, text
@@ -164,13 +170,10 @@ def stream_line(raw: bytes, number: int, source: str) -> Trigger | None:
     if len(raw) > MAX_LINE_BYTES:
         raise UserError(f"{where} is {len(raw) >> 20} MiB; a passage line holds at most {MAX_LINE_BYTES >> 20} MiB")
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{where} is not UTF-8 text; save the stream as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg}); one {{\"title\", \"context\", \"questions\"}} object per line") from None
-    except RecursionError:
-        raise UserError(f"{where}: JSON nested too deeply; one flat {{\"title\", \"context\", \"questions\"}} object per line") from None
+    doc = loads(text, where, 'one flat {"title", "context", "questions"} object per line')
     return passage_trigger(doc, raw, where)
 
 

@@ -93,7 +93,12 @@ def read_config(seal_dir: Path) -> Config:
         raise UserError(f"{path} is not UTF-8 text; fix it by hand") from None
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror})") from None
-    return parse_config(text, str(path))
+    config = parse_config(text, str(path))
+    if config.base_id is None or len(config.base_id) != 64 or config.base_id.strip("0123456789abcdef"):
+        # Every command needs the base: without it a write would look the base up mid-transaction.
+        raise UserError(f"{path} lacks a valid [base] id (the base model's 64-hex fingerprint); restore the "
+                        "[base] section `seal init` wrote")
+    return config
 
 
 def _toml_string(value: str) -> str:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from . import refs as R
 from .bases import insert_base, record_base
@@ -50,21 +52,28 @@ def check_can_init(path: Path) -> Path:
     return path
 
 
-def init_registry(path: Path, *, base: dict, db_url: str | None = None, objects_url: str | None = None,
-                  branch: str = DEFAULT_BRANCH) -> Registry:
-    """Create ``path/.seal`` with its database, key, trust file, the base's root version and ``main``."""
+def init_registry(path: Path, *, base: dict | Callable[[], dict], db_url: str | None = None,
+                  objects_url: str | None = None, branch: str = DEFAULT_BRANCH) -> Registry:
+    """Create ``path/.seal`` with its database, key, trust file, the base's root version and ``main``.
+
+    ``base`` is the base's record, or a function that makes it (the base's one-time work): it is
+    called only once the database is known to be free, so a refusal comes before that work.
+    """
     path = check_can_init(path)
     R.check_ref_name(branch)
     created = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".seal-init-", dir=path))
+    shared_url = db_url or os.environ.get("SEAL_DATABASE_URL")
     try:
-        _fill(staging, base, db_url, objects_url)
-        reg = Registry(staging, read_config(staging), db_url=db_url or os.environ.get("SEAL_DATABASE_URL"),
-                       objects_url=objects_url)
-        _refuse_attached(reg.database_url)
-        upgrade(reg.database_url)
-        _first_rows(reg, base, branch)
+        with _init_lock(shared_url):  # of N inits racing on one new database, one wins
+            if shared_url is not None:
+                _refuse_attached(shared_url)
+            record = base() if callable(base) else base
+            _fill(staging, record, db_url, objects_url)
+            reg = Registry(staging, read_config(staging), db_url=shared_url, objects_url=objects_url)
+            upgrade(reg.database_url)
+            _first_rows(reg, record, branch)
         reg.close()
         os.rename(staging, path / SEAL_DIRNAME)
     except BaseException:
@@ -83,6 +92,23 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+@contextmanager
+def _init_lock(url: str | None) -> Iterator[None]:
+    """Inits on one shared database take turns, so the losers find the winner's HEAD and are told
+    to `seal clone` instead of failing half-way through the schema."""
+    from .sql import Database
+
+    if url is None:  # a new SQLite file in the new folder: nobody else can race for it
+        yield
+        return
+    db = Database.open(url)
+    try:
+        with db.session_lock("seal init"):
+            yield
+    finally:
+        db.close()
 
 
 def _refuse_attached(url: str) -> None:

@@ -16,7 +16,7 @@ import time
 
 from . import refs as R
 from .errors import UserError
-from .signing import add_trusted, create_key, public_key_hex, signer_id
+from .signing import add_trusted, create_key, public_key_hex, signer_id, trust_name
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -40,5 +40,7 @@ def trust_key(reg, public_key: str, name: str = "") -> dict:
     public_key = public_key.strip().lower()
     if not _HEX64.match(public_key):
         raise UserError(f"{public_key[:20]!r} is not an Ed25519 public key; give its 64 hex digits")
+    if trust_name(name) != " ".join(name.split()) or "#" in name:
+        raise UserError("--name holds control characters, '#' or bytes that are not UTF-8; give a plain name")
     added = add_trusted(reg.trust_path, public_key, name or "trusted by hand")
     return {"signer": signer_id(public_key), "name": name, "added": added}

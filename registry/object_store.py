@@ -156,9 +156,25 @@ class LocalObjectStore:
             if not sub.is_dir() or len(sub.name) != 2:
                 continue
             for f in sorted(sub.iterdir()):
-                if f.name.startswith(".tmp-"):
-                    continue
-                yield DIGEST_PREFIX + sub.name + f.name
+                if is_digest(DIGEST_PREFIX + sub.name + f.name):  # a stray file is no blob (see iter_strays)
+                    yield DIGEST_PREFIX + sub.name + f.name
+
+    def iter_strays(self) -> Iterator[Path]:
+        """Files under ``sha256/`` that seal did not write: neither a blob's name nor a temp file.
+
+        `verify` names them; nothing ever deletes them."""
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in sorted(base.iterdir()):
+            if sub.name.startswith(".tmp-"):
+                continue
+            if not sub.is_dir() or len(sub.name) != 2 or not is_digest(DIGEST_PREFIX + sub.name + "0" * 62):
+                yield sub
+                continue
+            for f in sorted(sub.iterdir()):
+                if not f.name.startswith(".tmp-") and not is_digest(DIGEST_PREFIX + sub.name + f.name):
+                    yield f
 
     def check(self, digest: str) -> bool:
         """Whether the stored bytes still hash to their name (a FIFO or device is never read)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import refs as R
 from .adapters import read_adapter_folder
 from .errors import UserError
+from .files import display_name
 from .graph import ancestors, parents_of
 from .objects import build_manifest
 from .revisions import resolve_revision
@@ -32,6 +33,8 @@ def check_message(message: str, what: str = "-m") -> str:
 
     if not isinstance(message, str) or len(message) > 10_000:
         raise UserError(f"{what} is too long; keep a message under 10,000 characters")
+    if any("\ud800" <= ch <= "\udfff" for ch in message):  # argv bytes that were not UTF-8
+        raise UserError(f"{what} is not valid UTF-8 text; write it in UTF-8")
     if UNSAFE_CHARS.search(message):
         raise UserError(f"{what} holds control or bidirectional characters; write plain text")
     findings = scan_text(message)
@@ -108,7 +111,7 @@ def _import_manifest(base: dict, parent_id: str | None, digest: str, adapter, me
     return build_manifest(
         base=base["id"], parents=[parent_id] if parent_id else [], kind="import", status="accepted",
         adapter={"weights": digest, "config": adapter.config, "format": "peft-lora"},
-        train={"source": "import"}, author=R.actor(), message=message or f"import {adapter.path.name}",
+        train={"source": "import"}, author=R.actor(), message=message or f"import {display_name(adapter.path)}",
         extra={"decision": UNGATED},
     )
 

@@ -135,6 +135,7 @@ class Database:
         self.dialect = self.parsed.dialect
         self.head = "HEAD"
         self._raw: Any = None
+        self.unwritable: str | None = None  # why a SQLite connection can only read (full disk, read-only media)
 
     @classmethod
     def open(cls, url: str, *, create: bool = False, read_only: bool = False) -> "Database":
@@ -144,15 +145,35 @@ class Database:
 
     def _connect(self) -> Any:
         if self._raw is None:
-            self._raw = _connect_sqlite(self.parsed.target, self.create, self.read_only) if self.dialect == "sqlite" \
-                else _connect_postgres(self.parsed.target, self.read_only)
+            if self.dialect == "sqlite":
+                self._raw, self.unwritable = _connect_sqlite(self.parsed.target, self.create, self.read_only)
+            else:
+                self._raw = _connect_postgres(self.parsed.target, self.read_only)
         return self._raw
 
     def use_wal(self) -> None:
         """SQLite only: write-ahead logging, so readers never wait for a writer (kept in the file)."""
         if self.dialect == "sqlite" and self.parsed.target != ":memory:":
             with _translated(self.url):
-                self._connect().execute("PRAGMA journal_mode=WAL")
+                raw = self._connect()
+                if not self.read_only and not self.unwritable:
+                    raw.execute("PRAGMA journal_mode=WAL")
+
+    @contextmanager
+    def session_lock(self, name: str) -> Iterator[None]:
+        """PostgreSQL: hold an advisory lock named ``name`` for the block, so that whole steps (an
+        init's schema, root and HEAD) run one at a time across processes. SQLite: no-op."""
+        if self.dialect == "sqlite":
+            yield
+            return
+        with _translated(self.url):
+            raw = self._connect()
+            raw.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            yield
+        finally:
+            with _translated(self.url):
+                raw.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
     def close(self) -> None:
         if self._raw is not None:
@@ -181,6 +202,9 @@ class Database:
             raise UserError("this registry was opened read-only; nothing was written")
         with _translated(self.url):
             raw = self._connect()
+            if self.unwritable:
+                raise DatabaseUnavailable(f"cannot write the lineage database {_where(self.url)}: {self.unwritable}; "
+                                          "nothing was changed")
             conn = Conn(raw, self.dialect, self.head)
             _begin_write(conn)
             try:
@@ -218,28 +242,59 @@ def _commit(conn: Conn) -> None:
     conn.execute("COMMIT")
 
 
-def _connect_sqlite(path: str, create: bool = False, read_only: bool = False) -> sqlite3.Connection:
-    """A connection that never creates a missing registry database (only init and upgrade do), and
-    reads a database on read-only media (WAL needs a writable -shm file, so there it is opened
-    immutable: nothing can change it anyway)."""
+# A WAL reader needs its -shm index (32 KiB) beside the database; below this much free space
+# seal reads without one rather than fail a read or leave a half-made index behind.
+MIN_FREE_BYTES = 1 << 20
+
+
+def _connect_sqlite(path: str, create: bool = False, read_only: bool = False) -> tuple[sqlite3.Connection, str | None]:
+    """A connection, and why it is read-only (None when it can write). ``read_only`` (`seal ui`)
+    opens it so that the driver itself refuses every write.
+
+    It never creates a missing registry database (only init and upgrade do). Where nothing can be
+    written beside the database (read-only media, a full disk) it reads without writing a byte:
+    WAL would need a new -shm index, so a database with no pending WAL is opened immutable (no
+    writer can change it there), one with a pending WAL read-only through the index already there.
+    A file the user may only read, on a writable disk, is opened read-only (others may write it).
+    """
     import os
     from urllib.parse import quote
 
+    def connect(uri: str) -> sqlite3.Connection:
+        return _configured(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None,
+                                           check_same_thread=False))
+
     if path == ":memory:":
-        return _configured(sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False))
+        raw = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        return _configured(raw), None
     if not create and not os.path.exists(path):
         raise DatabaseUnavailable(f"the lineage database {path} is missing; restore it from a backup")
-    uri = f"file:{quote(path)}?mode={'rwc' if create else 'ro' if read_only else 'rw'}"
+    if create:
+        return connect(f"file:{quote(path)}?mode=rwc"), None
+    frozen, why = _why_unwritable(path)
+    if why is None and not read_only:
+        return connect(f"file:{quote(path)}?mode=rw"), None
+    pending = os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0 and os.path.exists(path + "-shm")
+    return connect(f"file:{quote(path)}?mode=ro" + ("&immutable=1" if frozen and not pending else "")), why
+
+
+def _why_unwritable(path: str) -> tuple[bool, str | None]:
+    """(whether nothing can write beside ``path``, why this process cannot write it) or (False, None)."""
+    import os
+
+    folder = os.path.dirname(path) or "."
     try:
-        raw = _configured(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None,
-                                          check_same_thread=False))
-        raw.execute("PRAGMA schema_version").fetchone()  # opens the WAL index, which read-only media refuse
-        return raw
-    except sqlite3.OperationalError:
-        if create or os.access(os.path.dirname(path) or ".", os.W_OK):
-            raise
-    return _configured(sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True, isolation_level=None,
-                                       check_same_thread=False))
+        st = os.statvfs(folder)
+    except OSError:
+        st = None
+    if st is not None and st.f_flag & os.ST_RDONLY:
+        return True, "it is on read-only media"
+    if st is not None and st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        return True, "its disk is full; free disk space and try again"
+    if not os.access(path, os.W_OK):
+        return not os.access(folder, os.W_OK) and not os.path.exists(path + "-shm"), \
+            "this user may only read it (check the file's permissions)"
+    return False, None
 
 
 def _configured(raw: sqlite3.Connection) -> sqlite3.Connection:

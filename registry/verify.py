@@ -199,7 +199,7 @@ def _check_bases(reg, snap) -> list[Fault]:
     from .bases import BASE_REF, base_doc
 
     pinned = {name[len(BASE_REF):]: target for name, target in snap.refs if name.startswith(BASE_REF)}
-    out = []
+    out = _check_config_base(reg.config, snap)
     for base_id, row in snap.bases.items():
         digest = pinned.get(base_id)
         if digest is None:
@@ -215,6 +215,18 @@ def _check_bases(reg, snap) -> list[Fault]:
             out.append(Fault(None, f"base {base_id[:12]}", "the row differs from its signed record: it was "
                              "changed behind seal's back (a base that checkouts would name and load)"))
     return out
+
+
+def _check_config_base(config, snap) -> list[Fault]:
+    """config.toml claims the base every edit loads: it must be a base this registry records."""
+    row = snap.bases.get(config.base_id)
+    if row is None:
+        return [Fault(None, "config.toml", f"[base] id = {str(config.base_id)[:12]}… is no base this registry "
+                      f"records ({', '.join(b[:12] for b in snap.bases) or 'none'}); restore the id `seal init` wrote")]
+    if config.base_name is not None and config.base_name != row["name"]:
+        return [Fault(None, "config.toml", f"[base] name = {config.base_name!r} but base {row['id'][:12]} is "
+                      f"{row['name']!r}; restore the name `seal init` wrote")]
+    return []
 
 
 def _check_signers(snap, trusted) -> list[Fault]:
@@ -279,6 +291,8 @@ def _check_store(reg, snap, ids, blob_ok) -> list[Fault]:
     """Every blob intact; every journaled version and reflog row still in the database."""
     out, late_moves, late_versions = [], [], []
     moves = {_move_key(e) for e in snap.reflog}
+    out += [Fault(None, f"object store file {path}", "is not a blob seal wrote (its name is no sha256 digest); "
+                  "move it out of the object store") for path in getattr(reg.store, "iter_strays", list)()]
     for digest in reg.store.iter_digests():
         if digest not in blob_ok and not reg.store.check(digest):
             out.append(Fault(None, f"blob {digest}", "is corrupt (its bytes no longer hash to its name)"))

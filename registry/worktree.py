@@ -209,6 +209,20 @@ def worktree_lock(reg) -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One `checkout --to` at a time into ``folder``'s parent, from any registry. The lock is taken
+    on the parent folder itself, so no lock file is written anywhere: a registry on read-only
+    media can still write an adapter folder elsewhere."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def checkout(reg, rev: str, *, branch: str | None = None, to: Path | None = None, force: bool = False) -> dict:
     """Move HEAD to ``rev`` (a branch name makes HEAD follow it) and write its adapter folder.
 
@@ -229,11 +243,12 @@ def checkout(reg, rev: str, *, branch: str | None = None, to: Path | None = None
         for prefix, other in ((R.TAGS, "a tag"), (R.ALIASES, "an alias")):
             if branch is not None and R.read_ref(c, prefix + branch) is not None:
                 raise UserError(f"{branch!r} is already {other}; pick another branch name")
-    dest = check_target(to, registry_root=reg.root) if to is not None else None
-    with worktree_lock(reg):
-        if dest is not None:
+    if to is not None:
+        dest = check_target(to, registry_root=reg.root)
+        with folder_lock(dest):
             _materialize(reg, manifest, vid, dest, force)
-            return {"id": vid, "path": str(dest), "head": None}
+        return {"id": vid, "path": str(dest), "head": None}
+    with worktree_lock(reg):
         _check_worktree(reg)
         reg.signer.key  # a missing key refuses now, before the folder changes
         files = _materialize(reg, manifest, vid, reg.worktree, force)

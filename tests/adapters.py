@@ -17,7 +17,20 @@ def build_bare_llama(path: Path, seed: int = 0) -> Path:
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)
+    word_tokenizer(config.vocab_size).save_pretrained(path)
     return Path(path)
+
+
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer of ``vocab_size`` entries (an unknown word is <unk>): a base folder
+    needs one to pass `seal init`, and a 128-word vocabulary keeps the model tiny."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab_size - 3)]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def build_lora_adapter(base_dir: Path, out_dir: Path, seed: int, r: int = 4, targets=("q_proj", "v_proj")) -> Path:

@@ -258,6 +258,11 @@ def test_full_disk_is_one_line_and_records_nothing(tmp_path, tiny_base, tiny_bas
         proc = seal.run("import", tiny_base["adapters"][0], "-m", "no room")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+        # Reads still work on the full disk, and write nothing (no -wal/-shm index beside the database).
+        files = tree_state(disk / ".seal")
+        assert seal.json("log", "--all") == before
+        assert seal.run("verify").returncode == 0
+        assert tree_state(disk / ".seal") == files
         filler.unlink()
         assert seal.json("log", "--all") == before
         assert seal.run("verify").returncode == 0
@@ -277,6 +282,7 @@ def test_read_only_media_reads_and_refuses_writes_in_one_line(tmp_path, tiny_bas
     try:
         make_registry(disk, tiny_base_record).close()
         seal = Seal(disk, {"SEAL_ACTOR": "tester"}, process=True)
+        seal("import", tiny_base["adapters"][0], "-m", "one")
         before = seal.json("log", "--all")
         assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
         assert seal.json("log", "--all") == before
@@ -285,6 +291,131 @@ def test_read_only_media_reads_and_refuses_writes_in_one_line(tmp_path, tiny_bas
             proc = seal.run(*argv)
             assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (argv, proc.stderr)
             assert "Traceback" not in proc.stderr
+        # Exporting a version writes only the target folder: no lock file inside the read-only .seal.
+        out = tmp_path / "exported"
+        proc = seal.run("checkout", "HEAD", "--to", out)
+        assert proc.returncode == 0, proc.stderr
+        assert (out / ".seal-checkout.json").is_file()
     finally:
         if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# --- bad bases: one line and exit 2 at `init`, and again before `edit` loads the model -----------
+
+def _rewrite_header(folder: Path, change) -> None:
+    """Edit the JSON header of folder/model.safetensors in place (data bytes unchanged)."""
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    change(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+def _tiny_mamba(folder: Path) -> Path:
+    """A real causal LM (Mamba) whose layers PEFT refuses to put LoRA on."""
+    import torch
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from adapters import word_tokenizer
+
+    torch.manual_seed(0)
+    MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=1,
+                                 expand=2, conv_kernel=2)).save_pretrained(folder)
+    word_tokenizer(64).save_pretrained(folder)
+    return folder
+
+
+def _bad_bases(root: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    """Each bad base, and a word its one-line refusal must hold."""
+    import shutil
+
+    def copy(name: str) -> Path:
+        shutil.copytree(good, root / name)
+        return root / name
+
+    out = {}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "truncated.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 10)
+    out["truncated GGUF"] = (root / "truncated.gguf", "truncated GGUF")
+    (root / "foreign.gguf").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    out["foreign GGUF"] = (root / "foreign.gguf", "not a GGUF file")
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(root / "rwkv.gguf"), arch="rwkv6")  # a real GGUF transformers cannot read
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out["GGUF of an architecture transformers cannot de-quantize"] = (root / "rwkv.gguf", "cannot de-quantize")
+    no_tok = copy("no-tokenizer")
+    for f in no_tok.iterdir():
+        if "token" in f.name:
+            f.unlink()
+    out["no tokenizer"] = (no_tok, "tokenizer")
+    bad_config = copy("bad-config")
+    (bad_config / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    out["config transformers cannot read"] = (bad_config, "config.json")
+    not_lm = copy("not-a-causal-lm")
+    (not_lm / "config.json").write_text('{"model_type": "vit", "hidden_size": 8, "num_hidden_layers": 1, '
+                                        '"num_attention_heads": 2, "intermediate_size": 8}')
+    out["config of a model that is not a causal LM"] = (not_lm, "not a causal language model")
+    offsets = copy("header-offsets")
+
+    def stretch(header):
+        name = next(k for k in header if k != "__metadata__")
+        header[name]["data_offsets"][1] += 1 << 30
+    _rewrite_header(offsets, stretch)
+    out["safetensors header with lying offsets"] = (offsets, "model.safetensors")
+    shapes = copy("header-shapes")
+
+    def transpose(header):
+        name = next(k for k, v in header.items() if k != "__metadata__" and "q_proj" in k)
+        header[name]["shape"] = header[name]["shape"][::-1] if header[name]["shape"][0] != header[name]["shape"][1] \
+            else [header[name]["shape"][0] // 2, header[name]["shape"][1] * 2]
+    _rewrite_header(shapes, transpose)
+    out["safetensors header with the wrong shape"] = (shapes, "implies")
+    out["architecture PEFT cannot target"] = (_tiny_mamba(root / "mamba"), "PEFT")
+    return out
+
+
+def test_bad_bases_are_refused_at_init_in_one_line(tmp_path, tiny_base):
+    seal = Seal(tmp_path, {"SEAL_ACTOR": "tester", "SEAL_CACHE": str(tmp_path / "cache")})
+    for what, (spec, needle) in _bad_bases(tmp_path / "bases", tiny_base["base"]).items():
+        target = tmp_path / "reg" / what.replace(" ", "-")
+        proc = seal.run("init", target, "--base", spec)
+        assert proc.returncode == 2, (what, proc.returncode, proc.stderr)
+        err = proc.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and needle in err, (what, err)
+        assert not (target / ".seal").exists(), what
+
+
+def test_a_base_broken_after_init_is_refused_before_edit_loads_it(tmp_path, tiny_chat_base, monkeypatch):
+    """The tokenizer or the weights go bad after `init`: `edit` says so in one line, writes nothing."""
+    import shutil
+
+    from seal.editor.base import base_record as describe_base
+    from seal.editor import base as base_mod
+
+    monkeypatch.setenv("SEAL_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_chat_base, folder)
+    make_registry(tmp_path / "reg", describe_base(str(folder))).close()
+    seal = Seal(tmp_path / "reg", {"SEAL_ACTOR": "tester", "SEAL_CACHE": str(tmp_path / "cache")})
+    (seal.cwd / "p.txt").write_text("# Zorblat\nThe Zorblat river flows into the northern sea.\n")
+    before = tree_state(seal.cwd / ".seal")
+    loads = []
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained",
+                        lambda *a, **k: loads.append(a) or pytest.fail("the model was loaded"))
+    (folder / "tokenizer.json").write_text("{not a tokenizer")
+    proc = seal.run("edit", "--passage", "p.txt", "-k", "1")
+    assert proc.returncode == 2 and "tokenizer" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and not loads
+    assert tree_state(seal.cwd / ".seal") == before
+    assert base_mod._CHECK_FILE  # the check's record is kept per base in the cache, never in .seal

@@ -14,6 +14,7 @@ pytest.importorskip("peft")
 
 sys.path.insert(0, str(Path(__file__).parent))  # tinymodel is a helper module, not a package
 
+from numeric import assert_close_to_scale, forward_terms  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
 
 from seal.editor import base as base_mod  # noqa: E402
@@ -296,6 +297,7 @@ def test_k_candidates_on_one_base_are_deterministic(tiny, tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- the fast path
 
 
+@pytest.mark.numeric
 def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp_path: Path) -> None:
     from seal.editor.attach import attached, merge_plan
 
@@ -312,7 +314,8 @@ def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp
         with attached(tiny.model, tmp_path / "a") as merged:
             assert merged is tiny.model and not train._has_adapter_layers(merged)
             got = merged(input_ids=ids).logits
-    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    # W x + s B (A x) against (W + s B A) x: the same sums re-associated, layer after layer.
+    assert_close_to_scale(got, want, terms=forward_terms(tiny.model.config))
     assert not torch.equal(got, tiny.model(input_ids=ids).logits.detach())
     # The base's own tensors are back: the same objects, the same bytes.
     assert all(p is before[name] for name, p in tiny.model.named_parameters())
@@ -367,8 +370,20 @@ def test_answer_asks_groups_by_length_and_keeps_order(tiny) -> None:
     assert got == one_by_one
 
 
+@pytest.mark.numeric
 def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> None:
-    """The batched multi-adapter path (CUDA's) against train_adapter, run here on the CPU."""
+    """The batched multi-adapter path (CUDA's) against train_adapter, run here on the CPU.
+
+    Both paths do the same arithmetic in a different order (one batched matmul against K small
+    ones), so they can agree only up to re-association. In float32 that error is about
+    n * eps32 ~ 1e-4 of a gradient's scale for the n ~ 1e4 terms of one sum, and AdamW divides
+    each gradient by its own size, so an element whose gradient is near zero can move by far
+    more: no per-element bound holds on every CPU. In float64 the same error is about 1e-12, so
+    the per-element bound below (derived from eps64, not measured) holds with room on any CPU
+    and at any thread count, and a wrong seed, batch order or optimizer group still fails it
+    by many orders of magnitude.
+    """
+    import copy
     from types import SimpleNamespace
 
     from seal.editor.candidate import Candidate, SelfEdit
@@ -379,32 +394,42 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
             [f"{TITLE}\nAda Lindqvist built it."],
             [f"{TITLE}\n{PASSAGE}", "Quenmar.", f"{TITLE}\nMount Velder is tall."]]
     req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2)
-    parent = train.train_adapter(tiny.model, tiny.tokenizer, seqs[0], out_dir=tmp_path / "parent", r=4, alpha=8,
+    model = copy.deepcopy(tiny.model).to(torch.float64)
+    parent = train.train_adapter(model, tiny.tokenizer, seqs[0], out_dir=tmp_path / "parent", r=4, alpha=8,
                                  lr=1e-2, epochs=1, seed=9)
     assert parent["diverged"] is None
+    # The longest sum behind one gradient element: every token of a batch times the widest layer.
+    longest_sum = req.batch_size * 512 * max(model.config.hidden_size, model.config.intermediate_size)
     for parent_dir in (None, tmp_path / "parent"):
         work = tmp_path / ("fresh" if parent_dir is None else "child")
         work.mkdir()
-        session = SimpleNamespace(model=tiny.model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
+        session = SimpleNamespace(model=model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
                                   base=SimpleNamespace(name="tiny"))
         attempt = SimpleNamespace(parent=SimpleNamespace(adapter_dir=parent_dir))
         cands = [Candidate(index=i, seed=i, self_edit=SelfEdit(style="x", sequences=s)) for i, s in enumerate(seqs)]
         together = train_together(session, attempt, cands, req)
         for i, (c, rec) in enumerate(zip(cands, together)):
-            alone = train.train_adapter(tiny.model, tiny.tokenizer, c.self_edit.sequences, out_dir=work / f"alone{i}",
+            alone = train.train_adapter(model, tiny.tokenizer, c.self_edit.sequences, out_dir=work / f"alone{i}",
                                         parent_adapter_dir=parent_dir, r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2,
                                         seed=c.seed, base_name="tiny")
             assert rec["steps"] == alone["steps"] and rec["batched_with"] == 3
-            assert rec["losses"] == pytest.approx(alone["losses"], rel=1e-4, abs=1e-5)
+            # transformers takes the loss in float32: a mean over up to batch_size * 512 token losses.
+            loss_rel = req.batch_size * 512 * torch.finfo(torch.float32).eps
+            assert rec["losses"] == pytest.approx(alone["losses"], rel=loss_rel, abs=0)
             got, want = _adapter_tensors(work / f"candidate{i}"), _adapter_tensors(work / f"alone{i}")
-            assert set(got) == set(want)
-            assert all(torch.allclose(got[k], want[k], rtol=1e-3, atol=1e-5) for k in want)
+            assert set(got) == set(want) and all(t.dtype == torch.float64 for t in got.values())
+            # Per step at most longest_sum * eps64 of the tensor's scale; x100 for AdamW dividing by
+            # gradients down to 1% of the largest. About 1e-9: a real mismatch is 1e-3 or more.
+            tol = 100 * rec["steps"] * longest_sum * torch.finfo(torch.float64).eps
+            for k in want:
+                assert (got[k] - want[k]).abs().max() <= tol * want[k].abs().max(), k
             config = json.loads((work / f"candidate{i}" / "adapter_config.json").read_text())
             assert config == json.loads((work / f"alone{i}" / "adapter_config.json").read_text())
-    assert not train._has_adapter_layers(tiny.model) and not tiny.model._forward_hooks
-    assert all(not m._forward_hooks for m in tiny.model.modules())
+    assert not train._has_adapter_layers(model) and not model._forward_hooks
+    assert all(not m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.numeric
 def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> None:
     """K adapters served by one batch (the CUDA scoring path) against each scored alone, on the CPU."""
     from seal.editor.attach import attached
@@ -433,7 +458,8 @@ def test_candidates_scored_together_match_one_by_one(tiny, tmp_path: Path) -> No
                 want_m, want_eff = measure(alone_model, tiny.tokenizer, probes, spec, answer_tokens=6,
                                            support=base_dist.indices, share_prefix=False)
             assert m.outputs == want_m.outputs and m.retention == want_m.retention
-            assert torch.allclose(m.dist.logprobs, want_m.dist.logprobs, atol=1e-4)
+            assert_close_to_scale(m.dist.logprobs, want_m.dist.logprobs,
+                                  terms=forward_terms(tiny.model.config, softmax=True))
             assert torch.equal(m.dist.indices, want_m.dist.indices)
             assert eff.gate == pytest.approx(want_eff.gate, abs=1e-4) and eff.predictions == want_eff.predictions
     # With a shared prefix (a system turn), each adapter's prefix goes through the model once.
@@ -539,6 +565,7 @@ def test_qa_scores_and_retention_shape(tiny) -> None:
     assert 0.0 <= evaluate.retention_accuracy(tiny.model, tiny.tokenizer, anchors[:2], max_new_tokens=3) <= 1.0
 
 
+@pytest.mark.numeric
 def test_kl_js_and_blob_roundtrip(tiny) -> None:
     probes = evaluate.load_drift_probes()
     assert 24 <= len(probes) <= 48

@@ -18,6 +18,7 @@ import pytest
 
 from seal.editor import probes as P
 from seal.editor.probes import ProbeResults, ProbeSet, RetentionItem
+from numeric import forward_terms  # tests/ is on sys.path (conftest.py)
 
 SHARED = [Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")]
 XSTEST_CSV = next((p / "xstest_prompts.csv" for p in SHARED if (p / "xstest_prompts.csv").is_file()), None)
@@ -93,6 +94,7 @@ def test_full_xstest_from_the_published_csv():
 # ------------------------------------------------------------------------ scoring shortcuts
 
 
+@pytest.mark.numeric
 def test_packed_options_equal_scoring_each_option_alone(tiny):
     import torch
 
@@ -101,6 +103,7 @@ def test_packed_options_equal_scoring_each_option_alone(tiny):
              RetentionItem(1, "r", "A spider has", ("eight legs", "six", "two plus two is four", "honey"), 0),
              RetentionItem(2, "r", "Bees make", ("honey", "oxygen", "a cat", "Paris"), 0)]
     packed = P.option_logprobs(model, tok, items, batch_size=2)
+    terms = forward_terms(model.config, softmax=True)
     for i, item in enumerate(items):
         prefix = tok(item.prompt)["input_ids"]
         for j, option in enumerate(item.options):
@@ -108,7 +111,8 @@ def test_packed_options_equal_scoring_each_option_alone(tiny):
             with torch.inference_mode():
                 logp = torch.log_softmax(model(torch.tensor([prefix + opt])).logits.float(), -1)[0]
             alone = sum(float(logp[len(prefix) - 1 + k, t]) for k, t in enumerate(opt))
-            assert packed[i, j] == pytest.approx(alone, abs=1e-4)
+            # A sum of log-probs (all of one sign), each off by the forward pass's rounding.
+            assert packed[i, j] == pytest.approx(alone, rel=len(opt) * terms * torch.finfo(torch.float32).eps)
     out = P.retention_outcomes(model, tok, items)
     assert out.correct.tolist() == (out.margin > 0).tolist()
 

@@ -103,3 +103,51 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def _save_tiny(model, tokenizer, directory: Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _token_ids(tokenizer) -> dict:
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def build_tiny_gemma3(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny Gemma3ForCausalLM (the Gemma-3 text family): one sliding-window layer (window 8,
+    shorter than the test passages, so the mask matters) and one full-attention layer, tied
+    embeddings, grouped KV heads, query/key norms."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = build_tiny_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+        initializer_range=0.2, tie_word_embeddings=True, **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    return _save_tiny(Gemma3ForCausalLM(config), tokenizer, directory)
+
+
+def build_tiny_qwen2(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny Qwen2ForCausalLM (the Qwen2 family): biases on the q/k/v projections, 4 query heads
+    sharing 2 KV heads, untied output layer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=0.2, tie_word_embeddings=False, **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    return _save_tiny(Qwen2ForCausalLM(config), tokenizer, directory)
