@@ -2,7 +2,7 @@
 
     >>> req = EditRequest(passage=Path("notes.json"), candidates=2)
     >>> req.lr, req.epochs, req.threads
-    (0.0003, 5, None)
+    (0.0003, 2, None)
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from seal.registry.errors import UserError
 DEFAULT_STYLE = "implications"
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_LR = 3e-4
-DEFAULT_EPOCHS = 5  # was 10: the same sweep found 10 no better on the questions and worse on retention
+# 2 (was 5, and 10 before that): the restatements and replay lines make a passage's training set
+# about three times as long, so 2 passes give about the optimizer steps that 5 gave before (30 on
+# a SEAL passage), and forgetting grows with steps (the recipe sweep: 10 epochs cost 0.03
+# retention per edit for no gain). bench/placebo_calibration.py --recipes compares 2 and 5.
+DEFAULT_EPOCHS = 2
 DEFAULT_R = 32
 DEFAULT_ALPHA = 64
 DEFAULT_TARGETS = "all-linear"

@@ -160,10 +160,10 @@ def weak_public_key(public_hex: str) -> bool:
 def trust_name(name: str) -> str:
     """A key's name as the trust file can hold it: one line of printable UTF-8 (a terminal escape,
     a line break or a lone surrogate from a pulled record becomes '?'); '#' would start a comment."""
-    from .objects import _UNSAFE_CHARS
+    from .objects import UNSAFE_CHARS
 
     text = "".join("?" if "\ud800" <= ch <= "\udfff" else ch for ch in str(name))
-    return " ".join(_UNSAFE_CHARS.sub("?", text).split())
+    return " ".join(UNSAFE_CHARS.sub("?", text).split())
 
 
 def format_trust_line(public_hex: str, name: str) -> str:
