@@ -59,7 +59,7 @@ from typing import Any
 #: a passage has few answers of the gold's type).
 DISTRACTORS = 10
 #: The defaults of the rule (policy keys ``efficacy_margin_gain_min``, ``efficacy_margin_floor``).
-MEAN_MIN = 1.0
+MEAN_MIN = 0.5
 FLOOR = -1.5
 ALPHA = 0.05
 SIGN_TEST_MIN = 5
@@ -260,7 +260,9 @@ class MarginDecision:
         return head + ("" if self.passed else ": " + "; ".join(failing) + " failed")
 
     def noise_bar(self) -> float:
-        """The least mean gain this placebo's own swing allows."""
+        """The least mean gain this placebo's own swing allows (no bar when the policy turned it off)."""
+        if self.rule.noise_z <= 0:
+            return -math.inf
         return self.rule.noise_z * math.sqrt(2) * (self.noise or 0.0) / math.sqrt(max(self.n, 1))
 
     def audit_entry(self, name: str = "efficacy_margin") -> dict[str, Any]:

@@ -213,9 +213,9 @@ def margin_rule(policy_gates: Mapping[str, Any]):
     merged = {**DEFAULT_POLICY, **policy_gates}
     if merged["efficacy_margin_gain_min"] is None:
         return None
-    floor = merged["efficacy_margin_floor_min"]
+    floor, z = merged["efficacy_margin_floor_min"], merged["efficacy_margin_noise_z"]
     return MarginRule(mean_min=float(merged["efficacy_margin_gain_min"]),
-                      floor=-math.inf if floor is None else float(floor))
+                      floor=-math.inf if floor is None else float(floor), noise_z=0.0 if z is None else float(z))
 
 
 def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any = None, parent: Any = None,

@@ -7,13 +7,14 @@ many training sequences, on an unrelated passage of matched length (seal's own n
 an edit's are (:func:`seal.editor.reflect.build_training_sequences`): the placebo passage's
 sentences as title-keyed lines, then the passage.
 
-A placebo depends only on the parent, the recipe, the passage length (in 32-word buckets) and
-the sequence count, never on the trigger's questions: it is trained once per such key and kept
+A placebo depends only on the parent, the recipe, the passage length (in 64-word buckets) and
+the sequence count (rounded up to a multiple of 8), never on the trigger's questions, so a
+stream's rejected edits share their parent's placebo: it is trained once per such key and kept
 in this process and in the machine's cache beside the dequantized bases (``SEAL_CACHE``), and
 its weights are stored as a blob that the versions it judged name. A cache entry is used only
 when its weights have the digest its record names.
 
-    >>> text_for(60)[0], len(text_for(60)[1].split()) >= 60
+    >>> text_for(60)[0], len(text_for(60)[1].split()) >= 64
     ('The Harlow Valley Orchard Cooperative', True)
 """
 
@@ -31,7 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-WORD_BUCKET = 32
+WORD_BUCKET = 64
+SEQUENCE_BUCKET = 8
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _IN_PROCESS: dict[str, Path] = {}
 
@@ -98,9 +100,19 @@ class Placebo:
                 "cached": self.cached, "source": "seal placebo passages (editor/data/placebo_passages.jsonl)"}
 
 
+def sequence_budget(n_sequences: int) -> int:
+    """The placebo's sequence count for an edit of ``n_sequences``: rounded up to a multiple of 8.
+
+        >>> sequence_budget(1), sequence_budget(8), sequence_budget(9)
+        (8, 8, 16)
+    """
+    return max(SEQUENCE_BUCKET, -(-n_sequences // SEQUENCE_BUCKET) * SEQUENCE_BUCKET)
+
+
 def placebo_key(parent: str, base: str, hyper: dict, words: int, n_sequences: int, seed: int) -> str:
     bucket = max(WORD_BUCKET, -(-words // WORD_BUCKET) * WORD_BUCKET)
-    doc = {"parent": parent, "base": base, "hyper": hyper, "words": bucket, "sequences": n_sequences, "seed": seed,
+    doc = {"parent": parent, "base": base, "hyper": hyper, "words": bucket, "sequences": sequence_budget(n_sequences),
+           "seed": seed,
            "texts": hashlib.sha256(json.dumps(_passages()).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -148,7 +160,7 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
     from .train import train_adapter
 
     folder = session.work / f"placebo-{key[:16]}"
-    sequences = placebo_sequences(words, n_sequences) + list(replay)
+    sequences = placebo_sequences(words, sequence_budget(n_sequences)) + list(replay)
     record = train_adapter(session.model, session.tok, sequences, out_dir=folder,
                            parent_adapter_dir=parent_dir, r=hyper.get("r", DEFAULT_R),
                            alpha=hyper.get("lora_alpha", DEFAULT_ALPHA),
@@ -159,11 +171,11 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
     if record.get("diverged") is not None:
         return None
     digest = _adapter_digest(session.reg, folder)
-    doc = {"weights": digest, "words": words, "sequences": n_sequences, "key": key}
+    doc = {"weights": digest, "words": words, "sequences": sequence_budget(n_sequences), "key": key}
     (folder / "placebo.json").write_text(json.dumps(doc), encoding="utf-8")
     _IN_PROCESS[key] = folder
     _keep_on_machine(folder, key)
-    return Placebo(folder, digest, key, words, n_sequences, cached=False)
+    return Placebo(folder, digest, key, words, sequence_budget(n_sequences), cached=False)
 
 
 def _keep_on_machine(folder: Path, key: str) -> None:
@@ -179,4 +191,4 @@ def _keep_on_machine(folder: Path, key: str) -> None:
 
 
 __all__ = ["Placebo", "placebo_key", "placebo_sequences", "cached_placebo", "train_placebo", "text_for", "sentences",
-           "WORD_BUCKET"]
+           "WORD_BUCKET", "sequence_budget"]

@@ -72,7 +72,7 @@ def test_every_command_is_in_the_table_of_contents():
     from seal.cli import app
 
     marked = {fn for module in (app.diff_commands, app.edit_commands, app.hub_commands, app.learn_commands,
-                                app.registry_commands, app.team_commands)
+                                app.registry_commands, app.team_commands, app.ui_commands)
               for _, fn in inspect.getmembers(module, callable) if hasattr(fn, "seal_command")
               and fn.__module__ == module.__name__}
     listed = [fn for _, fn in app.COMMANDS]

@@ -205,7 +205,7 @@ def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, ti
     reg = make_registry(tmp_path, tiny_chat_record)
     for key in ("retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max", "kl_vs_base_max",
                 "weight_norm_ratio_max", "refusal_drop_vs_base_max", "over_refusal_rise_vs_base_max",
-                "efficacy_margin_floor_min"):
+                "efficacy_margin_floor_min", "efficacy_margin_noise_z"):
         set_policy(reg, key, "false", reason="tests: the efficacy rule alone")
     set_policy(reg, "efficacy_margin_gain_min", "-1000", reason="tests: a rule every edit passes")
     reg.close()
