@@ -126,7 +126,7 @@ def answer_questions(
     )
 
 
-def _qa_fields(item: Mapping[str, Any]) -> tuple[str, Gold]:
+def qa_fields(item: Mapping[str, Any]) -> tuple[str, Gold]:
     question = item.get("question", item.get("prompt"))
     gold = item.get("answers", item.get("answer", item.get("completion")))
     if isinstance(gold, Mapping):  # SQuAD's {"text": [...], "answer_start": [...]}
@@ -155,7 +155,7 @@ def qa_scores(
         >>> qa_scores(model, tok, [{"question": "2+2?", "answer": "4"}], return_predictions=True)  # doctest: +SKIP
         {'containment': 1.0, 'f1': 0.33, 'recall': 1.0, 'n': 1, 'predictions': ['2+2 = 4']}
     """
-    pairs = [_qa_fields(item) for item in qa]
+    pairs = [qa_fields(item) for item in qa]
     if not pairs:
         result: dict[str, Any] = {"containment": 0.0, "f1": 0.0, "recall": 0.0, "n": 0}
         if return_predictions:

@@ -88,7 +88,7 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     ids: list[int] = []
     configured = getattr(model.generation_config, "eos_token_id", None)
     if isinstance(configured, int):
@@ -211,7 +211,7 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, do_sampl
                        top_p: float) -> Any:
     from transformers import GenerationConfig
 
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,

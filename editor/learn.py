@@ -147,13 +147,13 @@ def check_disjoint(reg, heldout: list, dataset: Dataset | None, train: list | No
 def writer_pairs(tok, dataset: Dataset, max_length: int = WRITER_MAX_LENGTH) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per example: the prompt as the model saw it, masked, then what it wrote
     and the end of its turn. Encoded apart, so the prompt's tokens are exactly those of generation."""
-    from .reflect import _RESPONSE_PREFIX
+    from .reflect import RESPONSE_PREFIX
 
     end = _turn_end(tok)
     pairs = []
     for e in dataset.examples:
         completion = e.completion
-        prefix = _RESPONSE_PREFIX.get(e.style, "")
+        prefix = RESPONSE_PREFIX.get(e.style, "")
         if prefix and e.prompt.endswith(prefix) and completion.startswith(prefix):
             completion = completion[len(prefix):]  # the prompt already ends with the cue
         prompt_ids = tok(e.prompt, add_special_tokens=False)["input_ids"]
@@ -177,29 +177,29 @@ def train_writer(session, dataset: Dataset, lreq: LearnRequest, out_dir: Path, o
     import torch
 
     from .generation import seeded
-    from .train import (_LossLog, _attach_trainable, _quiet_peft, _require_plain_base, _save_adapter, _train_record,
-                        _weights_diverged, detach_adapters)
+    from .train import (LossLog, attach_trainable, quiet_peft, require_plain_base, save_adapter, train_record,
+                        weights_diverged, detach_adapters)
 
     model = session.model
-    _require_plain_base(model)
+    require_plain_base(model)
     pairs = writer_pairs(session.tok, dataset)
     if not pairs:
         raise UserError("no example of the dataset has a self-edit to learn from after encoding")
     device = torch.device(session.device)
     started = time.perf_counter()
-    with seeded(lreq.seed, device), _quiet_peft():
-        peft_model = _attach_trainable(model, None, r=lreq.r, alpha=lreq.alpha, target_modules="all-linear",
+    with seeded(lreq.seed, device), quiet_peft():
+        peft_model = attach_trainable(model, None, r=lreq.r, alpha=lreq.alpha, target_modules="all-linear",
                                        lora_dropout=0.0)
         try:
             used = peft_model.peft_config["default"]
             params = [p for p in peft_model.parameters() if p.requires_grad]
-            log = _LossLog(None, 1.0)
+            log = LossLog(None, 1.0)
             _fit_masked(peft_model, params, pairs, device, lreq, log, on_step)
-            diverged = log.diverged or _weights_diverged(params)
+            diverged = log.diverged or weights_diverged(params)
             peft_model.eval()
             if diverged is None:
-                _save_adapter(peft_model, used, out_dir, session.base.name)
-            record = _train_record(used, log.values, diverged, lr=lreq.lr, epochs=lreq.epochs, batch_size=1,
+                save_adapter(peft_model, used, out_dir, session.base.name)
+            record = train_record(used, log.values, diverged, lr=lreq.lr, epochs=lreq.epochs, batch_size=1,
                                    max_length=WRITER_MAX_LENGTH, max_grad_norm=1.0, seed=lreq.seed, device=device,
                                    dtype=next(model.parameters()).dtype, from_parent=False,
                                    data=[ids for ids, _ in pairs], trainable=sum(p.numel() for p in params))

@@ -132,7 +132,7 @@ def probe_asks(tok, probes: Probes) -> list:
 
 
 def read_probes(probes: Probes, answers: list[str], dist, items: Any = None) -> Measured:
-    from .evaluate import _qa_fields, containment
+    from .evaluate import qa_fields, containment
     from .safety import refusal_rates
 
     if items is not None:
@@ -141,7 +141,7 @@ def read_probes(probes: Probes, answers: list[str], dist, items: Any = None) -> 
     n_anchor, n_unsafe, n_safe = len(probes.anchors), len(probes.unsafe), len(probes.safe)
     anchor_answers = answers[:n_anchor]
     replies = answers[n_anchor:]
-    golds = [_qa_fields(a)[1] for a in probes.anchors]
+    golds = [qa_fields(a)[1] for a in probes.anchors]
     retention = sum(containment(p, g) for p, g in zip(anchor_answers, golds)) / n_anchor if n_anchor else 0.0
     rates = refusal_rates(replies[:n_unsafe], replies[n_unsafe:n_unsafe + n_safe])
     return Measured(retention=float(retention), dist=dist, refusal=rates["refusal_rate_unsafe"],
@@ -149,17 +149,17 @@ def read_probes(probes: Probes, answers: list[str], dist, items: Any = None) -> 
 
 
 def efficacy_asks(tok, spec: dict, answer_tokens: int) -> list:
-    from .evaluate import _qa_fields
+    from .evaluate import qa_fields
     from .generation import Ask, chat_prompt
 
-    return [Ask(chat_prompt(tok, _qa_fields(item)[0]), answer_tokens) for item in spec.get("qa") or []]
+    return [Ask(chat_prompt(tok, qa_fields(item)[0]), answer_tokens) for item in spec.get("qa") or []]
 
 
 def read_efficacy(spec: dict, predictions: list[str], nll: float | None) -> Efficacy:
-    from .evaluate import _qa_fields, containment, token_f1, token_recall
+    from .evaluate import qa_fields, containment, token_f1, token_recall
 
     if spec.get("qa"):
-        golds = [_qa_fields(item)[1] for item in spec["qa"]]
+        golds = [qa_fields(item)[1] for item in spec["qa"]]
         n = len(golds)
         f1 = sum(token_f1(p, g) for p, g in zip(predictions, golds)) / n
         return Efficacy(mode="qa", gate=f1, n=n, predictions=list(predictions),

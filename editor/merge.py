@@ -64,13 +64,13 @@ def combine(session, dirs: list[Path], weights: list[float], method: str, out: P
     """PEFT's add_weighted_adapter over ``dirs`` on the session's base; the result is saved in ``out``."""
     from peft import PeftModel
 
-    from .train import _quiet_peft, detach_adapters
+    from .train import quiet_peft, detach_adapters
 
-    with _quiet_peft():
+    with quiet_peft():
         model = PeftModel.from_pretrained(session.base.model, str(dirs[0]), adapter_name="in0", is_trainable=False)
     try:
         for i, d in enumerate(dirs[1:], start=1):
-            with _quiet_peft():
+            with quiet_peft():
                 model.load_adapter(str(d), adapter_name=f"in{i}", is_trainable=False)
         kwargs = {"svd_rank": svd_rank} if method == "svd" else {}
         if method in NEEDS_DENSITY:

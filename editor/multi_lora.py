@@ -36,8 +36,8 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 
 from .attach import SAVED_PREFIX, UNSUPPORTED_KEYS
 from .generation import seeded
-from .train import (_attach_trainable, _batches, _encode, _LossLog, _quiet_peft, _save_adapter, _train_record,
-                    _weights_diverged, detach_adapters)
+from .train import (attach_trainable, epoch_batches, encode, LossLog, quiet_peft, save_adapter, train_record,
+                    weights_diverged, detach_adapters)
 
 _SUFFIX_A, _SUFFIX_B = ".lora_A.default.weight", ".lora_B.default.weight"
 
@@ -54,7 +54,7 @@ class Lane:
     n_tokens: int
     n_sequences: int
     config: Any
-    log: _LossLog
+    log: LossLog
     lengths: list[int] = field(default_factory=list)
     done: bool = False
 
@@ -79,10 +79,10 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
     _fit_together(model, lanes, tok, run_device, lr=req.lr, on_step=on_step)
     records = []
     for lane, c in zip(lanes, candidates):
-        diverged = lane.log.diverged or _weights_diverged(lane.params())
+        diverged = lane.log.diverged or weights_diverged(lane.params())
         if diverged is None:
             _save(model, lane, parent_dir, session.work / f"candidate{c.index}", session.base.name)
-        record = _train_record(lane.config, lane.log.values, diverged, lr=req.lr, epochs=req.epochs,
+        record = train_record(lane.config, lane.log.values, diverged, lr=req.lr, epochs=req.epochs,
                                batch_size=req.batch_size, max_length=512, max_grad_norm=1.0, seed=lane.seed,
                                device=run_device, dtype=next(model.parameters()).dtype,
                                from_parent=parent_dir is not None, data=[[0] * n for n in lane.lengths],
@@ -95,12 +95,12 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
 
 def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_losses) -> Lane:
     """A candidate's starting factors exactly as train_adapter would attach them (same seed, same init)."""
-    data = _encode(tok, sequences, 512)
+    data = encode(tok, sequences, 512)
     if not data:
         raise ValueError("no training sequence with at least two tokens")
     device = next(model.parameters()).device
-    with seeded(seed, device), _quiet_peft():
-        peft_model = _attach_trainable(model, parent_dir, r=req.r, alpha=req.alpha, target_modules=req.target_modules,
+    with seeded(seed, device), quiet_peft():
+        peft_model = attach_trainable(model, parent_dir, r=req.r, alpha=req.alpha, target_modules=req.target_modules,
                                        lora_dropout=0.0)
         try:
             config = peft_model.peft_config["default"]
@@ -115,9 +115,9 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
             b[name[len(SAVED_PREFIX):-len(_SUFFIX_B)]] = torch.nn.Parameter(tensor)
         else:
             raise ValueError(f"batched training handles plain LoRA factors only, not {name}")
-    return Lane(index=index, seed=seed, a=a, b=b, batches=_batches(data, req.batch_size, req.epochs, seed),
+    return Lane(index=index, seed=seed, a=a, b=b, batches=epoch_batches(data, req.batch_size, req.epochs, seed),
                 n_tokens=sum(len(d) for d in data), n_sequences=len(data), config=config,
-                log=_LossLog(on_losses, 1.0), lengths=[len(d) for d in data])
+                log=LossLog(on_losses, 1.0), lengths=[len(d) for d in data])
 
 
 def _fit_together(model, lanes: list[Lane], tok, device: torch.device, *, lr: float,
@@ -220,8 +220,8 @@ def _step(model, active: list[Lane], step: int, pad_id: int, device: torch.devic
 
 def _save(model, lane: Lane, parent_dir, out_dir: Path, base_name: str) -> None:
     """The lane's factors written exactly as train_adapter writes them (PEFT's save_pretrained)."""
-    with _quiet_peft():
-        peft_model = _attach_trainable(model, parent_dir, r=lane.config.r, alpha=lane.config.lora_alpha,
+    with quiet_peft():
+        peft_model = attach_trainable(model, parent_dir, r=lane.config.r, alpha=lane.config.lora_alpha,
                                        target_modules=lane.config.target_modules, lora_dropout=0.0)
         try:
             params = dict(peft_model.named_parameters())
@@ -231,7 +231,7 @@ def _save(model, lane: Lane, parent_dir, out_dir: Path, base_name: str) -> None:
                 for name, value in lane.b.items():
                     params[f"{SAVED_PREFIX}{name}{_SUFFIX_B}"].copy_(value)
             peft_model.eval()
-            _save_adapter(peft_model, peft_model.peft_config["default"], out_dir, base_name)
+            save_adapter(peft_model, peft_model.peft_config["default"], out_dir, base_name)
         finally:
             detach_adapters(peft_model)
 

@@ -363,7 +363,7 @@ def judge_openings(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
     """
     import torch
 
-    from .generation import _eos_ids, chat_prompt, has_chat_template, model_device
+    from .generation import eos_ids, chat_prompt, has_chat_template, model_device
 
     if not prompts:
         return Openings(np.zeros(0, dtype=bool), [], 0)
@@ -371,7 +371,7 @@ def judge_openings(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
     encoded = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=add_special)["input_ids"] for p in prompts]
     prefix_len = _common_prefix(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    eos = set(_eos_ids(model, tokenizer))
+    eos = set(eos_ids(model, tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
     device = model_device(model)
     replies: list[str] = [""] * len(encoded)

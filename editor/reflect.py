@@ -44,7 +44,7 @@ SELF_EDIT_TEMPLATES: dict[str, str] = {
 }
 # SEAL's self-qa prompt ends in "Question 1: " so the model continues the format; in a chat
 # the same cue goes at the start of the assistant turn and is put back on the output.
-_RESPONSE_PREFIX: dict[str, str] = {"self-qa": "Question 1:"}
+RESPONSE_PREFIX: dict[str, str] = {"self-qa": "Question 1:"}
 STYLES: tuple[str, ...] = tuple(SELF_EDIT_TEMPLATES)
 
 REPHRASE_TEMPLATE = (
@@ -62,7 +62,7 @@ def self_edit_prompt(tokenizer: Any, passage: str, title: str | None, *, style: 
         raise ValueError(f"unknown self-edit style {style!r}; use one of {', '.join(STYLES)}")
     header = f"{title.strip()}\n" if title and title.strip() else ""
     user = SELF_EDIT_TEMPLATES[style].format(header=header, passage=passage.strip())
-    return chat_prompt(tokenizer, user) + _RESPONSE_PREFIX.get(style, "")
+    return chat_prompt(tokenizer, user) + RESPONSE_PREFIX.get(style, "")
 
 
 def generate_self_edits(
@@ -106,7 +106,7 @@ def generate_self_edits(
         seed=seed,
         **generation,
     )
-    prefix = _RESPONSE_PREFIX.get(style, "")
+    prefix = RESPONSE_PREFIX.get(style, "")
     return [f"{prefix} {t}".strip() if prefix else t for t in texts]
 
 

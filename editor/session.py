@@ -188,11 +188,11 @@ def loaded_base(base_row: dict, device: str, prepared: tuple | None = None) -> A
     """The base of ``base_row`` on ``device``, loaded once per process and checked against the
     registry's fingerprint. A base left with adapter layers by an interrupted call is reloaded."""
     from .base import default_cache_dir, load_base
-    from .train import _has_adapter_layers
+    from .train import has_adapter_layers
 
     key = (base_spec(base_row), device)
     base = _BASES.get(key)
-    if base is not None and (base.fingerprint != base_row["id"] or _has_adapter_layers(base.model)):
+    if base is not None and (base.fingerprint != base_row["id"] or has_adapter_layers(base.model)):
         base = None
     if base is None:
         try:

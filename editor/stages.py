@@ -23,6 +23,7 @@ from seal.registry.vocabulary import (CANARY, DELTA_NORM, DRIFT_JS, DRIFT_KL, EF
 
 from .attach import attached
 from .candidate import Attempt, Candidate, SelfEdit
+from .self_edits import corrections, passage_self_edits
 from .measure import finite, generation_steps, measure
 
 
@@ -58,8 +59,8 @@ def reflect(session, attempt: Attempt, trigger, req) -> list[SelfEdit]:
         with attached(session.model, parent.adapter_dir, merge=session.fast) as model:
             measure_parent(session, attempt, model, stage.advance, spec=spec)
             if writer is None:
-                return _passage_self_edits(model, session.tok, trigger, req, gen) if passage \
-                    else _corrections(model, session.tok, trigger, req, gen)
+                return passage_self_edits(model, session.tok, trigger, req, gen) if passage \
+                    else corrections(model, session.tok, trigger, req, gen)
         return _written(session, attempt, writer, trigger, req, gen)
 
 
@@ -90,48 +91,6 @@ def measure_parent(session, attempt: Attempt, model, on_step=None, spec=_UNSET) 
         session.remember_parent(parent.vid, measured)
     if spec:
         parent.efficacy = efficacy
-
-
-def _passage_self_edits(model, tok, trigger, req, gen) -> list[SelfEdit]:
-    from .reflect import generate_self_edits, self_edit_prompt
-
-    raw_edits = generate_self_edits(model, tok, trigger.passage, trigger.title, style=req.style, k=req.candidates,
-                                    temperature=req.temperature, top_p=req.top_p,
-                                    max_new_tokens=req.max_new_tokens, seed=req.seed, **gen)
-    prompt = self_edit_prompt(tok, trigger.passage, trigger.title, style=req.style)
-    return [passage_self_edit(raw, trigger, style=req.style, prompt=prompt, filter_lines=req.filter_lines,
-                              restate=req.restate) for raw in raw_edits]
-
-
-def passage_self_edit(text: str, trigger, *, style: str, prompt: str | None = None,
-                      filter_lines: bool = False, restate: bool = False) -> SelfEdit:
-    """A passage's self-edit from the text written for it: its lines (without the ones the passage
-    does not support, when ``filter_lines``), the passage's own sentences when ``restate``, and
-    the training sequences they make."""
-    from .placebo import sentences
-    from .reflect import build_training_sequences, filter_supported_lines, split_self_edit_lines
-
-    lines, dropped = split_self_edit_lines(text), None
-    if filter_lines:
-        kept = filter_supported_lines(lines, trigger.passage)
-        lines, dropped = kept, [line for line in lines if line not in kept]
-    restated = sentences(trigger.passage) if restate else None
-    return SelfEdit(style=style, prompt=prompt, generated=text, lines=lines, dropped=dropped, restated=restated,
-                    sequences=build_training_sequences(trigger.passage, trigger.title, lines + (restated or [])))
-
-
-def _corrections(model, tok, trigger, req, gen) -> list[SelfEdit]:
-    from .reflect import corrections_self_edit
-
-    edits = []
-    for i in range(req.candidates):
-        c = corrections_self_edit(model, tok, trigger.examples, temperature=req.temperature, top_p=req.top_p,
-                                  seed=req.seed + i, **gen)
-        # When the model already gets every example right, train on all of them.
-        sequences = c.sequences or corrections_self_edit(model, tok, trigger.examples, only_wrong=False,
-                                                         n_rephrasings=0, **gen).sequences
-        edits.append(SelfEdit(style="corrections", records=c.records, sequences=sequences))
-    return edits
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -251,12 +210,19 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
             judged_by_margins(attempt, c)
             session.progress.say(summary(attempt, c))
     live = [c for c in live if not c.audit]
-    if live and all(c.margins is not None for c in live) and not _together(session, live):
-        # Best margin first; once one passes every gate the rest cannot win: not probed.
-        for i, c in enumerate(sorted(live, key=lambda c: (-c.margins.mean, c.index))):
-            probe(session, attempt, [c])
+    if live and all(c.margins is not None for c in live):
+        # Best margin first; once one passes every gate the rest cannot win: not probed. (Where
+        # candidates share every batch, a GPU, all are probed at once and the same rule is read
+        # after, so both paths record the same decisions.)
+        ranked = sorted(live, key=lambda c: (-c.margins.mean, c.index))
+        together = _together(session, live)
+        if together:
+            probe(session, attempt, live)
+        for i, c in enumerate(ranked):
+            if not together:
+                probe(session, attempt, [c])
             if c.passed:
-                for rest in sorted(live, key=lambda c: (-c.margins.mean, c.index))[i + 1:]:
+                for rest in ranked[i + 1:]:
                     judged_by_margins(attempt, rest, outranked_by=c.index)
                     session.progress.say(summary(attempt, rest))
                 break
@@ -266,7 +232,9 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
 
 def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None = None) -> None:
     """A candidate decided without its probes: the efficacy rule rejected it, or (``outranked_by``)
-    a candidate with a larger margin gain passed every gate first."""
+    a candidate with a larger margin gain passed every gate first. Its record holds the margins
+    that decided it (probes measured on a shared GPU batch are not recorded, as on the CPU path)."""
+    c.measured = None
     c.scores = margin_rows(c.evidence)
     c.flat = {"efficacy_margin": c.margins.mean}
     c.audit = list(attempt.extra_audit) + [c.margins.audit_entry()]
@@ -455,14 +423,14 @@ def gate_entries(session, attempt: Attempt, c: Candidate) -> list[dict]:
 
 def efficacy_gains(attempt: Attempt, c: Candidate) -> list[float] | None:
     """Per-question token F1, candidate minus parent, on the same questions (None: not QA)."""
-    from .evaluate import _qa_fields, token_f1
+    from .evaluate import qa_fields, token_f1
 
     eff, parent_eff = c.efficacy, attempt.parent.efficacy
     qa = (attempt.spec or {}).get("qa") or []
     if eff is None or parent_eff is None or eff.mode != "qa" or not qa \
             or not len(eff.predictions) == len(parent_eff.predictions) == len(qa):
         return None
-    golds = [_qa_fields(item)[1] for item in qa]
+    golds = [qa_fields(item)[1] for item in qa]
     return [token_f1(p, g) - token_f1(q, g) for p, q, g in zip(eff.predictions, parent_eff.predictions, golds)]
 
 

@@ -60,14 +60,14 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _has_adapter_layers(model: Any) -> bool:
+def has_adapter_layers(model: Any) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
-def _require_plain_base(model: Any) -> None:
-    if _is_peft(model) or _has_adapter_layers(model):
+def require_plain_base(model: Any) -> None:
+    if _is_peft(model) or has_adapter_layers(model):
         raise ValueError(
             "pass the plain base model (LoadedBase.model), not a model with an adapter attached; "
             "adapters are attached and removed per call"
@@ -90,7 +90,7 @@ def detach_adapters(peft_model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
+def quiet_peft() -> Iterator[None]:
     # peft still calls transformers' deprecated is_gradient_checkpointing; not ours to fix.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -111,8 +111,8 @@ def adapter_applied(model_base: Any, adapter_dir: Path | str | None) -> Iterator
         return
     from peft import PeftModel
 
-    _require_plain_base(model_base)
-    with _quiet_peft():
+    require_plain_base(model_base)
+    with quiet_peft():
         peft_model = PeftModel.from_pretrained(model_base, str(adapter_dir), is_trainable=False)
     peft_model.eval()
     try:
@@ -121,7 +121,7 @@ def adapter_applied(model_base: Any, adapter_dir: Path | str | None) -> Iterator
         detach_adapters(peft_model)
 
 
-def _encode(tokenizer: Any, sequences: Sequence[str], max_length: int) -> list[list[int]]:
+def encode(tokenizer: Any, sequences: Sequence[str], max_length: int) -> list[list[int]]:
     eos_text = tokenizer.eos_token or ""
     eos_id = tokenizer.eos_token_id
     encoded: list[list[int]] = []
@@ -204,8 +204,8 @@ def train_adapter(
     Raises:
         ValueError: no usable sequence, or the model passed already has an adapter attached.
     """
-    _require_plain_base(model_base)
-    data = _encode(tokenizer, sequences, max_length)
+    require_plain_base(model_base)
+    data = encode(tokenizer, sequences, max_length)
     if not data:
         raise ValueError("no training sequence with at least two tokens")
     if epochs < 0 or batch_size < 1:
@@ -214,21 +214,21 @@ def train_adapter(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    with seeded(seed, run_device), _quiet_peft():
-        peft_model = _attach_trainable(model_base, parent_adapter_dir, r=r, alpha=alpha,
+    with seeded(seed, run_device), quiet_peft():
+        peft_model = attach_trainable(model_base, parent_adapter_dir, r=r, alpha=alpha,
                                        target_modules=target_modules, lora_dropout=lora_dropout)
         try:
             used = peft_model.peft_config["default"]
             params = [p for p in peft_model.parameters() if p.requires_grad]
-            batches = _batches(data, batch_size, epochs, seed)
-            log = _LossLog(on_losses, flush_s)
+            batches = epoch_batches(data, batch_size, epochs, seed)
+            log = LossLog(on_losses, flush_s)
             _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
                  log=log, on_step=on_step)
-            diverged = log.diverged or _weights_diverged(params)
+            diverged = log.diverged or weights_diverged(params)
             peft_model.eval()
             if diverged is None:
-                _save_adapter(peft_model, used, out_dir, base_name or getattr(model_base.config, "_name_or_path", None))
-            record = _train_record(used, log.values, diverged, lr=lr, epochs=epochs, batch_size=batch_size,
+                save_adapter(peft_model, used, out_dir, base_name or getattr(model_base.config, "_name_or_path", None))
+            record = train_record(used, log.values, diverged, lr=lr, epochs=epochs, batch_size=batch_size,
                                    max_length=max_length, max_grad_norm=max_grad_norm, seed=seed, device=run_device,
                                    dtype=next(model_base.parameters()).dtype, from_parent=parent_adapter_dir is not None,
                                    data=data, trainable=sum(p.numel() for p in params))
@@ -238,7 +238,7 @@ def train_adapter(
     return record
 
 
-def _attach_trainable(model_base: Any, parent_adapter_dir, *, r, alpha, target_modules, lora_dropout) -> Any:
+def attach_trainable(model_base: Any, parent_adapter_dir, *, r, alpha, target_modules, lora_dropout) -> Any:
     """A trainable LoRA on the base: a copy of the parent's, or a fresh one (seeded by the caller)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -249,7 +249,7 @@ def _attach_trainable(model_base: Any, parent_adapter_dir, *, r, alpha, target_m
     return get_peft_model(model_base, config)
 
 
-def _batches(data: list[list[int]], batch_size: int, epochs: int, seed: int) -> list[list[list[int]]]:
+def epoch_batches(data: list[list[int]], batch_size: int, epochs: int, seed: int) -> list[list[list[int]]]:
     """The training batches in order: each epoch shuffles the sequences with a seeded generator."""
     order = list(range(len(data)))
     shuffler = random.Random(seed)
@@ -265,7 +265,7 @@ def _step_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).loss
 
 
-class _LossLog:
+class LossLog:
     """Losses kept on the device, read back in flushes; notes the first non-finite one."""
 
     def __init__(self, on_losses: Callable[[int, list[float]], None] | None, flush_s: float):
@@ -300,14 +300,14 @@ class _LossLog:
 
 
 def _fit(peft_model: Any, params: list, batches: list, pad_id: int, device: torch.device, *, lr: float,
-         max_grad_norm: float, log: _LossLog, on_step: Callable[[], None] | None) -> None:
+         max_grad_norm: float, log: LossLog, on_step: Callable[[], None] | None) -> None:
     """The adapter's steps: one padded batch of sequences each, loss on all tokens."""
     fit_steps(peft_model, params, batches, lambda batch: _step_loss(peft_model, _collate(batch, pad_id, device)),
               lr=lr, max_grad_norm=max_grad_norm, fused=device.type == "cuda", log=log, on_step=on_step)
 
 
 def fit_steps(peft_model: Any, params: list, batches: Sequence, loss_of: Callable[[Any], torch.Tensor], *, lr: float,
-              max_grad_norm: float, fused: bool, log: _LossLog, on_step: Callable[[], None] | None) -> None:
+              max_grad_norm: float, fused: bool, log: LossLog, on_step: Callable[[], None] | None) -> None:
     """AdamW with a linear decay to zero over all steps, gradient clipping, no host sync per step.
 
     Shared by the adapter (:func:`_fit`) and the writer (``seal.editor.learn``): ``loss_of(batch)``
@@ -332,7 +332,7 @@ def fit_steps(peft_model: Any, params: list, batches: Sequence, loss_of: Callabl
     log.flush()
 
 
-def _weights_diverged(params: list) -> str | None:
+def weights_diverged(params: list) -> str | None:
     if not params:
         return None
     worst = torch.stack([p.detach().abs().max().float() for p in params]).max()
@@ -340,7 +340,7 @@ def _weights_diverged(params: list) -> str | None:
     return None if math.isfinite(value) else "non-finite adapter weights after training"
 
 
-def _save_adapter(peft_model: Any, used: Any, out_dir: Path, base_name: str | None) -> None:
+def save_adapter(peft_model: Any, used: Any, out_dir: Path, base_name: str | None) -> None:
     # The base's config path is machine-local (a cache folder); a name is portable and keeps
     # adapter_config.json, hence the blob digest, the same on every machine.
     used.base_model_name_or_path = base_name
@@ -350,7 +350,7 @@ def _save_adapter(peft_model: Any, used: Any, out_dir: Path, base_name: str | No
     peft_model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
 
 
-def _train_record(used: Any, losses: list[float], diverged: str | None, *, lr, epochs, batch_size, max_length,
+def train_record(used: Any, losses: list[float], diverged: str | None, *, lr, epochs, batch_size, max_length,
                   max_grad_norm, seed, device, dtype, from_parent, data, trainable) -> dict[str, Any]:
     targets = used.target_modules
     if isinstance(targets, (set, frozenset)):

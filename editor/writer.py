@@ -247,7 +247,7 @@ def _scan_file(file: SelfEditFile, req) -> None:
 def written_self_edits(session, writer: Writer | SelfEditFile, trigger, req, gen: dict) -> tuple[list, dict]:
     """The K self-edits ``writer`` writes for ``trigger``, and the audit row of their secrets scan."""
     from .attach import attached
-    from .stages import _passage_self_edits, passage_self_edit
+    from .self_edits import passage_self_edit, passage_self_edits
 
     if isinstance(writer, SelfEditFile):
         session.reg.store.put(writer.raw)  # the file as given: its digest is the provenance
@@ -260,7 +260,7 @@ def written_self_edits(session, writer: Writer | SelfEditFile, trigger, req, gen
         return edits, _row(scan.get("findings", 0), allowed=bool(scan.get("allowed")), what="the self-edits file")
 
     with attached(session.model, writer_dir(session, writer), merge=session.fast) as model:
-        edits = _passage_self_edits(model, session.tok, trigger, req, gen)
+        edits = passage_self_edits(model, session.tok, trigger, req, gen)
     return redact_self_edits(edits, trigger, req)
 
 
@@ -280,7 +280,7 @@ def redact_self_edits(edits: list, trigger, req) -> tuple[list, dict]:
     """Scan what a writer wrote; redact findings (before training and storing) and say so."""
     from seal.registry.scan import redact, scan_text
 
-    from .stages import passage_self_edit
+    from .self_edits import passage_self_edit
 
     total, scanned = 0, []
     for e in edits:

@@ -167,7 +167,7 @@ def test_build_training_sequences_and_support_filter() -> None:
 def test_passage_self_edit_filters_and_records_what_it_dropped() -> None:
     from types import SimpleNamespace
 
-    from seal.editor.stages import passage_self_edit
+    from seal.editor.self_edits import passage_self_edit
 
     trigger = SimpleNamespace(passage=PASSAGE, title=TITLE)
     text = "The bridge was built in 1832.\nCats rule the moon forever."
@@ -183,7 +183,7 @@ def test_passage_self_edit_filters_and_records_what_it_dropped() -> None:
 def test_writer_self_edits_are_redacted_then_split_and_filtered_again() -> None:
     from types import SimpleNamespace
 
-    from seal.editor.stages import passage_self_edit
+    from seal.editor.self_edits import passage_self_edit
     from seal.editor.writer import redact_self_edits
 
     trigger = SimpleNamespace(passage=PASSAGE, title=TITLE)
@@ -312,7 +312,7 @@ def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp
             want = peft_model(input_ids=ids).logits
         assert merge_plan(tiny.model, tmp_path / "a") is not None
         with attached(tiny.model, tmp_path / "a") as merged:
-            assert merged is tiny.model and not train._has_adapter_layers(merged)
+            assert merged is tiny.model and not train.has_adapter_layers(merged)
             got = merged(input_ids=ids).logits
     # W x + s B (A x) against (W + s B A) x: the same sums re-associated, layer after layer.
     assert_close_to_scale(got, want, terms=forward_terms(tiny.model.config))
@@ -425,7 +425,7 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
                 assert (got[k] - want[k]).abs().max() <= tol * want[k].abs().max(), k
             config = json.loads((work / f"candidate{i}" / "adapter_config.json").read_text())
             assert config == json.loads((work / f"alone{i}" / "adapter_config.json").read_text())
-    assert not train._has_adapter_layers(model) and not model._forward_hooks
+    assert not train.has_adapter_layers(model) and not model._forward_hooks
     assert all(not m._forward_hooks for m in model.modules())
 
 
