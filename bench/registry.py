@@ -2,7 +2,8 @@
 
     python bench/registry.py --versions 100000
     python bench/registry.py --versions 1000000 --repeat 3      # flat up to a million?
-    python bench/registry.py --versions 1000000 --db postgresql # the same on a throwaway PostgreSQL
+    python bench/registry.py --versions 100000 1000000 --db postgresql  # both sizes, reads taken in turn
+    python bench/registry.py --bytes 3000                       # PostgreSQL bytes per version, by relation
 
 Prints one JSON line: wall times (median of --repeat cold runs) of `seal log -n 20`,
 `seal show HEAD`, `seal log --all -n 20` and `seal checkout HEAD~500 --to DIR`; the time of one
@@ -178,6 +179,13 @@ def _manifest(base_id, parent, i, start, digest, config, accepted) -> dict:
     )
 
 
+def process_env() -> dict:
+    """The environment of the timed commands: seal runs from bytecode, as an installed seal does
+    (PYTHONDONTWRITEBYTECODE would recompile every module of seal in every process)."""
+    drop = ("PYTHONPROFILEIMPORTTIME", "PYTHONDONTWRITEBYTECODE")
+    return {"SEAL_ACTOR": "bench", **{k: v for k, v in os.environ.items() if k not in drop}}
+
+
 def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -230,8 +238,9 @@ def record_in_process(root: Path, repeat: int) -> float:
     return round(statistics.median(times), 5)
 
 
-def postgres_url(stack) -> str:
-    """A database on a throwaway PostgreSQL cluster (the tests' tests/pgcluster.py), stopped at exit."""
+def postgres_databases(stack):
+    """A function that makes a database on a throwaway PostgreSQL cluster (the tests'
+    tests/pgcluster.py), which is stopped when ``stack`` closes."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from pgcluster import PgCluster, create_database, find_pg_bin
 
@@ -240,31 +249,140 @@ def postgres_url(stack) -> str:
         raise SystemExit("no PostgreSQL server binaries (initdb): apt-get install postgresql")
     cluster = PgCluster(bindir).start()
     stack.callback(cluster.stop)
-    return create_database(cluster.url, "bench")
+    return lambda name: create_database(cluster.url, name)
+
+
+def pg_bytes(n: int, db_url: str, root: Path) -> dict:
+    """Bytes per version on PostgreSQL for ``n`` edit-shaped versions (bench/concurrency.py's: 17
+    scores, 10 gates, the training record), each moving main as an accepted edit does: growth of
+    every relation (heap, TOAST, each index) after VACUUM, divided by ``n``."""
+    import psycopg
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from concurrency import adapter_bytes, edit_like
+    from seal.registry import refs as R
+    from seal.registry.init import init_registry
+    from seal.registry.objects import manifest_bytes, sha256_hex
+    from seal.registry.versions import insert_version
+
+    reg = init_registry(root, base=bench_base(), db_url=db_url)
+    data, config = adapter_bytes(0, 0)
+    weights, base_id, head = reg.store.put(data), reg.base_id(), reg.resolve("main")
+    plain = db_url.replace("postgresql+psycopg://", "postgresql://")
+
+    def sizes() -> dict[str, int]:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute("VACUUM")
+            return dict(conn.execute(RELATION_SIZES).fetchall())
+
+    before, text_bytes = sizes(), 0
+    for lo in range(0, n, 500):
+        with reg.write() as c:
+            for k in range(lo, min(n, lo + 500)):
+                manifest = edit_like(base_id, head, weights, config, 0, k)
+                text = manifest_bytes(manifest)
+                vid, text_bytes = sha256_hex(text), text_bytes + len(text)
+                insert_version(c, manifest, vid, reg.signer.sign_id(vid), reg.signer.id, text=text.decode("utf-8"))
+                R.move_ref(c, R.HEADS + "main", expected=head, new=vid, reason=f"bench: edit {k}", signer=reg.signer)
+                head = vid
+    after = sizes()
+    with reg.read() as c:
+        stored = float(c.scalar("SELECT avg(pg_column_size(manifest)) FROM versions WHERE kind = 'edit'"))
+    reg.close()
+    grown = {name: round((after[name] - before.get(name, 0)) / n) for name in after if after[name] > before.get(name, 0)}
+    return {"edits": n, "manifest_text_bytes": round(text_bytes / n), "manifest_stored_bytes": round(stored),
+            "bytes_per_version": sum(grown.values()), "by_relation": dict(sorted(grown.items(), key=lambda kv: -kv[1]))}
+
+
+# Each relation of seal's tables (heap, TOAST heap and index, every index), by a readable name.
+RELATION_SIZES = """
+SELECT CASE WHEN t.relkind = 't' THEN 'toast:' || o.relname WHEN t.relkind = 'i' AND o.relkind = 't'
+            THEN 'toast-index:' || oo.relname ELSE t.relname END, pg_relation_size(t.oid)
+FROM pg_class t
+LEFT JOIN pg_class o ON t.relkind = 't' AND o.reltoastrelid = t.oid
+    OR t.relkind = 'i' AND o.oid = (SELECT indrelid FROM pg_index WHERE indexrelid = t.oid) AND o.relkind = 't'
+LEFT JOIN pg_class oo ON o.relkind = 't' AND oo.reltoastrelid = o.oid
+JOIN pg_namespace n ON n.oid = COALESCE(oo.relnamespace, o.relnamespace, t.relnamespace)
+WHERE n.nspname = current_schema() AND t.relkind IN ('r', 'i', 't')
+"""
 
 
 def main() -> None:
     import contextlib
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--versions", type=int, default=100000)
+    ap.add_argument("--versions", type=int, nargs="+", default=[100000],
+                    help="one size: build it and time everything; several: build each, then time their reads in turn")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
                     help="postgresql: a throwaway cluster started with initdb/pg_ctl, as the tests do")
     ap.add_argument("--reads-only", action="store_true", help="time the reads only (no import, record or import check)")
+    ap.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="instead: time the reads of SQLite registries kept with --keep, taking turns")
+    ap.add_argument("--bytes", type=int, default=0, metavar="N",
+                    help="instead: PostgreSQL bytes per version for N edit-shaped versions, by relation")
     ap.add_argument("--keep", type=Path, default=None, help="build here and keep it (default: a temp folder)")
     args = ap.parse_args()
+    if args.compare:
+        print(json.dumps(compare_reads(args.compare, args.repeat)))
+        return
     root = args.keep or Path(tempfile.mkdtemp(prefix="seal-bench-"))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPROFILEIMPORTTIME"}
-    env.setdefault("SEAL_ACTOR", "bench")
+    env = process_env()
     with contextlib.ExitStack() as stack:
         if args.keep is None:
             stack.callback(shutil.rmtree, root, True)
-        db_url = postgres_url(stack) if args.db == "postgresql" else None
-        results: dict = {"bench": "registry", "db": args.db, "versions": args.versions,
-                         "build_s": round(build(root, args.versions, db_url=db_url), 2)}
-        results.update(time_reads(root, env, args.repeat, args.reads_only))
+        database = postgres_databases(stack) if args.db == "postgresql" or args.bytes else lambda name: None
+        if args.bytes:
+            print(json.dumps({"bench": "registry-bytes", "db": "postgresql", **pg_bytes(args.bytes, database("bytes"), root)}))
+            return
+        if len(args.versions) == 1:
+            n = args.versions[0]
+            results: dict = {"bench": "registry", "db": args.db, "versions": n,
+                             "build_s": round(build(root, n, db_url=database("bench")), 2)}
+            results.update(time_reads(root, env, args.repeat, args.reads_only))
+            print(json.dumps(results), flush=True)
+            return
+        roots, built = [root / f"v{n}" for n in args.versions], {}
+        for n, folder in zip(args.versions, roots):
+            built[n] = round(build(folder, n, db_url=database(f"bench_{n}")), 2)
+        results = compare_reads(roots, args.repeat)
+        for entry, n in zip(results["registries"], args.versions):
+            entry["build_s"] = built[n]
         print(json.dumps(results), flush=True)
+
+
+def compare_reads(roots: list[Path], repeat: int) -> dict:
+    """Median read times of several kept registries, one run of each command on each in turn."""
+    from seal.registry.repo import Registry
+
+    env = process_env()
+    commands, times = {}, {}
+    for root in roots:
+        reg = Registry.open(root)
+        commands[root] = read_commands(root, reg.resolve("HEAD~1000")[:10])
+        with reg.read() as c:
+            times[root] = {"versions": c.scalar("SELECT count(*) FROM versions"), "db": c.dialect}
+        reg.close()
+    runs: dict = {root: {name: [] for name in commands[root]} for root in roots}
+    for _ in range(repeat):
+        for name in commands[roots[0]]:
+            for root in roots:
+                runs[root][name].append(timed(commands[root][name], root, env)[0])
+    for root in roots:
+        times[root].update({name: round(statistics.median(ts), 4) for name, ts in runs[root].items()})
+    python = [timed([sys.executable, "-c", "pass"], roots[0], env)[0] for _ in range(repeat)]
+    return {"bench": "registry-compare", "repeat": repeat, "python_startup_s": round(statistics.median(python), 4),
+            "registries": [times[root] for root in roots]}
+
+
+def read_commands(root: Path, prefix: str) -> dict:
+    return {
+        "log_n20_s": SEAL + ["log", "-n", "20"],
+        "show_head_s": SEAL + ["show", "HEAD"],
+        "show_prefix_s": SEAL + ["show", prefix],
+        "log_all_n20_s": SEAL + ["log", "--all", "-n", "20"],
+        "checkout_head_500_s": SEAL + ["checkout", "HEAD~500", "--to", str(root / "co"), "--force"],
+    }
 
 
 def time_reads(root: Path, env: dict, repeat: int, reads_only: bool) -> dict:
@@ -273,13 +391,7 @@ def time_reads(root: Path, env: dict, repeat: int, reads_only: bool) -> dict:
     reg = Registry.open(root)
     prefix = reg.resolve("HEAD~1000")[:10]
     reg.close()
-    commands = {
-        "log_n20_s": SEAL + ["log", "-n", "20"],
-        "show_head_s": SEAL + ["show", "HEAD"],
-        "show_prefix_s": SEAL + ["show", prefix],
-        "log_all_n20_s": SEAL + ["log", "--all", "-n", "20"],
-        "checkout_head_500_s": SEAL + ["checkout", "HEAD~500", "--to", str(root / "co"), "--force"],
-    }
+    commands = read_commands(root, prefix)
     results = {name: median_of(cmd, root, env, repeat) for name, cmd in commands.items()}
     results["python_startup_s"] = median_of([sys.executable, "-c", "pass"], root, env, repeat)
     if reads_only:
