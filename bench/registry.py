@@ -195,6 +195,17 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:
     return wall, proc.stderr
 
 
+def timed_cpu(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    """(wall seconds, the process's own CPU seconds, user + system). On a shared machine the CPU
+    time moves far less with the load than the wall time does."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = timed(cmd, cwd, env)[0]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def heavy_imports(importtime_stderr: str) -> list[str]:
     found = set()
     for line in importtime_stderr.splitlines():
@@ -367,11 +378,15 @@ def compare_reads(roots: list[Path], repeat: int) -> dict:
     for _ in range(repeat):
         for name in commands[roots[0]]:
             for root in roots:
-                runs[root][name].append(timed(commands[root][name], root, env)[0])
+                runs[root][name].append(timed_cpu(commands[root][name], root, env))
     for root in roots:
-        times[root].update({name: round(statistics.median(ts), 4) for name, ts in runs[root].items()})
-    python = [timed([sys.executable, "-c", "pass"], roots[0], env)[0] for _ in range(repeat)]
-    return {"bench": "registry-compare", "repeat": repeat, "python_startup_s": round(statistics.median(python), 4),
+        for name, ts in runs[root].items():
+            times[root][name] = round(statistics.median(t[0] for t in ts), 4)
+            times[root][name.replace("_s", "_cpu_s")] = round(statistics.median(t[1] for t in ts), 4)
+    python = [timed_cpu([sys.executable, "-c", "pass"], roots[0], env) for _ in range(repeat)]
+    return {"bench": "registry-compare", "repeat": repeat, "load_average": os.getloadavg()[0],
+            "python_startup_s": round(statistics.median(t[0] for t in python), 4),
+            "python_startup_cpu_s": round(statistics.median(t[1] for t in python), 4),
             "registries": [times[root] for root in roots]}
 
 

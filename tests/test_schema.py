@@ -219,3 +219,24 @@ def test_upgrade_from_stored_scores_keeps_every_value_and_verifies_clean(reg):
         assert (_normal(c.all(SCORE_ROWS)), _normal(c.all(AUDIT_ROWS))) == stored
     assert reg2.verify() == [] and reg2.resolve("HEAD") == head
     reg2.close()
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_keeps_a_large_manifest_compressed_in_its_row(reg):
+    """A 6 KB manifest is compressed in the versions row: nothing goes out to TOAST (where each small
+    column used to take a chunk and an index entry of its own)."""
+    from seal.registry.objects import build_manifest, manifest_bytes
+
+    gates = [{"check": f"gate_{i}", "value": 0.01 * i, "threshold": 0.2, "passed": True, "detail": f"gate {i}: fine",
+              "ci_low": 0.0, "ci_high": 0.05, "n": 40, "rule": "upper bound of the 95% interval <= threshold"}
+             for i in range(30)]
+    manifest = build_manifest(base=reg.base_id(), parents=[reg.resolve("HEAD")], kind="edit", status="rejected",
+                              audit=gates, message="large")
+    assert len(manifest_bytes(manifest)) > 4000
+    vid = reg.record(manifest)
+    with reg.read() as c:
+        toast = c.scalar("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'versions'")
+        assert c.scalar(f"SELECT count(*) FROM {toast}") == 0
+        stored, text = c.one("SELECT pg_column_size(manifest), octet_length(manifest) FROM versions WHERE id = ?", (vid,))
+    assert stored < text / 2
+    assert reg.show(vid)["audit"] == gates
