@@ -107,4 +107,7 @@ signers = Table(
 )
 
 APPEND_ONLY = ("bases", "versions", "version_parents", "reflog", "signers")
-VIEWS = ("scores", "audits")
+# The columns of the views (migrations/versions/0003_derived_scores.py creates them; a test reads them back).
+SCORES_VIEW = ("version_id", "position", "suite", "metric", "against", "value", "n")
+AUDITS_VIEW = ("version_id", "position", "check_name", "value", "threshold", "passed", "detail", "ci_low", "ci_high",
+               "n", "rule")

@@ -9,7 +9,7 @@ import pytest
 from seal.registry import db as D
 from seal.registry.errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, SchemaError
 from seal.registry.graph import graph_lines
-from seal.registry.schema import metadata
+from seal.registry.schema import AUDITS_VIEW, SCORES_VIEW, metadata
 from seal.registry.sql import Database
 
 
@@ -194,6 +194,8 @@ def test_scores_and_audits_views_are_the_manifests(reg):
         assert _normal(c.all(SCORE_ROWS)) == scores
         assert _normal(c.all(AUDIT_ROWS)) == audits
         assert c.all("SELECT position FROM audits WHERE version_id = ? ORDER BY position", (ids[0],)) == [(0,), (1,)]
+        for view, columns in (("scores", SCORES_VIEW), ("audits", AUDITS_VIEW)):
+            assert tuple(d[0] for d in c.execute(f"SELECT * FROM {view} LIMIT 0").description) == columns
     with pytest.raises(Exception):
         with reg.write() as c:
             c.execute("INSERT INTO scores (version_id, suite, metric, value) VALUES (?, 'x', 'y', 1)", (ids[0],))
