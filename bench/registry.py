@@ -5,14 +5,18 @@
     python bench/registry.py --versions 100000 1000000 --db postgresql  # both sizes, reads taken in turn
     python bench/registry.py --bytes 3000                       # PostgreSQL bytes per version, by relation
 
-Prints one JSON line: wall times (median of --repeat cold runs) of `seal log -n 20`,
-`seal show HEAD`, `seal log --all -n 20` and `seal checkout HEAD~500 --to DIR`; the time of one
-`seal import` as a process and of `Registry.record` in-process; Python's own start-up; and any
-of torch, transformers, peft, mlflow, sqlalchemy or alembic a read command imported.
+Prints one JSON line. One size: wall times (median of --repeat cold runs) of `seal log -n 20`,
+`seal show HEAD`, `seal show PREFIX`, `seal log --all -n 20` and `seal checkout HEAD~500 --to DIR`;
+the time of one `seal import` as a process and of `Registry.record` in-process; Python's own
+start-up; and any of torch, transformers, peft, mlflow, sqlalchemy or alembic a read command
+imported. Several sizes: each is built, then the reads are timed one run of each on each size in
+turn, with each process's own CPU time beside its wall time (on a shared machine the CPU time
+moves far less with the load).
 
-The lineage is built in bulk through the registry's plumbing (each version signed and inserted
-as `record` would, in transactions of 5000, without the per-version journal copy), because
-recording a million versions one by one would take longer than the reads being measured.
+The lineage is built in bulk through the registry's plumbing (each version signed, and the rows
+`version_rows` derives inserted in transactions of 5000, by COPY on PostgreSQL, without the
+per-version journal copy), because recording a million versions one by one would take longer
+than the reads being measured.
 """
 
 from __future__ import annotations
