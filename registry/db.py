@@ -18,7 +18,7 @@ from .sql import Database
 
 # The revisions in migrations/versions, oldest first. A test checks this against Alembic's own
 # view of the scripts, so the two cannot drift apart.
-REVISIONS = ("0001_initial", "0002_signed_reflog")
+REVISIONS = ("0001_initial", "0002_signed_reflog", "0003_derived_scores")
 HEAD_REVISION = REVISIONS[-1]
 
 

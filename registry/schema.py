@@ -1,8 +1,14 @@
 """The lineage tables (SQLAlchemy 2 Core).
 
-``versions``, ``version_parents``, ``scores``, ``audits``, ``reflog`` and ``signers`` are
-append-only: triggers created by the migrations refuse UPDATE and DELETE on them. Only ``refs``
-changes, and only by compare-and-swap (see :mod:`seal.registry.refs`).
+``bases``, ``versions``, ``version_parents``, ``reflog`` and ``signers`` are append-only:
+triggers created by the migrations refuse UPDATE and DELETE on them. Only ``refs`` changes, and
+only by compare-and-swap (see :mod:`seal.registry.refs`).
+
+``scores`` and ``audits`` are views (revision 0003): one row per element of each manifest's
+``scores`` and ``audit``, with the columns the tables had (``version_id``, ``position``, then
+``suite, metric, against, value, n`` and ``check_name, value, threshold, passed, detail, ci_low,
+ci_high, n, rule``), computed from ``versions.manifest`` so they take no space and cannot
+disagree with it.
 
 The schema changes only through Alembic revisions in ``migrations/``; this module must describe
 the schema at the newest revision (a test compares the two).
@@ -11,7 +17,6 @@ the schema at the newest revision (a test compares the two).
 from __future__ import annotations
 
 from sqlalchemy import (
-    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -69,36 +74,6 @@ version_parents = Table(
     Index("ix_version_parents_parent", "parent_id"),
 )
 
-scores = Table(
-    "scores",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("version_id", ID, ForeignKey("versions.id"), nullable=False),
-    Column("suite", Text, nullable=False),
-    Column("metric", Text, nullable=False),
-    Column("against", Text, nullable=True, comment="parent | base | null for an absolute score"),
-    Column("value", Float, nullable=False),
-    Column("n", Integer, nullable=True),
-    Index("ix_scores_version", "version_id"),
-)
-
-audits = Table(
-    "audits",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("version_id", ID, ForeignKey("versions.id"), nullable=False),
-    Column("check_name", Text, nullable=False),
-    Column("value", Float, nullable=True),
-    Column("threshold", Float, nullable=True),
-    Column("passed", Boolean, nullable=False),
-    Column("detail", Text, nullable=False, default=""),
-    Column("ci_low", Float, nullable=True),
-    Column("ci_high", Float, nullable=True),
-    Column("n", Integer, nullable=True),
-    Column("rule", Text, nullable=True),
-    Index("ix_audits_version", "version_id"),
-)
-
 refs = Table(
     "refs",
     metadata,
@@ -131,4 +106,8 @@ signers = Table(
     Column("created_at", String(32), nullable=False),
 )
 
-APPEND_ONLY = ("bases", "versions", "version_parents", "scores", "audits", "reflog", "signers")
+APPEND_ONLY = ("bases", "versions", "version_parents", "reflog", "signers")
+# The columns of the views (migrations/versions/0003_derived_scores.py creates them; a test reads them back).
+SCORES_VIEW = ("version_id", "position", "suite", "metric", "against", "value", "n")
+AUDITS_VIEW = ("version_id", "position", "check_name", "value", "threshold", "passed", "detail", "ci_low", "ci_high",
+               "n", "rule")

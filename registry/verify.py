@@ -50,8 +50,6 @@ class Snapshot:
 
     versions: list[dict]
     parents: dict
-    scores: dict
-    audits: dict
     bases: dict
     signers: dict
     refs: list[tuple[str, str]]
@@ -60,15 +58,11 @@ class Snapshot:
 
 def _snapshot(reg) -> Snapshot:
     with reg.read() as c:
-        parents, scores, audits = defaultdict(list), defaultdict(list), defaultdict(list)
+        parents = defaultdict(list)
         for r in c.dicts("SELECT version_id, position, parent_id FROM version_parents ORDER BY version_id, position"):
             parents[r["version_id"]].append(r)
-        for r in c.dicts("SELECT * FROM scores"):
-            scores[r["version_id"]].append(r)
-        for r in c.dicts("SELECT * FROM audits"):
-            audits[r["version_id"]].append(r)
         return Snapshot(
-            versions=c.dicts("SELECT * FROM versions"), parents=parents, scores=scores, audits=audits,
+            versions=c.dicts("SELECT * FROM versions"), parents=parents,
             bases={r["id"]: r for r in c.dicts("SELECT * FROM bases")},
             signers={r["id"]: r for r in c.dicts("SELECT * FROM signers")},
             refs=[(r[0], r[1]) for r in c.all("SELECT name, target FROM refs ORDER BY name")],
@@ -117,10 +111,6 @@ def _check_version(reg, row, snap, ids, trusted, blob_ok) -> list[Fault]:
     return out
 
 
-def _norm(rows: list[dict], keys: tuple[str, ...]) -> list[tuple]:
-    return sorted(tuple(json.dumps(r.get(k), sort_keys=True) for k in keys) for r in rows)
-
-
 def _check_rows(row, manifest, snap, ids) -> list[Fault]:
     vid, out = row["id"], []
     expected = version_rows(manifest, vid, row["signature"], row["signer"])
@@ -133,13 +123,6 @@ def _check_rows(row, manifest, snap, ids) -> list[Fault]:
     out += [Fault(vid, "version_parents", f"parent {p[:12]} is missing") for p in manifest["parents"] if p not in ids]
     if manifest["base"] not in snap.bases:
         out.append(Fault(vid, "base", f"base {manifest['base'][:12]} is not recorded"))
-    skeys = ("suite", "metric", "against", "value", "n")
-    if _norm(snap.scores.get(vid, []), skeys) != _norm(expected["scores"], skeys):
-        out.append(Fault(vid, "scores", "score rows differ from the manifest's scores"))
-    akeys = ("check_name", "value", "threshold", "detail", "ci_low", "ci_high", "n", "rule")
-    got = [{**a, "passed": bool(a["passed"])} for a in snap.audits.get(vid, [])]
-    if _norm(got, akeys + ("passed",)) != _norm(expected["audits"], akeys + ("passed",)):
-        out.append(Fault(vid, "audits", "audit rows differ from the manifest's audit"))
     return out
 
 
@@ -188,10 +171,7 @@ def _adapter_problem(reg, adapter: dict, base_row: dict | None) -> str | None:
 
 
 def _check_orphans(snap, ids) -> list[Fault]:
-    out = [Fault(v, "version_parents", "edges recorded for a version that does not exist") for v in set(snap.parents) - ids]
-    out += [Fault(v, "scores/audits", "rows recorded for a version that does not exist")
-            for v in (set(snap.scores) | set(snap.audits)) - ids]
-    return out
+    return [Fault(v, "version_parents", "edges recorded for a version that does not exist") for v in set(snap.parents) - ids]
 
 
 def _check_bases(reg, snap) -> list[Fault]:

@@ -6,7 +6,7 @@ Plumbing under :class:`seal.registry.Registry`; `seal verify` recomputes exactly
 >>> rows = version_rows({"base": "b" * 64, "kind": "root", "status": "accepted", "parents": [],
 ...                      "created_at": "t"}, "a" * 64, None, None)
 >>> sorted(rows)
-['audits', 'parents', 'scores', 'version']
+['parents', 'version']
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ def headline_of(manifest: dict) -> tuple[str | None, float | None]:
     return None, None
 
 
-def _float(value) -> float | None:
-    return None if value is None else float(value)
-
-
 def version_rows(manifest: dict, vid: str, signature: str | None, signer: str | None, text: str | None = None) -> dict:
     """The rows that record one version; `verify` recomputes exactly these from the manifest.
 
-    ``text`` is the manifest's canonical JSON when the caller has it already."""
+    ``text`` is the manifest's canonical JSON when the caller has it already. Scores and gates
+    are not copied into rows: the ``scores`` and ``audits`` views read them from the manifest."""
     metric, value = headline_of(manifest)
     adapter = manifest.get("adapter") or {}
     return {
@@ -42,18 +39,6 @@ def version_rows(manifest: dict, vid: str, signature: str | None, signer: str | 
             "signature": signature, "signer": signer,
         },
         "parents": [{"version_id": vid, "position": i, "parent_id": p} for i, p in enumerate(manifest["parents"])],
-        "scores": [
-            {"version_id": vid, "suite": s["suite"], "metric": s["metric"], "against": s.get("against"),
-             "value": float(s["value"]), "n": s.get("n")}
-            for s in manifest.get("scores", [])
-        ],
-        "audits": [
-            {"version_id": vid, "check_name": a["check"], "value": _float(a.get("value")),
-             "threshold": _float(a.get("threshold")), "passed": bool(a["passed"]), "detail": a.get("detail", ""),
-             "ci_low": _float(a.get("ci_low")), "ci_high": _float(a.get("ci_high")), "n": a.get("n"),
-             "rule": a.get("rule")}
-            for a in manifest.get("audit", [])
-        ],
     }
 
 
@@ -68,8 +53,6 @@ def insert_version(conn: Conn, manifest: dict, vid: str, signature: str | None, 
     if not conn.insert_new("versions", rows["version"], "id"):
         return False
     conn.insert("version_parents", rows["parents"])
-    conn.insert("scores", rows["scores"])
-    conn.insert("audits", rows["audits"])
     return True
 
 

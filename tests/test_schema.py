@@ -9,7 +9,7 @@ import pytest
 from seal.registry import db as D
 from seal.registry.errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, SchemaError
 from seal.registry.graph import graph_lines
-from seal.registry.schema import metadata
+from seal.registry.schema import AUDITS_VIEW, SCORES_VIEW, metadata
 from seal.registry.sql import Database
 
 
@@ -150,3 +150,95 @@ def test_graph_draws_branches_and_merges():
     items = [_v("m", "a", "s"), _v("s", "b"), _v("a", "b"), _v("b", "r"), _v("r")]
     lines = [prefix for prefix, _ in graph_lines(items)]
     assert lines == ["*", "|\\", "| *", "* |", "|/", "*", "*"]
+
+
+def _scored(reg, parent: str, i: int) -> dict:
+    from seal.registry.objects import build_manifest
+
+    return build_manifest(
+        base=reg.base_id(), parents=[parent], kind="edit", status="accepted" if i % 2 else "rejected",
+        message=f"scored {i}",
+        scores=[{"suite": "efficacy", "metric": "f1", "against": None, "value": 0.25 * i, "n": 7},
+                {"suite": "drift", "metric": "kl", "against": "parent", "value": 1e-3 + i, "n": None}],
+        audit=[{"check": "kl_vs_base", "value": 0.5, "threshold": 0.2, "passed": False, "detail": "",
+                "ci_low": 0.4, "ci_high": 0.6, "n": 40, "rule": "upper <= threshold"},
+               {"check": "secrets", "value": None, "threshold": None, "passed": True, "detail": "none found"}],
+    )
+
+
+SCORE_ROWS = "SELECT version_id, suite, metric, against, value, n FROM scores ORDER BY version_id, suite"
+AUDIT_ROWS = ("SELECT version_id, check_name, value, threshold, passed, detail, ci_low, ci_high, n, rule "
+              "FROM audits ORDER BY version_id, check_name")
+
+
+def _manifest_rows(reg, ids) -> tuple[list, list]:
+    scores, audits = [], []
+    for vid in ids:
+        m = reg.manifest(vid)
+        scores += [(vid, s["suite"], s["metric"], s["against"], s["value"], s["n"]) for s in m["scores"]]
+        audits += [(vid, a["check"], a["value"], a["threshold"], a["passed"], a["detail"], a.get("ci_low"),
+                    a.get("ci_high"), a.get("n"), a.get("rule")) for a in m["audit"]]
+    return sorted(scores, key=lambda r: r[:3]), sorted(audits, key=lambda r: r[:2])
+
+
+def _normal(rows) -> list[tuple]:
+    return [tuple(bool(v) if i == 4 and len(r) == 10 else v for i, v in enumerate(r)) for r in rows]
+
+
+def test_scores_and_audits_views_are_the_manifests(reg):
+    """The views hold exactly the manifests' scores and gates, and recording adds no copies of them."""
+    head = reg.resolve("HEAD")
+    ids = [reg.record(_scored(reg, head, i)) for i in range(3)]
+    scores, audits = _manifest_rows(reg, ids)
+    with reg.read() as c:
+        assert _normal(c.all(SCORE_ROWS)) == scores
+        assert _normal(c.all(AUDIT_ROWS)) == audits
+        assert c.all("SELECT position FROM audits WHERE version_id = ? ORDER BY position", (ids[0],)) == [(0,), (1,)]
+        for view, columns in (("scores", SCORES_VIEW), ("audits", AUDITS_VIEW)):
+            assert tuple(d[0] for d in c.execute(f"SELECT * FROM {view} LIMIT 0").description) == columns
+    with pytest.raises(Exception):
+        with reg.write() as c:
+            c.execute("INSERT INTO scores (version_id, suite, metric, value) VALUES (?, 'x', 'y', 1)", (ids[0],))
+
+
+def test_upgrade_from_stored_scores_keeps_every_value_and_verifies_clean(reg):
+    """A database at 0002 (scores and audits as tables) upgrades to views with the same rows and verifies clean."""
+    head = reg.resolve("HEAD")
+    ids = [reg.record(_scored(reg, head, i)) for i in range(3)]
+    url = reg.database_url
+    reg.close()
+    assert D.downgrade(url, "0002_signed_reflog") == "0002_signed_reflog"
+    db = Database.open(url)
+    with db.read() as c:
+        stored = _normal(c.all(SCORE_ROWS)), _normal(c.all(AUDIT_ROWS))
+        assert stored == _manifest_rows(reg, ids) and len(stored[0]) == 6
+    with pytest.raises(SchemaError, match="seal db upgrade"):
+        D.check_schema(db)
+    db.close()
+    assert D.upgrade(url) == D.HEAD_REVISION
+    reg2 = type(reg).open(reg.root)
+    with reg2.read() as c:
+        assert (_normal(c.all(SCORE_ROWS)), _normal(c.all(AUDIT_ROWS))) == stored
+    assert reg2.verify() == [] and reg2.resolve("HEAD") == head
+    reg2.close()
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_keeps_a_large_manifest_compressed_in_its_row(reg):
+    """A 6 KB manifest is compressed in the versions row: nothing goes out to TOAST (where each small
+    column used to take a chunk and an index entry of its own)."""
+    from seal.registry.objects import build_manifest, manifest_bytes
+
+    gates = [{"check": f"gate_{i}", "value": 0.01 * i, "threshold": 0.2, "passed": True, "detail": f"gate {i}: fine",
+              "ci_low": 0.0, "ci_high": 0.05, "n": 40, "rule": "upper bound of the 95% interval <= threshold"}
+             for i in range(30)]
+    manifest = build_manifest(base=reg.base_id(), parents=[reg.resolve("HEAD")], kind="edit", status="rejected",
+                              audit=gates, message="large")
+    assert len(manifest_bytes(manifest)) > 4000
+    vid = reg.record(manifest)
+    with reg.read() as c:
+        toast = c.scalar("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'versions'")
+        assert c.scalar(f"SELECT count(*) FROM {toast}") == 0
+        stored, text = c.one("SELECT pg_column_size(manifest), octet_length(manifest) FROM versions WHERE id = ?", (vid,))
+    assert stored < text / 2
+    assert reg.show(vid)["audit"] == gates
