@@ -61,7 +61,8 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
-from .cluster_worker import CandidateJob, EditWorker, ReflectJob, WorkerSpec, fetch, measured_from_items
+from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerSpec, apply_written, fetch,
+                             measured_from_items)
 from .options import INSTALL, check_cluster_request, ray_module  # noqa: F401 (re-exported)
 
 LOST = "worker lost"
@@ -315,6 +316,11 @@ def cluster(reg, req, progress) -> Iterator[tuple[Workers, DriverSession]]:
     """Ray, the workers (opened on first use), and the driver's session, for one command."""
     from seal.registry.policy import read_policy, record_policy
 
+    from .writer import precheck
+
+    # --writer and --self-edits resolved and read here, once: the jobs carry what they name (a
+    # writer version's id, a file's bytes), so a worker needs neither the driver's refs nor its files.
+    precheck(reg, req)
     known = record_policy(reg, read_policy(reg))
     spec = WorkerSpec(seal_dir=str(reg.seal_dir.resolve()) if reg.seal_dir else None, config=reg.config,
                       db_url=reg.database_url, objects_url=reg.objects_url, known_blob=known,
@@ -390,6 +396,9 @@ class Run:
     def __init__(self, workers: Workers, driver: DriverSession, req, emit: Callable[[dict], None],
                  on_dispatch: Callable[[dict], None] | None = None):
         self.workers, self.driver, self.req, self.emit = workers, driver, req, emit
+        # What a candidate job needs of the request: the writer wrote at reflect, so a --self-edits
+        # file (up to 64 MiB) travels once per passage, not once per candidate.
+        self.trainer = dataclasses.replace(req, writer=None, self_edits=None)
         self.on_dispatch = on_dispatch or (lambda event: None)
         self.lanes: dict[str, Lane] = {}
         self.reflects: deque[Flight] = deque()
@@ -476,7 +485,7 @@ class Run:
         while pool.free and (self.candidates or self.reflects):
             if self.candidates:  # finish what has started before starting more
                 flight, index = self.candidates.popleft()
-                job = CandidateJob(flight.attempt, self.req, index, flight.self_edits[index], flight.parent)
+                job = CandidateJob(flight.attempt, self.trainer, index, flight.self_edits[index], flight.parent)
                 who = pool.submit("candidate", job, (flight, index))
             else:
                 flight = self.reflects.popleft()
@@ -514,6 +523,7 @@ class Run:
             self.emit({**_head(flight.item), "skipped": False, "lost": f"{LOST} twice while reflecting"})
             return
         flight.self_edits, flight.parent = result["self_edits"], result["parent"]
+        apply_written(flight.attempt, result.get("written"))  # before the candidates: their audit carries it
         flight.base_logprobs = result["base_logprobs"]
         flight.attempt.timings["reflect_s"] = result["reflect_s"]
         self._open_runs(flight)
