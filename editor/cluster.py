@@ -117,6 +117,7 @@ def ray_connection(req, say: Callable[[str], None]) -> Iterator[Any]:
         yield ray
         return
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    _cluster_errors_to_stderr(ray)
     try:
         if req.ray:
             ray.init(address=req.ray, **quiet)
@@ -133,6 +134,22 @@ def ray_connection(req, say: Callable[[str], None]) -> Iterator[Any]:
     finally:
         _POOLS.clear()
         ray.shutdown()
+
+
+def _cluster_errors_to_stderr(ray) -> None:
+    """Ray prints the cluster's errors (a node lost, say) on the driver's stdout whatever
+    ``log_to_driver`` says; a stream's stdout is its JSON lines, so they go to stderr. (Ray has no
+    setting for it: its printer is wrapped, once per process.)"""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    show = getattr(worker, "print_to_stdstream", None)
+    if show is None or getattr(show, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        show({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def _first_line(e: BaseException) -> str:
@@ -485,7 +502,8 @@ class Run:
         while pool.free and (self.candidates or self.reflects):
             if self.candidates:  # finish what has started before starting more
                 flight, index = self.candidates.popleft()
-                job = CandidateJob(flight.attempt, self.trainer, index, flight.self_edits[index], flight.parent)
+                job = CandidateJob(flight.attempt, self.trainer, index, flight.self_edits[index], flight.parent,
+                                   first=flight.self_edits[0])
                 who = pool.submit("candidate", job, (flight, index))
             else:
                 flight = self.reflects.popleft()

@@ -74,6 +74,7 @@ class CandidateJob:
     index: int
     self_edit: str  # blob digest of the SelfEdit's canonical JSON
     parent: dict  # the parent's measurements as reflect found them (see parent_doc)
+    first: str | None = None  # candidate 0's self-edit (as reflected): the recipe its placebo repeats
 
 
 def fetch(reg, digest: str) -> bytes:
@@ -191,12 +192,28 @@ class EditWorker:
         # The candidate's own seed, as the serial loop gives candidate i (see stages.train).
         [c] = train(s, attempt, [self_edit], dataclasses.replace(job.req, seed=job.req.seed + job.index))
         c.index = job.index
+        if attempt.contrast and job.first is not None:
+            attempt.placebo_of = placebo_recipe(s, job.req, SelfEdit(**json.loads(fetch(self.reg, job.first))))
         try:
             score(s, attempt, [c])
             return candidate_doc(self.reg, s, c, attempt.timings)
         finally:
             if c.adapter_dir is not None:
                 shutil.rmtree(c.adapter_dir, ignore_errors=True)
+
+
+def placebo_recipe(session, req, first):
+    """Candidate 0 as far as its placebo repeats it (seed, hyperparameters, sequences, replay
+    lines): the serial run's placebo is the first live candidate's, and whichever candidate a
+    worker scores, it is compared with that placebo. (Should candidate 0 diverge, the serial run
+    takes candidate 1's; a worker cannot know, and keeps candidate 0's.)"""
+    from .candidate import Candidate
+    from .stages import hyperparameters, with_replay
+
+    c = Candidate(index=0, seed=req.seed, self_edit=first, train={"hyperparameters": hyperparameters(req)})
+    if req.replay:
+        with_replay(session, [c])
+    return c
 
 
 def written_doc(attempt, audit: list[dict]) -> dict | None:
