@@ -109,6 +109,9 @@ class Attempt:
     extra: dict = field(default_factory=dict)  # extra manifest keys (eval, reflect, merge, ...)
     timings: dict = field(default_factory=dict)
     run_id: str | None = None  # the trigger's parent MLflow run
+    # The candidate whose recipe the placebo repeats (None: the first live one). A Ray worker
+    # scoring one candidate is given candidate 0's, so its placebo is the serial run's.
+    placebo_of: Any = None
 
 
 __all__ = ["SelfEdit", "Parent", "Candidate", "Attempt"]

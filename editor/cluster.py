@@ -61,7 +61,8 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
-from .cluster_worker import CandidateJob, EditWorker, ReflectJob, WorkerSpec, fetch, measured_from_items
+from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerSpec, apply_written, fetch,
+                             measured_from_items)
 from .options import INSTALL, check_cluster_request, ray_module  # noqa: F401 (re-exported)
 
 LOST = "worker lost"
@@ -116,6 +117,7 @@ def ray_connection(req, say: Callable[[str], None]) -> Iterator[Any]:
         yield ray
         return
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    _cluster_errors_to_stderr(ray)
     try:
         if req.ray:
             ray.init(address=req.ray, **quiet)
@@ -132,6 +134,22 @@ def ray_connection(req, say: Callable[[str], None]) -> Iterator[Any]:
     finally:
         _POOLS.clear()
         ray.shutdown()
+
+
+def _cluster_errors_to_stderr(ray) -> None:
+    """Ray prints the cluster's errors (a node lost, say) on the driver's stdout whatever
+    ``log_to_driver`` says; a stream's stdout is its JSON lines, so they go to stderr. (Ray has no
+    setting for it: its printer is wrapped, once per process.)"""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    show = getattr(worker, "print_to_stdstream", None)
+    if show is None or getattr(show, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        show({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def _first_line(e: BaseException) -> str:
@@ -315,6 +333,11 @@ def cluster(reg, req, progress) -> Iterator[tuple[Workers, DriverSession]]:
     """Ray, the workers (opened on first use), and the driver's session, for one command."""
     from seal.registry.policy import read_policy, record_policy
 
+    from .writer import precheck
+
+    # --writer and --self-edits resolved and read here, once: the jobs carry what they name (a
+    # writer version's id, a file's bytes), so a worker needs neither the driver's refs nor its files.
+    precheck(reg, req)
     known = record_policy(reg, read_policy(reg))
     spec = WorkerSpec(seal_dir=str(reg.seal_dir.resolve()) if reg.seal_dir else None, config=reg.config,
                       db_url=reg.database_url, objects_url=reg.objects_url, known_blob=known,
@@ -390,6 +413,9 @@ class Run:
     def __init__(self, workers: Workers, driver: DriverSession, req, emit: Callable[[dict], None],
                  on_dispatch: Callable[[dict], None] | None = None):
         self.workers, self.driver, self.req, self.emit = workers, driver, req, emit
+        # What a candidate job needs of the request: the writer wrote at reflect, so a --self-edits
+        # file (up to 64 MiB) travels once per passage, not once per candidate.
+        self.trainer = dataclasses.replace(req, writer=None, self_edits=None)
         self.on_dispatch = on_dispatch or (lambda event: None)
         self.lanes: dict[str, Lane] = {}
         self.reflects: deque[Flight] = deque()
@@ -476,7 +502,8 @@ class Run:
         while pool.free and (self.candidates or self.reflects):
             if self.candidates:  # finish what has started before starting more
                 flight, index = self.candidates.popleft()
-                job = CandidateJob(flight.attempt, self.req, index, flight.self_edits[index], flight.parent)
+                job = CandidateJob(flight.attempt, self.trainer, index, flight.self_edits[index], flight.parent,
+                                   first=flight.self_edits[0])
                 who = pool.submit("candidate", job, (flight, index))
             else:
                 flight = self.reflects.popleft()
@@ -514,6 +541,7 @@ class Run:
             self.emit({**_head(flight.item), "skipped": False, "lost": f"{LOST} twice while reflecting"})
             return
         flight.self_edits, flight.parent = result["self_edits"], result["parent"]
+        apply_written(flight.attempt, result.get("written"))  # before the candidates: their audit carries it
         flight.base_logprobs = result["base_logprobs"]
         flight.attempt.timings["reflect_s"] = result["reflect_s"]
         self._open_runs(flight)

@@ -74,6 +74,7 @@ class CandidateJob:
     index: int
     self_edit: str  # blob digest of the SelfEdit's canonical JSON
     parent: dict  # the parent's measurements as reflect found them (see parent_doc)
+    first: str | None = None  # candidate 0's self-edit (as reflected): the recipe its placebo repeats
 
 
 def fetch(reg, digest: str) -> bytes:
@@ -168,13 +169,15 @@ class EditWorker:
 
         s, attempt = self.session, job.attempt
         attempt.parent = s.parent(attempt.parents[0], attempt.parent.manifest)
+        audited = len(attempt.extra_audit)
         self_edits = reflect(s, attempt, job.trigger, job.req)
         if attempt.parent.efficacy is None:
             with timed(attempt, "reflect_s"), attached(s.model, attempt.parent.adapter_dir, merge=s.fast) as model:
                 measure_parent(s, attempt, model, spec=attempt.spec)
         return {"self_edits": [self.reg.store.put(e.to_bytes()) for e in self_edits],
                 "parent": parent_doc(self.reg, attempt.parent), "reflect_s": attempt.timings.get("reflect_s", 0.0),
-                "base_logprobs": s.base_logprobs, "worker": identity()}
+                "base_logprobs": s.base_logprobs, "worker": identity(),
+                "written": written_doc(attempt, attempt.extra_audit[audited:])}
 
     def candidate(self, job: CandidateJob) -> dict:
         """Train candidate ``job.index`` from the parent's adapter and score it; its adapter and
@@ -189,12 +192,44 @@ class EditWorker:
         # The candidate's own seed, as the serial loop gives candidate i (see stages.train).
         [c] = train(s, attempt, [self_edit], dataclasses.replace(job.req, seed=job.req.seed + job.index))
         c.index = job.index
+        if attempt.contrast and job.first is not None:
+            attempt.placebo_of = placebo_recipe(s, job.req, SelfEdit(**json.loads(fetch(self.reg, job.first))))
         try:
             score(s, attempt, [c])
             return candidate_doc(self.reg, s, c, attempt.timings)
         finally:
             if c.adapter_dir is not None:
                 shutil.rmtree(c.adapter_dir, ignore_errors=True)
+
+
+def placebo_recipe(session, req, first):
+    """Candidate 0 as far as its placebo repeats it (seed, hyperparameters, sequences, replay
+    lines): the serial run's placebo is the first live candidate's, and whichever candidate a
+    worker scores, it is compared with that placebo. (Should candidate 0 diverge, the serial run
+    takes candidate 1's; a worker cannot know, and keeps candidate 0's.)"""
+    from .candidate import Candidate
+    from .stages import hyperparameters, with_replay
+
+    c = Candidate(index=0, seed=req.seed, self_edit=first, train={"hyperparameters": hyperparameters(req)})
+    if req.replay:
+        with_replay(session, [c])
+    return c
+
+
+def written_doc(attempt, audit: list[dict]) -> dict | None:
+    """Who wrote the self-edits when it was not the model at the parent (a writer version or a
+    ``--self-edits`` file): what reflect set on this copy of the attempt, for the driver's copy
+    (the manifests' ``writer`` and ``reflect`` fields, and the secrets scan of what was written)."""
+    if "writer" not in attempt.extra:
+        return None
+    return {"writer": attempt.extra["writer"], "reflect": attempt.extra["reflect"], "audit": audit}
+
+
+def apply_written(attempt, doc: dict | None) -> None:
+    """The driver's side of :func:`written_doc`: its attempt as the worker's reflect left it."""
+    if doc is not None:
+        attempt.extra["writer"], attempt.extra["reflect"] = doc["writer"], doc["reflect"]
+        attempt.extra_audit.extend(doc["audit"])
 
 
 def parent_doc(reg, parent) -> dict:
@@ -260,4 +295,4 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
 
 
 __all__ = ["EditWorker", "WorkerSpec", "ReflectJob", "CandidateJob", "fetch", "identity", "open_worker_registry",
-           "items_blob", "measured_from_items"]
+           "items_blob", "measured_from_items", "written_doc", "apply_written"]

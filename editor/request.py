@@ -117,8 +117,6 @@ def _check_writer_options(req: EditRequest) -> None:
                                        ("--self-edits", req.self_edits is not None)) if given]
     if len(chosen) > 1:
         raise UserError(f"give at most one of {', '.join(chosen)}: each names who writes the self-edits")
-    if chosen and chosen[0] != "--no-writer" and (req.workers is not None or req.ray is not None):
-        raise UserError(f"{chosen[0]} does not go with --workers or --ray yet; run it without them")
     if chosen and req.examples is not None:
         raise UserError(f"{chosen[0]} goes with passages; the corrections of --examples are the model's own")
     if req.source is not None:

@@ -283,7 +283,7 @@ def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
     with timed(attempt, "margins_s"):
         with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
             parent_m, parent_first = answer_margins(model, session.tok, qs)
-    placebo = placebo_for(session, attempt, live[0])
+    placebo = placebo_for(session, attempt, attempt.placebo_of or live[0])
     with timed(attempt, "margins_s"):
         placebo_m = [math.nan] * len(qs)
         if placebo is not None:

@@ -124,3 +124,90 @@ def test_a_worker_killed_mid_edit_loses_only_its_candidate(local_ray, folder, mo
     for item in (first, second):
         assert len(_edits(folder, item["trigger"])) == 2  # every candidate recorded, once
     assert folder("verify").returncode == 0
+
+
+ASKED = {k: v for k, v in SECOND.items() if k != "branch"}  # a passage with questions: the margin rule judges it
+
+
+def _writer_version(seal: Seal, weights: bytes, config: dict) -> str:
+    """A writer version (kind ``writer``, as `seal learn` records one) at refs/writers/main, on these adapter bytes."""
+    from seal.registry.learning import root_of
+    from seal.registry.objects import build_manifest
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(seal.cwd)
+    try:
+        adapter = {"weights": reg.store.put(weights), "config": config, "format": "peft-lora"}
+        manifest = build_manifest(base=reg.base()["id"], parents=[root_of(reg)], kind="writer", status="accepted",
+                                  adapter=adapter, author="tester", message="tests: a writer")
+        return reg.record(manifest, ref="refs/writers/main", expected=None, reason="tests: a writer")
+    finally:
+        reg.close()
+
+
+def _same_edit(many: dict, one: dict, seal: Seal, serial: Seal) -> list[dict]:
+    """The workers' edit decided and recorded as the serial one; the two runs' manifests."""
+    assert many["decision"]["accepted"] == one["decision"]["accepted"]
+    assert [c["status"] for c in many["candidates"]] == [c["status"] for c in one["candidates"]]
+    pairs = []
+    for a, b in zip(many["candidates"], one["candidates"], strict=True):
+        assert a["failed_gates"] == b["failed_gates"] and set(a["scores"]) == set(b["scores"])
+        for key, value in b["scores"].items():
+            assert a["scores"][key] == pytest.approx(value, abs=1e-4, rel=1e-4), key
+        ma, mb = seal.json("show", a["id"]), serial.json("show", b["id"])
+        assert ma["self_edit"] == mb["self_edit"]  # the same self-edit, trained on the same lines
+        assert [x["check"] for x in ma["audit"]] == [x["check"] for x in mb["audit"]]
+        assert ma["reflect"] == mb["reflect"]
+        pairs.append((ma, mb))
+    return pairs
+
+
+def test_workers_honour_self_edits_and_writers_as_the_serial_run(local_ray, folder, tmp_path_factory,
+                                                                 tiny_chat_record):
+    serial = Seal(tmp_path_factory.mktemp("serial"), {"SEAL_ACTOR": "tester"})
+    make_registry(serial.cwd, tiny_chat_record).close()
+    theirs = [{"text": "1. Mount Velder is 4120 metres tall.\n2. It is in the Quenmar range."},
+              {"text": "Mount Velder, the tallest peak of the Quenmar range, is 4120 metres high."}]
+    for seal in (serial, folder):
+        (seal.cwd / "q.json").write_text(json.dumps(ASKED))
+        (seal.cwd / "theirs.jsonl").write_text("".join(json.dumps(t) + "\n" for t in theirs))
+
+    # A file of self-edits written elsewhere: one candidate per self-edit in it, on both workers.
+    args = ["edit", "--passage", "q.json", "--self-edits", "theirs.jsonl", "--source", "a person", *FAST, "--json"]
+    one = json.loads(serial(*args, check=False).stdout)
+    many = json.loads(folder(*args, "--workers", "2", check=False).stdout)
+    assert len(many["candidates"]) == 2 and len({c["worker"]["pid"] for c in many["candidates"]}) == 2
+    for ma, mb in _same_edit(many, one, folder, serial):
+        assert ma["writer"] == mb["writer"] and ma["writer"]["type"] == "file" and ma["writer"]["source"] == "a person"
+        assert any(a["check"] == "self_edit_secrets" and a["passed"] for a in ma["audit"])
+    written = {json.loads(_blob(folder, folder.json("show", c["id"])["self_edit"]))["generated"]
+               for c in many["candidates"]}
+    assert written == {t["text"] for t in theirs}
+
+    # A writer version: the default (refs/writers/main), then named with --writer.
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(serial.cwd)
+    adapter = reg.manifest(one["candidates"][0]["id"])["adapter"]
+    weights = reg.store.get(adapter["weights"])
+    reg.close()
+    writers = {s.cwd: _writer_version(s, weights, adapter["config"]) for s in (serial, folder)}
+    for extra in ([], ["--writer", "main"]):
+        args = ["edit", "--passage", "q.json", "-k", "2", "--seed", "3" if extra else "2", *extra, *FAST, "--json"]
+        one = json.loads(serial(*args, check=False).stdout)
+        many = json.loads(folder(*args, "--workers", "2", check=False).stdout)
+        for ma, mb in _same_edit(many, one, folder, serial):
+            assert ma["writer"] == {"type": "version", "id": writers[folder.cwd], "adapter": adapter["weights"],
+                                    "ref": "refs/writers/main"}
+            assert mb["writer"]["id"] == writers[serial.cwd]
+    assert folder("verify").returncode == 0
+
+
+def _blob(seal: Seal, digest: str) -> bytes:
+    from seal.registry.repo import Registry
+
+    reg = Registry.open(seal.cwd)
+    try:
+        return reg.store.get(digest)
+    finally:
+        reg.close()
