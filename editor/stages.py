@@ -17,8 +17,11 @@ import statistics
 import time
 from contextlib import contextmanager
 
+import numpy as np
+
 from seal.registry.vocabulary import (CANARY, DELTA_NORM, DRIFT_JS, DRIFT_KL, EFFICACY_CONTAINMENT, EFFICACY_F1,
-                                      EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL, EFFICACY_NLL_DROP, EFFICACY_RECALL, OVER_REFUSAL, REFUSAL,
+                                      EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL, EFFICACY_NLL_DROP,
+                                      EFFICACY_RECALL, OVER_REFUSAL, REFUSAL, RETENTION_MARGIN,
                                       RETENTION)
 
 from .attach import attached
@@ -482,6 +485,11 @@ def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
         DELTA_NORM.vs("parent").row(d["delta"]), DELTA_NORM.vs("base").row(d["from_base"]),
     ]
     base_items = getattr(base_m, "items", None)
+    parent_items = getattr(parent.measured, "items", None)
+    for score_, res in ((RETENTION_MARGIN, items), (RETENTION_MARGIN.vs("parent"), parent_items),
+                        (RETENTION_MARGIN.vs("base"), base_items)):
+        if res is not None:
+            rows.append(score_.row(float(np.mean(res.retention_margin)), int(res.retention_margin.size)))
 
     def judged(res, label):
         return None if res is None else int(res.judged(label).size)

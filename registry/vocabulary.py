@@ -58,6 +58,8 @@ EFFICACY_RECALL = Score("efficacy", "recall", method=f"{_QA} token recall")
 EFFICACY_NLL = Score("efficacy", "passage_nll", method="mean next-token NLL of the passage (nats)")
 EFFICACY_NLL_DROP = Score("efficacy", "nll_drop", against="parent", method="parent NLL minus this NLL (nats)")
 RETENTION = Score("retention", "accuracy", method="multiple-choice accuracy on the retention set, by log-likelihood")
+RETENTION_MARGIN = Score("retention", "margin", method="mean first-token log-likelihood margin of the right option over "
+                         "the best wrong one on the retention set (nats): retention in the efficacy margin's units")
 DRIFT_KL = Score("drift", "kl", method="mean next-token KL(reference || this) on fixed probes, top-256 bins (nats)")
 DRIFT_JS = Score("drift", "js", method="mean next-token Jensen-Shannon divergence on fixed probes (nats)")
 DELTA_NORM = Score("weights", "delta_norm", method="||dW|| from r x r products of the stored adapters")
@@ -71,7 +73,7 @@ EFFICACY_MARGIN_GAIN = Score("efficacy", "margin_gain", against="placebo",
                              method="per-question margin minus a placebo edit's margin, mean over the usable questions (nats)")
 
 SCORES = (EFFICACY_F1, EFFICACY_CONTAINMENT, EFFICACY_RECALL, EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL,
-          EFFICACY_NLL_DROP, RETENTION,
+          EFFICACY_NLL_DROP, RETENTION, RETENTION_MARGIN,
           DRIFT_KL, DRIFT_JS, DELTA_NORM, REFUSAL, OVER_REFUSAL, CANARY)
 METHODS = {s.suite: s.method for s in reversed(SCORES)}
 

@@ -112,6 +112,9 @@ def test_edit_records_an_accepted_version(edit_registry):
     assert sorted(self_edit["lines"] + self_edit["dropped"]) == sorted(split_self_edit_lines(self_edit["generated"]))
     assert len(self_edit["sequences"]) == written + 1 + len(self_edit["replay"])
     suites = {(s["suite"], s["metric"], s["against"]) for s in v["scores"]}
+    # retention also in the efficacy margin's units (nats), the candidate's, the parent's and the base's
+    assert {("retention", "margin", None), ("retention", "margin", "parent"), ("retention", "margin", "base")} <= \
+        {(s["suite"], s["metric"], s["against"]) for s in v["scores"]}
     assert {("efficacy", "nll_drop", "parent"), ("retention", "accuracy", None), ("retention", "accuracy", "base"),
             ("drift", "kl", "base"), ("drift", "js", "parent"), ("weights", "delta_norm", "parent")} <= suites
     assert all(g["passed"] for g in v["audit"]) and {g["check"] for g in v["audit"]} >= {"efficacy_gain", "js_vs_parent", "secrets"}
