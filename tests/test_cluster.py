@@ -176,7 +176,9 @@ def test_workers_honour_self_edits_and_writers_as_the_serial_run(local_ray, fold
     args = ["edit", "--passage", "q.json", "--self-edits", "theirs.jsonl", "--source", "a person", *FAST, "--json"]
     one = json.loads(serial(*args, check=False).stdout)
     many = json.loads(folder(*args, "--workers", "2", check=False).stdout)
-    assert len(many["candidates"]) == 2 and len({c["worker"]["pid"] for c in many["candidates"]}) == 2
+    # on workers (which of the two idle workers takes each candidate is a race, so not asserted here;
+    # test_two_workers_decide_as_the_serial_run covers the spread)
+    assert len(many["candidates"]) == 2 and all(c["worker"]["pid"] != os.getpid() for c in many["candidates"])
     for ma, mb in _same_edit(many, one, folder, serial):
         assert ma["writer"] == mb["writer"] and ma["writer"]["type"] == "file" and ma["writer"]["source"] == "a person"
         assert any(a["check"] == "self_edit_secrets" and a["passed"] for a in ma["audit"])
