@@ -54,8 +54,10 @@ def main() -> None:
     summary = {
         "demo": "seal edit on SmolLM2-135M-Instruct",
         "accepted": result["decision"]["accepted"],
-        "candidates": [{"status": c["status"], "efficacy_f1": c["scores"]["efficacy"],
-                        "parent_f1": c["scores"]["efficacy_parent"], "failed": c["failed_gates"]}
+        # a candidate the efficacy margin rule rejected is not probed: it has its margin gain only
+        "candidates": [{"status": c["status"], "margin_gain": c["scores"].get("efficacy_margin"),
+                        "efficacy_f1": c["scores"].get("efficacy"), "parent_f1": c["scores"].get("efficacy_parent"),
+                        "failed": c["failed_gates"]}
                        for c in result["candidates"]],
         "stages_s": result.get("timings", {}),
         **{k: round(v, 2) for k, v in times.items()},

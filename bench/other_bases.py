@@ -38,7 +38,7 @@ def gate(manifest: dict, name: str) -> dict | None:
     return None if g is None else {k: g.get(k) for k in ("value", "ci_low", "ci_high", "threshold", "passed")}
 
 
-def one_base(spec: str, threads: int) -> dict:
+def one_base(spec: str, threads: int, probe_always: bool = False) -> dict:
     from seal.editor.base import base_record as describe_base
     from seal.editor.loop import run_edit
     from seal.editor.progress import QuietProgress
@@ -48,13 +48,17 @@ def one_base(spec: str, threads: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="seal-base-"))
     reg = init_registry(work, base=describe_base(spec))
+    if probe_always:  # the margin rule off, so the probes run and retention is measured whatever it says
+        from seal.registry.policy import set_policy
+
+        set_policy(reg, "efficacy_margin_gain_min", "false", reason="bench: measure retention on every edit")
     passage = work / "passage.json"
     passage.write_text(json.dumps(PASSAGE))
     result = run_edit(reg, EditRequest(passage=passage, track=False, threads=threads, device="cpu"),
                       progress=QuietProgress())
     vid = result["candidates"][0]["id"]
     m = reg.manifest(vid)
-    out = {"base": spec, "accepted": result["decision"]["accepted"], "failed": m["decision"]["failed_gates"],
+    out = {"base": spec, "probe_always": probe_always, "accepted": result["decision"]["accepted"], "failed": m["decision"]["failed_gates"],
            "retention": {"parent": RETENTION.vs("parent").of(m), "edit": RETENTION.of(m),
                          "base": RETENTION.vs("base").of(m)},
            "retention_vs_parent": gate(m, "retention_vs_parent"), "retention_vs_base": gate(m, "retention_vs_base"),
@@ -69,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bases", nargs="+")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe-always", action="store_true",
+                    help="turn the efficacy margin rule off, so an edit it would reject is still probed (retention)")
     args = ap.parse_args(argv)
     for spec in args.bases:
-        print(json.dumps(one_base(spec, args.threads)), flush=True)
+        print(json.dumps(one_base(spec, args.threads, args.probe_always)), flush=True)
     return 0
 
 
