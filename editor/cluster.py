@@ -564,7 +564,7 @@ class Run:
     def _finish(self, flight: Flight) -> None:
         """Decide and record the attempt (every candidate once, the winner with its branch move)."""
         from .record import record
-        from .stages import decide
+        from .stages import decide, outrank
 
         reg, lane = self.driver.reg, self._lane(flight.item.ref)
         folder = Path(tempfile.mkdtemp(prefix="attempt-", dir=self.driver.work))
@@ -574,6 +574,7 @@ class Run:
             for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
                 timings[key] = sum(r["timings"][key] for r in flight.results.values() if isinstance(r, dict))
             self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
+            outrank(flight.attempt, candidates)  # workers probe every candidate; record as the serial run does
             result = record(self.driver, flight.attempt, candidates, decide(candidates))
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -237,15 +237,28 @@ def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None =
     """A candidate decided without its probes: the efficacy rule rejected it, or (``outranked_by``)
     a candidate with a larger margin gain passed every gate first. Its record holds the margins
     that decided it (probes measured on a shared GPU batch are not recorded, as on the CPU path)."""
+    entry = c.margins.audit_entry() if c.margins is not None else \
+        next(e for e in c.audit if e["check"] == "efficacy_margin")  # a candidate a worker scored
     c.measured = None
     c.scores = margin_rows(c.evidence)
-    c.flat = {"efficacy_margin": c.margins.mean}
-    c.audit = list(attempt.extra_audit) + [c.margins.audit_entry()]
+    c.flat = {"efficacy_margin": entry["value"]}
+    c.audit = list(attempt.extra_audit) + [entry]
     if outranked_by is not None:
         c.audit.append({"check": "outranked", "value": None, "threshold": None, "passed": False,
                         "detail": f"not probed: candidate {outranked_by + 1} has a larger margin gain and passed "
                                   "every gate"})
     c.failed = [e["check"] for e in c.audit if not e["passed"]]
+
+
+def outrank(attempt: Attempt, candidates: list[Candidate]) -> None:
+    """Candidates probed in full (on workers) but ranked, by margin gain, below one that passed
+    every gate: recorded as outranked, as the serial run records them unprobed."""
+    probed = [c for c in candidates if c.diverged is None and c.measured is not None
+              and c.flat.get("efficacy_margin") is not None]
+    ranked = sorted(probed, key=lambda c: (-c.flat["efficacy_margin"], c.index))
+    winner = next((i for i, c in enumerate(ranked) if c.passed), None)
+    for rest in ranked[winner + 1:] if winner is not None else []:
+        judged_by_margins(attempt, rest, outranked_by=ranked[winner].index)
 
 
 def probe(session, attempt: Attempt, live: list[Candidate]) -> None:
@@ -563,5 +576,5 @@ def decide(candidates: list[Candidate]) -> int | None:
     return None if best is None else passed[best].index
 
 
-__all__ = ["reflect", "train", "score", "decide", "gauge", "void", "efficacy_rows", "hyperparameters", "timed",
+__all__ = ["reflect", "train", "score", "decide", "outrank", "gauge", "void", "efficacy_rows", "hyperparameters", "timed",
            "measure_parent", "run_params"]
