@@ -110,14 +110,15 @@ def load(args) -> tuple[Any, Any, str]:
 
 
 def train_one(model, tok, name: str, title: str, text: str, args, out: Path, seed: int) -> dict[str, Any]:
-    from seal.editor.placebo import sentences
-    from seal.editor.reflect import build_training_sequences
+    from types import SimpleNamespace
+
     from seal.editor.replay import draw
+    from seal.editor.self_edits import passage_self_edit
     from seal.editor.train import train_adapter
 
-    lines = sentences(text) if args.restate else []
-    seqs = build_training_sequences(text, title, lines)
-    seqs += draw(args.replay_pool, len(seqs), seed) if args.replay else []
+    # the engine's own builder, with no generated lines: the restatements, the passage, the replay
+    edit = passage_self_edit("", SimpleNamespace(passage=text, title=title), style="rewrite", restate=args.restate)
+    seqs = edit.sequences + (draw(args.replay_pool, len(edit.sequences), seed) if args.replay else [])
     return train_adapter(model, tok, seqs, out_dir=out, seed=seed, lr=args.lr, epochs=args.epochs, r=args.r,
                          alpha=2 * args.r, base_name=name)
 
@@ -151,9 +152,9 @@ def run(args) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     passages = synthetic_passages(args.limit) if args.tiny or not args.data else read_passages(args.data, args.limit)
     model, tok, name = load(args)
-    from seal.editor.replay import _generate
+    from seal.editor.replay import base_continuations
 
-    args.replay_pool = _generate(model, tok) if args.replay else []
+    args.replay_pool = base_continuations(model, tok) if args.replay else []
     rule = margin_rule({})
     qsets = [contrast_questions(p["questions"], p["context"], unrelated_answers()) for p in passages]
     items = load_retention_set()[:args.retention_items]

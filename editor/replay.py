@@ -76,7 +76,7 @@ def replay_pool(session) -> list[str]:
         if isinstance(pool, list) and pool and all(isinstance(x, str) for x in pool):
             _IN_PROCESS[base_id] = pool
             return pool
-    pool = _generate(session.model, session.tok)
+    pool = base_continuations(session.model, session.tok)
     _IN_PROCESS[base_id] = pool
     with contextlib.suppress(OSError):  # a cache that cannot be written costs a generation later
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def replay_pool(session) -> list[str]:
     return pool
 
 
-def _generate(model, tok) -> list[str]:
+def base_continuations(model, tok) -> list[str]:
     from .generation import generate_completions
 
     prompts = list(NEUTRAL_PROMPTS[:REPLAY_PROMPTS])
@@ -94,4 +94,4 @@ def _generate(model, tok) -> list[str]:
     return [f"{p} {o}".strip() for p, o in zip(prompts, outs)]
 
 
-__all__ = ["NEUTRAL_PROMPTS", "replay_pool", "draw", "replay_count", "MAX_LINES"]
+__all__ = ["NEUTRAL_PROMPTS", "replay_pool", "base_continuations", "draw", "replay_count", "MAX_LINES"]
