@@ -181,6 +181,8 @@ def train_adapter(
     on_step: Callable[[], None] | None = None,
     on_losses: Callable[[int, list[float]], None] | None = None,
     flush_s: float = 1.0,
+    anchor_texts: Sequence[str] = (),
+    kl_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Train one LoRA adapter on ``sequences`` and save it to ``out_dir``; return the record.
 
@@ -222,8 +224,9 @@ def train_adapter(
             params = [p for p in peft_model.parameters() if p.requires_grad]
             batches = epoch_batches(data, batch_size, epochs, seed)
             log = LossLog(on_losses, flush_s)
+            anchor = _anchor(peft_model, tokenizer, anchor_texts, kl_weight)
             _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
-                 log=log, on_step=on_step)
+                 log=log, on_step=on_step, anchor=anchor, kl_weight=kl_weight)
             diverged = log.diverged or weights_diverged(params)
             peft_model.eval()
             if diverged is None:
@@ -232,6 +235,8 @@ def train_adapter(
                                    max_length=max_length, max_grad_norm=max_grad_norm, seed=seed, device=run_device,
                                    dtype=next(model_base.parameters()).dtype, from_parent=parent_adapter_dir is not None,
                                    data=data, trainable=sum(p.numel() for p in params))
+            if anchor:
+                record.update(kl_weight=kl_weight, kl_anchor_texts=len(anchor.snapshots))
         finally:
             detach_adapters(peft_model)
     record["seconds"] = round(time.perf_counter() - started, 3)
@@ -299,11 +304,27 @@ class LossLog:
         return self.diverged is None
 
 
+def _anchor(peft_model: Any, tokenizer: Any, texts: Sequence[str], kl_weight: float):
+    if kl_weight <= 0 or not texts:
+        return None
+    from .kl_anchor import Anchor
+
+    return Anchor.record(peft_model, tokenizer, texts) or None
+
+
 def _fit(peft_model: Any, params: list, batches: list, pad_id: int, device: torch.device, *, lr: float,
-         max_grad_norm: float, log: LossLog, on_step: Callable[[], None] | None) -> None:
-    """The adapter's steps: one padded batch of sequences each, loss on all tokens."""
-    fit_steps(peft_model, params, batches, lambda batch: _step_loss(peft_model, _collate(batch, pad_id, device)),
-              lr=lr, max_grad_norm=max_grad_norm, fused=device.type == "cuda", log=log, on_step=on_step)
+         max_grad_norm: float, log: LossLog, on_step: Callable[[], None] | None, anchor=None,
+         kl_weight: float = 0.0) -> None:
+    """The adapter's steps: one padded batch of sequences each, loss on all tokens (plus the KL
+    anchor's term, on one anchor text per step, when there is one)."""
+    steps = iter(range(len(batches)))
+
+    def loss_of(batch):
+        loss = _step_loss(peft_model, _collate(batch, pad_id, device))
+        return loss if anchor is None else loss + kl_weight * anchor.kl(peft_model, next(steps))
+
+    fit_steps(peft_model, params, batches, loss_of, lr=lr, max_grad_norm=max_grad_norm, fused=device.type == "cuda",
+              log=log, on_step=on_step)
 
 
 def fit_steps(peft_model: Any, params: list, batches: Sequence, loss_of: Callable[[Any], torch.Tensor], *, lr: float,
