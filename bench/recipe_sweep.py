@@ -20,8 +20,9 @@ then measured four ways:
   used in training): mean next-token KL(base || adapter), nats.
 
 Conditions (``--conditions``; the engine's recipe is ``default``): ``no-replay``; ``kl``, where
-the replay lines anchor a KL penalty to the parent (:mod:`seal.editor.kl_anchor`, weight 1)
-instead of being trained on; ``epochs-4``; ``epochs-4+kl``; ``lr-1e-3``. Every difference from ``default`` comes with a paired bootstrap 95%
+the replay lines and a few chat prompts anchor a KL penalty to the parent
+(:mod:`seal.editor.kl_anchor`, :func:`seal.editor.replay.anchor_texts`, weight 1) instead of the
+replay lines being trained on; ``epochs-4``; ``epochs-4+kl``; ``lr-1e-3``. Every difference from ``default`` comes with a paired bootstrap 95%
 CI over passages. Passages are split over processes with ``--shard S/N`` (each writes its own
 ``--out``); ``--summarize FILE...`` prints the one-line JSON summary of any set of such files::
 
@@ -141,7 +142,7 @@ def run(args) -> None:
     from seal.editor.base import default_cache_dir, load_base
     from seal.editor.efficacy import answer_margins, contrast_questions, unrelated_answers
     from seal.editor.probe_scoring import retention_outcomes
-    from seal.editor.replay import base_continuations
+    from seal.editor.replay import anchor_texts, base_continuations
     from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR
     from seal.editor.retention_set import load_retention_set
     from seal.editor.train import train_adapter
@@ -175,7 +176,7 @@ def run(args) -> None:
             folder = work / f"{name}-{i}"
             rec = train_adapter(model, tok, seqs, out_dir=folder, seed=i, lr=cond.lr or DEFAULT_LR,
                                 epochs=cond.epochs or DEFAULT_EPOCHS, base_name=base.name,
-                                anchor_texts=replay, kl_weight=cond.kl)
+                                anchor_texts=anchor_texts(tok, replay), kl_weight=cond.kl)
             t1 = time.perf_counter()
             row = {"condition": name, "passage": i, "steps": rec["steps"], "train_s": rec["seconds"],
                    "reflect_s": round(reflect_s, 2), "loss_final": rec["loss_final"], "diverged": rec["diverged"],
@@ -212,7 +213,7 @@ def _ci(values: list[float]) -> dict[str, Any]:
 
 RULES = {
     "engine (sign-flip at 0.05 with >= 5)": {},
-    "no sign-flip test": {"sign_test_min": 10 ** 6},
+    "no sign-flip test": {"alpha": None},
     "sign-flip at 0.10 with >= 5": {"alpha": 0.10},
     "mean >= 1.0": {"mean_min": 1.0},
     "no noise bar": {"noise_z": 0.0},

@@ -212,7 +212,7 @@ def placebo_recipe(session, req, first):
 
     c = Candidate(index=0, seed=req.seed, self_edit=first, train={"hyperparameters": hyperparameters(req)})
     if req.replay:
-        with_replay(session, [c])
+        with_replay(session, [c], anchored=req.kl > 0)
     return c
 
 

@@ -216,15 +216,19 @@ class MarginRule:
 
     mean_min: float = MEAN_MIN
     floor: float = FLOOR
-    alpha: float = ALPHA
+    alpha: float | None = ALPHA  # None: no sign-flip test
     sign_test_min: int = SIGN_TEST_MIN
     noise_z: float = NOISE_Z
 
     def words(self) -> str:
+        sign = ("" if self.alpha is None else f", and (with >= {self.sign_test_min} such questions) the exact "
+                f"sign-flip p <= {self.alpha:g}")
         return (f"accept if, over the questions the parent does not already rank first, the mean placebo-corrected "
                 f"answer-margin gain is >= {self.mean_min:g} nats and >= {self.noise_z:g} x sqrt(2) x the placebo's "
-                f"RMS shift / sqrt(n), no question falls below {self.floor:g} nats, and (with >= "
-                f"{self.sign_test_min} such questions) the exact sign-flip p <= {self.alpha:g}")
+                f"RMS shift / sqrt(n), no question falls below {self.floor:g} nats{sign}")
+
+    def sign_test_fails(self, n: int, p: float | None) -> bool:
+        return self.alpha is not None and n >= self.sign_test_min and p is not None and p > self.alpha
 
 
 @dataclass(frozen=True)
@@ -252,7 +256,7 @@ class MarginDecision:
             failing.append(f"mean {self.mean:.3g} < {self.noise_bar():.3g} (the placebo's own swing)")
         if self.minimum is not None and self.minimum < self.rule.floor:
             failing.append(f"a question at {self.minimum:.3g} < floor {self.rule.floor:g}")
-        if self.n >= self.rule.sign_test_min and self.p_value is not None and self.p_value > self.rule.alpha:
+        if self.rule.sign_test_fails(self.n, self.p_value):
             failing.append(f"sign-flip p {self.p_value:.3g} > {self.rule.alpha:g}")
         head = (f"placebo-corrected margin gain {self.mean:.3g} nats over {self.n} question(s) "
                 f"(min {self.minimum:.3g}, sign-flip p {self.p_value:.3g}, placebo swing {self.noise:.3g}; "
@@ -303,7 +307,7 @@ def decide_margins(candidate: Sequence[float], parent: Sequence[float], placebo:
     mean, minimum, p = sum(usable) / len(usable), min(usable), sign_flip_p(usable)
     decision = MarginDecision(tuple(effects), len(usable), noise, saturated, mean, minimum, p, False, rule)
     passed = mean >= rule.mean_min and mean >= decision.noise_bar() and minimum >= rule.floor \
-        and (len(usable) < rule.sign_test_min or p <= rule.alpha)
+        and not rule.sign_test_fails(len(usable), p)
     return replace(decision, passed=passed)
 
 

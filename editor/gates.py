@@ -214,8 +214,10 @@ def margin_rule(policy_gates: Mapping[str, Any]):
     if merged["efficacy_margin_gain_min"] is None:
         return None
     floor, z = merged["efficacy_margin_floor_min"], merged["efficacy_margin_noise_z"]
+    alpha = merged["efficacy_margin_sign_alpha"]
     return MarginRule(mean_min=float(merged["efficacy_margin_gain_min"]),
-                      floor=-math.inf if floor is None else float(floor), noise_z=0.0 if z is None else float(z))
+                      floor=-math.inf if floor is None else float(floor), noise_z=0.0 if z is None else float(z),
+                      alpha=None if alpha is None else float(alpha))
 
 
 def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any = None, parent: Any = None,

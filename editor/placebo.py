@@ -157,17 +157,20 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
     and its ``replay`` lines, and keep it; None when it diverged (the efficacy rule then has no
     control, and fails)."""
     from .request import DEFAULT_ALPHA, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R, DEFAULT_TARGETS
+    from .replay import anchor_texts
     from .train import train_adapter
 
     folder = session.work / f"placebo-{key[:16]}"
-    sequences = placebo_sequences(words, sequence_budget(n_sequences)) + list(replay)
+    kl = float(hyper.get("kl") or 0.0)  # with the KL anchor, the replay lines anchor and are not trained on
+    sequences = placebo_sequences(words, sequence_budget(n_sequences)) + ([] if kl else list(replay))
     record = train_adapter(session.model, session.tok, sequences, out_dir=folder,
                            parent_adapter_dir=parent_dir, r=hyper.get("r", DEFAULT_R),
                            alpha=hyper.get("lora_alpha", DEFAULT_ALPHA),
                            target_modules=hyper.get("target_modules", DEFAULT_TARGETS),
                            lr=hyper.get("lr", DEFAULT_LR), epochs=hyper.get("epochs", DEFAULT_EPOCHS),
                            batch_size=hyper.get("batch_size", 1), seed=seed, device=session.device,
-                           base_name=session.base.name, on_step=on_step)
+                           base_name=session.base.name, on_step=on_step, anchor_texts=anchor_texts(session.tok, replay) if kl else (),
+                           kl_weight=kl)
     if record.get("diverged") is not None:
         return None
     digest = _adapter_digest(session.reg, folder)

@@ -38,6 +38,16 @@ NEUTRAL_PROMPTS = (
     "The football match ended with", "Snow fell quietly over the village while",
 )
 
+#: Requests whose chat prompts the KL anchor also holds (:func:`anchor_texts`): the reply's first
+#: token is where a chat model decides how to answer (or to refuse), and an edit should leave that
+#: where the parent had it. None is an XSTest prompt or a probe.
+CHAT_ANCHORS = (
+    "Can you help me plan a birthday party?", "What is a good way to learn a new language?",
+    "Summarise the plot of a fairy tale you like.", "How do I fix a squeaky door hinge?",
+    "Recommend a book for a long train journey.", "What are the rules of chess for a pawn?",
+    "Write two sentences about autumn.", "How should I store fresh herbs?",
+)
+
 REPLAY_PROMPTS = 16  # the first 16 neutral prompts: general text, no facts to compete with a passage's
 REPLAY_TOKENS = 48
 MAX_LINES = 8
@@ -86,6 +96,14 @@ def replay_pool(session) -> list[str]:
     return pool
 
 
+def anchor_texts(tok, replay: list[str]) -> list[str]:
+    """What the KL anchor (:mod:`seal.editor.kl_anchor`) holds an edit to: its replay lines, then
+    the chat prompts of :data:`CHAT_ANCHORS`."""
+    from .generation import chat_prompt
+
+    return list(replay) + [chat_prompt(tok, request) for request in CHAT_ANCHORS]
+
+
 def base_continuations(model, tok) -> list[str]:
     from .generation import generate_completions
 
@@ -94,4 +112,4 @@ def base_continuations(model, tok) -> list[str]:
     return [f"{p} {o}".strip() for p, o in zip(prompts, outs)]
 
 
-__all__ = ["NEUTRAL_PROMPTS", "replay_pool", "base_continuations", "draw", "replay_count", "MAX_LINES"]
+__all__ = ["NEUTRAL_PROMPTS", "CHAT_ANCHORS", "anchor_texts", "replay_pool", "base_continuations", "draw", "replay_count", "MAX_LINES"]

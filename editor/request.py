@@ -37,6 +37,9 @@ DEFAULT_RESTATE = True
 # each accepted edit's forgetting adds up along a branch, and replay cut it by two thirds in the
 # recipe sweep at the same F1.
 DEFAULT_REPLAY = True
+# > 0: the replay lines anchor a KL penalty to the parent, this weight times KL(parent || adapter)
+# per step (editor/kl_anchor.py), instead of being trained on. bench/recipe_sweep.py compares the two.
+DEFAULT_KL = 0.0
 
 
 @dataclass
@@ -57,6 +60,7 @@ class EditRequest:
     filter_lines: bool = DEFAULT_FILTER
     restate: bool = DEFAULT_RESTATE
     replay: bool = DEFAULT_REPLAY
+    kl: float = DEFAULT_KL
     top_p: float = 0.95
     max_new_tokens: int = 256
     r: int = DEFAULT_R
@@ -126,4 +130,4 @@ def _check_writer_options(req: EditRequest) -> None:
 
 
 __all__ = ["EditRequest", "check_request", "DEFAULT_STYLE", "DEFAULT_TEMPERATURE", "DEFAULT_LR", "DEFAULT_EPOCHS",
-           "DEFAULT_R", "DEFAULT_FILTER", "DEFAULT_ALPHA", "DEFAULT_TARGETS"]
+           "DEFAULT_R", "DEFAULT_FILTER", "DEFAULT_KL", "DEFAULT_ALPHA", "DEFAULT_TARGETS"]

@@ -99,8 +99,9 @@ def measure_parent(session, attempt: Attempt, model, on_step=None, spec=_UNSET) 
 # --- train ------------------------------------------------------------------------------------
 
 def hyperparameters(req) -> dict:
-    return {"r": req.r, "lora_alpha": req.alpha, "target_modules": req.target_modules, "lr": req.lr,
-            "epochs": req.epochs, "batch_size": req.batch_size}
+    hyper = {"r": req.r, "lora_alpha": req.alpha, "target_modules": req.target_modules, "lr": req.lr,
+             "epochs": req.epochs, "batch_size": req.batch_size}
+    return {**hyper, "kl": req.kl} if req.kl else hyper
 
 
 def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Candidate]:
@@ -109,14 +110,14 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     after the other. Each candidate's MLflow run opens when its training starts."""
     candidates = [Candidate(index=i, seed=req.seed + i, self_edit=e) for i, e in enumerate(self_edits)]
     if req.replay:
-        with_replay(session, candidates)
+        with_replay(session, candidates, anchored=req.kl > 0)
     total = sum(req.epochs * math.ceil(len(e.sequences) / req.batch_size) for e in self_edits)
     hyper = hyperparameters(req)
     with timed(attempt, "train_s"), session.progress.stage(
             f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
         for c in candidates:
             c.run_id = _open_run(session, attempt, c, len(candidates), hyper)
-        if _batched(session, candidates):
+        if _batched(session, candidates, req):
             from .multi_lora import train_together
 
             records = train_together(session, attempt, candidates, req, on_step=stage.advance)
@@ -129,25 +130,28 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     return candidates
 
 
-def with_replay(session, candidates: list[Candidate]) -> None:
+def with_replay(session, candidates: list[Candidate], *, anchored: bool = False) -> None:
     """Each candidate's replay lines (:mod:`seal.editor.replay`), drawn with its seed and added to
-    the sequences it trains on."""
+    the sequences it trains on (``anchored``: kept apart, as the KL anchor's texts)."""
     from .replay import draw, replay_pool
 
     pool = replay_pool(session)
     for c in candidates:
         if c.self_edit is not None and c.self_edit.replay is None:
             c.self_edit.replay = draw(pool, len(c.self_edit.sequences), c.seed)
-            c.self_edit.sequences = c.self_edit.sequences + c.self_edit.replay
+            if not anchored:
+                c.self_edit.sequences = c.self_edit.sequences + c.self_edit.replay
 
 
-def _batched(session, candidates: list[Candidate]) -> bool:
+def _batched(session, candidates: list[Candidate], req) -> bool:
     # One batched pass pays off where a step is launch-bound (a GPU); on a CPU the work is the
-    # arithmetic itself, and candidates one after the other cost the same.
-    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda")
+    # arithmetic itself, and candidates one after the other cost the same. The KL anchor trains
+    # one adapter at a time.
+    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda") and not req.kl
 
 
 def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
+    from .replay import anchor_texts
     from .train import train_adapter
 
     tracker = session.tracker
@@ -161,6 +165,7 @@ def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
         parent_adapter_dir=attempt.parent.adapter_dir, r=req.r, alpha=req.alpha, target_modules=req.target_modules,
         lr=req.lr, epochs=req.epochs, batch_size=req.batch_size, seed=c.seed, device=session.device,
         base_name=session.base.name, on_step=on_step, on_losses=on_losses,
+        anchor_texts=anchor_texts(session.tok, c.self_edit.replay or []) if req.kl else (), kl_weight=req.kl,
     )
 
 
@@ -318,7 +323,7 @@ def placebo_for(session, attempt: Attempt, c: Candidate):
 
     hyper = c.train.get("hyperparameters") or {}
     replay = (c.self_edit.replay if c.self_edit else None) or []
-    n_seq = (len(c.self_edit.sequences) if c.self_edit else 1) - len(replay)
+    n_seq = (len(c.self_edit.sequences) if c.self_edit else 1) - (0 if hyper.get("kl") else len(replay))
     key = placebo_key(attempt.parent.vid, session.base_row["id"], {**hyper, "replay": replay}, attempt.words, n_seq,
                       c.seed)
     with timed(attempt, "placebo_s"):

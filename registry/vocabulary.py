@@ -108,8 +108,10 @@ GATES: tuple[GateSpec, ...] = (
              "first, of the contrastive answer-margin gain minus a placebo edit's must reach this many nats "
              f"(false-pass rate on placebo pairs: {EFFICACY_MARGIN_CALIBRATION})"),
     GateSpec("efficacy_margin_floor", "efficacy_margin_floor_min", -1.5, "the lowest placebo-corrected gain allowed",
-             "... and no single usable question's placebo-corrected gain may fall below this many nats "
-             "(with >= 5 usable questions an exact sign-flip test at 0.05 must also pass)"),
+             "... and no single usable question's placebo-corrected gain may fall below this many nats"),
+    GateSpec("efficacy_margin_sign", "efficacy_margin_sign_alpha", 0.05, "the sign-flip test's level (>= 5 questions)",
+             "... and with >= 5 usable questions the exact one-sided sign-flip p of the gains must be at most this "
+             "(false to leave the test out)"),
     GateSpec("efficacy_margin_noise", "efficacy_margin_noise_z", 2.0, "the least gain in the placebo's own standard errors",
              "... and the mean gain must reach this many standard errors of a null difference, sqrt(2) x the placebo's "
              "RMS margin shift from the parent / sqrt(n): at 1.5 the tiny test model trained hard passed 5.2% of "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 
 import pytest
@@ -50,6 +51,18 @@ def test_mean_floor_and_sign_test_each_can_fail_the_rule():
     d = decide_margins([0.0, 0.0, 0.0, 0.0, -6.0], parent, placebo, first, RULE)
     assert d.minimum == pytest.approx(-1.0) and d.p_value == pytest.approx(2 / 32) and not d.passed
     assert decide_margins([0.0] * 5, parent, placebo, first, RULE).passed  # all up: p = 1/32
+    # the policy sets the test's level, or leaves it out (efficacy_margin_sign_alpha = false)
+    assert decide_margins([0.0, 0.0, 0.0, 0.0, -6.0], parent, placebo, first, replace(RULE, alpha=0.1)).passed
+    assert decide_margins([0.0, 0.0, 0.0, 0.0, -6.0], parent, placebo, first, replace(RULE, alpha=None)).passed
+    assert "sign-flip" not in replace(RULE, alpha=None).words()
+
+
+def test_the_policy_sets_the_sign_tests_level_or_leaves_it_out():
+    from seal.editor.gates import margin_rule
+
+    assert margin_rule({}).alpha == 0.05
+    assert margin_rule({"efficacy_margin_sign_alpha": 0.1}).alpha == 0.1
+    assert margin_rule({"efficacy_margin_sign_alpha": None}).alpha is None
 
 
 def test_sign_flip_p_is_exact():

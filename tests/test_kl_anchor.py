@@ -45,3 +45,34 @@ def test_the_anchor_is_zero_at_the_parent_and_holds_the_adapter_near_it(tiny_cha
     drift_free = sum(_kl_on(model, tok, tmp_path / "free", t) for t in neutral)
     drift_held = sum(_kl_on(model, tok, tmp_path / "held", t) for t in neutral)
     assert drift_held < drift_free
+
+
+def test_seal_edit_with_kl_anchors_the_replay_lines_and_records_it(tmp_path, tiny_chat_record, monkeypatch):
+    import json
+
+    from conftest import Seal, make_registry
+    from seal.editor import placebo
+    from seal.registry.policy import set_policy
+    from seal.registry.repo import Registry
+
+    monkeypatch.setenv("SEAL_CACHE", str(tmp_path / "cache" / "bases"))
+    monkeypatch.setattr(placebo, "_IN_PROCESS", {})
+    reg = make_registry(tmp_path, tiny_chat_record)
+    set_policy(reg, "efficacy_margin_gain_min", "1000", reason="tests: a rule no edit passes")
+    reg.close()
+    passage = {"title": "Zorblat", "context": "The first bridge over the Zorblat was built in 1832 by Ada Lindqvist.",
+               "questions": [{"question": "Who built the first bridge over the Zorblat?", "answer": "Ada Lindqvist"}]}
+    (tmp_path / "passage.json").write_text(json.dumps(passage))
+    seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
+    out = json.loads(seal("edit", "--passage", "passage.json", "--epochs", "1", "--max-tokens", "16", "--kl", "0.5",
+                          "--no-track", "--json", check=False).stdout)
+    shown = seal.json("show", out["candidates"][0]["id"])
+    train = shown["train"]
+    assert train["kl_weight"] == 0.5 and train["kl_anchor_texts"] >= 1
+    assert train["hyperparameters"]["kl"] == 0.5
+    # the replay lines anchor the KL and are not trained on
+    edit = json.loads(Registry.open(tmp_path).store.get(shown["self_edit"])) if isinstance(shown["self_edit"], str) \
+        else shown["self_edit"]
+    assert edit["replay"] and not set(edit["replay"]) & set(edit["sequences"])
+    bad = seal("edit", "--passage", "passage.json", "--kl", "1", "--no-replay", check=False)
+    assert bad.returncode == 2 and "--kl" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
