@@ -10,12 +10,13 @@ then measured four ways:
   questions, corrected by a placebo: the same condition's adapter of the *previous* passage, which
   never saw this one. The engine's rule (:class:`seal.editor.efficacy.MarginRule`) judges it;
 - **null pairs**: on passage ``i``'s questions, two adapters of earlier passages (disjoint pairs
-  among the ``--window`` before it) judged as candidate and placebo: a pass is a false pass. The
-  same pairs judge the rule's variants (``rule_grid``), so the rule is chosen on null edits too;
-- **retention in the same units**: the margin change against the base on the questions of the
-  ``--window`` (>= 20) passages after it, which it never saw (a one-sided non-inferiority
-  figure: the lower 95% bound of the mean change), beside the retention set's accuracy (200
-  Wikidata facts) against the base;
+  among the ``--null-window`` before it, 6: three pairs a passage) judged as candidate and
+  placebo: a pass is a false pass. The same pairs judge the rule's variants (``null_false_pass``
+  per rule), so the rule is chosen on null edits too;
+- **retention in the same units**: the margin change against the base on the first question of
+  each of the ``--window`` (20) passages after it, which it never saw (its mean per adapter, with
+  a bootstrap CI over adapters: the one-sided non-inferiority figure is its lower bound), beside
+  the retention set's accuracy (200 Wikidata facts) against the base;
 - **KL to the base** on generic prompts (neutral text and chat-formatted requests, none of them
   used in training): mean next-token KL(base || adapter), nats.
 
@@ -160,6 +161,7 @@ def run(args) -> None:
     base_m = [answer_margins(model, tok, q) for q in qsets]
     out = open(args.out, "a", encoding="utf-8")
     out.write(json.dumps({"base": True, "model": base.name, "passages": n, "window": args.window,
+                          "null_window": args.null_window,
                           "margins": [m for m, _ in base_m], "first": [f for _, f in base_m],
                           "retention": float(retention_outcomes(model, tok, items).correct.mean())}) + "\n")
     shard, shards = args.shard
@@ -169,7 +171,10 @@ def run(args) -> None:
         t0 = time.perf_counter()
         item["_written"] = written(model, tok, item, seed=i)
         reflect_s = time.perf_counter() - t0
-        window = [(i + d) % n for d in range(args.window + 1)]  # itself, then the passages after it
+        # itself and the --null-window passages after it, every question (the placebo and null pairs
+        # of later passages read these); the first question of each of the --window after it (retention)
+        full = [(i + d) % n for d in range(args.null_window + 1)]
+        firsts = [(i + d) % n for d in range(args.null_window + 1, args.window + 1)]
         for name in args.conditions:
             cond = CONDITIONS[name]
             seqs, replay = self_edit_sequences(model, tok, item, i, pool, cond)
@@ -183,7 +188,12 @@ def run(args) -> None:
                    "n_sequences": len(seqs)}
             if rec["diverged"] is None:
                 with attached(model, folder) as m:
-                    row["margins"] = {str(j): answer_margins(m, tok, qsets[j])[0] for j in window}
+                    asked = [q for j in full for q in qsets[j]] + [qsets[j][0] for j in firsts]
+                    got = answer_margins(m, tok, asked)[0]
+                    row["margins"], at = {}, 0
+                    for j in full + firsts:
+                        size = len(qsets[j]) if j in full else 1
+                        row["margins"][str(j)], at = got[at:at + size], at + size
                     row["retention"] = float(retention_outcomes(m, tok, items).correct.mean())
                     row["kl_generic"] = kl_to_base(m, tok, generic, base_lp)
                 shutil.rmtree(folder)  # the bench's own adapter, measured: 39 MB each on SmolLM2
@@ -249,8 +259,8 @@ def condition_rows(base: dict, rows: dict[int, dict], rules: dict) -> dict[int, 
             continue
         verdicts = {name: _judge(rule, row, placebo, base, i) for name, rule in rules.items()}
         d = verdicts[next(iter(rules))]
-        others = [j for j in (int(k) for k in row["margins"]) if j != i]
-        ret_m = [c - b for j in others for c, b in zip(row["margins"][str(j)], base["margins"][j])]
+        others = [j for j in (int(k) for k in row["margins"]) if j != i]  # the first question of each
+        ret_m = [row["margins"][str(j)][0] - base["margins"][j][0] for j in others]
         out[i] = {"passed": {k: v.passed for k, v in verdicts.items()}, "gain": d.mean, "n": d.n,
                   "retention_margin": sum(ret_m) / len(ret_m), "retention_drop": base["retention"] - row["retention"],
                   "kl_generic": row["kl_generic"], "train_s": row["train_s"]}
@@ -258,11 +268,12 @@ def condition_rows(base: dict, rows: dict[int, dict], rules: dict) -> dict[int, 
 
 
 def null_pairs(base: dict, rows: dict[int, dict], rules: dict) -> dict[str, list[bool]]:
-    n, window = base["passages"], base["window"]
+    n, window = base["passages"], base["null_window"]
     out = {name: [] for name in rules}
     for i in range(n):
         earlier = [(i - d) % n for d in range(1, window + 1)]
-        seen = [j for j in earlier if j in rows and "margins" in rows[j] and str(i) in rows[j]["margins"]]
+        seen = [j for j in earlier if j in rows and "margins" in rows[j]
+                and len(rows[j]["margins"].get(str(i), [])) == len(base["margins"][i])]
         for j, k in zip(seen[0::2], seen[1::2]):
             for name, rule in rules.items():
                 d = _judge(rule, rows[j], rows[k], base, i)
@@ -313,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--base", default=None, help="a base seal can load (default: the embedded SmolLM2)")
     ap.add_argument("--conditions", default="default,kl,epochs-4+kl")
-    ap.add_argument("--window", type=int, default=20, help="passages after each whose questions measure retention")
+    ap.add_argument("--window", type=int, default=20,
+                    help="passages after each whose first question measures retention")
+    ap.add_argument("--null-window", type=int, default=6,
+                    help="passages after each scored on every question (placebos and null pairs of later passages)")
     ap.add_argument("--retention-items", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shard", default="0/1")
@@ -335,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         args.work = tempfile.mkdtemp(prefix="seal-sweep-")
-    if args.window >= args.limit:
-        ap.error("--window must be below --limit")
+    if not 1 <= args.null_window <= args.window < args.limit:
+        ap.error("need 1 <= --null-window <= --window < --limit")
     run(args)
     return 0
 
