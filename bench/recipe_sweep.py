@@ -159,6 +159,7 @@ def run(args) -> None:
     base_lp = base_logprobs(model, tok, generic)
     pool = base_continuations(model, tok)
     base_m = [answer_margins(model, tok, q) for q in qsets]
+    done = {(r["condition"], r["passage"]) for r in _rows(args.out)}  # a rerun goes on where one stopped
     out = open(args.out, "a", encoding="utf-8")
     out.write(json.dumps({"base": True, "model": base.name, "passages": n, "window": args.window,
                           "null_window": args.null_window,
@@ -168,6 +169,9 @@ def run(args) -> None:
     work = Path(args.work)
     for i in range(shard, n, shards):
         item = dict(passages[i])
+        todo = [name for name in args.conditions if (name, i) not in done]
+        if not todo:
+            continue
         t0 = time.perf_counter()
         item["_written"] = written(model, tok, item, seed=i)
         reflect_s = time.perf_counter() - t0
@@ -175,7 +179,7 @@ def run(args) -> None:
         # of later passages read these); the first question of each of the --window after it (retention)
         full = [(i + d) % n for d in range(args.null_window + 1)]
         firsts = [(i + d) % n for d in range(args.null_window + 1, args.window + 1)]
-        for name in args.conditions:
+        for name in todo:
             cond = CONDITIONS[name]
             seqs, replay = self_edit_sequences(model, tok, item, i, pool, cond)
             folder = work / f"{name}-{i}"
@@ -205,6 +209,12 @@ def run(args) -> None:
 
 
 # ---------------------------------------------------------------------------- the summary
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if not r.get("base")]
 
 
 def _boot(values: list[float], reps: int = 4000, seed: int = 20261207) -> tuple[float, float, float]:

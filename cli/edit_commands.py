@@ -46,7 +46,7 @@ def edit(
     temperature: float = typer.Option(recipe.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature of the self-edits (0: greedy)."),
     filter_lines: bool = typer.Option(recipe.DEFAULT_FILTER, "--filter/--no-filter", help="Drop self-edit lines the passage does not support (under half their words in it) before training; the dropped lines are recorded."),
     replay: bool = typer.Option(recipe.DEFAULT_REPLAY, "--replay/--no-replay", help="Mix the base's own continuations of neutral prompts into the training data, against forgetting (recorded as 'replay')."),
-    kl: float = typer.Option(recipe.DEFAULT_KL, "--kl", metavar="WEIGHT", help="Above 0: the replay lines anchor a KL penalty to the parent (this weight x KL per step) instead of being trained on (recorded as 'kl')."),
+    kl: float = typer.Option(recipe.DEFAULT_KL, "--kl", metavar="WEIGHT", help="Above 0: the replay lines and a few chat prompts anchor a KL penalty to the parent (this weight x KL per step), and the replay lines are not trained on; 0: replay lines are trained on (recorded as 'kl')."),
     restate: bool = typer.Option(recipe.DEFAULT_RESTATE, "--restate/--no-restate", help="Also train on the passage's own sentences, each under its title (recorded as 'restated')."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling of the self-edits."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per self-edit."),

@@ -61,7 +61,7 @@ DISTRACTORS = 10
 #: The defaults of the rule (policy keys ``efficacy_margin_gain_min``, ``efficacy_margin_floor``).
 MEAN_MIN = 0.5
 FLOOR = -1.5
-ALPHA = 0.05
+ALPHA = 0.10
 SIGN_TEST_MIN = 5
 NOISE_Z = 2.0
 

@@ -85,8 +85,6 @@ def check_edit_request(req, base_row: dict | None) -> None:
     check_number("--max-tokens", req.max_new_tokens, low=1, high=4096, integer=True)
     check_number("--seed", req.seed, low=0, high=2**32 - 1, integer=True)
     check_number("--kl", req.kl, low=0, high=1e4)
-    if req.kl > 0 and not req.replay:
-        raise UserError("--kl anchors on the replay lines; drop --no-replay (or give --kl 0)")
     if req.style not in STYLES:
         raise UserError(f"--style must be one of {', '.join(STYLES)}, not {req.style!r}")
     check_device_name(req.device)

@@ -37,9 +37,10 @@ DEFAULT_RESTATE = True
 # each accepted edit's forgetting adds up along a branch, and replay cut it by two thirds in the
 # recipe sweep at the same F1.
 DEFAULT_REPLAY = True
-# > 0: the replay lines anchor a KL penalty to the parent, this weight times KL(parent || adapter)
-# per step (editor/kl_anchor.py), instead of being trained on. bench/recipe_sweep.py compares the two.
-DEFAULT_KL = 0.0
+# > 0: the replay lines (with --replay) and a few chat prompts anchor a KL penalty to the parent,
+# this weight times KL(parent || adapter) per step (editor/kl_anchor.py), and the replay lines are
+# not trained on. bench/recipe_sweep.py compares it with replay trained on (README, the recipe sweep).
+DEFAULT_KL = 1.0
 
 
 @dataclass

@@ -100,17 +100,18 @@ def test_edit_records_an_accepted_version(edit_registry):
     assert _blob(seal, v["trigger"]).read_text() == json.dumps(PASSAGE)
     self_edit = json.loads(_blob(seal, v["self_edit"]).read_text())
     # The default recipe: the kept lines and the passage's own sentences under the title, the
-    # passage, then the base's replay lines (editor/replay.py), all recorded.
+    # passage; the base's replay lines (editor/replay.py) are drawn and recorded, and anchor the KL
+    # penalty to the parent (editor/kl_anchor.py) instead of being trained on.
     written = len(self_edit["lines"]) + len(self_edit["restated"])
     assert self_edit["sequences"][written].endswith(PASSAGE["context"]) and self_edit["style"] == "implications"
     assert self_edit["restated"] == [s if s.endswith(".") else s + "." for s in
                                      (x.strip() for x in PASSAGE["context"].split(". ") if x.strip())][:2]
     from seal.editor.replay import NEUTRAL_PROMPTS
-    assert self_edit["replay"] and self_edit["sequences"][written + 1:] == self_edit["replay"]
+    assert self_edit["replay"] and len(self_edit["sequences"]) == written + 1
+    assert v["train"]["kl_weight"] == 1.0 and v["train"]["kl_anchor_texts"] > len(self_edit["replay"])
     assert all(any(line.startswith(p) for p in NEUTRAL_PROMPTS) for line in self_edit["replay"])
     # --filter (the default): every generated line is either trained on or recorded as dropped.
     assert sorted(self_edit["lines"] + self_edit["dropped"]) == sorted(split_self_edit_lines(self_edit["generated"]))
-    assert len(self_edit["sequences"]) == written + 1 + len(self_edit["replay"])
     suites = {(s["suite"], s["metric"], s["against"]) for s in v["scores"]}
     # retention also in the efficacy margin's units (nats), the candidate's, the parent's and the base's
     assert {("retention", "margin", None), ("retention", "margin", "parent"), ("retention", "margin", "base")} <= \

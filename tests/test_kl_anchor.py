@@ -74,5 +74,5 @@ def test_seal_edit_with_kl_anchors_the_replay_lines_and_records_it(tmp_path, tin
     edit = json.loads(Registry.open(tmp_path).store.get(shown["self_edit"])) if isinstance(shown["self_edit"], str) \
         else shown["self_edit"]
     assert edit["replay"] and not set(edit["replay"]) & set(edit["sequences"])
-    bad = seal("edit", "--passage", "passage.json", "--kl", "1", "--no-replay", check=False)
+    bad = seal("edit", "--passage", "passage.json", "--kl", "-1", check=False)
     assert bad.returncode == 2 and "--kl" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
