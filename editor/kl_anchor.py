@@ -35,10 +35,18 @@ class _Snapshot:
 
 def _coarse(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     """log-probabilities of the ``top`` tokens and of the rest, ``[T, K + 1]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    # at least float32 (a float64 model stays float64: the batched-training test compares in it)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     picked = logp.gather(-1, top)
     rest = torch.log1p(-picked.exp().sum(-1).clamp(max=1 - 1e-6))
     return torch.cat([picked, rest.unsqueeze(-1)], dim=-1)
+
+
+def kl_from_logits(logits: torch.Tensor, snap: _Snapshot) -> torch.Tensor:
+    """KL(parent || model) per position, averaged, from the model's logits ``[T-1, V]`` on ``snap``'s text."""
+    logq = _coarse(logits, snap.top)
+    p = snap.logp.exp()
+    return (p * (snap.logp - logq)).sum(-1).mean()
 
 
 @dataclass(frozen=True)
@@ -66,12 +74,10 @@ class Anchor:
     def kl(self, model: Any, step: int) -> torch.Tensor:
         """KL(parent || model) per position, averaged, on the anchor text for this ``step``."""
         snap = self.snapshots[step % len(self.snapshots)]
-        logq = _coarse(model(input_ids=snap.ids).logits[0, :-1], snap.top)
-        p = snap.logp.exp()
-        return (p * (snap.logp - logq)).sum(-1).mean()
+        return kl_from_logits(model(input_ids=snap.ids).logits[0, :-1], snap)
 
     def __bool__(self) -> bool:
         return bool(self.snapshots)
 
 
-__all__ = ["Anchor", "TOP_K"]
+__all__ = ["Anchor", "kl_from_logits", "TOP_K"]

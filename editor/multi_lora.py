@@ -4,7 +4,9 @@ On a GPU, a 135M model's training step is bound by kernel launches and Python, n
 four candidates one after the other cost four times one. Here the K candidates share every
 forward pass instead: row group ``k`` of the batch is candidate ``k``'s step, and a forward hook
 on each targeted linear layer adds that group's own ``scale·B_k·A_k·x`` (a batched matmul over
-the groups). Each candidate keeps its own parameters, optimizer group (AdamW, its own linear
+the groups). With the KL anchor (``--kl``), a second batched forward per step scores row ``k``
+= candidate ``k``'s anchor text for the step, and each candidate's loss adds its own KL to the
+parent, as :func:`seal.editor.train.train_adapter` does. Each candidate keeps its own parameters, optimizer group (AdamW, its own linear
 decay), gradient clipping, loss and divergence check; the loss summed over candidates gives each
 candidate exactly its own gradient, since rows never interact. Initialisation (PEFT's, under the
 candidate's seed), data order, steps and the saved files are those of
@@ -36,6 +38,8 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 
 from .attach import SAVED_PREFIX, UNSUPPORTED_KEYS
 from .generation import seeded
+from .kl_anchor import Anchor, kl_from_logits
+from .replay import anchor_texts
 from .train import (attach_trainable, epoch_batches, encode, LossLog, quiet_peft, save_adapter, train_record,
                     weights_diverged, detach_adapters)
 
@@ -57,6 +61,7 @@ class Lane:
     log: LossLog
     lengths: list[int] = field(default_factory=list)
     done: bool = False
+    anchor: Any = None  # the parent's distributions on this candidate's KL anchor texts (kl_anchor.Anchor)
 
     def params(self) -> list[torch.nn.Parameter]:
         return [*self.a.values(), *self.b.values()]
@@ -75,8 +80,9 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
         def on_losses(first, values, c=c):
             if tracker is not None:
                 tracker.log_losses(c.run_id, first, values)
-        lanes.append(_lane(model, tok, c.index, c.seed, c.self_edit.sequences, parent_dir, req, on_losses))
-    _fit_together(model, lanes, tok, run_device, lr=req.lr, on_step=on_step)
+        texts = anchor_texts(tok, c.self_edit.replay or []) if req.kl else ()
+        lanes.append(_lane(model, tok, c.index, c.seed, c.self_edit.sequences, parent_dir, req, on_losses, texts))
+    _fit_together(model, lanes, tok, run_device, lr=req.lr, on_step=on_step, kl_weight=req.kl)
     records = []
     for lane, c in zip(lanes, candidates):
         diverged = lane.log.diverged or weights_diverged(lane.params())
@@ -89,11 +95,13 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
                                trainable=sum(p.numel() for p in lane.params()))
         record["seconds"] = round(time.perf_counter() - started, 3)
         record["batched_with"] = len(candidates)
+        if lane.anchor:
+            record.update(kl_weight=req.kl, kl_anchor_texts=len(lane.anchor.snapshots))
         records.append(record)
     return records
 
 
-def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_losses) -> Lane:
+def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_losses, texts=()) -> Lane:
     """A candidate's starting factors exactly as train_adapter would attach them (same seed, same init)."""
     data = encode(tok, sequences, 512)
     if not data:
@@ -105,6 +113,7 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
         try:
             config = peft_model.peft_config["default"]
             named = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+            anchor = Anchor.record(peft_model, tok, texts) if texts else None  # the parent, before a step
         finally:
             detach_adapters(peft_model)
     a, b = {}, {}
@@ -117,11 +126,11 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
             raise ValueError(f"batched training handles plain LoRA factors only, not {name}")
     return Lane(index=index, seed=seed, a=a, b=b, batches=epoch_batches(data, req.batch_size, req.epochs, seed),
                 n_tokens=sum(len(d) for d in data), n_sequences=len(data), config=config,
-                log=LossLog(on_losses, 1.0), lengths=[len(d) for d in data])
+                log=LossLog(on_losses, 1.0), lengths=[len(d) for d in data], anchor=anchor or None)
 
 
 def _fit_together(model, lanes: list[Lane], tok, device: torch.device, *, lr: float,
-                  on_step: Callable[[], None] | None) -> None:
+                  on_step: Callable[[], None] | None, kl_weight: float = 0.0) -> None:
     """Every lane's AdamW steps, lanes with steps left sharing one forward/backward per step."""
     groups = [{"params": lane.params()} for lane in lanes]
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -140,7 +149,7 @@ def _fit_together(model, lanes: list[Lane], tok, device: torch.device, *, lr: fl
             if not active:
                 break
             state.lanes, state.scale = active, [scale[id(lane)] for lane in active]
-            losses = _step(model, active, step, pad_id, device)
+            losses = _step(model, active, step, pad_id, device, kl_weight)
             for lane in active:
                 torch.nn.utils.clip_grad_norm_(lane.params(), 1.0)
             optimizer.step()
@@ -186,7 +195,21 @@ def _hook(name: str, state: _HookState):
     return add_lora
 
 
-def _step(model, active: list[Lane], step: int, pad_id: int, device: torch.device) -> list[torch.Tensor]:
+def _anchor_kl(model, active: list[Lane], step: int, pad_id: int, device: torch.device) -> list[torch.Tensor]:
+    """Each lane's KL to the parent on its anchor text for ``step``, one batched forward."""
+    snaps = [lane.anchor.snapshots[step % len(lane.anchor.snapshots)] for lane in active]
+    width = max(s.ids.shape[1] for s in snaps)
+    input_ids = torch.full((len(snaps), width), pad_id, dtype=torch.long, device=device)
+    attention = torch.zeros((len(snaps), width), dtype=torch.long, device=device)
+    for row, s in enumerate(snaps):
+        input_ids[row, :s.ids.shape[1]] = s.ids[0]
+        attention[row, :s.ids.shape[1]] = 1
+    logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+    return [kl_from_logits(logits[row, :s.ids.shape[1] - 1], s) for row, s in enumerate(snaps)]
+
+
+def _step(model, active: list[Lane], step: int, pad_id: int, device: torch.device,
+          kl_weight: float = 0.0) -> list[torch.Tensor]:
     """One forward and backward for every active lane; each lane's loss stays on the device."""
     rows = max(len(lane.batches[step]) for lane in active)
     batch, owned = [], []
@@ -214,6 +237,9 @@ def _step(model, active: list[Lane], step: int, pad_id: int, device: torch.devic
     counted = (shift_labels != -100).float()
     losses = [per_token[i * rows:(i + 1) * rows].sum() / counted[i * rows:(i + 1) * rows].sum()
               for i in range(len(active))]
+    if kl_weight and all(lane.anchor for lane in active):
+        kls = _anchor_kl(model, active, step, pad_id, device)
+        losses = [loss + kl_weight * kl for loss, kl in zip(losses, kls)]
     torch.stack(losses).sum().backward()
     return [loss.detach() for loss in losses]
 

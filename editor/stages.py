@@ -117,7 +117,7 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
             f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
         for c in candidates:
             c.run_id = _open_run(session, attempt, c, len(candidates), hyper)
-        if _batched(session, candidates, req):
+        if _batched(session, candidates):
             from .multi_lora import train_together
 
             records = train_together(session, attempt, candidates, req, on_step=stage.advance)
@@ -143,11 +143,10 @@ def with_replay(session, candidates: list[Candidate], *, anchored: bool = False)
                 c.self_edit.sequences = c.self_edit.sequences + c.self_edit.replay
 
 
-def _batched(session, candidates: list[Candidate], req) -> bool:
+def _batched(session, candidates: list[Candidate]) -> bool:
     # One batched pass pays off where a step is launch-bound (a GPU); on a CPU the work is the
-    # arithmetic itself, and candidates one after the other cost the same. The KL anchor trains
-    # one adapter at a time.
-    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda") and not req.kl
+    # arithmetic itself, and candidates one after the other cost the same.
+    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda")
 
 
 def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:

@@ -388,20 +388,22 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
 
     from seal.editor.candidate import Candidate, SelfEdit
     from seal.editor.multi_lora import train_together
+    from seal.editor.replay import anchor_texts
     from seal.editor.request import EditRequest
 
     seqs = [[f"{TITLE}\n{PASSAGE}", f"{TITLE}\nThe bridge dates from 1832."],
             [f"{TITLE}\nAda Lindqvist built it."],
             [f"{TITLE}\n{PASSAGE}", "Quenmar.", f"{TITLE}\nMount Velder is tall."]]
-    req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2)
     model = copy.deepcopy(tiny.model).to(torch.float64)
     parent = train.train_adapter(model, tiny.tokenizer, seqs[0], out_dir=tmp_path / "parent", r=4, alpha=8,
                                  lr=1e-2, epochs=1, seed=9)
     assert parent["diverged"] is None
     # The longest sum behind one gradient element: every token of a batch times the widest layer.
-    longest_sum = req.batch_size * 512 * max(model.config.hidden_size, model.config.intermediate_size)
-    for parent_dir in (None, tmp_path / "parent"):
-        work = tmp_path / ("fresh" if parent_dir is None else "child")
+    longest_sum = 2 * 512 * max(model.config.hidden_size, model.config.intermediate_size)
+    # from a fresh LoRA and from a parent; without and with the KL anchor (its chat prompts here)
+    for parent_dir, kl in ((None, 0.0), (tmp_path / "parent", 0.0), (None, 1.0), (tmp_path / "parent", 1.0)):
+        req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2, kl=kl)
+        work = tmp_path / f"{'fresh' if parent_dir is None else 'child'}-{kl}"
         work.mkdir()
         session = SimpleNamespace(model=model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
                                   base=SimpleNamespace(name="tiny"))
@@ -411,8 +413,10 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
         for i, (c, rec) in enumerate(zip(cands, together)):
             alone = train.train_adapter(model, tiny.tokenizer, c.self_edit.sequences, out_dir=work / f"alone{i}",
                                         parent_adapter_dir=parent_dir, r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2,
-                                        seed=c.seed, base_name="tiny")
+                                        seed=c.seed, base_name="tiny",
+                                        anchor_texts=anchor_texts(tiny.tokenizer, []) if kl else (), kl_weight=kl)
             assert rec["steps"] == alone["steps"] and rec["batched_with"] == 3
+            assert rec.get("kl_anchor_texts") == alone.get("kl_anchor_texts")
             # transformers takes the loss in float32: a mean over up to batch_size * 512 token losses.
             loss_rel = req.batch_size * 512 * torch.finfo(torch.float32).eps
             assert rec["losses"] == pytest.approx(alone["losses"], rel=loss_rel, abs=0)
