@@ -90,7 +90,7 @@ class Candidate:
 class Attempt:
     """One trigger being served: the parents, the ref to move, the policy, the data, the timings."""
 
-    kind: str  # edit | merge | consolidate
+    kind: str  # edit | merge | consolidate | import
     parents: list[str]
     ref: str | None  # the ref to move to the winner (None: record only)
     expected: str | None  # where that ref must still point
@@ -112,6 +112,7 @@ class Attempt:
     # The candidate whose recipe the placebo repeats (None: the first live one). A Ray worker
     # scoring one candidate is given candidate 0's, so its placebo is the serial run's.
     placebo_of: Any = None
+    candidates: list[Candidate] = field(default_factory=list)  # as seal.editor.attempt.run_attempt left them
 
 
 __all__ = ["SelfEdit", "Parent", "Candidate", "Attempt"]

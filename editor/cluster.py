@@ -279,8 +279,8 @@ class ProbeSet:
 
 @dataclass
 class DriverSession:
-    """What :func:`seal.editor.loop.edit_attempt` and :func:`seal.editor.record.record` need of a
-    session, without a model: the driver records, the workers compute."""
+    """What :func:`seal.editor.attempt.edit_attempt` and :func:`seal.editor.attempt.run_attempt` need
+    of a session, without a model: the driver records, the workers compute."""
 
     reg: Any
     base_row: dict
@@ -331,14 +331,13 @@ class Workers:
 @contextlib.contextmanager
 def cluster(reg, req, progress) -> Iterator[tuple[Workers, DriverSession]]:
     """Ray, the workers (opened on first use), and the driver's session, for one command."""
-    from seal.registry.policy import read_policy, record_policy
-
+    from .attempt import current_policy
     from .writer import precheck
 
     # --writer and --self-edits resolved and read here, once: the jobs carry what they name (a
     # writer version's id, a file's bytes), so a worker needs neither the driver's refs nor its files.
     precheck(reg, req)
-    known = record_policy(reg, read_policy(reg))
+    known = current_policy(reg).digest
     spec = WorkerSpec(seal_dir=str(reg.seal_dir.resolve()) if reg.seal_dir else None, config=reg.config,
                       db_url=reg.database_url, objects_url=reg.objects_url, known_blob=known,
                       device=req.device, require_gpu=req.require_gpu, threads=req.threads, fast=req.fast)
@@ -464,10 +463,7 @@ class Run:
 
     def _begin(self, lane: Lane, item: Item) -> None:
         """Skip it, refuse it (secrets), or start its attempt on the lane's tip now."""
-        from seal.registry.policy import read_policy, record_policy
-
-        from .loop import edit_attempt, pii_allowed
-        from .record import record_refusal
+        from .attempt import edit_attempt, pii_allowed, refuse
         from .stream import done_triggers
 
         reg, head = self.driver.reg, _head(item)
@@ -481,9 +477,7 @@ class Run:
             self.emit({**head, "skipped": True})
             return
         if item.findings and not self.req.allow_pii:
-            policy = read_policy(reg)
-            record_policy(reg, policy)
-            result = record_refusal(reg, item.trigger, self.req.message, item.findings, item.row, (lane.ref, tip), policy)
+            result = refuse(reg, item.trigger, self.req.message, item.findings, item.row, (lane.ref, tip))
             lane.done.add(item.key)
             self.emit({**head, "skipped": False, **result})
             return
@@ -549,36 +543,30 @@ class Run:
 
     def _open_runs(self, flight: Flight) -> None:
         """The candidates' MLflow runs, opened here (the workers do not track)."""
-        from .stages import hyperparameters, run_params
+        from .stages import hyperparameters, open_run
 
-        tracker, attempt, k = self.driver.tracker, flight.attempt, len(flight.self_edits)
+        k = len(flight.self_edits)
         for i in range(k):
-            run = None
-            if tracker is not None:
-                c = Candidate(index=i, seed=self.req.seed + i)
-                run = tracker.start_run(f"{attempt.kind} {attempt.title or attempt.parent.vid[:12]} c{i + 1}/{k}",
-                                        parent=attempt.run_id, tags={"seal.kind": attempt.kind, "seal.candidate": i + 1},
-                                        params=run_params(self.driver, attempt, c, hyperparameters(self.req)))
-            flight.runs[i] = run
+            c = Candidate(index=i, seed=self.req.seed + i)
+            flight.runs[i] = open_run(self.driver, flight.attempt, c, k, hyperparameters(self.req))
 
     def _finish(self, flight: Flight) -> None:
         """Decide and record the attempt (every candidate once, the winner with its branch move)."""
-        from .record import record
-        from .stages import decide, outrank
+        from .attempt import run_attempt
 
-        reg, lane = self.driver.reg, self._lane(flight.item.ref)
+        lane = self._lane(flight.item.ref)
+        timings = flight.attempt.timings
+        for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
+            timings[key] = sum(r["timings"][key] for r in flight.results.values() if isinstance(r, dict))
+        self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
         folder = Path(tempfile.mkdtemp(prefix="attempt-", dir=self.driver.work))
         try:
-            candidates = [self._candidate(flight, i, folder) for i in range(len(flight.self_edits))]
-            timings = flight.attempt.timings
-            for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
-                timings[key] = sum(r["timings"][key] for r in flight.results.values() if isinstance(r, dict))
-            self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
-            outrank(flight.attempt, candidates)  # workers probe every candidate; record as the serial run does
-            result = record(self.driver, flight.attempt, candidates, decide(candidates))
+            # The workers probed every candidate; run_attempt ranks them as the serial run does.
+            result = run_attempt(self.driver, flight.attempt, scored=True,
+                                 make=lambda: [self._candidate(flight, i, folder) for i in range(len(flight.self_edits))])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        for doc, r in zip(result["candidates"], (flight.results[i] for i in range(len(candidates)))):
+        for doc, r in zip(result["candidates"], (flight.results[i] for i in range(len(flight.self_edits)))):
             doc["worker"] = r.worker if isinstance(r, WorkerLost) else r["worker"]
         lane.done.add(flight.item.key)
         lane.flight = None

@@ -263,9 +263,7 @@ def heldout_side(session, heldout: list, writer: Writer, edit: EditRequest, pare
 def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, side: Side) -> None:
     from seal.registry.objects import blob_digest
 
-    from .loop import edit_attempt
-    from .record import record
-    from .stages import decide, reflect, score, train
+    from .attempt import edit_attempt, run_edit_attempt
     from .trigger import secrets_audit
 
     _, row = secrets_audit(trigger, req.message)
@@ -273,14 +271,8 @@ def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, s
     attempt.message = f"learn: held-out edit, self-edits by the {info['side']} writer" + \
         (f" on '{trigger.title}'" if trigger.title else "")
     attempt.extra["learn"] = {k: v for k, v in info.items() if v is not None}
-    try:
-        candidates = train(session, attempt, reflect(session, attempt, trigger, req), req)
-        score(session, attempt, candidates)
-        record(session, attempt, candidates, decide(candidates))
-    except BaseException:
-        if session.tracker is not None:
-            session.tracker.kill_open_runs()
-        raise
+    run_edit_attempt(session, attempt, trigger, req)
+    candidates = attempt.candidates
     digest = blob_digest(trigger.raw)
     gains = [_gain(c) for c in candidates]
     finite = [g for g in gains if g is not None]
@@ -409,10 +401,9 @@ def learn_step(session, lreq: LearnRequest, dataset: Dataset, heldout: list, par
     new_side = heldout_side(session, heldout, new, lreq.edit, parent, {**info, "side": "new"}, cache)
     old_side = heldout_side(session, heldout, old, lreq.edit, parent, {**info, "side": "old"}, cache)
     timings["heldout_s"] = time.perf_counter() - t
-    from seal.registry.policy import read_policy, record_policy
+    from .attempt import current_policy
 
-    policy = read_policy(reg)
-    record_policy(reg, policy)
+    policy = current_policy(reg)
     t = time.perf_counter()
     audit, scores, gain = writer_gates(session, new, dataset, new_side, old_side, policy)
     timings["gates_s"] = time.perf_counter() - t

@@ -115,7 +115,7 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     with timed(attempt, "train_s"), session.progress.stage(
             f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
         for c in candidates:
-            c.run_id = _open_run(session, attempt, c, len(candidates), hyper)
+            c.run_id = open_run(session, attempt, c, len(candidates), hyper)
         if _batched(session, candidates):
             from .multi_lora import train_together
 
@@ -164,7 +164,8 @@ def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
     )
 
 
-def _open_run(session, attempt: Attempt, c: Candidate, k: int, params: dict) -> str | None:
+def open_run(session, attempt: Attempt, c: Candidate, k: int, params: dict) -> str | None:
+    """Candidate ``c``'s MLflow run (one of ``k``), under the attempt's run; None when not tracking."""
     if session.tracker is None:
         return None
     name = f"{attempt.kind} {attempt.title or attempt.parent.vid[:12]} c{c.index + 1}/{k}"
@@ -577,4 +578,4 @@ def decide(candidates: list[Candidate]) -> int | None:
 
 
 __all__ = ["reflect", "train", "score", "decide", "outrank", "gauge", "void", "efficacy_rows", "hyperparameters", "timed",
-           "measure_parent", "run_params"]
+           "measure_parent", "run_params", "open_run"]
