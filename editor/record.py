@@ -18,9 +18,11 @@ import time
 from dataclasses import asdict
 
 from seal.registry import refs as R
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import RefConflict
-from seal.registry.objects import build_manifest, canonical_json, score_value
+from seal.registry.objects import build_manifest, canonical_json
 from seal.registry.repo import RefMove
+from seal.registry.vocabulary import EFFICACY_NLL_DROP
 
 from .candidate import Attempt, Candidate
 from .stages import timed
@@ -45,8 +47,8 @@ def _store(reg, c: Candidate) -> dict:
     if c.adapter_dir is None:
         return {}
     return {
-        "weights": reg.store.put_file(c.adapter_dir / "adapter_model.safetensors"),
-        "config": json.loads((c.adapter_dir / "adapter_config.json").read_text()),
+        "weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
+        "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text()),
         "self_edit": reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None,
         "logprobs": reg.store.put(c.measured.dist.to_bytes()) if c.measured is not None else None,
         # Per-item probe results: the next edit from this version pairs with them, unmeasured.
@@ -91,7 +93,7 @@ def _manifest(session, attempt: Attempt, c: Candidate, winner: int | None, blobs
     headline = None
     if c.efficacy is not None and eff is not None:
         headline = {"metric": "efficacy.f1", "value": eff} if c.efficacy.mode == "qa" else \
-            {"metric": "efficacy.nll_drop", "value": score_value({"scores": c.scores}, "efficacy", "nll_drop", "parent")}
+            {"metric": "efficacy.nll_drop", "value": EFFICACY_NLL_DROP.of({"scores": c.scores})}
     self_edit = blobs.get("self_edit")
     if self_edit is None and c.self_edit is not None:
         self_edit = reg.store.put(c.self_edit.to_bytes())
@@ -161,7 +163,7 @@ def _track(session, attempt: Attempt, candidates: list[Candidate], manifests: li
         if c.index == winner:
             artifacts["seal/manifest.json"] = canonical_json({"id": c.id, **manifest})
             if c.adapter_dir is not None:
-                artifacts["seal/adapter_config.json"] = (c.adapter_dir / "adapter_config.json").read_bytes()
+                artifacts["seal/adapter_config.json"] = (c.adapter_dir / ADAPTER_CONFIG_FILE).read_bytes()
         tracker.finish_attempt(c.run_id, manifest, c.id, artifacts=artifacts, failed_gates=c.failed,
                                reason=reason_of(c, winner, len(candidates)))
     if winner is not None:

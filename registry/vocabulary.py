@@ -51,6 +51,41 @@ class Score:
         return None
 
 
+@dataclass(frozen=True)
+class ScoreGroup:
+    """The rows of one measurement: the version's own value and each reference's (see :func:`group_scores`)."""
+
+    suite: str
+    metric: str
+    by: dict  # against (None: the version's own) -> score row
+
+    @property
+    def own(self) -> dict | None:
+        return self.by.get(None)
+
+    @property
+    def refs(self) -> dict:
+        return {against: row for against, row in self.by.items() if against is not None}
+
+    @property
+    def n(self) -> int | None:
+        return next((row.get("n") for row in self.by.values() if row.get("n") is not None), None)
+
+
+def group_scores(rows: list[dict]) -> list[ScoreGroup]:
+    """Score rows grouped by (suite, metric), in the order first seen: what `seal show`, the audit and
+    the model card each lay out.
+
+    >>> [(g.suite, g.own["value"], g.refs["parent"]["value"], g.n)
+    ...  for g in group_scores([RETENTION.row(0.6, 200), RETENTION.vs("parent").row(0.62, 200)])]
+    [('retention', 0.6, 0.62, 200)]
+    """
+    groups: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        groups.setdefault((row["suite"], row["metric"]), {})[row.get("against")] = row
+    return [ScoreGroup(suite, metric, by) for (suite, metric), by in groups.items()]
+
+
 _QA = "no-context QA on the eval set, greedy, SQuAD-normalised"
 EFFICACY_F1 = Score("efficacy", "f1", method=f"{_QA} token F1")
 EFFICACY_CONTAINMENT = Score("efficacy", "containment", method=f"{_QA} containment of the gold answer")
