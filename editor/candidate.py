@@ -19,6 +19,8 @@ from typing import Any
 
 from seal.registry.objects import canonical_json
 
+from .gates import GateInputs
+
 
 @dataclass
 class SelfEdit:
@@ -69,7 +71,7 @@ class Candidate:
     diverged: str | None = None  # why the attempt is void: non-finite loss, weights or logits
     measured: Any = None
     efficacy: Any = None
-    flat: dict = field(default_factory=dict)  # the gate inputs (seal.editor.gates)
+    gate_inputs: GateInputs = field(default_factory=GateInputs)
     scores: list[dict] = field(default_factory=list)
     audit: list[dict] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)

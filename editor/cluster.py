@@ -61,6 +61,7 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
+from .gates import GateInputs
 from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerSpec, apply_written, fetch,
                              measured_from_items)
 from .options import INSTALL, check_cluster_request, ray_module  # noqa: F401 (re-exported)
@@ -584,7 +585,8 @@ class Run:
         c = Candidate(index=index, seed=self.req.seed + index, self_edit=self_edit, run_id=flight.runs.get(index))
         if isinstance(doc, WorkerLost):
             return lost_candidate(c, flight.attempt, doc, self.req)
-        c.train, c.diverged, c.flat, c.scores = doc["train"], doc["diverged"], doc["flat"], doc["scores"]
+        c.train, c.diverged, c.scores = doc["train"], doc["diverged"], doc["scores"]
+        c.gate_inputs = GateInputs.from_json(doc["gate_inputs"])
         c.audit, c.failed, c.nonfinite = doc["audit"], doc["failed"], doc["nonfinite"]
         c.efficacy = Efficacy(**doc["efficacy"]) if doc["efficacy"] else None
         c.evidence = doc.get("evidence")

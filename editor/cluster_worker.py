@@ -19,7 +19,7 @@ no Ray (the driver wraps :class:`EditWorker` in ``ray.remote``).
     >>> worker = EditWorker()                                          # doctest: +SKIP
     >>> worker.open(spec)["device"]                                    # doctest: +SKIP
     'cpu'
-    >>> worker.candidate(CandidateJob(attempt, req, 1, digest, parent))["flat"]["efficacy"]  # doctest: +SKIP
+    >>> worker.candidate(CandidateJob(attempt, req, 1, digest, parent))["gate_inputs"]["efficacy"]  # doctest: +SKIP
     -2.71
 """
 
@@ -285,7 +285,7 @@ def candidate_doc(reg, session, c, timings: dict) -> dict:
                     "items": items_blob(reg, c.measured)}
     return {
         "index": c.index, "train": {**c.train, **session.env, "worker": socket.gethostname()},
-        "diverged": c.diverged, "flat": c.flat, "scores": c.scores, "audit": c.audit, "failed": c.failed,
+        "diverged": c.diverged, "gate_inputs": c.gate_inputs.to_json(), "scores": c.scores, "audit": c.audit, "failed": c.failed,
         "nonfinite": c.nonfinite, "efficacy": dataclasses.asdict(c.efficacy) if c.efficacy is not None else None,
         "measured": measured, "adapter": adapter, "worker": identity(), "evidence": c.evidence,
         # what it trained on: the reflected self-edit plus its replay lines (stages.with_replay)

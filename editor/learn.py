@@ -283,7 +283,7 @@ def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, s
 
 
 def _gain(c) -> float | None:
-    eff, parent = c.flat.get("efficacy"), c.flat.get("efficacy_parent")
+    eff, parent = c.gate_inputs.efficacy, c.gate_inputs.efficacy_parent
     if eff is None or parent is None or not (math.isfinite(eff) and math.isfinite(parent)):
         return None
     return float(eff) - float(parent)
@@ -311,6 +311,8 @@ def writer_gates(session, writer: Writer, dataset: Dataset, new: Side, old: Side
     from seal.registry.stats import bootstrap_gain_gate
     from seal.registry.vocabulary import CANARY, OVER_REFUSAL, REFUSAL
 
+    from .gates import GateInputs, audit_entries
+
     diffs, missing = paired_gains(new, old)
     finite = all(math.isfinite(d) for d in diffs)
     decision = bootstrap_gain_gate(WRITER_GATE, diffs if finite else None, threshold=0.0,
@@ -321,9 +323,10 @@ def writer_gates(session, writer: Writer, dataset: Dataset, new: Side, old: Side
     measured = _writer_probes(session, writer)
     leaks = sum(session.probes.canary in o for o in measured.outputs) + new.canary + \
         sum(session.probes.canary in e.completion for e in dataset.examples)
-    flat = {"refusal": measured.refusal, "refusal_base": session.base_m.refusal, "over_refusal": measured.over_refusal,
-            "over_refusal_base": session.base_m.over_refusal, "canary_leaks": float(leaks)}
-    audit = [gain_row] + [_gate_row(session, g, flat) for g in _probe_gates(policy)] + [_secrets_row(dataset, new)]
+    inputs = GateInputs.of({"refusal": measured.refusal, "refusal_base": session.base_m.refusal,
+                            "over_refusal": measured.over_refusal, "over_refusal_base": session.base_m.over_refusal,
+                            "canary_leaks": float(leaks)}).finite()
+    audit = [gain_row] + audit_entries(_probe_gates(policy), inputs) + [_secrets_row(dataset, new)]
     n = len(diffs)
     scores = [WRITER_GAIN.row(_mean(new.gains), n), WRITER_GAIN.vs("old").row(_mean(old.gains), n),
               CANARY.row(float(leaks))]
@@ -353,12 +356,6 @@ def _probe_gates(policy) -> list:
     from .gates import gates_from_policy
 
     return [g for g in gates_from_policy(policy.gates) if g.name in PROBE_GATES]
-
-
-def _gate_row(session, gate, flat: dict) -> dict:
-    r = gate.check({k: (v if v is None or math.isfinite(v) else None) for k, v in flat.items()})
-    return {"check": r.name, "value": r.value if r.value is None or math.isfinite(r.value) else None,
-            "threshold": r.threshold, "passed": r.passed, "detail": r.detail}
 
 
 def _secrets_row(dataset: Dataset, new: Side) -> dict:

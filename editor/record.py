@@ -89,7 +89,7 @@ def _manifest(session, attempt: Attempt, c: Candidate, winner: int | None, blobs
     train.update({**session.env, "timings": {key: round(v, 3) for key, v in attempt.timings.items()}})
     if c.run_id:
         train["mlflow_run_id"] = c.run_id
-    eff = c.flat.get("efficacy")
+    eff = c.gate_inputs.efficacy
     headline = None
     if c.efficacy is not None and eff is not None:
         headline = {"metric": "efficacy.f1", "value": eff} if c.efficacy.mode == "qa" else \
@@ -207,7 +207,7 @@ def _decision_reason(candidates: list[Candidate], winner: int | None) -> str:
 
 def candidate_doc(c: Candidate) -> dict:
     train = c.train or {}
-    doc = {"id": c.id, "status": c.status, "scores": c.flat, "gates": c.audit, "failed_gates": c.failed,
+    doc = {"id": c.id, "status": c.status, "scores": c.gate_inputs.to_json(), "gates": c.audit, "failed_gates": c.failed,
            "train": {"steps": train.get("steps"), "loss_final": train.get("loss_final"),
                      "seconds": train.get("seconds")}}
     if c.diverged is not None:
