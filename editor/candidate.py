@@ -67,6 +67,9 @@ class Candidate:
     seed: int
     self_edit: SelfEdit | None = None
     adapter_dir: Path | None = None
+    # The adapter already in the object store, {"weights": digest, "config": {...}}: a Ray worker
+    # stored it, and the driver records it by digest (adapter_dir stays None).
+    stored: dict | None = None
     train: dict = field(default_factory=dict)
     diverged: str | None = None  # why the attempt is void: non-finite loss, weights or logits
     measured: Any = None

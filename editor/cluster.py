@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 from seal.registry import refs as R
-from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
@@ -560,13 +559,9 @@ class Run:
         for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
             timings[key] = sum(r["timings"][key] for r in flight.results.values() if isinstance(r, dict))
         self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
-        folder = Path(tempfile.mkdtemp(prefix="attempt-", dir=self.driver.work))
-        try:
-            # The workers probed every candidate; run_attempt ranks them as the serial run does.
-            result = run_attempt(self.driver, flight.attempt, scored=True,
-                                 make=lambda: [self._candidate(flight, i, folder) for i in range(len(flight.self_edits))])
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        # The workers probed every candidate; run_attempt ranks them as the serial run does.
+        result = run_attempt(self.driver, flight.attempt, scored=True,
+                             make=lambda: [self._candidate(flight, i) for i in range(len(flight.self_edits))])
         for doc, r in zip(result["candidates"], (flight.results[i] for i in range(len(flight.self_edits)))):
             doc["worker"] = r.worker if isinstance(r, WorkerLost) else r["worker"]
         lane.done.add(flight.item.key)
@@ -575,8 +570,9 @@ class Run:
             self.stopped = result["decision"]["conflict"]
         self.emit({**_head(flight.item), "skipped": False, **result})
 
-    def _candidate(self, flight: Flight, index: int, folder: Path) -> Candidate:
-        """The candidate as record() takes it, rebuilt from the worker's digests and numbers."""
+    def _candidate(self, flight: Flight, index: int) -> Candidate:
+        """The candidate as record() takes it, rebuilt from the worker's digests and numbers (its
+        adapter stays in the object store, recorded by digest)."""
         from .measure import Efficacy, Measured
 
         reg, doc = self.driver.reg, flight.results[index]
@@ -596,10 +592,8 @@ class Run:
             if m.get("items"):  # the per-item results the record stores as the version's results blob
                 c.measured.items = measured_from_items(reg, m["items"]).items
         if doc["adapter"]:
-            c.adapter_dir = folder / f"candidate{index}"
-            c.adapter_dir.mkdir()
-            (c.adapter_dir / WEIGHTS_FILE).write_bytes(fetch(reg, doc["adapter"]["weights"]))
-            (c.adapter_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(doc["adapter"]["config"]))
+            fetch(reg, doc["adapter"]["weights"])  # there, and whole: checked against its digest
+            c.stored = {"weights": doc["adapter"]["weights"], "config": doc["adapter"]["config"]}
         if self.driver.tracker is not None and c.run_id and c.train.get("losses"):
             self.driver.tracker.log_losses(c.run_id, 0, c.train["losses"])
         return c

@@ -44,11 +44,12 @@ def record(session, attempt: Attempt, candidates: list[Candidate], winner: int |
 
 
 def _store(reg, c: Candidate) -> dict:
-    if c.adapter_dir is None:
+    if c.stored is None and c.adapter_dir is None:
         return {}
+    adapter = c.stored or {"weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
+                           "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text())}
     return {
-        "weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
-        "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text()),
+        **adapter,
         "self_edit": reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None,
         "logprobs": reg.store.put(c.measured.dist.to_bytes()) if c.measured is not None else None,
         # Per-item probe results: the next edit from this version pairs with them, unmeasured.
@@ -162,7 +163,9 @@ def _track(session, attempt: Attempt, candidates: list[Candidate], manifests: li
             artifacts["self_edit.json"] = c.self_edit.to_bytes()
         if c.index == winner:
             artifacts["seal/manifest.json"] = canonical_json({"id": c.id, **manifest})
-            if c.adapter_dir is not None:
+            if c.stored is not None:
+                artifacts["seal/adapter_config.json"] = json.dumps(c.stored["config"]).encode()
+            elif c.adapter_dir is not None:
                 artifacts["seal/adapter_config.json"] = (c.adapter_dir / ADAPTER_CONFIG_FILE).read_bytes()
         tracker.finish_attempt(c.run_id, manifest, c.id, artifacts=artifacts, failed_gates=c.failed,
                                reason=reason_of(c, winner, len(candidates)))
