@@ -582,7 +582,7 @@ class Run:
         if isinstance(doc, WorkerLost):
             return lost_candidate(c, flight.attempt, doc, self.req)
         c.train, c.diverged, c.scores = doc["train"], doc["diverged"], doc["scores"]
-        c.gate_inputs = GateInputs.from_json(doc["gate_inputs"])
+        c.gate_inputs = GateInputs.of(doc["gate_inputs"])
         c.audit, c.failed, c.nonfinite = doc["audit"], doc["failed"], doc["nonfinite"]
         c.efficacy = Efficacy(**doc["efficacy"]) if doc["efficacy"] else None
         c.evidence = doc.get("evidence")

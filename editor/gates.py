@@ -27,8 +27,8 @@ import math
 import operator
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from seal.registry.vocabulary import GATES, GATES_BY_NAME, GateSpec
 
@@ -87,10 +87,6 @@ class GateInputs:
     def to_json(self) -> dict[str, float | None]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in self.given}
 
-    @classmethod
-    def from_json(cls, doc: Mapping[str, float | None]) -> GateInputs:
-        return cls.of(doc)
-
 
 def _finite(value: float | None) -> bool:
     return value is None or math.isfinite(value)
@@ -132,16 +128,6 @@ class GateResult:
     threshold: float
     passed: bool
     detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class GateLike(Protocol):
-    name: str
-    threshold: float
-
-    def check(self, scores: Scores) -> GateResult: ...
 
 
 @dataclass(frozen=True)
@@ -205,7 +191,7 @@ def default_gates() -> list[Gate]:
     return gates_from_policy(None)
 
 
-def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list[GateResult]:
+def check_gates(scores: Scores, gates: Sequence[Gate] | None = None) -> list[GateResult]:
     """Run every gate on one candidate's inputs.
 
         >>> [(r.name, r.passed) for r in check_gates({"efficacy": 0.2, "efficacy_parent": 0.1}, default_gates()[:2])]
@@ -216,7 +202,7 @@ def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list
     return [gate.check(inputs) for gate in applicable(gates, inputs.efficacy_margin is not None)]
 
 
-def applicable(gates: Sequence[GateLike], margins: bool) -> list[GateLike]:
+def applicable(gates: Sequence[Gate], margins: bool) -> list[Gate]:
     """The gates that judge one attempt: one efficacy gate, the margin rule where margins were
     measured and the F1/NLL comparison elsewhere.
 
@@ -249,7 +235,7 @@ def margin_rule(policy_gates: Mapping[str, Any]):
                       floor=-math.inf if floor is None else float(floor), noise_z=0.0 if z is None else float(z))
 
 
-def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any = None, parent: Any = None,
+def audit_entries(gates: Sequence[Gate], scores: Scores, *, candidate: Any = None, parent: Any = None,
                   base: Any = None, gains: Sequence[float] | None = None, margins: Any = None,
                   alpha: float = 0.05) -> list[dict]:
     """Every gate's audit entry, in the policy's order.
@@ -294,7 +280,7 @@ def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any =
 
 def decide(
     candidates: Sequence[Scores],
-    gates: Sequence[GateLike] | None = None,
+    gates: Sequence[Gate] | None = None,
     *,
     rank_by: str = "efficacy",
 ) -> int | None:
