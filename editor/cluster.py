@@ -60,8 +60,7 @@ from seal.registry import refs as R
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
-from .gates import GateInputs
-from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerSpec, apply_written, fetch,
+from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerResult, WorkerSpec, apply_written, fetch,
                              measured_from_items)
 from .options import INSTALL, check_cluster_request, ray_module  # noqa: F401 (re-exported)
 
@@ -388,7 +387,7 @@ class Flight:
     self_edits: list[str] = field(default_factory=list)
     parent: dict | None = None
     base_logprobs: str | None = None
-    results: dict[int, Any] = field(default_factory=dict)  # index -> candidate doc or WorkerLost
+    results: dict[int, Any] = field(default_factory=dict)  # index -> WorkerResult or WorkerLost
     runs: dict[int, str | None] = field(default_factory=dict)  # index -> MLflow run id
 
 
@@ -557,13 +556,13 @@ class Run:
         lane = self._lane(flight.item.ref)
         timings = flight.attempt.timings
         for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
-            timings[key] = sum(r["timings"][key] for r in flight.results.values() if isinstance(r, dict))
+            timings[key] = sum(r.timings[key] for r in flight.results.values() if isinstance(r, WorkerResult))
         self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
         # The workers probed every candidate; run_attempt ranks them as the serial run does.
         result = run_attempt(self.driver, flight.attempt, scored=True,
                              make=lambda: [self._candidate(flight, i) for i in range(len(flight.self_edits))])
         for doc, r in zip(result["candidates"], (flight.results[i] for i in range(len(flight.self_edits)))):
-            doc["worker"] = r.worker if isinstance(r, WorkerLost) else r["worker"]
+            doc["worker"] = r.worker
         lane.done.add(flight.item.key)
         lane.flight = None
         if result["decision"].get("conflict"):
@@ -573,27 +572,25 @@ class Run:
     def _candidate(self, flight: Flight, index: int) -> Candidate:
         """The candidate as record() takes it, rebuilt from the worker's digests and numbers (its
         adapter stays in the object store, recorded by digest)."""
-        from .measure import Efficacy, Measured
+        from .measure import Measured
 
         reg, doc = self.driver.reg, flight.results[index]
-        trained = doc.get("self_edit") if isinstance(doc, dict) else None
+        trained = doc.self_edit if isinstance(doc, WorkerResult) else None
         self_edit = SelfEdit(**json.loads(fetch(reg, trained or flight.self_edits[index])))
         c = Candidate(index=index, seed=self.req.seed + index, self_edit=self_edit, run_id=flight.runs.get(index))
         if isinstance(doc, WorkerLost):
             return lost_candidate(c, flight.attempt, doc, self.req)
-        c.train, c.diverged, c.scores = doc["train"], doc["diverged"], doc["scores"]
-        c.gate_inputs = GateInputs.of(doc["gate_inputs"])
-        c.audit, c.failed, c.nonfinite = doc["audit"], doc["failed"], doc["nonfinite"]
-        c.efficacy = Efficacy(**doc["efficacy"]) if doc["efficacy"] else None
-        c.evidence = doc.get("evidence")
-        if doc["measured"]:
-            m = doc["measured"]
-            c.measured = Measured(m["retention"], StoredDist(fetch(reg, m["logprobs"])), m["refusal"], m["over_refusal"])
-            if m.get("items"):  # the per-item results the record stores as the version's results blob
-                c.measured.items = measured_from_items(reg, m["items"]).items
-        if doc["adapter"]:
-            fetch(reg, doc["adapter"]["weights"])  # there, and whole: checked against its digest
-            c.stored = {"weights": doc["adapter"]["weights"], "config": doc["adapter"]["config"]}
+        c.train, c.diverged, c.scores, c.gate_inputs = doc.train, doc.diverged, doc.scores, doc.gate_inputs
+        c.audit, c.failed, c.nonfinite, c.efficacy, c.evidence = doc.audit, doc.failed, doc.nonfinite, doc.efficacy, \
+            doc.evidence
+        if doc.measured is not None:
+            m = doc.measured
+            c.measured = Measured(m.retention, StoredDist(fetch(reg, m.logprobs)), m.refusal, m.over_refusal)
+            if m.items:  # the per-item results the record stores as the version's results blob
+                c.measured.items = measured_from_items(reg, m.items).items
+        if doc.adapter:
+            fetch(reg, doc.adapter["weights"])  # there, and whole: checked against its digest
+            c.stored = doc.adapter
         if self.driver.tracker is not None and c.run_id and c.train.get("losses"):
             self.driver.tracker.log_losses(c.run_id, 0, c.train["losses"])
         return c
