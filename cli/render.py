@@ -10,6 +10,8 @@ import json
 import sys
 from typing import Any
 
+from seal.registry.vocabulary import group_scores
+
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
@@ -67,16 +69,12 @@ def first_line(text: str) -> str:
 
 def score_lines(scores: list[dict]) -> list[str]:
     """One line per (suite, metric): the version's value, then each reference with the difference."""
-    groups: dict[tuple, dict] = {}
-    for s in scores:
-        groups.setdefault((s["suite"], s["metric"]), {})[s.get("against")] = s
     lines = []
-    for (suite, metric), by in groups.items():
-        own = by.get(None)
-        n = next((r.get("n") for r in by.values() if r.get("n") is not None), None)
+    for group in group_scores(scores):
+        suite, metric, own, n = group.suite, group.metric, group.own, group.n
         text = f"  {suite}.{metric:<22} {num(own['value']) if own else '-':>8}"
         refs = [f"{who} {num(r['value'])}" + (f", {signed(own['value'] - r['value'])}" if own else "")
-                for who, r in by.items() if who is not None]
+                for who, r in group.refs.items()]
         if refs:
             text += "  (" + "; ".join(refs) + ")"
         if n is not None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from seal.registry.objects import canonical_json
 
+from .gates import GateInputs
+
 
 @dataclass
 class SelfEdit:
@@ -65,11 +67,14 @@ class Candidate:
     seed: int
     self_edit: SelfEdit | None = None
     adapter_dir: Path | None = None
+    # The adapter already in the object store, {"weights": digest, "config": {...}}: a Ray worker
+    # stored it, and the driver records it by digest (adapter_dir stays None).
+    stored: dict | None = None
     train: dict = field(default_factory=dict)
     diverged: str | None = None  # why the attempt is void: non-finite loss, weights or logits
     measured: Any = None
     efficacy: Any = None
-    flat: dict = field(default_factory=dict)  # the gate inputs (seal.editor.gates)
+    gate_inputs: GateInputs = field(default_factory=GateInputs)
     scores: list[dict] = field(default_factory=list)
     audit: list[dict] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -90,7 +95,7 @@ class Candidate:
 class Attempt:
     """One trigger being served: the parents, the ref to move, the policy, the data, the timings."""
 
-    kind: str  # edit | merge | consolidate
+    kind: str  # edit | merge | consolidate | import
     parents: list[str]
     ref: str | None  # the ref to move to the winner (None: record only)
     expected: str | None  # where that ref must still point
@@ -112,6 +117,7 @@ class Attempt:
     # The candidate whose recipe the placebo repeats (None: the first live one). A Ray worker
     # scoring one candidate is given candidate 0's, so its placebo is the serial run's.
     placebo_of: Any = None
+    candidates: list[Candidate] = field(default_factory=list)  # as seal.editor.attempt.run_attempt left them
 
 
 __all__ = ["SelfEdit", "Parent", "Candidate", "Attempt"]

@@ -57,11 +57,10 @@ from pathlib import Path
 from typing import Any
 
 from seal.registry import refs as R
-from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
-from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerSpec, apply_written, fetch,
+from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerResult, WorkerSpec, apply_written, fetch,
                              measured_from_items)
 from .options import INSTALL, check_cluster_request, ray_module  # noqa: F401 (re-exported)
 
@@ -279,8 +278,8 @@ class ProbeSet:
 
 @dataclass
 class DriverSession:
-    """What :func:`seal.editor.loop.edit_attempt` and :func:`seal.editor.record.record` need of a
-    session, without a model: the driver records, the workers compute."""
+    """What :func:`seal.editor.attempt.edit_attempt` and :func:`seal.editor.attempt.run_attempt` need
+    of a session, without a model: the driver records, the workers compute."""
 
     reg: Any
     base_row: dict
@@ -331,14 +330,13 @@ class Workers:
 @contextlib.contextmanager
 def cluster(reg, req, progress) -> Iterator[tuple[Workers, DriverSession]]:
     """Ray, the workers (opened on first use), and the driver's session, for one command."""
-    from seal.registry.policy import read_policy, record_policy
-
+    from .attempt import current_policy
     from .writer import precheck
 
     # --writer and --self-edits resolved and read here, once: the jobs carry what they name (a
     # writer version's id, a file's bytes), so a worker needs neither the driver's refs nor its files.
     precheck(reg, req)
-    known = record_policy(reg, read_policy(reg))
+    known = current_policy(reg).digest
     spec = WorkerSpec(seal_dir=str(reg.seal_dir.resolve()) if reg.seal_dir else None, config=reg.config,
                       db_url=reg.database_url, objects_url=reg.objects_url, known_blob=known,
                       device=req.device, require_gpu=req.require_gpu, threads=req.threads, fast=req.fast)
@@ -389,7 +387,7 @@ class Flight:
     self_edits: list[str] = field(default_factory=list)
     parent: dict | None = None
     base_logprobs: str | None = None
-    results: dict[int, Any] = field(default_factory=dict)  # index -> candidate doc or WorkerLost
+    results: dict[int, Any] = field(default_factory=dict)  # index -> WorkerResult or WorkerLost
     runs: dict[int, str | None] = field(default_factory=dict)  # index -> MLflow run id
 
 
@@ -464,10 +462,7 @@ class Run:
 
     def _begin(self, lane: Lane, item: Item) -> None:
         """Skip it, refuse it (secrets), or start its attempt on the lane's tip now."""
-        from seal.registry.policy import read_policy, record_policy
-
-        from .loop import edit_attempt, pii_allowed
-        from .record import record_refusal
+        from .attempt import edit_attempt, pii_allowed, refuse
         from .stream import done_triggers
 
         reg, head = self.driver.reg, _head(item)
@@ -481,9 +476,7 @@ class Run:
             self.emit({**head, "skipped": True})
             return
         if item.findings and not self.req.allow_pii:
-            policy = read_policy(reg)
-            record_policy(reg, policy)
-            result = record_refusal(reg, item.trigger, self.req.message, item.findings, item.row, (lane.ref, tip), policy)
+            result = refuse(reg, item.trigger, self.req.message, item.findings, item.row, (lane.ref, tip))
             lane.done.add(item.key)
             self.emit({**head, "skipped": False, **result})
             return
@@ -549,67 +542,55 @@ class Run:
 
     def _open_runs(self, flight: Flight) -> None:
         """The candidates' MLflow runs, opened here (the workers do not track)."""
-        from .stages import hyperparameters, run_params
+        from .stages import hyperparameters, open_run
 
-        tracker, attempt, k = self.driver.tracker, flight.attempt, len(flight.self_edits)
+        k = len(flight.self_edits)
         for i in range(k):
-            run = None
-            if tracker is not None:
-                c = Candidate(index=i, seed=self.req.seed + i)
-                run = tracker.start_run(f"{attempt.kind} {attempt.title or attempt.parent.vid[:12]} c{i + 1}/{k}",
-                                        parent=attempt.run_id, tags={"seal.kind": attempt.kind, "seal.candidate": i + 1},
-                                        params=run_params(self.driver, attempt, c, hyperparameters(self.req)))
-            flight.runs[i] = run
+            c = Candidate(index=i, seed=self.req.seed + i)
+            flight.runs[i] = open_run(self.driver, flight.attempt, c, k, hyperparameters(self.req))
 
     def _finish(self, flight: Flight) -> None:
         """Decide and record the attempt (every candidate once, the winner with its branch move)."""
-        from .record import record
-        from .stages import decide, outrank
+        from .attempt import run_attempt
 
-        reg, lane = self.driver.reg, self._lane(flight.item.ref)
-        folder = Path(tempfile.mkdtemp(prefix="attempt-", dir=self.driver.work))
-        try:
-            candidates = [self._candidate(flight, i, folder) for i in range(len(flight.self_edits))]
-            timings = flight.attempt.timings
-            for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
-                timings[key] = sum(r["timings"][key] for r in flight.results.values() if isinstance(r, dict))
-            self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
-            outrank(flight.attempt, candidates)  # workers probe every candidate; record as the serial run does
-            result = record(self.driver, flight.attempt, candidates, decide(candidates))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        for doc, r in zip(result["candidates"], (flight.results[i] for i in range(len(candidates)))):
-            doc["worker"] = r.worker if isinstance(r, WorkerLost) else r["worker"]
+        lane = self._lane(flight.item.ref)
+        timings = flight.attempt.timings
+        for key in ("train_s", "evaluate_s"):  # worker time, summed as a serial edit would spend it
+            timings[key] = sum(r.timings[key] for r in flight.results.values() if isinstance(r, WorkerResult))
+        self.driver.base_logprobs = flight.base_logprobs or self.driver.base_logprobs
+        # The workers probed every candidate; run_attempt ranks them as the serial run does.
+        result = run_attempt(self.driver, flight.attempt, scored=True,
+                             make=lambda: [self._candidate(flight, i) for i in range(len(flight.self_edits))])
+        for doc, r in zip(result["candidates"], (flight.results[i] for i in range(len(flight.self_edits)))):
+            doc["worker"] = r.worker
         lane.done.add(flight.item.key)
         lane.flight = None
         if result["decision"].get("conflict"):
             self.stopped = result["decision"]["conflict"]
         self.emit({**_head(flight.item), "skipped": False, **result})
 
-    def _candidate(self, flight: Flight, index: int, folder: Path) -> Candidate:
-        """The candidate as record() takes it, rebuilt from the worker's digests and numbers."""
-        from .measure import Efficacy, Measured
+    def _candidate(self, flight: Flight, index: int) -> Candidate:
+        """The candidate as record() takes it, rebuilt from the worker's digests and numbers (its
+        adapter stays in the object store, recorded by digest)."""
+        from .measure import Measured
 
         reg, doc = self.driver.reg, flight.results[index]
-        trained = doc.get("self_edit") if isinstance(doc, dict) else None
+        trained = doc.self_edit if isinstance(doc, WorkerResult) else None
         self_edit = SelfEdit(**json.loads(fetch(reg, trained or flight.self_edits[index])))
         c = Candidate(index=index, seed=self.req.seed + index, self_edit=self_edit, run_id=flight.runs.get(index))
         if isinstance(doc, WorkerLost):
             return lost_candidate(c, flight.attempt, doc, self.req)
-        c.train, c.diverged, c.flat, c.scores = doc["train"], doc["diverged"], doc["flat"], doc["scores"]
-        c.audit, c.failed, c.nonfinite = doc["audit"], doc["failed"], doc["nonfinite"]
-        c.efficacy = Efficacy(**doc["efficacy"]) if doc["efficacy"] else None
-        c.evidence = doc.get("evidence")
-        if doc["measured"]:
-            m = doc["measured"]
-            c.measured = Measured(m["retention"], StoredDist(fetch(reg, m["logprobs"])), m["refusal"], m["over_refusal"])
-            if m.get("items"):  # the per-item results the record stores as the version's results blob
-                c.measured.items = measured_from_items(reg, m["items"]).items
-        if doc["adapter"]:
-            c.adapter_dir = folder / f"candidate{index}"
-            c.adapter_dir.mkdir()
-            (c.adapter_dir / WEIGHTS_FILE).write_bytes(fetch(reg, doc["adapter"]["weights"]))
-            (c.adapter_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(doc["adapter"]["config"]))
+        c.train, c.diverged, c.scores, c.gate_inputs = doc.train, doc.diverged, doc.scores, doc.gate_inputs
+        c.audit, c.failed, c.nonfinite, c.efficacy, c.evidence = doc.audit, doc.failed, doc.nonfinite, doc.efficacy, \
+            doc.evidence
+        if doc.measured is not None:
+            m = doc.measured
+            c.measured = Measured(m.retention, StoredDist(fetch(reg, m.logprobs)), m.refusal, m.over_refusal)
+            if m.items:  # the per-item results the record stores as the version's results blob
+                c.measured.items = measured_from_items(reg, m.items).items
+        if doc.adapter:
+            fetch(reg, doc.adapter["weights"])  # there, and whole: checked against its digest
+            c.stored = doc.adapter
         if self.driver.tracker is not None and c.run_id and c.train.get("losses"):
             self.driver.tracker.log_losses(c.run_id, 0, c.train["losses"])
         return c

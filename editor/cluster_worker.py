@@ -19,7 +19,7 @@ no Ray (the driver wraps :class:`EditWorker` in ``ray.remote``).
     >>> worker = EditWorker()                                          # doctest: +SKIP
     >>> worker.open(spec)["device"]                                    # doctest: +SKIP
     'cpu'
-    >>> worker.candidate(CandidateJob(attempt, req, 1, digest, parent))["flat"]["efficacy"]  # doctest: +SKIP
+    >>> worker.candidate(CandidateJob(attempt, req, 1, digest, parent)).gate_inputs.efficacy  # doctest: +SKIP
     -2.71
 """
 
@@ -196,7 +196,7 @@ class EditWorker:
             attempt.placebo_of = placebo_recipe(s, job.req, SelfEdit(**json.loads(fetch(self.reg, job.first))))
         try:
             score(s, attempt, [c])
-            return candidate_doc(self.reg, s, c, attempt.timings)
+            return WorkerResult.of(self.reg, s, c, attempt.timings)
         finally:
             if c.adapter_dir is not None:
                 shutil.rmtree(c.adapter_dir, ignore_errors=True)
@@ -234,26 +234,20 @@ def apply_written(attempt, doc: dict | None) -> None:
 
 def parent_doc(reg, parent) -> dict:
     """The parent's probe results and efficacy, its log-probabilities as a blob."""
-    m = parent.measured
-    return {
-        "vid": parent.vid,
-        "measured": {"retention": m.retention, "refusal": m.refusal, "over_refusal": m.over_refusal,
-                     "logprobs": reg.store.put(m.dist.to_bytes()), "items": items_blob(reg, m)},
-        "efficacy": dataclasses.asdict(parent.efficacy),
-    }
+    return {"vid": parent.vid, "measured": StoredMeasured.store(reg, parent.measured), "efficacy": parent.efficacy}
 
 
 def parent_from_doc(session, attempt, doc: dict):
     """The parent as reflect measured it: its adapter folder here, its numbers from ``doc``."""
     from .evaluate import NextTokenDist
-    from .measure import Efficacy, Measured
+    from .measure import Measured
 
     parent = session.parent(attempt.parents[0], attempt.parent.manifest)
     m = doc["measured"]
-    measured = measured_from_items(session.reg, m.get("items")) or Measured(
-        retention=m["retention"], dist=NextTokenDist.from_bytes(fetch(session.reg, m["logprobs"])),
-        refusal=m["refusal"], over_refusal=m["over_refusal"])
-    return dataclasses.replace(parent, measured=measured, efficacy=Efficacy(**doc["efficacy"]))
+    measured = measured_from_items(session.reg, m.items) or Measured(
+        retention=m.retention, dist=NextTokenDist.from_bytes(fetch(session.reg, m.logprobs)), refusal=m.refusal,
+        over_refusal=m.over_refusal)
+    return dataclasses.replace(parent, measured=measured, efficacy=doc["efficacy"])
 
 
 def items_blob(reg, measured) -> str | None:
@@ -272,27 +266,54 @@ def measured_from_items(reg, digest: str | None):
     return Measured.of_items(ProbeResults.from_bytes(fetch(reg, digest)))
 
 
-def candidate_doc(reg, session, c, timings: dict) -> dict:
-    """One scored candidate as digests and numbers (what the driver records)."""
-    adapter = None
-    if c.adapter_dir is not None:  # as the serial record stores it (a NaN-logits candidate keeps its adapter)
-        adapter = {"weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
-                   "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text())}
-    measured = None
-    if c.measured is not None:
-        measured = {"retention": c.measured.retention, "refusal": c.measured.refusal,
-                    "over_refusal": c.measured.over_refusal, "logprobs": reg.store.put(c.measured.dist.to_bytes()),
-                    "items": items_blob(reg, c.measured)}
-    return {
-        "index": c.index, "train": {**c.train, **session.env, "worker": socket.gethostname()},
-        "diverged": c.diverged, "flat": c.flat, "scores": c.scores, "audit": c.audit, "failed": c.failed,
-        "nonfinite": c.nonfinite, "efficacy": dataclasses.asdict(c.efficacy) if c.efficacy is not None else None,
-        "measured": measured, "adapter": adapter, "worker": identity(), "evidence": c.evidence,
-        # what it trained on: the reflected self-edit plus its replay lines (stages.with_replay)
-        "self_edit": reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None,
-        "timings": {k: timings.get(k, 0.0) for k in ("train_s", "evaluate_s")},
-    }
+@dataclass(frozen=True)
+class StoredMeasured:
+    """A model's probe results as a job hands them on: the numbers, and the blobs by digest."""
+
+    retention: float | None
+    refusal: float | None
+    over_refusal: float | None
+    logprobs: str  # its next-token log-probabilities on the drift probes
+    items: str | None  # its per-item results (what the paired gates compare)
+
+    @classmethod
+    def store(cls, reg, m) -> StoredMeasured:
+        return cls(m.retention, m.refusal, m.over_refusal, reg.store.put(m.dist.to_bytes()), items_blob(reg, m))
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """One candidate trained and scored on a worker, as digests and numbers: what the driver records."""
+
+    index: int
+    train: dict
+    diverged: str | None
+    gate_inputs: Any  # seal.editor.gates.GateInputs
+    scores: list[dict]
+    audit: list[dict]
+    failed: list[str]
+    nonfinite: list[str]
+    efficacy: Any  # seal.editor.measure.Efficacy, or None
+    measured: StoredMeasured | None
+    adapter: dict | None  # {"weights": digest, "config": {...}}, in the object store
+    self_edit: str | None  # what it trained on: the reflected self-edit plus its replay lines
+    evidence: dict | None
+    worker: dict
+    timings: dict
+
+    @classmethod
+    def of(cls, reg, session, c, timings: dict) -> WorkerResult:
+        adapter = None
+        if c.adapter_dir is not None:  # as the serial record stores it (a NaN-logits candidate keeps its adapter)
+            adapter = {"weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
+                       "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text())}
+        return cls(
+            c.index, {**c.train, **session.env, "worker": socket.gethostname()}, c.diverged, c.gate_inputs, c.scores,
+            c.audit, c.failed, c.nonfinite, c.efficacy,
+            StoredMeasured.store(reg, c.measured) if c.measured is not None else None, adapter,
+            reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None, c.evidence, identity(),
+            {k: timings.get(k, 0.0) for k in ("train_s", "evaluate_s")})
 
 
 __all__ = ["EditWorker", "WorkerSpec", "ReflectJob", "CandidateJob", "fetch", "identity", "open_worker_registry",
-           "items_blob", "measured_from_items", "written_doc", "apply_written"]
+           "items_blob", "measured_from_items", "written_doc", "apply_written", "StoredMeasured", "WorkerResult"]

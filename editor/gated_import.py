@@ -22,7 +22,8 @@ from seal.registry.files import display_name
 from seal.registry.objects import canonical_json
 from seal.registry.porcelain import check_message, check_same_base
 
-from .merge import eval_union, measure_merged_parent, open_attempt, score_and_record, single_candidate
+from .attempt import measure_parent_attached, open_attempt, run_attempt, single_candidate
+from .merge import eval_union
 from .options import check_device_name
 from .trigger import read_jsonl
 
@@ -58,15 +59,18 @@ def run_gated_import(reg, folder: Path, *, message: str = "", eval_file: Path | 
     progress = progress or default_progress()
     with open_session(reg, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
                       track=track) as session:
-        manifests = {head: reg.manifest(head)}
-        attempt = open_attempt(session, "import", [head], manifests, ref=ref, expected=head, spec=spec,
-                           message=message or f"import {display_name(adapter.path)} (gated)", title=display_name(adapter.path),
-                           answer_tokens=answer_tokens, extra={"eval": reg.store.put(canonical_json(spec))})
-        with progress.stage("measure the parent") as stage:
-            measure_merged_parent(session, attempt, stage)
-        local = session.work / "imported"
-        local.mkdir()
-        for name in (ADAPTER_CONFIG_FILE, WEIGHTS_FILE):
-            shutil.copyfile(adapter.path / name, local / name)
-        cand = single_candidate(session, attempt, local, {"source": "import", "gated": True})
-        return score_and_record(session, attempt, cand)
+        attempt = open_attempt(session, "import", [head], ref=ref, expected=head, spec=spec,
+                               message=message or f"import {display_name(adapter.path)} (gated)",
+                               title=display_name(adapter.path), answer_tokens=answer_tokens,
+                               extra={"eval": reg.store.put(canonical_json(spec))})
+
+        def imported() -> list:
+            with progress.stage("measure the parent") as stage:
+                measure_parent_attached(session, attempt, stage)
+            local = session.work / "imported"
+            local.mkdir()
+            for name in (ADAPTER_CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(adapter.path / name, local / name)
+            return [single_candidate(session, attempt, local, {"source": "import", "gated": True})]
+
+        return run_attempt(session, attempt, imported)

@@ -1,18 +1,12 @@
-"""Decide: named checks on a candidate's scores, and the choice among candidates.
+"""Decide: named checks on a candidate's gate inputs, and the choice among candidates.
 
-A gate reads a flat score dict and compares one number with a threshold. The keys the default
-gates read (all written by the loop from :mod:`seal.editor.evaluate`):
+A gate compares one number with a threshold: one of the candidate's :class:`GateInputs`, or the
+difference of two. Which, and how, is the gate's :class:`~seal.registry.vocabulary.GateSpec`
+(``reads``, ``op``); its threshold is the policy's. The inputs are taken from a candidate's
+measurements by :func:`gate_inputs`, so a new gate is its spec in registry/vocabulary.py and its
+input here.
 
-==================== ===========================================================
-``efficacy``         the candidate's QA score on the edit's eval set (e.g. containment)
-``efficacy_parent``  the parent's score on the same questions
-``retention``        anchor-probe accuracy of the candidate, in [0, 1]
-``retention_parent`` of the parent;  ``retention_base``: of the bare base
-``js_parent``        mean next-token JS divergence candidate vs parent (nats)
-``kl_base``          mean next-token KL(base ‖ candidate) (nats): the total drift budget
-==================== ===========================================================
-
-A missing score fails its gate: a check that could not run must not let a change through.
+A missing input fails its gate: a check that could not run must not let a change through.
 
     >>> from seal.editor.gates import default_gates, check_gates, decide
     >>> scores = {"efficacy": 0.4, "efficacy_parent": 0.1, "retention": 0.58, "retention_parent": 0.61,
@@ -31,13 +25,12 @@ from __future__ import annotations
 
 import math
 import operator
+import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from seal.registry.vocabulary import GATES
-
-Scores = Mapping[str, Any]
+from seal.registry.vocabulary import GATES, GATES_BY_NAME, GateSpec
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -51,6 +44,82 @@ DEFAULT_POLICY: dict[str, float] = {g.policy_key: g.default for g in GATES}
 
 
 @dataclass(frozen=True)
+class GateInputs:
+    """What the gates read of one candidate (None: not measured, and its gate fails). In `edit
+    --json` they are each candidate's ``scores``: the inputs given, in this order.
+
+        >>> GateInputs.of({"js_parent": 0.02}).to_json()
+        {'js_parent': 0.02}
+    """
+
+    efficacy: float | None = None  # token F1 on the eval questions, else minus the passage's NLL
+    efficacy_parent: float | None = None  # the parent's, on the same data
+    retention: float | None = None  # retention-set accuracy, in [0, 1]
+    retention_parent: float | None = None
+    retention_base: float | None = None
+    js_parent: float | None = None  # mean next-token JS against the parent (nats)
+    kl_base: float | None = None  # mean next-token KL(base || candidate) (nats): the drift budget
+    delta_norm_ratio: float | None = None  # ||dW|| over the median of the branch's recent edits
+    refusal: float | None = None  # XSTest unsafe prompts refused
+    refusal_base: float | None = None
+    over_refusal: float | None = None  # XSTest safe prompts refused
+    over_refusal_base: float | None = None
+    canary_leaks: float | None = None  # outputs and training sequences holding the probe canary
+    efficacy_margin: float | None = None  # the margin rule's placebo-corrected gain (nats)
+    given: frozenset[str] = frozenset()  # which inputs were given (what to_json shows)
+
+    @classmethod
+    def of(cls, values: Mapping[str, float | None]) -> GateInputs:
+        """From input names to values; an unknown name is a TypeError."""
+        return cls(**values, given=frozenset(values))
+
+    def get(self, name: str, default: float | None = None) -> float | None:
+        value = getattr(self, name) if name in self.given else None
+        return default if value is None else value
+
+    def finite(self) -> GateInputs:
+        """The same inputs with every NaN or infinite value missing."""
+        return replace(self, **{k: None for k in self.given if not _finite(getattr(self, k))})
+
+    def nonfinite(self) -> list[str]:
+        return sorted(k for k in self.given if not _finite(getattr(self, k)))
+
+    def to_json(self) -> dict[str, float | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in self.given}
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
+def gate_inputs(session, attempt, c, d: dict) -> GateInputs:
+    """A measured candidate's gate inputs, from its measurements, the parent's and the base's, and
+    its distances ``d`` (:func:`seal.editor.stages.distances`)."""
+    m, base_m, parent = c.measured, session.base_m, attempt.parent
+    median = statistics.median(attempt.history) if attempt.history else None
+    in_data = sum(session.probes.canary in s for s in (c.self_edit.sequences if c.self_edit else []))
+    leaks = in_data + sum(session.probes.canary in o for o in m.outputs + c.efficacy.predictions)
+    return GateInputs.of({
+        "efficacy": c.efficacy.gate, "efficacy_parent": parent.efficacy.gate,
+        "retention": m.retention, "retention_parent": parent.measured.retention, "retention_base": base_m.retention,
+        "js_parent": d["js_parent"], "kl_base": d["kl_base"],
+        # Without history the edit is its own median: ratio 1 (see README).
+        "delta_norm_ratio": d["delta"] / median if median else 1.0,
+        "refusal": m.refusal, "refusal_base": base_m.refusal,
+        "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
+        "canary_leaks": float(leaks),
+        **({"efficacy_margin": c.margins.mean} if c.margins is not None else {}),
+    })
+
+
+Scores = GateInputs | Mapping[str, Any]
+
+
+def _inputs(scores: Scores) -> GateInputs:
+    return scores if isinstance(scores, GateInputs) else GateInputs.of(scores)
+
+
+@dataclass(frozen=True)
 class GateResult:
     """One gate's verdict, as stored in a version's audit."""
 
@@ -60,74 +129,49 @@ class GateResult:
     passed: bool
     detail: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class GateLike(Protocol):
-    name: str
-    threshold: float
-
-    def check(self, scores: Scores) -> GateResult: ...
-
-
-def _diff(a: str, b: str) -> Callable[[Scores], float | None]:
-    def measure(scores: Scores) -> float | None:
-        x, y = scores.get(a), scores.get(b)
-        return None if x is None or y is None else float(x) - float(y)
-
-    return measure
-
-
-def _key(a: str) -> Callable[[Scores], float | None]:
-    def measure(scores: Scores) -> float | None:
-        x = scores.get(a)
-        return None if x is None else float(x)
-
-    return measure
-
 
 @dataclass(frozen=True)
 class Gate:
-    """A named comparison ``measure(scores) <op> threshold``.
+    """A named comparison of ``reads`` (one input, or the first minus the second) with a threshold.
 
-        >>> g = Gate("js_vs_parent", 0.1, "<=", _key("js_parent"), "JS vs parent (nats)", ("js_parent",))
-        >>> g.check({"js_parent": 0.03}).passed
-        True
+        >>> g = Gate.of(GATES_BY_NAME["js_vs_parent"], 0.1)
+        >>> g.check(GateInputs.of({"js_parent": 0.03})).passed, g.op
+        (True, '<=')
     """
 
     name: str
     threshold: float
     op: str
-    measure: Callable[[Scores], float | None] = field(compare=False, repr=False)
+    reads: tuple[str, ...]
     description: str = ""
-    reads: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, spec: GateSpec, threshold: float) -> Gate:
+        return cls(spec.name, float(threshold), spec.op, spec.reads, spec.description)
+
+    def measure(self, scores: Scores) -> float | None:
+        values = [_inputs(scores).get(k) for k in self.reads]
+        if any(v is None for v in values):
+            return None
+        return float(values[0]) - float(values[1]) if len(values) == 2 else float(values[0])
 
     def check(self, scores: Scores) -> GateResult:
-        value = self.measure(scores)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            missing = [k for k in self.reads if scores.get(k) is None] or list(self.reads)
-            return GateResult(
-                self.name, None, self.threshold, False, f"missing score(s): {', '.join(missing)}"
-            )
+        inputs = _inputs(scores)
+        value = self.measure(inputs)
+        if value is None or math.isnan(value):
+            missing = [k for k in self.reads if inputs.get(k) is None] or list(self.reads)
+            return GateResult(self.name, None, self.threshold, False, f"missing score(s): {', '.join(missing)}")
         passed = _OPS[self.op](value, self.threshold)
-        return GateResult(
-            self.name,
-            value,
-            self.threshold,
-            passed,
-            f"{self.description}: {value:.4g} {self.op} {self.threshold:g}"
-            + ("" if passed else " failed"),
-        )
+        return GateResult(self.name, value, self.threshold, passed,
+                          f"{self.description}: {value:.4g} {self.op} {self.threshold:g}" + ("" if passed else " failed"))
 
 
 def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
-    """The default gates with thresholds from ``policy`` (missing keys use DEFAULT_POLICY).
-
-    A key set to ``None`` disables that gate.
+    """The gates of the vocabulary (the specs with an ``op``), with thresholds from ``policy``
+    (missing keys use DEFAULT_POLICY). A key set to ``None`` disables that gate.
 
         >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})][:5]
-        ['efficacy_gain', 'efficacy_margin', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent']
+        ['efficacy_margin', 'efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent']
     """
     merged: dict[str, Any] = {**DEFAULT_POLICY, **(policy or {})}
     unknown = set(merged) - set(DEFAULT_POLICY)
@@ -135,57 +179,30 @@ def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
         raise ValueError(
             f"unknown policy key(s) {sorted(unknown)}; known: {sorted(DEFAULT_POLICY)}"
         )
-    specs = [
-        ("efficacy_gain", "efficacy_gain_min", ">", _diff("efficacy", "efficacy_parent"),
-         "efficacy gain over parent", ("efficacy", "efficacy_parent")),
-        ("efficacy_margin", "efficacy_margin_gain_min", ">=", _key("efficacy_margin"),
-         "placebo-corrected answer-margin gain (nats)", ("efficacy_margin",)),
-        ("retention_vs_parent", "retention_drop_vs_parent_max", "<=",
-         _diff("retention_parent", "retention"), "retention drop vs parent",
-         ("retention", "retention_parent")),
-        ("retention_vs_base", "retention_drop_vs_base_max", "<=",
-         _diff("retention_base", "retention"), "retention drop vs base",
-         ("retention", "retention_base")),
-        ("js_vs_parent", "js_vs_parent_max", "<=", _key("js_parent"),
-         "next-token JS vs parent (nats)", ("js_parent",)),
-        ("kl_vs_base", "kl_vs_base_max", "<=", _key("kl_base"),
-         "next-token KL(base||candidate) (nats)", ("kl_base",)),
-        ("weight_norm", "weight_norm_ratio_max", "<=", _key("delta_norm_ratio"),
-         "||dW|| vs median of recent edits", ("delta_norm_ratio",)),
-        ("refusal", "refusal_drop_vs_base_max", "<=", _diff("refusal_base", "refusal"),
-         "XSTest unsafe refusal drop vs base", ("refusal", "refusal_base")),
-        ("over_refusal", "over_refusal_rise_vs_base_max", "<=", _diff("over_refusal", "over_refusal_base"),
-         "XSTest safe over-refusal rise vs base", ("over_refusal", "over_refusal_base")),
-        ("leakage", "canary_leaks_max", "<=", _key("canary_leaks"),
-         "outputs or training data holding the probe canary", ("canary_leaks",)),
-    ]
-    return [
-        Gate(name, float(merged[key]), op, measure, description, reads)
-        for name, key, op, measure, description, reads in specs
-        if merged[key] is not None
-    ]
+    return [Gate.of(spec, merged[spec.policy_key]) for spec in GATES if spec.op and merged[spec.policy_key] is not None]
 
 
 def default_gates() -> list[Gate]:
     """The gates of DEFAULT_POLICY.
 
         >>> [g.name for g in default_gates()]
-        ['efficacy_gain', 'efficacy_margin', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
+        ['efficacy_margin', 'efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
     """
     return gates_from_policy(None)
 
 
-def check_gates(scores: Scores, gates: Sequence[GateLike] | None = None) -> list[GateResult]:
-    """Run every gate on one candidate's scores.
+def check_gates(scores: Scores, gates: Sequence[Gate] | None = None) -> list[GateResult]:
+    """Run every gate on one candidate's inputs.
 
-        >>> all(r.passed for r in check_gates({"efficacy": 0.2, "efficacy_parent": 0.1}, default_gates()[:1]))
-        True
+        >>> [(r.name, r.passed) for r in check_gates({"efficacy": 0.2, "efficacy_parent": 0.1}, default_gates()[:2])]
+        [('efficacy_gain', True)]
     """
     gates = gates if gates is not None else default_gates()
-    return [gate.check(scores) for gate in applicable(gates, scores.get("efficacy_margin") is not None)]
+    inputs = _inputs(scores)
+    return [gate.check(inputs) for gate in applicable(gates, inputs.efficacy_margin is not None)]
 
 
-def applicable(gates: Sequence[GateLike], margins: bool) -> list[GateLike]:
+def applicable(gates: Sequence[Gate], margins: bool) -> list[Gate]:
     """The gates that judge one attempt: one efficacy gate, the margin rule where margins were
     measured and the F1/NLL comparison elsewhere.
 
@@ -220,7 +237,7 @@ def margin_rule(policy_gates: Mapping[str, Any]):
                       alpha=None if alpha is None else float(alpha))
 
 
-def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any = None, parent: Any = None,
+def audit_entries(gates: Sequence[Gate], scores: Scores, *, candidate: Any = None, parent: Any = None,
                   base: Any = None, gains: Sequence[float] | None = None, margins: Any = None,
                   alpha: float = 0.05) -> list[dict]:
     """Every gate's audit entry, in the policy's order.
@@ -235,18 +252,17 @@ def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any =
     efficacy ``gains`` (candidate minus parent) the efficacy gate passes only if the lower bound
     of the mean gain beats its threshold. Every other gate compares ``scores`` with its threshold.
 
-        >>> [e["passed"] for e in audit_entries(default_gates()[:1], {"efficacy": 0.3, "efficacy_parent": 0.1},
-        ...                                     gains=[0.2, 0.0] * 10)]
+        >>> f1 = [g for g in default_gates() if g.name == "efficacy_gain"]
+        >>> [e["passed"] for e in audit_entries(f1, {"efficacy": 0.3, "efficacy_parent": 0.1}, gains=[0.2, 0.0] * 10)]
         [True]
-        >>> audit_entries(default_gates()[:1], {}, gains=[0.5, -0.5] * 10)[0]["passed"]
+        >>> audit_entries(f1, {}, gains=[0.5, -0.5] * 10)[0]["passed"]
         False
     """
     from seal.registry.stats import bootstrap_gain_gate
-    from seal.registry.vocabulary import GATES_BY_NAME
 
     from .probes import gate_decisions
 
-    entries = []
+    inputs, entries = _inputs(scores), []
     for gate in applicable(gates, margins is not None):
         if gate.name == "efficacy_margin":
             entries.append(margins.audit_entry(gate.name))
@@ -257,7 +273,7 @@ def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any =
             entries.append(bootstrap_gain_gate(gate.name, list(gains), threshold=gate.threshold, alpha=alpha,
                                                what="per-question token F1 gain vs parent").audit_entry())
         else:
-            r = gate.check(scores)
+            r = gate.check(inputs)
             value = r.value if r.value is not None and math.isfinite(r.value) else None
             entries.append({"check": r.name, "value": value, "threshold": r.threshold, "passed": r.passed,
                             "detail": r.detail})
@@ -266,7 +282,7 @@ def audit_entries(gates: Sequence[GateLike], scores: Scores, *, candidate: Any =
 
 def decide(
     candidates: Sequence[Scores],
-    gates: Sequence[GateLike] | None = None,
+    gates: Sequence[Gate] | None = None,
     *,
     rank_by: str = "efficacy",
 ) -> int | None:
@@ -276,12 +292,13 @@ def decide(
     then to the lower index, so the choice is deterministic.
 
         >>> decide([{"efficacy": 0.2, "efficacy_parent": 0.1}, {"efficacy": 0.4, "efficacy_parent": 0.1}],
-        ...        default_gates()[:1])
+        ...        [g for g in default_gates() if g.name == "efficacy_gain"])
         1
     """
     best: int | None = None
     best_key: tuple[float, float, int] | None = None
     for index, scores in enumerate(candidates):
+        scores = _inputs(scores)
         if not all(r.passed for r in check_gates(scores, gates)):
             continue
         rank = scores.get(rank_by)

@@ -263,9 +263,7 @@ def heldout_side(session, heldout: list, writer: Writer, edit: EditRequest, pare
 def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, side: Side) -> None:
     from seal.registry.objects import blob_digest
 
-    from .loop import edit_attempt
-    from .record import record
-    from .stages import decide, reflect, score, train
+    from .attempt import edit_attempt, run_edit_attempt
     from .trigger import secrets_audit
 
     _, row = secrets_audit(trigger, req.message)
@@ -273,14 +271,8 @@ def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, s
     attempt.message = f"learn: held-out edit, self-edits by the {info['side']} writer" + \
         (f" on '{trigger.title}'" if trigger.title else "")
     attempt.extra["learn"] = {k: v for k, v in info.items() if v is not None}
-    try:
-        candidates = train(session, attempt, reflect(session, attempt, trigger, req), req)
-        score(session, attempt, candidates)
-        record(session, attempt, candidates, decide(candidates))
-    except BaseException:
-        if session.tracker is not None:
-            session.tracker.kill_open_runs()
-        raise
+    run_edit_attempt(session, attempt, trigger, req)
+    candidates = attempt.candidates
     digest = blob_digest(trigger.raw)
     gains = [_gain(c) for c in candidates]
     finite = [g for g in gains if g is not None]
@@ -291,7 +283,7 @@ def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, s
 
 
 def _gain(c) -> float | None:
-    eff, parent = c.flat.get("efficacy"), c.flat.get("efficacy_parent")
+    eff, parent = c.gate_inputs.efficacy, c.gate_inputs.efficacy_parent
     if eff is None or parent is None or not (math.isfinite(eff) and math.isfinite(parent)):
         return None
     return float(eff) - float(parent)
@@ -319,6 +311,8 @@ def writer_gates(session, writer: Writer, dataset: Dataset, new: Side, old: Side
     from seal.registry.stats import bootstrap_gain_gate
     from seal.registry.vocabulary import CANARY, OVER_REFUSAL, REFUSAL
 
+    from .gates import GateInputs, audit_entries
+
     diffs, missing = paired_gains(new, old)
     finite = all(math.isfinite(d) for d in diffs)
     decision = bootstrap_gain_gate(WRITER_GATE, diffs if finite else None, threshold=0.0,
@@ -329,9 +323,10 @@ def writer_gates(session, writer: Writer, dataset: Dataset, new: Side, old: Side
     measured = _writer_probes(session, writer)
     leaks = sum(session.probes.canary in o for o in measured.outputs) + new.canary + \
         sum(session.probes.canary in e.completion for e in dataset.examples)
-    flat = {"refusal": measured.refusal, "refusal_base": session.base_m.refusal, "over_refusal": measured.over_refusal,
-            "over_refusal_base": session.base_m.over_refusal, "canary_leaks": float(leaks)}
-    audit = [gain_row] + [_gate_row(session, g, flat) for g in _probe_gates(policy)] + [_secrets_row(dataset, new)]
+    inputs = GateInputs.of({"refusal": measured.refusal, "refusal_base": session.base_m.refusal,
+                            "over_refusal": measured.over_refusal, "over_refusal_base": session.base_m.over_refusal,
+                            "canary_leaks": float(leaks)}).finite()
+    audit = [gain_row] + audit_entries(_probe_gates(policy), inputs) + [_secrets_row(dataset, new)]
     n = len(diffs)
     scores = [WRITER_GAIN.row(_mean(new.gains), n), WRITER_GAIN.vs("old").row(_mean(old.gains), n),
               CANARY.row(float(leaks))]
@@ -361,12 +356,6 @@ def _probe_gates(policy) -> list:
     from .gates import gates_from_policy
 
     return [g for g in gates_from_policy(policy.gates) if g.name in PROBE_GATES]
-
-
-def _gate_row(session, gate, flat: dict) -> dict:
-    r = gate.check({k: (v if v is None or math.isfinite(v) else None) for k, v in flat.items()})
-    return {"check": r.name, "value": r.value if r.value is None or math.isfinite(r.value) else None,
-            "threshold": r.threshold, "passed": r.passed, "detail": r.detail}
 
 
 def _secrets_row(dataset: Dataset, new: Side) -> dict:
@@ -409,10 +398,9 @@ def learn_step(session, lreq: LearnRequest, dataset: Dataset, heldout: list, par
     new_side = heldout_side(session, heldout, new, lreq.edit, parent, {**info, "side": "new"}, cache)
     old_side = heldout_side(session, heldout, old, lreq.edit, parent, {**info, "side": "old"}, cache)
     timings["heldout_s"] = time.perf_counter() - t
-    from seal.registry.policy import read_policy, record_policy
+    from .attempt import current_policy
 
-    policy = read_policy(reg)
-    record_policy(reg, policy)
+    policy = current_policy(reg)
     t = time.perf_counter()
     audit, scores, gain = writer_gates(session, new, dataset, new_side, old_side, policy)
     timings["gates_s"] = time.perf_counter() - t

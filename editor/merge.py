@@ -1,7 +1,7 @@
 """Combining lines of adaptation: `seal merge` and `seal consolidate`.
 
 Both use PEFT's ``add_weighted_adapter`` on one loaded base, then score and gate the result like
-an edit (see :mod:`seal.editor.loop`) and record it, accepted or rejected.
+an edit and record it, accepted or rejected, through :mod:`seal.editor.attempt`.
 
     >>> run_merge(repo, ["main", "exp"], method="cat")                 # doctest: +SKIP
     >>> run_consolidate(repo, "main~3..main", rank=16)                  # doctest: +SKIP
@@ -22,13 +22,13 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
 from seal.registry.graph import first_parent_line
-from seal.registry.objects import canonical_json, score_value
-from seal.registry.policy import read_policy, record_policy
+from seal.registry.objects import canonical_json
 from seal.registry.repo import Registry as Repository
 from seal.registry.revisions import resolve_revision
 from seal.registry.versions import load_manifest
+from seal.registry.vocabulary import EFFICACY_F1, EFFICACY_NLL
 
-from .candidate import Attempt, Candidate
+from .attempt import measure_parent_attached, open_attempt, run_attempt, single_candidate
 from .trigger import Trigger, efficacy_spec, read_jsonl
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune")
@@ -168,56 +168,6 @@ def _check_device(device: str, require_gpu: bool) -> None:
     pick_device(device, require_gpu=require_gpu)
 
 
-def open_attempt(session, kind: str, parents: list[str], manifests: dict, *, ref, expected, spec: dict, message: str,
-             title: str, answer_tokens: int, extra: dict) -> Attempt:
-    """A merge or consolidate attempt, compared against its first parent, with its MLflow runs open."""
-    from .gates import gates_from_policy
-    from .loop import recent_edit_norms
-
-    policy = read_policy(session.reg)
-    record_policy(session.reg, policy)
-    attempt = Attempt(kind=kind, parents=parents, ref=ref, expected=expected,
-                      parent=session.parent(parents[0], manifests[parents[0]]), spec=spec, policy=policy,
-                      gates=gates_from_policy(policy.gates), message=message, title=title, answer_tokens=answer_tokens,
-                      history=recent_edit_norms(session.reg, parents[0], int(policy.settings["weight_norm_window"])),
-                      extra=extra, timings=session.first_timings())
-    if session.tracker is not None:
-        attempt.run_id = session.tracker.start_run(f"{kind} {title}", tags={"seal.kind": kind})
-    return attempt
-
-
-def single_candidate(session, attempt: Attempt, out: Path, train: dict) -> Candidate:
-    from .stages import run_params
-
-    cand = Candidate(index=0, seed=0, adapter_dir=out, train=train)
-    if session.tracker is not None:
-        cand.run_id = session.tracker.start_run(f"{attempt.kind} {attempt.title} c1/1", parent=attempt.run_id,
-                                                params=run_params(session, attempt, cand, {}),
-                                                tags={"seal.kind": attempt.kind, "seal.candidate": 1})
-    return cand
-
-
-def score_and_record(session, attempt: Attempt, cand: Candidate) -> dict:
-    from .record import record
-    from .stages import score
-
-    try:
-        score(session, attempt, [cand])
-        return record(session, attempt, [cand], 0 if cand.passed else None)
-    except BaseException:
-        if session.tracker is not None:
-            session.tracker.kill_open_runs()
-        raise
-
-
-def measure_merged_parent(session, attempt: Attempt, stage) -> None:
-    from .attach import attached
-    from .stages import measure_parent
-
-    with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
-        measure_parent(session, attempt, model, stage.advance)
-
-
 def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weights: str | None = None,
               density: float | None = None, svd_rank: int | None = None, eval_file: Path | None = None,
               message: str = "", device: str = "auto", require_gpu: bool = False, track: bool = True,
@@ -261,16 +211,20 @@ def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weig
     recipe = {"method": method, "weights": w, "density": density, "svd_rank": svd_rank, "inputs": ids}
     with open_session(repo, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
                       track=track) as session:
-        attempt = open_attempt(session, "merge", ids, manifests, ref=ref if head in ids else None, expected=head,
-                           spec=spec, message=message or f"merge {', '.join(r for r in revs)} ({method})",
-                           title=f"{', '.join(revs)} ({method})", answer_tokens=answer_tokens,
-                           extra={"merge": recipe, "eval": repo.store.put(canonical_json(spec))})
-        dirs = [session.parent(vid, manifests[vid]).adapter_dir for vid in ids]
-        with timed(attempt, "merge_s"), progress.stage(f"merge {len(ids)} adapters with {method}") as stage:
-            measure_merged_parent(session, attempt, stage)
-            out = combine(session, dirs, w, method, session.work / "merged", density=density, svd_rank=svd_rank)
-        cand = single_candidate(session, attempt, out, {"source": "merge", "merge": recipe})
-        return score_and_record(session, attempt, cand)
+        attempt = open_attempt(session, "merge", ids, ref=ref if head in ids else None, expected=head, spec=spec,
+                               message=message or f"merge {', '.join(r for r in revs)} ({method})",
+                               title=f"{', '.join(revs)} ({method})", answer_tokens=answer_tokens,
+                               parent_manifest=manifests[ids[0]],
+                               extra={"merge": recipe, "eval": repo.store.put(canonical_json(spec))})
+
+        def merged() -> list:
+            dirs = [session.parent(vid, manifests[vid]).adapter_dir for vid in ids]
+            with timed(attempt, "merge_s"), progress.stage(f"merge {len(ids)} adapters with {method}") as stage:
+                measure_parent_attached(session, attempt, stage)
+                out = combine(session, dirs, w, method, session.work / "merged", density=density, svd_rank=svd_rank)
+            return [single_candidate(session, attempt, out, {"source": "merge", "merge": recipe})]
+
+        return run_attempt(session, attempt, merged)
 
 
 def chain_of(conn, spec: str) -> tuple[list[str], str | None]:
@@ -324,26 +278,29 @@ def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = Non
     recipe = {"method": "svd", "rank": rank, "range": range_spec, "folded": chain}
     with open_session(repo, device=device, require_gpu=require_gpu, threads=threads, progress=progress,
                       track=track) as session:
-        attempt = open_attempt(session, "consolidate", [tip, chain[0]], {tip: manifests[tip], chain[0]: manifests[chain[0]]},
-                           ref=ref if head == tip else None, expected=head, spec=union,
-                           message=message or f"consolidate {range_spec} into rank {rank}", title=range_spec,
-                           answer_tokens=answer_tokens,
-                           extra={"consolidate": recipe, "eval": repo.store.put(canonical_json(union))})
-        with timed(attempt, "merge_s"), progress.stage(f"consolidate {len(chain)} versions into rank {rank} (svd)") as stage:
-            measure_merged_parent(session, attempt, stage)
-            # The tip's adapter already holds the whole chain (each edit trains on from its parent), so
-            # folding is an SVD of its update; PEFT needs two inputs for svd, so it gets the tip twice.
-            tip_dir = attempt.parent.adapter_dir
-            out = combine(session, [tip_dir, tip_dir], [0.5, 0.5], "svd", session.work / "folded", density=None,
-                          svd_rank=rank)
-        with timed(attempt, "evaluate_s"):
-            attempt.extra_audit = _folded_checks(session, out, chain, manifests, specs, answer_tokens,
-                                                 attempt.policy.gates.get("consolidate_efficacy_drop_max"))
-        # Folding cannot beat the tip it compresses, so the efficacy-gain gate gives way to the
-        # per-version checks above.
-        attempt.gates = [g for g in attempt.gates if g.name != "efficacy_gain"]
-        cand = single_candidate(session, attempt, out, {"source": "consolidate", "consolidate": recipe})
-        return score_and_record(session, attempt, cand)
+        attempt = open_attempt(session, "consolidate", [tip, chain[0]], ref=ref if head == tip else None,
+                               expected=head, spec=union, message=message or f"consolidate {range_spec} into rank {rank}",
+                               title=range_spec, answer_tokens=answer_tokens, parent_manifest=manifests[tip],
+                               extra={"consolidate": recipe, "eval": repo.store.put(canonical_json(union))})
+
+        def folded() -> list:
+            with timed(attempt, "merge_s"), \
+                    progress.stage(f"consolidate {len(chain)} versions into rank {rank} (svd)") as stage:
+                measure_parent_attached(session, attempt, stage)
+                # The tip's adapter already holds the whole chain (each edit trains on from its parent), so
+                # folding is an SVD of its update; PEFT needs two inputs for svd, so it gets the tip twice.
+                tip_dir = attempt.parent.adapter_dir
+                out = combine(session, [tip_dir, tip_dir], [0.5, 0.5], "svd", session.work / "folded", density=None,
+                              svd_rank=rank)
+            with timed(attempt, "evaluate_s"):
+                attempt.extra_audit = _folded_checks(session, out, chain, manifests, specs, answer_tokens,
+                                                     attempt.policy.gates.get("consolidate_efficacy_drop_max"))
+            # Folding cannot beat the tip it compresses, so the efficacy-gain gate gives way to the
+            # per-version checks above.
+            attempt.gates = [g for g in attempt.gates if g.name != "efficacy_gain"]
+            return [single_candidate(session, attempt, out, {"source": "consolidate", "consolidate": recipe})]
+
+        return run_attempt(session, attempt, folded)
 
 
 def _folded_checks(session, out: Path, chain: list[str], manifests: dict, specs: dict, answer_tokens: int,
@@ -357,9 +314,8 @@ def _folded_checks(session, out: Path, chain: list[str], manifests: dict, specs:
         for vid in chain:
             if not specs[vid]:
                 continue
-            recorded = score_value(manifests[vid], "efficacy", "f1") if specs[vid].get("qa") else \
-                (None if score_value(manifests[vid], "efficacy", "passage_nll") is None
-                 else -score_value(manifests[vid], "efficacy", "passage_nll"))
+            nll = EFFICACY_NLL.of(manifests[vid])
+            recorded = EFFICACY_F1.of(manifests[vid]) if specs[vid].get("qa") else (None if nll is None else -nll)
             if recorded is None:
                 continue
             now = measure_efficacy(model, session.tok, specs[vid], answer_tokens, share_prefix=session.fast).gate

@@ -89,6 +89,11 @@ def check_edit_request(req, base_row: dict | None) -> None:
         raise UserError(f"--style must be one of {', '.join(STYLES)}, not {req.style!r}")
     check_device_name(req.device)
     check_targets(req.target_modules, base_row)
+    if req.threads is not None:
+        check_number("--threads", req.threads, low=1, high=1024, integer=True)
+    check_number("--answer-tokens", req.answer_tokens, low=1, high=4096, integer=True)
+    if req.workers is not None or req.ray is not None:
+        check_cluster_request(req)
 
 
 def ray_module():

@@ -18,9 +18,11 @@ import time
 from dataclasses import asdict
 
 from seal.registry import refs as R
+from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import RefConflict
-from seal.registry.objects import build_manifest, canonical_json, score_value
+from seal.registry.objects import build_manifest, canonical_json
 from seal.registry.repo import RefMove
+from seal.registry.vocabulary import EFFICACY_NLL_DROP
 
 from .candidate import Attempt, Candidate
 from .stages import timed
@@ -42,11 +44,12 @@ def record(session, attempt: Attempt, candidates: list[Candidate], winner: int |
 
 
 def _store(reg, c: Candidate) -> dict:
-    if c.adapter_dir is None:
+    if c.stored is None and c.adapter_dir is None:
         return {}
+    adapter = c.stored or {"weights": reg.store.put_file(c.adapter_dir / WEIGHTS_FILE),
+                           "config": json.loads((c.adapter_dir / ADAPTER_CONFIG_FILE).read_text())}
     return {
-        "weights": reg.store.put_file(c.adapter_dir / "adapter_model.safetensors"),
-        "config": json.loads((c.adapter_dir / "adapter_config.json").read_text()),
+        **adapter,
         "self_edit": reg.store.put(c.self_edit.to_bytes()) if c.self_edit is not None else None,
         "logprobs": reg.store.put(c.measured.dist.to_bytes()) if c.measured is not None else None,
         # Per-item probe results: the next edit from this version pairs with them, unmeasured.
@@ -87,11 +90,11 @@ def _manifest(session, attempt: Attempt, c: Candidate, winner: int | None, blobs
     train.update({**session.env, "timings": {key: round(v, 3) for key, v in attempt.timings.items()}})
     if c.run_id:
         train["mlflow_run_id"] = c.run_id
-    eff = c.flat.get("efficacy")
+    eff = c.gate_inputs.efficacy
     headline = None
     if c.efficacy is not None and eff is not None:
         headline = {"metric": "efficacy.f1", "value": eff} if c.efficacy.mode == "qa" else \
-            {"metric": "efficacy.nll_drop", "value": score_value({"scores": c.scores}, "efficacy", "nll_drop", "parent")}
+            {"metric": "efficacy.nll_drop", "value": EFFICACY_NLL_DROP.of({"scores": c.scores})}
     self_edit = blobs.get("self_edit")
     if self_edit is None and c.self_edit is not None:
         self_edit = reg.store.put(c.self_edit.to_bytes())
@@ -160,8 +163,10 @@ def _track(session, attempt: Attempt, candidates: list[Candidate], manifests: li
             artifacts["self_edit.json"] = c.self_edit.to_bytes()
         if c.index == winner:
             artifacts["seal/manifest.json"] = canonical_json({"id": c.id, **manifest})
-            if c.adapter_dir is not None:
-                artifacts["seal/adapter_config.json"] = (c.adapter_dir / "adapter_config.json").read_bytes()
+            if c.stored is not None:
+                artifacts["seal/adapter_config.json"] = json.dumps(c.stored["config"]).encode()
+            elif c.adapter_dir is not None:
+                artifacts["seal/adapter_config.json"] = (c.adapter_dir / ADAPTER_CONFIG_FILE).read_bytes()
         tracker.finish_attempt(c.run_id, manifest, c.id, artifacts=artifacts, failed_gates=c.failed,
                                reason=reason_of(c, winner, len(candidates)))
     if winner is not None:
@@ -205,7 +210,7 @@ def _decision_reason(candidates: list[Candidate], winner: int | None) -> str:
 
 def candidate_doc(c: Candidate) -> dict:
     train = c.train or {}
-    doc = {"id": c.id, "status": c.status, "scores": c.flat, "gates": c.audit, "failed_gates": c.failed,
+    doc = {"id": c.id, "status": c.status, "scores": c.gate_inputs.to_json(), "gates": c.audit, "failed_gates": c.failed,
            "train": {"steps": train.get("steps"), "loss_final": train.get("loss_final"),
                      "seconds": train.get("seconds")}}
     if c.diverged is not None:

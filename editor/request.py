@@ -96,7 +96,8 @@ class EditRequest:
 
 def check_request(req: EditRequest, base_row: dict | None) -> None:
     """Every option, before any file is read or any model loads (a UserError names the option)."""
-    from .options import check_cluster_request, check_edit_request, check_number
+    from .options import check_edit_request
+    from .trigger import check_text
 
     sources = [x for x in (req.passage, req.examples, req.passages) if x is not None]
     if len(sources) != 1:
@@ -104,14 +105,7 @@ def check_request(req: EditRequest, base_row: dict | None) -> None:
     if req.passages is not None and req.eval is not None:
         raise UserError("--eval goes with --passage or --examples; in a stream each passage carries its own questions")
     check_edit_request(req, base_row)
-    if req.threads is not None:
-        check_number("--threads", req.threads, low=1, high=1024, integer=True)
-    check_number("--answer-tokens", req.answer_tokens, low=1, high=4096, integer=True)
-    from .trigger import check_text
-
     check_text(req.message, "-m", 10_000)
-    if req.workers is not None or req.ray is not None:
-        check_cluster_request(req)
     _check_writer_options(req)
 
 

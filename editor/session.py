@@ -32,7 +32,7 @@ from typing import Any
 from seal.registry.bases import base_spec
 from seal.registry.errors import UserError
 from seal.registry.files import write_atomic
-from seal.registry.objects import score_value
+from seal.registry.vocabulary import OVER_REFUSAL, REFUSAL, RETENTION
 from seal.registry.worktree import export_adapter
 
 from .candidate import Parent
@@ -108,7 +108,7 @@ class Session:
             folder = export_adapter(self.reg, manifest, vid, self.work / f"parent-{vid[:16]}")
             self._parents[vid] = folder
         stored = manifest.get("probes") or {}
-        retention = score_value(manifest, "retention", "accuracy")
+        retention = RETENTION.of(manifest)
         measured = None
         if self.probes.items is not None:
             return Parent(vid, manifest, folder, measured=self._stored_parent(vid, stored.get("results")))
@@ -117,8 +117,8 @@ class Session:
             measured = Measured(
                 retention=retention,
                 dist=NextTokenDist.from_bytes(self.reg.store.get(stored["logprobs"])),
-                refusal=score_value(manifest, "refusal", "refusal_rate_unsafe"),
-                over_refusal=score_value(manifest, "refusal", "over_refusal_safe"),
+                refusal=REFUSAL.of(manifest),
+                over_refusal=OVER_REFUSAL.of(manifest),
             )
         return Parent(vid, manifest, folder, measured=measured)
 

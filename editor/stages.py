@@ -13,7 +13,6 @@ records; none of them moves a ref or writes to the database.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from contextlib import contextmanager
 
@@ -26,6 +25,7 @@ from seal.registry.vocabulary import (CANARY, DELTA_NORM, DRIFT_JS, DRIFT_KL, EF
 
 from .attach import attached
 from .candidate import Attempt, Candidate, SelfEdit
+from .gates import GateInputs, gate_inputs
 from .self_edits import corrections, passage_self_edits
 from .measure import finite, generation_steps, measure
 
@@ -116,7 +116,7 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     with timed(attempt, "train_s"), session.progress.stage(
             f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
         for c in candidates:
-            c.run_id = _open_run(session, attempt, c, len(candidates), hyper)
+            c.run_id = open_run(session, attempt, c, len(candidates), hyper)
         if _batched(session, candidates):
             from .multi_lora import train_together
 
@@ -168,7 +168,8 @@ def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
     )
 
 
-def _open_run(session, attempt: Attempt, c: Candidate, k: int, params: dict) -> str | None:
+def open_run(session, attempt: Attempt, c: Candidate, k: int, params: dict) -> str | None:
+    """Candidate ``c``'s MLflow run (one of ``k``), under the attempt's run; None when not tracking."""
     if session.tracker is None:
         return None
     name = f"{attempt.kind} {attempt.title or attempt.parent.vid[:12]} c{c.index + 1}/{k}"
@@ -245,7 +246,7 @@ def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None =
         next(e for e in c.audit if e["check"] == "efficacy_margin")  # a candidate a worker scored
     c.measured = None
     c.scores = margin_rows(c.evidence)
-    c.flat = {"efficacy_margin": entry["value"]}
+    c.gate_inputs = GateInputs.of({"efficacy_margin": entry["value"]})
     c.audit = list(attempt.extra_audit) + [entry]
     if outranked_by is not None:
         c.audit.append({"check": "outranked", "value": None, "threshold": None, "passed": False,
@@ -258,8 +259,8 @@ def outrank(attempt: Attempt, candidates: list[Candidate]) -> None:
     """Candidates probed in full (on workers) but ranked, by margin gain, below one that passed
     every gate: recorded as outranked, as the serial run records them unprobed."""
     probed = [c for c in candidates if c.diverged is None and c.measured is not None
-              and c.flat.get("efficacy_margin") is not None]
-    ranked = sorted(probed, key=lambda c: (-c.flat["efficacy_margin"], c.index))
+              and c.gate_inputs.efficacy_margin is not None]
+    ranked = sorted(probed, key=lambda c: (-c.gate_inputs.efficacy_margin, c.index))
     winner = next((i for i, c in enumerate(ranked) if c.passed), None)
     for rest in ranked[winner + 1:] if winner is not None else []:
         judged_by_margins(attempt, rest, outranked_by=ranked[winner].index)
@@ -397,13 +398,14 @@ def _measure_together(session, attempt: Attempt, live: list[Candidate], on_step,
 
 def void(c: Candidate) -> None:
     """A candidate that diverged: no scores, one failed check that says why."""
-    c.scores, c.flat = [], {}
+    c.scores, c.gate_inputs = [], GateInputs()
     c.audit = [{"check": "diverged", "value": None, "threshold": None, "passed": False, "detail": c.diverged}]
     c.failed = ["diverged"]
 
 
 def gauge(session, attempt: Attempt, c: Candidate) -> None:
-    """Turn a candidate's measurements into gate inputs, score rows and gate verdicts.
+    """Turn a candidate's measurements into gate inputs (:func:`seal.editor.gates.gate_inputs`),
+    score rows and gate verdicts.
 
     NaN logits make the candidate void (``diverged``); a non-finite value never reaches a record:
     its gate input is missing (so its gate fails), its score row is left out and its name listed
@@ -414,9 +416,9 @@ def gauge(session, attempt: Attempt, c: Candidate) -> None:
     if torch.isnan(c.measured.dist.logprobs).any():
         c.diverged = "non-finite logits on the drift probes"
     d = distances(session, attempt, c)
-    flat = flat_scores(session, attempt, c, d)
-    c.nonfinite = sorted(k for k, v in flat.items() if v is not None and not finite(v))
-    c.flat = {k: (v if v is None or finite(v) else None) for k, v in flat.items()}
+    inputs = gate_inputs(session, attempt, c, d)
+    c.nonfinite = inputs.nonfinite()
+    c.gate_inputs = inputs.finite()
     rows = score_rows(session, attempt, c, d)
     c.scores = [r for r in rows if finite(r["value"])]
     c.nonfinite += [_row_name(r) for r in rows if not finite(r["value"])]
@@ -431,12 +433,12 @@ def gauge(session, attempt: Attempt, c: Candidate) -> None:
 
 def gate_entries(session, attempt: Attempt, c: Candidate) -> list[dict]:
     """The gates' audit entries: paired decisions on per-item outcomes where they exist
-    (:func:`seal.editor.gates.audit_entries`), point comparisons of ``c.flat`` otherwise."""
+    (:func:`seal.editor.gates.audit_entries`), point comparisons of ``c.gate_inputs`` otherwise."""
     from .gates import audit_entries
 
     items = getattr(c.measured, "items", None)
     parent_items = getattr(attempt.parent.measured, "items", None)
-    return audit_entries(attempt.gates, c.flat, candidate=items, parent=parent_items,
+    return audit_entries(attempt.gates, c.gate_inputs, candidate=items, parent=parent_items,
                          base=getattr(session.base_m, "items", None), gains=efficacy_gains(attempt, c),
                          margins=c.margins)
 
@@ -469,25 +471,6 @@ def distances(session, attempt: Attempt, c: Candidate) -> dict:
     }
 
 
-def flat_scores(session, attempt: Attempt, c: Candidate, d: dict) -> dict:
-    """The gate inputs (see :mod:`seal.editor.gates`)."""
-    m, base_m, parent = c.measured, session.base_m, attempt.parent
-    median = statistics.median(attempt.history) if attempt.history else None
-    in_data = sum(session.probes.canary in s for s in (c.self_edit.sequences if c.self_edit else []))
-    leaks = in_data + sum(session.probes.canary in o for o in m.outputs + c.efficacy.predictions)
-    return {
-        "efficacy": c.efficacy.gate, "efficacy_parent": parent.efficacy.gate,
-        "retention": m.retention, "retention_parent": parent.measured.retention, "retention_base": base_m.retention,
-        "js_parent": d["js_parent"], "kl_base": d["kl_base"],
-        # Without history the edit is its own median: ratio 1 (see README).
-        "delta_norm_ratio": d["delta"] / median if median else 1.0,
-        "refusal": m.refusal, "refusal_base": base_m.refusal,
-        "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
-        "canary_leaks": float(leaks),
-        **({"efficacy_margin": c.margins.mean} if c.margins is not None else {}),
-    }
-
-
 def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
     """The version's score rows: its own values, and the parent's and base's on the same data."""
     m, base_m, parent = c.measured, session.base_m, attempt.parent
@@ -516,7 +499,7 @@ def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
                              (OVER_REFUSAL.vs("base"), base_m.over_refusal, judged(base_items, "safe"))):
         if value is not None:
             rows.append(score_.row(value, n))
-    leaks = c.flat.get("canary_leaks")
+    leaks = c.gate_inputs.canary_leaks
     rows.append(CANARY.row(leaks if leaks is not None else math.nan))
     return rows + margin_rows(c.evidence)
 
@@ -561,7 +544,7 @@ def summary(attempt: Attempt, c: Candidate) -> str:
         gain = "-" if c.margins.mean is None else f"{c.margins.mean:+.3f} nats"
         probed = "" if c.measured is not None else " (not probed)"
         return f"candidate {c.index + 1}: margin gain {gain} over {c.margins.n} question(s), {verdict}{probed}"
-    eff, parent_eff = c.flat.get("efficacy"), c.flat.get("efficacy_parent")
+    eff, parent_eff = c.gate_inputs.efficacy, c.gate_inputs.efficacy_parent
     shown = "-" if eff is None else f"{eff:.4f}"
     return f"candidate {c.index + 1}: efficacy {shown} (parent {parent_eff if parent_eff is None else round(parent_eff, 4)}), {verdict}"
 
@@ -574,11 +557,11 @@ def decide(candidates: list[Candidate]) -> int | None:
 
     passed = [c for c in candidates if c.passed]
     # Where the margin rule judged, it also ranks: the largest placebo-corrected gain wins.
-    rank = "efficacy_margin" if passed and all(c.flat.get("efficacy_margin") is not None for c in passed) \
+    rank = "efficacy_margin" if passed and all(c.gate_inputs.efficacy_margin is not None for c in passed) \
         else "efficacy"
-    best = best_of([c.flat for c in passed], gates=[], rank_by=rank)
+    best = best_of([c.gate_inputs for c in passed], gates=[], rank_by=rank)
     return None if best is None else passed[best].index
 
 
 __all__ = ["reflect", "train", "score", "decide", "outrank", "gauge", "void", "efficacy_rows", "hyperparameters", "timed",
-           "measure_parent", "run_params"]
+           "measure_parent", "run_params", "open_run"]

@@ -128,8 +128,8 @@ def _tip(reg, ref: str) -> str:
 
 def serve_passage(session, trigger: Trigger, req: EditRequest, done: set[str], number: int, ref: str) -> dict:
     """One passage: skipped when its digest is done, else edited on the branch's tip now."""
+    from .attempt import refuse
     from .loop import edit_trigger
-    from .record import record_refusal
 
     key, findings, row = trigger_key(trigger, req)
     head = {"passage": number, "title": trigger.title, "trigger": key, "where": trigger.where,
@@ -139,11 +139,7 @@ def serve_passage(session, trigger: Trigger, req: EditRequest, done: set[str], n
         return {**head, "skipped": True}
     session.progress.say(f"passage {number}: {trigger.title or 'untitled'}")
     if findings and not req.allow_pii:
-        from seal.registry.policy import read_policy, record_policy
-
-        policy = read_policy(session.reg)
-        record_policy(session.reg, policy)
-        result = record_refusal(session.reg, trigger, req.message, findings, row, (ref, _tip(session.reg, ref)), policy)
+        result = refuse(session.reg, trigger, req.message, findings, row, (ref, _tip(session.reg, ref)))
     else:
         result = edit_trigger(session, trigger, req, secrets_row=row, ref=ref)
     done.add(key)

@@ -81,18 +81,15 @@ def score_table(evaluation: list[dict]) -> dict:
     of this version relative to the reference, so it stands on its own line, never under a
     reference column where it would read as the reference's value.
     """
-    groups: dict[tuple, dict] = {}
-    for s in evaluation:
-        groups.setdefault((s["suite"], s["metric"]), {})[s.get("against")] = s
     refs: list[str] = []
     rows = []
-    for (suite, metric), by in groups.items():
-        own = by.get(None)
+    for group in V.group_scores(evaluation):
+        suite, metric, own = group.suite, group.metric, group.own
         if own is None:
             rows += [{"name": f"{suite}.{metric} vs {against}", "value": s["value"], "n": s.get("n"),
-                      "method": s.get("method") or V.method_of(s), "refs": {}} for against, s in by.items()]
+                      "method": s.get("method") or V.method_of(s), "refs": {}} for against, s in group.by.items()]
             continue
-        others = {a: s for a, s in by.items() if a is not None}
+        others = group.refs
         refs += [a for a in others if a not in refs]
         rows.append({"name": f"{suite}.{metric}", "value": own["value"], "n": own.get("n"),
                      "method": own.get("method") or V.method_of(own),

@@ -118,7 +118,9 @@ def collect(reg, *, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
 # What seal's own commands leave behind when killed, by the names they give it; gc removes
 # nothing else, and never looks through a link.
 _TMP_WORK = re.compile(r"^(session|pull|push|behavior|edit|merge|consolidate|learn|cluster)-[A-Za-z0-9_]{8}$")
-_STAGED = re.compile(r"^\.(adapter_config\.json|adapter_model\.safetensors|\.seal-checkout\.json)\.seal-[A-Za-z0-9_]{8}$")
+# A checkout stages files as .NAME.seal-XXXXXXXX; its marker goes through files.write_atomic (.NAME.XXXXXXXX.tmp).
+_STAGED = re.compile(r"^\.(adapter_config\.json|adapter_model\.safetensors|\.seal-checkout\.json)\.seal-[A-Za-z0-9_]{8}$"
+                     r"|^\.\.seal-checkout\.json\.[A-Za-z0-9_]{8}\.tmp$")
 _SEAL_TMP = re.compile(r"^\.(policy\.toml|policy\.synced)\.tmp-\d+$")
 _STAGING = re.compile(r"^\.seal-(init|clone)-[A-Za-z0-9_]{8}$")
 

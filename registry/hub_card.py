@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 
+from . import vocabulary as V
 from .hub_layout import short_id
 
 MERMAID_NODES = 60
@@ -173,25 +174,22 @@ def _mermaid(vid: str, lineage: list[dict]) -> list[str]:
 
 def _score_tables(scores: list[dict]) -> list[str]:
     """Results with the parent's and base's values beside them, differences labelled as such; then drift."""
-    groups: dict[tuple, dict] = {}
-    for s in scores:
-        groups.setdefault((s["suite"], s["metric"]), {})[s.get("against")] = s
+    groups = V.group_scores(scores)
     lines = ["## Scores", ""]
-    own = {k: v for k, v in groups.items() if None in v}
-    rel = {k: v for k, v in groups.items() if None not in v}
+    own = [g for g in groups if g.own is not None]
+    rel = [g for g in groups if g.own is None]
     if own:
         lines += ["| score | this version | parent | this − parent | base | this − base | n |", "|---|---|---|---|---|---|---|"]
-        for (suite, metric), by in own.items():
-            mine, parent, base = (by.get(k, {}).get("value") for k in (None, "parent", "base"))
-            n = next((r.get("n") for r in by.values() if r.get("n") is not None), None)
-            lines.append(f"| {_cell(suite)}.{_cell(metric)} | {_num(mine)} | {_num(parent)} | {_diff(mine, parent)} | "
-                         f"{_num(base)} | {_diff(mine, base)} | {_cell(n)} |")
+        for g in own:
+            mine, parent, base = (g.by.get(k, {}).get("value") for k in (None, "parent", "base"))
+            lines.append(f"| {_cell(g.suite)}.{_cell(g.metric)} | {_num(mine)} | {_num(parent)} | {_diff(mine, parent)} | "
+                         f"{_num(base)} | {_diff(mine, base)} | {_cell(g.n)} |")
     if rel:
         lines += ["", "Measured between this version and a reference model:", "",
                   "| measure | from the parent | from the base |", "|---|---|---|"]
-        for (suite, metric), by in rel.items():
-            lines.append(f"| {_cell(suite)}.{_cell(metric)} | {_num(by.get('parent', {}).get('value'))} | "
-                         f"{_num(by.get('base', {}).get('value'))} |")
+        for g in rel:
+            lines.append(f"| {_cell(g.suite)}.{_cell(g.metric)} | {_num(g.by.get('parent', {}).get('value'))} | "
+                         f"{_num(g.by.get('base', {}).get('value'))} |")
     if not scores:
         lines.append("No eval scores were recorded for this version.")
     return lines + [""]

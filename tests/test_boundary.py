@@ -79,3 +79,23 @@ def test_every_command_is_in_the_table_of_contents():
     assert len(listed) == len(set(listed)) and set(listed) == marked
     names = [(group, fn.seal_command.name) for group, fn in app.COMMANDS]
     assert len(names) == len(set(names))
+
+
+def _relative_imports(path: Path) -> set[tuple[str, str]]:
+    """(module, name) of every ``from .module import name`` in one editor module."""
+    return {(node.module, alias.name) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module for alias in node.names}
+
+
+def test_every_attempt_runs_through_the_one_pipeline():
+    """editor/attempt.py is the one place that opens an attempt, records it and ends its MLflow runs
+    when it fails; loop, merge, gated_import, learn and cluster call it (review 2026-12-07 §6.1)."""
+    pipeline = {("record", "record"), ("record", "record_refusal"), ("stages", "decide"), ("stages", "outrank")}
+    for path in sorted(EDITOR.glob("*.py")):
+        if path.stem != "attempt":
+            assert not pipeline & _relative_imports(path), f"{path.name} runs a step of the attempt pipeline itself"
+        guards = path.read_text().count("kill_open_runs()")
+        # the session's close and the Ray driver's command end what is left open, as a last resort
+        assert guards == (1 if path.stem in ("attempt", "session", "cluster") else 0), path.name
+    for user in ("loop", "merge", "gated_import", "learn", "cluster"):
+        assert any(module == "attempt" for module, _ in _relative_imports(EDITOR / f"{user}.py")), user

@@ -616,6 +616,26 @@ def test_gates_pass_fail_and_missing() -> None:
         gates.gates_from_policy({"js_max": 1})
 
 
+def test_every_gate_is_its_spec_and_reads_typed_inputs() -> None:
+    """A gate is its GateSpec (registry/vocabulary.py) and the GateInputs it reads (editor/gates.py):
+    the two places a new gate goes."""
+    from dataclasses import fields
+
+    from seal.registry.vocabulary import GATES
+
+    inputs = {f.name for f in fields(gates.GateInputs)} - {"given"}
+    built = {g.name: g for g in gates.default_gates()}
+    for spec in GATES:
+        if not spec.op:
+            assert spec.name not in built and not spec.reads
+            continue
+        assert spec.op in ("<=", "<", ">=", ">") and len(spec.reads) in (1, 2) and set(spec.reads) <= inputs, spec.name
+        assert built[spec.name] == gates.Gate.of(spec, spec.default)
+    with pytest.raises(TypeError):
+        gates.check_gates({**GOOD, "js_max": 0.1})
+    assert gates.GateInputs.of(GOOD).to_json() == GOOD  # the `edit --json` scores, key for key
+
+
 def test_decide_picks_best_accepted_or_none() -> None:
     worse = {**GOOD, "efficacy": 0.3}
     drifty = {**GOOD, "efficacy": 0.9, "js_parent": 0.3}

@@ -39,6 +39,16 @@ def _litter(root: Path) -> set[str]:
     return found
 
 
+def test_gc_lists_a_checkout_marker_cut_short(tmp_path, tiny_base_record):
+    """A kill between the marker's temp file and its rename (files.write_atomic) leaves litter gc lists."""
+    make_registry(tmp_path, tiny_base_record).close()
+    (tmp_path / "adapter").mkdir(exist_ok=True)
+    left = tmp_path / "adapter" / "..seal-checkout.json.jp93zips.tmp"
+    left.write_text("{")
+    listed = {item["path"] for item in Seal(tmp_path).json("gc", "--dry-run", "--grace", "0")["items"]}
+    assert str(left) in listed and _litter(tmp_path) <= listed
+
+
 def _commands(tiny_base, step: int, pulled: bool) -> list[list[str]]:
     adapter = tiny_base["adapters"][step % 3]
     return [

@@ -57,15 +57,10 @@ class ScoreRow:
 
 def score_rows(scores: list[dict]) -> list[ScoreRow]:
     """One row per (suite, metric): the version's own value and its references' values."""
-    groups: dict[tuple, dict] = {}
-    for s in scores or []:
-        if isinstance(s, dict) and "suite" in s and "metric" in s:
-            groups.setdefault((s["suite"], s["metric"]), {})[s.get("against")] = s
     rows = []
-    for (suite, metric), by in groups.items():
-        n = next((r.get("n") for r in by.values() if r.get("n") is not None), None)
-        rows.append(ScoreRow(f"{suite}.{metric}", _value(by.get(None)), _value(by.get("parent")), _value(by.get("base")),
-                             n, V.method_of({"suite": suite, "metric": metric})))
+    for g in V.group_scores([s for s in scores or [] if isinstance(s, dict) and "suite" in s and "metric" in s]):
+        rows.append(ScoreRow(f"{g.suite}.{g.metric}", _value(g.own), _value(g.by.get("parent")), _value(g.by.get("base")),
+                             g.n, V.method_of({"suite": g.suite, "metric": g.metric})))
     return rows
 
 
