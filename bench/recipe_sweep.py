@@ -231,11 +231,12 @@ def _ci(values: list[float]) -> dict[str, Any]:
     return {"estimate": round(est, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4), "n": len(values)}
 
 
-RULES = {  # the engine's default rule first; each other changes one threshold
-    "the default (sign-flip at 0.10 with >= 5)": {},
+RULES = {  # the engine's default rule first (mean >= 1 nats, z 2, floor -1.5, sign-flip at 0.10)
+    "the default": {},
+    "mean >= 0.5": {"mean_min": 0.5},
+    "mean >= 0.5, sign-flip at 0.05": {"mean_min": 0.5, "alpha": 0.05},
     "sign-flip at 0.05": {"alpha": 0.05},
     "no sign-flip test": {"alpha": None},
-    "mean >= 1.0": {"mean_min": 1.0},
     "no noise bar": {"noise_z": 0.0},
 }
 

@@ -59,7 +59,7 @@ from typing import Any
 #: a passage has few answers of the gold's type).
 DISTRACTORS = 10
 #: The defaults of the rule (policy keys ``efficacy_margin_gain_min``, ``efficacy_margin_floor``).
-MEAN_MIN = 0.5
+MEAN_MIN = 1.0
 FLOOR = -1.5
 ALPHA = 0.10
 SIGN_TEST_MIN = 5
