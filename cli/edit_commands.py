@@ -45,7 +45,7 @@ def edit(
     style: str = typer.Option(recipe.DEFAULT_STYLE, "--style", help="Self-edit prompt: implications | rewrite | self-qa."),
     temperature: float = typer.Option(recipe.DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature of the self-edits (0: greedy)."),
     filter_lines: bool = typer.Option(recipe.DEFAULT_FILTER, "--filter/--no-filter", help="Drop self-edit lines the passage does not support (under half their words in it) before training; the dropped lines are recorded."),
-    replay: bool = typer.Option(recipe.DEFAULT_REPLAY, "--replay/--no-replay", help="Mix the base's own continuations of neutral prompts into the training data, against forgetting (recorded as 'replay')."),
+    replay: bool = typer.Option(recipe.DEFAULT_REPLAY, "--replay/--no-replay", help="Draw the base's own continuations of neutral prompts, against forgetting (recorded as 'replay'): the KL anchor's texts, or trained on with --kl 0."),
     kl: float = typer.Option(recipe.DEFAULT_KL, "--kl", metavar="WEIGHT", help="Above 0: the replay lines and a few chat prompts anchor a KL penalty to the parent (this weight x KL per step), and the replay lines are not trained on; 0: replay lines are trained on (recorded as 'kl')."),
     restate: bool = typer.Option(recipe.DEFAULT_RESTATE, "--restate/--no-restate", help="Also train on the passage's own sentences, each under its title (recorded as 'restated')."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling of the self-edits."),

@@ -33,9 +33,9 @@ DEFAULT_FILTER = True
 # title-keyed restatements (facts become answerable after varied, faithful restatements; the
 # issue's hand-written title-keyed lines taught where the model's own lines did not).
 DEFAULT_RESTATE = True
-# Mix the base's own continuations of neutral prompts into the training data (editor/replay.py):
-# each accepted edit's forgetting adds up along a branch, and replay cut it by two thirds in the
-# recipe sweep at the same F1.
+# Draw the base's own continuations of neutral prompts (editor/replay.py): each accepted edit's
+# forgetting adds up along a branch. Trained on (--kl 0), replay cut it by two thirds in the
+# November recipe sweep at the same F1; with the KL anchor (the default) they are its texts.
 DEFAULT_REPLAY = True
 # > 0: the replay lines (with --replay) and a few chat prompts anchor a KL penalty to the parent,
 # this weight times KL(parent || adapter) per step (editor/kl_anchor.py), and the replay lines are
