@@ -38,11 +38,11 @@ def gate(manifest: dict, name: str) -> dict | None:
     return None if g is None else {k: g.get(k) for k in ("value", "ci_low", "ci_high", "threshold", "passed")}
 
 
-def one_base(spec: str, threads: int, probe_always: bool = False) -> dict:
+def one_base(spec: str, threads: int, probe_always: bool = False, kl: float | None = None) -> dict:
     from seal.editor.base import base_record as describe_base
     from seal.editor.loop import run_edit
     from seal.editor.progress import QuietProgress
-    from seal.editor.request import EditRequest
+    from seal.editor.request import DEFAULT_KL, EditRequest
     from seal.registry.init import init_registry
     from seal.registry.vocabulary import EFFICACY_F1, RETENTION
 
@@ -54,11 +54,12 @@ def one_base(spec: str, threads: int, probe_always: bool = False) -> dict:
         set_policy(reg, "efficacy_margin_gain_min", "false", reason="bench: measure retention on every edit")
     passage = work / "passage.json"
     passage.write_text(json.dumps(PASSAGE))
-    result = run_edit(reg, EditRequest(passage=passage, track=False, threads=threads, device="cpu"),
+    kl = DEFAULT_KL if kl is None else kl
+    result = run_edit(reg, EditRequest(passage=passage, track=False, threads=threads, device="cpu", kl=kl),
                       progress=QuietProgress())
     vid = result["candidates"][0]["id"]
     m = reg.manifest(vid)
-    out = {"base": spec, "probe_always": probe_always, "accepted": result["decision"]["accepted"], "failed": m["decision"]["failed_gates"],
+    out = {"base": spec, "probe_always": probe_always, "kl": kl, "accepted": result["decision"]["accepted"], "failed": m["decision"]["failed_gates"],
            "retention": {"parent": RETENTION.vs("parent").of(m), "edit": RETENTION.of(m),
                          "base": RETENTION.vs("base").of(m)},
            "retention_vs_parent": gate(m, "retention_vs_parent"), "retention_vs_base": gate(m, "retention_vs_base"),
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--probe-always", action="store_true",
                     help="turn the efficacy margin rule off, so an edit it would reject is still probed (retention)")
+    ap.add_argument("--kl", type=float, default=None, help="the KL anchor's weight (default: the engine's)")
     args = ap.parse_args(argv)
     for spec in args.bases:
-        print(json.dumps(one_base(spec, args.threads, args.probe_always)), flush=True)
+        print(json.dumps(one_base(spec, args.threads, args.probe_always, args.kl)), flush=True)
     return 0
 
 
