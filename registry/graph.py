@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 from .errors import UserError
@@ -35,9 +36,46 @@ SELECT id FROM line ORDER BY depth
 LOG_COLUMNS = ("id", "kind", "status", "created_at", "message", "author", "headline_metric", "headline_value")
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of `seal log` (and one row of `seal ui`'s lineage page); ``to_json()`` is the
+    documented `log --json` item."""
+
+    id: str
+    parents: list[str]
+    kind: str
+    status: str
+    created_at: str
+    message: str
+    author: str
+    refs: list[str] = field(default_factory=list)
+    headline: dict | None = None
+    writer: dict | None = None  # who wrote an edit's self-edit, when not the model at its parent
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def log_entry(row: dict, parents: list[str], names: dict[str, list[str]], writer: dict | None = None) -> LogEntry:
+    """The entry of a :data:`LOG_COLUMNS` row, with its parents and the refs (``names``) at it."""
+    headline = None if row["headline_metric"] is None else {"metric": row["headline_metric"], "value": row["headline_value"]}
+    return LogEntry(id=row["id"], parents=parents, kind=row["kind"], status=row["status"],
+                    created_at=row["created_at"], message=row["message"], author=row["author"],
+                    refs=names.get(row["id"], []), headline=headline, writer=writer)
+
+
 def parents_of(conn: Conn, vid: str) -> list[str]:
     rows = conn.all("SELECT parent_id FROM version_parents WHERE version_id = ? ORDER BY position", (vid,))
     return [r[0] for r in rows]
+
+
+def parents_of_many(conn: Conn, ids: list[str]) -> dict[str, list[str]]:
+    """Each of ``ids``'s parents in order, in one chunked query."""
+    parents: dict[str, list[str]] = {vid: [] for vid in ids}
+    for vid, pid in conn.all_in("SELECT version_id, parent_id FROM version_parents WHERE version_id IN ({marks}) "
+                                "ORDER BY version_id, position", list(parents)):
+        parents[vid].append(pid)
+    return parents
 
 
 def children_of(conn: Conn, vid: str) -> list[str]:
@@ -102,11 +140,7 @@ def all_versions(conn: Conn, n: int | None) -> list[tuple[dict, list[str]]]:
     """Every version, newest first, with its parents (the `log --all` listing)."""
     sql = f"SELECT {', '.join(LOG_COLUMNS)} FROM versions ORDER BY created_at DESC, id DESC"
     rows = conn.dicts(sql + (" LIMIT ?" if n is not None else ""), (n,) if n is not None else ())
-    parents: dict[str, list[str]] = {r["id"]: [] for r in rows}
-    ids = list(parents)
-    for vid, pid in conn.all_in("SELECT version_id, parent_id FROM version_parents WHERE version_id IN ({marks}) "
-                                "ORDER BY version_id, position", ids):
-        parents[vid].append(pid)
+    parents = parents_of_many(conn, [r["id"] for r in rows])
     return [(r, parents[r["id"]]) for r in rows]
 
 

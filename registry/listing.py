@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import refs as R
 from .errors import UserError
-from .graph import LOG_COLUMNS, first_parent_line, walk
+from .graph import LOG_COLUMNS, LogEntry, first_parent_line, log_entry, parents_of_many, walk
 from .revisions import resolve_revision
 from .sql import Conn
 from .versions import load_manifest
@@ -77,23 +77,8 @@ class VersionFilter:
 
 
 @dataclass(frozen=True)
-class Row:
-    """One version on a page: what the lineage graph and its table show."""
-
-    id: str
-    parents: list[str]
-    kind: str
-    status: str
-    created_at: str
-    message: str
-    author: str
-    headline: dict | None
-    refs: list[str]
-
-
-@dataclass(frozen=True)
 class Page:
-    rows: list[Row]
+    rows: list[LogEntry]
     next: Cursor | None  # None on the last page
 
 
@@ -110,14 +95,11 @@ def version_page(reg, flt: VersionFilter, *, after: Cursor | None = None, limit:
             rows = _select(c, flt, after, limit + 1)
         else:
             rows = _walk_branch(c, flt, after, limit + 1)
-        parents = _parents(c, [r["id"] for r in rows[:limit]])
+        parents = parents_of_many(c, [r["id"] for r in rows[:limit]])
         names = R.refs_by_target(c)
     more = len(rows) > limit
     rows = rows[:limit]
-    out = [Row(id=r["id"], parents=parents.get(r["id"], []), kind=r["kind"], status=r["status"],
-               created_at=r["created_at"], message=r["message"], author=r["author"],
-               headline=None if r["headline_metric"] is None else {"metric": r["headline_metric"], "value": r["headline_value"]},
-               refs=names.get(r["id"], [])) for r in rows]
+    out = [log_entry(r, parents[r["id"]], names) for r in rows]
     return Page(out, Cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None)
 
 
@@ -162,7 +144,7 @@ def _walk_branch(c: Conn, flt: VersionFilter, after: Cursor | None, limit: int) 
     head = resolve_revision(c, flt.branch)
     where, params = _conditions(flt)
     columns = ", ".join(f"v.{col}" for col in LOG_COLUMNS)
-    match_sql = f"SELECT 1 FROM versions v WHERE v.id = ?" + "".join(f" AND {w}" for w in where)
+    match_sql = "SELECT 1 FROM versions v WHERE v.id = ?" + "".join(f" AND {w}" for w in where)
     skipping = after is not None
     out: list[dict] = []
     for row, _ in walk(c, head):
@@ -179,16 +161,6 @@ def _walk_branch(c: Conn, flt: VersionFilter, after: Cursor | None, limit: int) 
                 out.append(item)
                 if len(out) >= limit:
                     return out
-    return out
-
-
-def _parents(c: Conn, ids: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {vid: [] for vid in ids}
-    if ids:
-        marks = ", ".join("?" for _ in ids)
-        for vid, pid in c.all(f"SELECT version_id, parent_id FROM version_parents WHERE version_id IN ({marks}) "
-                              f"ORDER BY version_id, position", ids):
-            out[vid].append(pid)
     return out
 
 

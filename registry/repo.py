@@ -19,12 +19,13 @@ have no folder of their own.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import graph, refs as R
+from .graph import LogEntry
 from .config import CONFIG_FILE, DB_FILE, SEAL_DIRNAME, Config, find_seal_dir, read_config
 from .errors import ManifestInvalid, RevisionError, UserError
 from .objects import (canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
@@ -34,25 +35,6 @@ from .sql import Conn, Database
 from .versions import insert_version, load_manifest, version_exists, version_record
 
 WORKTREE = "adapter"
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One line of `seal log`; ``to_json()`` is the documented `log --json` item."""
-
-    id: str
-    parents: list[str]
-    kind: str
-    status: str
-    created_at: str
-    message: str
-    author: str
-    refs: list[str] = field(default_factory=list)
-    headline: dict | None = None
-    writer: dict | None = None  # who wrote an edit's self-edit, when not the model at its parent
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -213,7 +195,7 @@ class Registry:
                         break
                     pairs.append((row, ps))
             writers = _writers(c, [row["id"] for row, _ in pairs])
-        return [_entry(row, ps, names, writers.get(row["id"])) for row, ps in pairs]
+        return [graph.log_entry(row, ps, names, writers.get(row["id"])) for row, ps in pairs]
 
     def ancestors(self, rev: str) -> set[str]:
         with self.read() as c:
@@ -388,13 +370,6 @@ def _check_parents(c: Conn, manifest: dict, batch: list[str]) -> None:
     for parent in manifest["parents"]:
         if parent not in batch and not version_exists(c, parent):
             raise UserError(f"parent {parent[:12]} is not in this registry; nothing was recorded")
-
-
-def _entry(row: dict, parents: list[str], names: dict[str, list[str]], writer: dict | None = None) -> LogEntry:
-    headline = None if row["headline_metric"] is None else {"metric": row["headline_metric"], "value": row["headline_value"]}
-    return LogEntry(id=row["id"], parents=parents, kind=row["kind"], status=row["status"],
-                    created_at=row["created_at"], message=row["message"], author=row["author"],
-                    refs=names.get(row["id"], []), headline=headline, writer=writer)
 
 
 def _writers(c: Conn, ids: list[str]) -> dict[str, dict]:
