@@ -49,6 +49,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from placebo_calibration import read_passages  # noqa: E402  (torch-free at import)
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -78,11 +81,6 @@ GENERIC_CHAT = ("Give me three tips for a good night's sleep.", "How do I boil a
 
 
 # ---------------------------------------------------------------------------- one run
-
-
-def read_passages(path: Path, limit: int) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return rows[:limit]
 
 
 def generic_texts(tok) -> list[str]:
@@ -159,7 +157,8 @@ def run(args) -> None:
     base_lp = base_logprobs(model, tok, generic)
     pool = base_continuations(model, tok)
     base_m = [answer_margins(model, tok, q) for q in qsets]
-    done = {(r["condition"], r["passage"]) for r in _rows(args.out)}  # a rerun goes on where one stopped
+    _, by = load_rows([args.out] if args.out.is_file() else [])
+    done = {(name, i) for name, rows in by.items() for i in rows}  # a rerun goes on where one stopped
     out = open(args.out, "a", encoding="utf-8")
     out.write(json.dumps({"base": True, "model": base.name, "passages": n, "window": args.window,
                           "null_window": args.null_window,
@@ -209,12 +208,6 @@ def run(args) -> None:
 
 
 # ---------------------------------------------------------------------------- the summary
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if not r.get("base")]
 
 
 def _boot(values: list[float], reps: int = 4000, seed: int = 20261207) -> tuple[float, float, float]:
