@@ -20,11 +20,18 @@ then measured four ways:
 - **KL to the base** on generic prompts (neutral text and chat-formatted requests, none of them
   used in training): mean next-token KL(base || adapter), nats.
 
-Conditions (``--conditions``; the engine's recipe is ``default``): ``no-replay``; ``kl``, where
-the replay lines and a few chat prompts anchor a KL penalty to the parent
-(:mod:`seal.editor.kl_anchor`, :func:`seal.editor.replay.anchor_texts`, weight 1) instead of the
-replay lines being trained on; ``epochs-4``; ``epochs-4+kl``; ``lr-1e-3``. Every difference from ``default`` comes with a paired bootstrap 95%
-CI over passages. Passages are split over processes with ``--shard S/N`` (each writes its own
+With ``--xstest`` (the published CSV) each adapter's greedy replies to XSTest's 200 unsafe prompts
+are judged too (:func:`seal.editor.probe_scoring.judge_openings`): the refusals it lost against
+the base.
+
+Conditions (``--conditions``; the engine's recipe is ``kl``): ``default``, the replay lines trained
+on (the recipe before the anchor); ``no-replay``; ``kl``, where the replay lines and the base's
+replies to a few chat and harmful requests anchor a KL penalty to the parent
+(:mod:`seal.editor.kl_anchor`, :func:`seal.editor.replay.anchor_lines`, weight 1) instead of the
+replay lines being trained on; ``kl-prompts``, the same with the chat requests alone (no replies,
+no harmful ones: the anchor's first form); ``epochs-4``; ``epochs-4+kl``; ``lr-1e-3``. Every
+difference from the ``--reference`` condition (``default``) comes with a paired bootstrap 95% CI
+over passages. Passages are split over processes with ``--shard S/N`` (each writes its own
 ``--out``); ``--summarize FILE...`` prints the one-line JSON summary of any set of such files::
 
     nice python bench/recipe_sweep.py --data ../shared/data/squad-knowledge-200.jsonl --limit 50 \\
@@ -63,12 +70,16 @@ class Condition:
     epochs: int | None = None
     replay: bool = True
     kl: float = 0.0  # > 0: the replay lines anchor a KL penalty to the parent instead of being trained on
+    anchors: str = "replies"  # with kl: "replies" (the engine's) or "prompts" (the chat requests without replies)
 
 
 CONDITIONS = {
     "default": Condition(),
     "no-replay": Condition(replay=False),
     "kl": Condition(kl=1.0),
+    "kl-prompts": Condition(kl=1.0, anchors="prompts"),
+    "kl-4": Condition(kl=4.0),
+    "kl-safety": Condition(kl=1.0, anchors="safety"),
     "epochs-4": Condition(epochs=4),
     "epochs-4+kl": Condition(epochs=4, kl=1.0),
     "lr-1e-3": Condition(lr=1e-3),
@@ -141,7 +152,10 @@ def run(args) -> None:
     from seal.editor.base import default_cache_dir, load_base
     from seal.editor.efficacy import answer_margins, contrast_questions, unrelated_answers
     from seal.editor.probe_scoring import retention_outcomes
-    from seal.editor.replay import anchor_texts, base_continuations
+    from seal.editor.generation import chat_prompt
+    from seal.editor.probe_scoring import judge_openings
+    from seal.editor.probes import load_xstest
+    from seal.editor.replay import CHAT_ANCHORS, SAFETY_ANCHORS, anchor_lines, base_chat_replies, base_continuations
     from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR
     from seal.editor.retention_set import load_retention_set
     from seal.editor.train import train_adapter
@@ -156,6 +170,19 @@ def run(args) -> None:
     generic = generic_texts(tok)
     base_lp = base_logprobs(model, tok, generic)
     pool = base_continuations(model, tok)
+    requests = CHAT_ANCHORS + SAFETY_ANCHORS
+    replies = [(chat_prompt(tok, q), r) for q, r in zip(requests, base_chat_replies(model, tok))]
+    unsafe = load_xstest(args.xstest).unsafe if args.xstest else []
+
+    def anchors(cond: Condition, replay: list[str]) -> list[str]:
+        if cond.anchors == "prompts":
+            return list(replay) + [chat_prompt(tok, q) for q in CHAT_ANCHORS]
+        if cond.anchors == "safety":
+            return replies[len(CHAT_ANCHORS):]
+        return anchor_lines(replay, replies)
+
+    def refused(m) -> list[int]:
+        return [int(j) for j in np.flatnonzero(judge_openings(m, tok, unsafe).refused)] if unsafe else []
     base_m = [answer_margins(model, tok, q) for q in qsets]
     _, by = load_rows([args.out] if args.out.is_file() else [])
     done = {(name, i) for name, rows in by.items() for i in rows}  # a rerun goes on where one stopped
@@ -163,7 +190,8 @@ def run(args) -> None:
     out.write(json.dumps({"base": True, "model": base.name, "passages": n, "window": args.window,
                           "null_window": args.null_window,
                           "margins": [m for m, _ in base_m], "first": [f for _, f in base_m],
-                          "retention": float(retention_outcomes(model, tok, items).correct.mean())}) + "\n")
+                          "retention": float(retention_outcomes(model, tok, items).correct.mean()),
+                          "unsafe": len(unsafe), "refused": refused(model)}) + "\n")
     shard, shards = args.shard
     work = Path(args.work)
     for i in range(shard, n, shards):
@@ -184,7 +212,7 @@ def run(args) -> None:
             folder = work / f"{name}-{i}"
             rec = train_adapter(model, tok, seqs, out_dir=folder, seed=i, lr=cond.lr or DEFAULT_LR,
                                 epochs=cond.epochs or DEFAULT_EPOCHS, base_name=base.name,
-                                anchor_texts=anchor_texts(tok, replay), kl_weight=cond.kl)
+                                anchor_texts=anchors(cond, replay), kl_weight=cond.kl)
             t1 = time.perf_counter()
             row = {"condition": name, "passage": i, "steps": rec["steps"], "train_s": rec["seconds"],
                    "reflect_s": round(reflect_s, 2), "loss_final": rec["loss_final"], "diverged": rec["diverged"],
@@ -199,6 +227,8 @@ def run(args) -> None:
                         row["margins"][str(j)], at = got[at:at + size], at + size
                     row["retention"] = float(retention_outcomes(m, tok, items).correct.mean())
                     row["kl_generic"] = kl_to_base(m, tok, generic, base_lp)
+                    if unsafe:
+                        row["refused"] = refused(m)
                 shutil.rmtree(folder)  # the bench's own adapter, measured: 39 MB each on SmolLM2
             row["measure_s"] = round(time.perf_counter() - t1, 2)
             out.write(json.dumps(row) + "\n")
@@ -267,7 +297,9 @@ def condition_rows(base: dict, rows: dict[int, dict], rules: dict) -> dict[int, 
         ret_m = [row["margins"][str(j)][0] - base["margins"][j][0] for j in others]
         out[i] = {"passed": {k: v.passed for k, v in verdicts.items()}, "gain": d.mean, "n": d.n,
                   "retention_margin": sum(ret_m) / len(ret_m), "retention_drop": base["retention"] - row["retention"],
-                  "kl_generic": row["kl_generic"], "train_s": row["train_s"]}
+                  "kl_generic": row["kl_generic"], "train_s": row["train_s"],
+                  "refusal_drop": ((len(base["refused"]) - len(row["refused"])) / base["unsafe"]
+                                   if "refused" in row and base.get("unsafe") else None)}
     return out
 
 
@@ -286,13 +318,13 @@ def null_pairs(base: dict, rows: dict[int, dict], rules: dict) -> dict[str, list
     return out
 
 
-def summarize(files: list[Path]) -> dict[str, Any]:
+def summarize(files: list[Path], reference: str = "default") -> dict[str, Any]:
     from seal.editor.efficacy import MarginRule
 
     base, by = load_rows(files)
     rules = {name: replace(MarginRule(), **kw) for name, kw in RULES.items()}
     per = {name: condition_rows(base, rows, rules) for name, rows in by.items()}
-    ref = per.get("default", {})
+    ref = per.get(reference, {})
     summary = {}
     for name, rows in per.items():
         nulls = null_pairs(base, by[name], rules)
@@ -307,18 +339,20 @@ def summarize(files: list[Path]) -> dict[str, Any]:
             "retention_margin_other_passages": _ci([r["retention_margin"] for r in rows.values()]),
             "retention_drop": _ci([r["retention_drop"] for r in rows.values()]),
             "kl_generic": _ci([r["kl_generic"] for r in rows.values()]),
+            "refusal_drop": _ci([r["refusal_drop"] for r in rows.values() if r["refusal_drop"] is not None]),
             "train_s_median": float(np.median([r["train_s"] for r in rows.values()])) if rows else None,
         }
-        if name != "default" and shared:
+        if name != reference and shared:
             doc["vs_default"] = {
                 key: _ci([rows[i][key] - ref[i][key] for i in shared if rows[i][key] is not None
                           and ref[i][key] is not None])
-                for key in ("gain", "retention_margin", "retention_drop", "kl_generic")}
+                for key in ("gain", "retention_margin", "retention_drop", "kl_generic", "refusal_drop")}
             doc["vs_default"]["passed"] = _ci([float(rows[i]["passed"][next(iter(rules))])
                                                - float(ref[i]["passed"][next(iter(rules))]) for i in shared])
         summary[name] = doc
     return {"bench": "recipe_sweep", "model": base["model"], "passages": base["passages"], "window": base["window"],
-            "base_retention": base["retention"], "conditions": {k: asdict(CONDITIONS[k]) for k in by},
+            "base_retention": base["retention"], "reference": reference,
+            "base_refused": f"{len(base.get('refused', []))}/{base.get('unsafe', 0)}", "conditions": {k: asdict(CONDITIONS[k]) for k in by},
             "rules": {k: replace(MarginRule(), **kw).words() for k, kw in RULES.items()}, "results": summary}
 
 
@@ -334,19 +368,19 @@ def table(summary: dict) -> str:
     """The summary as two Markdown tables: the conditions, and the rule's variants on null pairs."""
     engine = next(iter(RULES))
     lines = ["| condition | passages | passed (engine rule) | margin gain vs placebo (nats) | margin change on 20 other "
-             "passages' questions | retention drop (200 facts) | KL to base, generic prompts | median train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "passages' questions | retention drop (200 facts) | KL to base, generic prompts | XSTest unsafe refusals "
+             "lost | median train s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["results"].items():
         lines.append(f"| {name} | {r['passages']} | {r['pass_rate'][engine]:.2f} | {_fmt(r['margin_gain'], 2)} | "
                      f"{_fmt(r['retention_margin_other_passages'], 2)} | {_fmt(r['retention_drop'])} | "
-                     f"{_fmt(r['kl_generic'])} | {r['train_s_median']:.1f} |")
+                     f"{_fmt(r['kl_generic'])} | {_fmt(r['refusal_drop'])} | {r['train_s_median']:.1f} |")
     for name, r in summary["results"].items():
         if "vs_default" in r:
             v = r["vs_default"]
-            lines += ["", f"| {name} − default (paired) | Δ passed | Δ margin gain | Δ margin on other passages | "
-                      "Δ retention drop | Δ KL to base |", "|---|---|---|---|---|---|",
+            lines += ["", f"| {name} − {summary['reference']} (paired) | Δ passed | Δ margin gain | Δ margin on other "
+                      "passages | Δ retention drop | Δ KL to base | Δ refusals lost |", "|---|---|---|---|---|---|---|",
                       f"| {name} | {_fmt(v['passed'], 2)} | {_fmt(v['gain'], 2)} | {_fmt(v['retention_margin'], 2)} | "
-                      f"{_fmt(v['retention_drop'])} | {_fmt(v['kl_generic'])} |"]
+                      f"{_fmt(v['retention_drop'])} | {_fmt(v['kl_generic'])} | {_fmt(v.get('refusal_drop', {}))} |"]
     names = list(summary["results"])
     lines += ["", "| rule | " + " | ".join(f"{n}: null false passes" for n in names) + " | " +
               " | ".join(f"{n}: edits passed" for n in names) + " |", "|---" * (1 + 2 * len(names)) + "|"]
@@ -375,11 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", default=None, help="where the adapters go (default: a temporary folder)")
+    ap.add_argument("--xstest", type=Path, default=None,
+                    help="the published XSTest CSV: judge each adapter's replies to its unsafe prompts")
     ap.add_argument("--summarize", type=Path, nargs="+")
+    ap.add_argument("--reference", default="default", help="with --summarize: the condition the others are paired with")
     ap.add_argument("--table", action="store_true", help="with --summarize: Markdown tables, not JSON")
     args = ap.parse_args(argv)
     if args.summarize:
-        summary = summarize(args.summarize)
+        summary = summarize(args.summarize, args.reference)
         print(table(summary) if args.table else json.dumps(summary))
         return 0
     if args.data is None or args.out is None:

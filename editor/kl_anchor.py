@@ -6,6 +6,11 @@ next-token distribution instead: before the first step it records, on a few neut
 parent's top ``TOP_K`` log-probabilities per position (the rest of the vocabulary as one bucket),
 and each training step adds ``weight x KL(parent || adapter)`` on one of those texts, in turn.
 
+An anchor text is a string (every position counts) or a ``(prompt, reply)`` pair, where only the
+positions that predict the reply count: a chat template's system prompt and markup are predicted
+alike by any adapter, and averaging over them would drown the few positions where a chat model
+decides how to answer (whether to refuse, above all) in near-zero terms.
+
 The KL is taken between the two distributions coarsened to the parent's top-k tokens plus "the
 rest": a lower bound of the full KL that needs ``TOP_K`` numbers per position instead of the
 vocabulary (262k on Gemma-3), and that is zero exactly when the adapter still gives the parent's
@@ -19,18 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import torch
 
 TOP_K = 64
+REPLY_POSITIONS = 4  # of a (prompt, reply) text, the reply's first tokens count: where the reply is decided
+AnchorText = Union[str, tuple[str, str]]  # a text, or (prompt, reply): only the reply's positions count
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     ids: torch.Tensor  # [1, T] the text's tokens
-    top: torch.Tensor  # [T-1, K] the parent's top-k token ids per predicted position
-    logp: torch.Tensor  # [T-1, K + 1] their log-probabilities, then the rest's
+    top: torch.Tensor  # [P, K] the parent's top-k token ids per position that counts
+    logp: torch.Tensor  # [P, K + 1] their log-probabilities, then the rest's
+    start: int = 0  # the first position that counts (the last P of the T-1 predicting positions)
 
 
 def _coarse(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
@@ -43,8 +51,9 @@ def _coarse(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
 
 
 def kl_from_logits(logits: torch.Tensor, snap: _Snapshot) -> torch.Tensor:
-    """KL(parent || model) per position, averaged, from the model's logits ``[T-1, V]`` on ``snap``'s text."""
-    logq = _coarse(logits, snap.top)
+    """KL(parent || model) per position that counts, averaged, from the model's logits ``[T-1, V]``
+    on ``snap``'s text."""
+    logq = _coarse(logits[snap.start:], snap.top)
     p = snap.logp.exp()
     return (p * (snap.logp - logq)).sum(-1).mean()
 
@@ -56,19 +65,19 @@ class Anchor:
     snapshots: tuple[_Snapshot, ...]
 
     @classmethod
-    def record(cls, model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int = 128) -> Anchor:
+    def record(cls, model: Any, tokenizer: Any, texts: Sequence[AnchorText], *, max_length: int = 128) -> Anchor:
         """Record ``model``'s distributions (call it before the first step: it is the parent then)."""
         device = next(model.parameters()).device
         snaps = []
         with torch.no_grad():
             for text in texts:
-                ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-                if len(ids) < 2:
+                ids, start = _encode(tokenizer, text, max_length)
+                if len(ids) < 2 or start >= len(ids) - 1:
                     continue
                 ids_t = torch.tensor([ids], dtype=torch.long, device=device)
-                logits = model(input_ids=ids_t).logits[0, :-1]
+                logits = model(input_ids=ids_t).logits[0, start:-1]
                 top = torch.topk(logits.float(), min(TOP_K, logits.shape[-1]), dim=-1).indices
-                snaps.append(_Snapshot(ids_t, top, _coarse(logits, top)))
+                snaps.append(_Snapshot(ids_t, top, _coarse(logits, top), start))
         return cls(tuple(snaps))
 
     def kl(self, model: Any, step: int) -> torch.Tensor:
@@ -80,4 +89,14 @@ class Anchor:
         return bool(self.snapshots)
 
 
-__all__ = ["Anchor", "kl_from_logits", "TOP_K"]
+def _encode(tokenizer: Any, text: AnchorText, max_length: int) -> tuple[list[int], int]:
+    """The text's tokens, and the first predicting position that counts (that of the reply's first token)."""
+    if isinstance(text, str):
+        return tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"], 0
+    prompt, reply = text
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(prompt + reply, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    return ids[:len(head) + REPLY_POSITIONS], max(len(head) - 1, 0)
+
+
+__all__ = ["Anchor", "AnchorText", "kl_from_logits", "TOP_K"]

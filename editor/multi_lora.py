@@ -80,7 +80,7 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
         def on_losses(first, values, c=c):
             if tracker is not None:
                 tracker.log_losses(c.run_id, first, values)
-        texts = anchor_texts(tok, c.self_edit.replay or []) if req.kl else ()
+        texts = anchor_texts(session, c.self_edit.replay or [], req.kl)
         lanes.append(_lane(model, tok, c.index, c.seed, c.self_edit.sequences, parent_dir, req, on_losses, texts))
     _fit_together(model, lanes, tok, run_device, lr=req.lr, on_step=on_step, kl_weight=req.kl)
     records = []

@@ -169,7 +169,7 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
                            target_modules=hyper.get("target_modules", DEFAULT_TARGETS),
                            lr=hyper.get("lr", DEFAULT_LR), epochs=hyper.get("epochs", DEFAULT_EPOCHS),
                            batch_size=hyper.get("batch_size", 1), seed=seed, device=session.device,
-                           base_name=session.base.name, on_step=on_step, anchor_texts=anchor_texts(session.tok, replay) if kl else (),
+                           base_name=session.base.name, on_step=on_step, anchor_texts=anchor_texts(session, replay, kl),
                            kl_weight=kl)
     if record.get("diverged") is not None:
         return None

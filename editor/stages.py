@@ -164,7 +164,7 @@ def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
         parent_adapter_dir=attempt.parent.adapter_dir, r=req.r, alpha=req.alpha, target_modules=req.target_modules,
         lr=req.lr, epochs=req.epochs, batch_size=req.batch_size, seed=c.seed, device=session.device,
         base_name=session.base.name, on_step=on_step, on_losses=on_losses,
-        anchor_texts=anchor_texts(session.tok, c.self_edit.replay or []) if req.kl else (), kl_weight=req.kl,
+        anchor_texts=anchor_texts(session, c.self_edit.replay or [], req.kl), kl_weight=req.kl,
     )
 
 

@@ -400,13 +400,13 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
     assert parent["diverged"] is None
     # The longest sum behind one gradient element: every token of a batch times the widest layer.
     longest_sum = 2 * 512 * max(model.config.hidden_size, model.config.intermediate_size)
-    # from a fresh LoRA and from a parent; without and with the KL anchor (its chat prompts here)
+    # from a fresh LoRA and from a parent; without and with the KL anchor (its chat replies here)
     for parent_dir, kl in ((None, 0.0), (tmp_path / "parent", 0.0), (None, 1.0), (tmp_path / "parent", 1.0)):
         req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2, kl=kl)
         work = tmp_path / f"{'fresh' if parent_dir is None else 'child'}-{kl}"
         work.mkdir()
         session = SimpleNamespace(model=model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
-                                  base=SimpleNamespace(name="tiny"))
+                                  base=SimpleNamespace(name="tiny"), base_row={"id": f"tiny-{tmp_path.name}"})
         attempt = SimpleNamespace(parent=SimpleNamespace(adapter_dir=parent_dir))
         cands = [Candidate(index=i, seed=i, self_edit=SelfEdit(style="x", sequences=s)) for i, s in enumerate(seqs)]
         together = train_together(session, attempt, cands, req)
@@ -414,7 +414,7 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
             alone = train.train_adapter(model, tiny.tokenizer, c.self_edit.sequences, out_dir=work / f"alone{i}",
                                         parent_adapter_dir=parent_dir, r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2,
                                         seed=c.seed, base_name="tiny",
-                                        anchor_texts=anchor_texts(tiny.tokenizer, []) if kl else (), kl_weight=kl)
+                                        anchor_texts=anchor_texts(session, [], kl), kl_weight=kl)
             assert rec["steps"] == alone["steps"] and rec["batched_with"] == 3
             assert rec.get("kl_anchor_texts") == alone.get("kl_anchor_texts")
             # transformers takes the loss in float32: a mean over up to batch_size * 512 token losses.

@@ -76,3 +76,74 @@ def test_seal_edit_with_kl_anchors_the_replay_lines_and_records_it(tmp_path, tin
     assert edit["replay"] and not set(edit["replay"]) & set(edit["sequences"])
     bad = seal("edit", "--passage", "passage.json", "--kl", "-1", check=False)
     assert bad.returncode == 2 and "--kl" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_safety_anchors_are_no_xstest_prompt_and_every_kind_is_visited_early():
+    import csv
+    import io
+    from pathlib import Path
+
+    from seal.editor.replay import CHAT_ANCHORS, SAFETY_ANCHORS, anchor_lines
+    from seal.editor.safety import load_xstest_sample
+
+    def runs(text, n=6):
+        words = [w.strip("?.,!'").lower() for w in text.split()]
+        return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+    prompts = [r["prompt"] for r in load_xstest_sample()]
+    published = Path(__file__).resolve().parents[2] / "shared" / "data" / "xstest_prompts.csv"
+    if published.is_file():  # beside the project's checkout; a /tmp clone has the shipped sample only
+        prompts += [r["prompt"] for r in csv.DictReader(io.StringIO(published.read_text(encoding="utf-8")))]
+    # no anchor shares a run of six words with a probe: they are held, never judged
+    for anchor in SAFETY_ANCHORS + CHAT_ANCHORS:
+        assert all(not runs(anchor) & runs(p) for p in prompts), anchor
+    replies = [f"chat {i}" for i in range(len(CHAT_ANCHORS))] + [f"safety {i}" for i in range(len(SAFETY_ANCHORS))]
+    order = anchor_lines(["replay 0", "replay 1"], replies)
+    assert sorted(order) == sorted(["replay 0", "replay 1", *replies])
+    assert [t.split()[0] for t in order[:3]] == ["replay", "chat", "safety"]
+
+
+def test_chat_replies_are_the_bases_and_written_once_per_base(tiny_chat_base, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from seal.editor import replay
+    from seal.editor.base import load_base
+    from seal.editor.generation import chat_prompt
+
+    monkeypatch.setenv("SEAL_CACHE", str(tmp_path / "cache" / "bases"))
+    monkeypatch.setattr(replay, "_IN_PROCESS", {})
+    base = load_base(str(tiny_chat_base), cache_dir=tmp_path / "cache" / "bases", device="cpu")
+    session = SimpleNamespace(model=base.model, tok=base.tokenizer, base_row={"id": "b" * 64})
+    first = replay.chat_replies(session)
+    assert len(first) == len(replay.CHAT_ANCHORS) + len(replay.SAFETY_ANCHORS)
+    requests = replay.CHAT_ANCHORS + replay.SAFETY_ANCHORS
+    assert [prompt for prompt, _ in first] == [chat_prompt(base.tokenizer, q) for q in requests]
+    assert all(reply for _, reply in first)
+    monkeypatch.setattr(replay, "_IN_PROCESS", {})
+    monkeypatch.setattr(replay, "base_chat_replies", lambda *a: (_ for _ in ()).throw(AssertionError("generated again")))
+    assert replay.chat_replies(session) == first  # read back from the machine's cache
+    assert replay.anchor_texts(session, ["a replay line"], 0.0) == []
+
+
+def test_a_prompt_reply_anchor_counts_only_the_replys_opening(tiny_chat_base, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from seal.editor.base import load_base
+    from seal.editor.generation import chat_prompt
+    from seal.editor.kl_anchor import REPLY_POSITIONS, Anchor
+    from seal.editor.train import detach_adapters
+
+    base = load_base(str(tiny_chat_base), cache_dir=tmp_path / "cache", device="cpu")
+    tok = base.tokenizer
+    prompt = chat_prompt(tok, "Write two sentences about autumn.")
+    reply = "Leaves turn red and gold. The evenings grow cool and short."
+    peft = get_peft_model(base.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    try:
+        whole, pair = Anchor.record(peft, tok, [prompt + reply, (prompt, reply)]).snapshots
+    finally:
+        detach_adapters(peft)
+    head = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert whole.start == 0 and whole.logp.shape[0] == whole.ids.shape[1] - 1
+    # the prompt's last position (it predicts the reply's first token) and the reply's first tokens
+    assert pair.start == head - 1 and pair.logp.shape[0] == REPLY_POSITIONS
+    assert pair.ids.shape[1] == head + REPLY_POSITIONS
