@@ -231,7 +231,7 @@ def run_edit(kind: str, seed: int, cfg: Config, ctx: dict[str, Any], work: Path)
     """Train one edit, measure it both ways, and run both sets of gates."""
     from seal.editor.probes import gate_decisions, measure
     from seal.editor.train import adapter_applied
-    from seal.registry.stats import paired_counts
+    from seal.editor.stats import paired_counts
 
     base, policy = ctx["base"], _thresholds()
     t = time.perf_counter()
@@ -303,7 +303,7 @@ def meta_of(cfg: Config, ctx: dict[str, Any]) -> dict[str, Any]:
 
 def summarize(rows: list[dict[str, Any]], meta: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
     """The JSON line: per gate, false rejections on null edits and detections of bad ones."""
-    from seal.registry.stats import paired_binary_mde, paired_binary_n
+    from seal.editor.stats import paired_binary_mde, paired_binary_n
 
     by_kind = {k: [r for r in rows if r["kind"] == k] for k in NULL_KINDS + BAD_KINDS}
     nulls = by_kind["neutral"] + by_kind["near_zero"]

@@ -134,7 +134,7 @@ def run_rounds(args, reg, train_path: Path, held_path: Path, out: Path) -> list[
     from seal.editor.learn import LearnRequest, _session, _start, learn_step, sample_round
     from seal.editor.progress import LineProgress
     from seal.editor.request import EditRequest
-    from seal.registry.learning import Selection, build_dataset
+    from seal.editor.learning import Selection, build_dataset
 
     edit = EditRequest(candidates=args.eval_candidates, epochs=args.edit_epochs, lr=args.edit_lr,
                        max_new_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,

@@ -59,7 +59,7 @@ def learn(
 ) -> None:
     from seal.editor.learn import LearnRequest, run_learn
     from seal.editor.request import EditRequest
-    from seal.registry.learning import Selection, time_bound
+    from seal.editor.learning import Selection, time_bound
 
     reg = open_registry()
     selection = Selection(branch=branch, since=time_bound(since), until=time_bound(until, end=True),

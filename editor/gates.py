@@ -258,7 +258,7 @@ def audit_entries(gates: Sequence[Gate], scores: Scores, *, candidate: Any = Non
         >>> audit_entries(f1, {}, gains=[0.5, -0.5] * 10)[0]["passed"]
         False
     """
-    from seal.registry.stats import bootstrap_gain_gate
+    from .stats import bootstrap_gain_gate
 
     from .probes import gate_decisions
 

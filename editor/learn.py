@@ -2,7 +2,7 @@
 
 One step (:func:`run_learn`), each part recorded:
 
-1. **Expectation.** The dataset is read from the lineage (:func:`seal.registry.learning.build_dataset`):
+1. **Expectation.** The dataset is read from the lineage (:func:`seal.editor.learning.build_dataset`):
    per trigger, the self-edits whose edit beat its parent by the margin, best first; it is
    stored as a blob that names every source version.
 2. **Maximisation.** The writer is a LoRA on the same base, trained on (self-edit prompt →
@@ -14,7 +14,7 @@ One step (:func:`run_learn`), each part recorded:
    (the tip of the writer's ref, or the bare base when there is none), with the same seeds and
    settings. The paired gain per trigger is the new side's mean efficacy gain over the parent
    minus the old side's. The writer is accepted only when the one-sided 95% lower bound of the
-   mean paired gain (seeded percentile bootstrap, :func:`seal.registry.stats.bootstrap_gain_gate`)
+   mean paired gain (seeded percentile bootstrap, :func:`seal.editor.stats.bootstrap_gain_gate`)
    is above 0, and the refusal, over-refusal, leakage and secrets checks pass: the writer adapter
    itself answers the safety probes through the engine's measurement seam, its training data and
    the self-edits it wrote are scanned for the canary and for secrets.
@@ -48,10 +48,9 @@ from pathlib import Path
 from seal.registry import refs as R
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, RefConflict, UserError
-from seal.registry.learning import (WRITER_GAIN, WRITER_GATE, WRITERS, Dataset, Selection, build_dataset,
-                                    root_of)
 from seal.registry.objects import build_manifest, now_utc
 
+from .learning import WRITER_GAIN, WRITER_GATE, WRITERS, Dataset, Selection, build_dataset
 from .request import EditRequest
 from .writer import Writer, base_writer, resolve_writer
 
@@ -308,7 +307,7 @@ def paired_gains(new: Side, old: Side) -> tuple[list[float], int]:
 
 def writer_gates(session, writer: Writer, dataset: Dataset, new: Side, old: Side, policy) -> tuple[list, list, dict]:
     """The gain gate and the safety checks of a writer: (audit rows, score rows, the gain's summary)."""
-    from seal.registry.stats import bootstrap_gain_gate
+    from .stats import bootstrap_gain_gate
     from seal.registry.vocabulary import CANARY, OVER_REFUSAL, REFUSAL
 
     from .gates import GateInputs, audit_entries
@@ -440,7 +439,7 @@ def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | 
     train = {**train_rec, **session.env, "timings": {k: round(v, 3) for k, v in timings.items()},
              "epochs": lreq.epochs, "lr": lreq.lr}
     manifest = build_manifest(
-        base=session.base_row["id"], parents=[old_tip or root_of(reg)], kind="writer",
+        base=session.base_row["id"], parents=[old_tip or reg.root_version()], kind="writer",
         status="accepted" if accepted else "rejected", adapter=adapter, trigger=extra["learn"]["dataset"],
         train=train, scores=evaluation["scores"] if evaluation else [], audit=audit,
         policy=evaluation["policy"] if evaluation else None, author=R.actor(),
@@ -495,7 +494,7 @@ def _edit_settings(req: EditRequest) -> dict:
 
 def run_learn(reg, lreq: LearnRequest, *, progress=None) -> dict:
     """`seal learn`: one step from the registry's records, or ``lreq.rounds`` rounds (see the module doc)."""
-    from seal.registry.learning import build_dataset as _build
+    from .learning import build_dataset as _build
 
     check_learn_request(lreq, reg.base())
     if lreq.rounds:

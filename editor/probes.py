@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from seal.registry.stats import GateDecision, bootstrap_gate, missing_decision, paired_binary_gate
 from seal.registry.xstest import XSTEST_SHA256
 
 from .probe_scoring import (Openings, RetentionOutcome, drift_divergences, first_token_logprobs, judge_openings,
                             opening_verdict, option_logprobs, retention_outcomes)
+from .stats import GateDecision, bootstrap_gate, missing_decision, paired_binary_gate
 from .retention_set import (RETENTION_EXCLUDED, RETENTION_FILE, RETENTION_RELATIONS, RetentionItem,
                             build_retention_set, load_retention_set)
 
@@ -297,7 +297,7 @@ def measure(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any = None
     """Measure one model on every probe; ``support`` is the base's drift support (None: own top-256).
 
     With the base's results and the safety gates' ``thresholds`` (and the published XSTest), the
-    XSTest prompts are judged in two looks (:func:`seal.registry.stats.two_look_binary_gate`):
+    XSTest prompts are judged in two looks (:func:`seal.editor.stats.two_look_binary_gate`):
     half of them first, the rest only when the first look cannot decide both safety gates.
 
         >>> base_results = measure(base.model, base.tokenizer, ProbeSet.default())   # doctest: +SKIP
@@ -330,7 +330,7 @@ def measure(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any = None
 def _judge_xstest(model: Any, tokenizer: Any, probes: ProbeSet, base: "ProbeResults | None",
                   thresholds: Mapping[str, float | None] | None, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Refusal verdicts, unsafe then safe, and which prompts were judged (None: all of them)."""
-    from seal.registry.stats import two_look_stage
+    from .stats import two_look_stage
 
     unsafe, safe = probes.xstest.unsafe, probes.xstest.safe
     prompts = unsafe + safe
@@ -404,8 +404,8 @@ def _same_set(name: str, threshold: float, cand: ProbeResults, ref: ProbeResults
 def _two_look_decision(name: str, cand: ProbeResults, ref: ProbeResults, threshold: float,
                        alpha: float) -> GateDecision:
     """A safety gate on the published XSTest: two looks (half the prompts, then all), each at
-    ``alpha / 2`` (:func:`seal.registry.stats.two_look_binary_gate`), whatever was measured."""
-    from seal.registry.stats import two_look_binary_gate
+    ``alpha / 2`` (:func:`seal.editor.stats.two_look_binary_gate`), whatever was measured."""
+    from .stats import two_look_binary_gate
 
     u, n_safe = cand.refused_unsafe.size, cand.refused_safe.size
     first = first_look(u, n_safe)

@@ -113,6 +113,25 @@ def edits_on_or_off(conn: Conn, tip: str) -> list[dict]:
     return [json.loads(text) for (text,) in conn.all_in("SELECT manifest FROM versions WHERE id IN ({marks})", wanted)]
 
 
+def edits_between(conn: Conn, since: str | None = None, until: str | None = None) -> list[dict]:
+    """Every edit version's manifest with its ``id``, oldest first, created within the bounds
+    (seal's timestamp text; None: open)."""
+    sql, params = "SELECT id, manifest FROM versions WHERE kind = 'edit'", []
+    if since:
+        sql += " AND created_at >= ?"
+        params.append(since)
+    if until:
+        sql += " AND created_at <= ?"
+        params.append(until)
+    return [{"id": vid, **json.loads(text)} for vid, text in conn.all(sql + " ORDER BY created_at, id", params)]
+
+
+def root_of(conn: Conn, base_id: str) -> str | None:
+    """The first root version (the bare base) recorded for ``base_id``."""
+    row = conn.one("SELECT id FROM versions WHERE kind = 'root' AND base_id = ? ORDER BY created_at, id", (base_id,))
+    return None if row is None else row[0]
+
+
 def log_row(conn: Conn, vid: str) -> dict:
     rows = conn.dicts(f"SELECT {', '.join(LOG_COLUMNS)} FROM versions WHERE id = ?", (vid,))
     if not rows:

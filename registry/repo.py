@@ -221,6 +221,20 @@ class Registry:
         with self.read() as c:
             return graph.edits_on_or_off(c, tip)
 
+    def edits_between(self, since: str | None = None, until: str | None = None) -> list[dict]:
+        """Every edit version's manifest with its ``id``, oldest first, created within the bounds."""
+        with self.read() as c:
+            return graph.edits_between(c, since, until)
+
+    def root_version(self) -> str:
+        """The registry's root version: the bare base every lineage starts from."""
+        base_id = self.base_id()
+        with self.read() as c:
+            vid = graph.root_of(c, base_id)
+        if vid is None:
+            raise UserError("this registry has no root version; run `seal verify`")
+        return vid
+
     def attempts_on_path(self, path: Iterable[str]) -> set[str]:
         """The rejected versions whose parent is on ``path`` (the attempts made from it)."""
         with self.read() as c:

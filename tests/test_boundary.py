@@ -15,8 +15,9 @@ EDITOR = Path(__file__).resolve().parent.parent / "editor"
 # adapters, errors, refs' names), and the porcelain a writer shares (policy, scan, tracking, ...).
 API = {"repo", "errors", "objects", "adapters", "refs", "porcelain", "policy", "bases", "scan", "files",
        "tracking", "worktree"}
-# Editor-only evaluation that still lives in registry/ (review 2026-12-07 §6.4 moves it out).
-EVALUATION = {"stats", "learning", "xstest", "vocabulary", "lora_math"}
+# What editor/ reads besides: the score and gate names, the registry's XSTest configuration, and the
+# LoRA arithmetic diff shares. (The gate statistics and the ReST-EM dataset live in editor/.)
+EVALUATION = {"xstest", "vocabulary", "lora_math"}
 # Connection-level helpers, allowed only where one read transaction must see one state:
 # merge resolves its inputs, HEAD and their manifests together.
 IN_ONE_TRANSACTION = {("graph", "merge"), ("revisions", "merge"), ("versions", "merge")}

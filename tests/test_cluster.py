@@ -131,14 +131,13 @@ ASKED = {k: v for k, v in SECOND.items() if k != "branch"}  # a passage with que
 
 def _writer_version(seal: Seal, weights: bytes, config: dict) -> str:
     """A writer version (kind ``writer``, as `seal learn` records one) at refs/writers/main, on these adapter bytes."""
-    from seal.registry.learning import root_of
     from seal.registry.objects import build_manifest
     from seal.registry.repo import Registry
 
     reg = Registry.open(seal.cwd)
     try:
         adapter = {"weights": reg.store.put(weights), "config": config, "format": "peft-lora"}
-        manifest = build_manifest(base=reg.base()["id"], parents=[root_of(reg)], kind="writer", status="accepted",
+        manifest = build_manifest(base=reg.base()["id"], parents=[reg.root_version()], kind="writer", status="accepted",
                                   adapter=adapter, author="tester", message="tests: a writer")
         return reg.record(manifest, ref="refs/writers/main", expected=None, reason="tests: a writer")
     finally:

@@ -64,7 +64,7 @@ def _gains(monkeypatch, diffs):
 
 
 def test_rounds_record_the_writer_with_its_dataset_and_sources_and_a_rejected_one_leaves_the_ref(seal, monkeypatch):
-    from seal.registry.learning import Selection, build_dataset, root_of
+    from seal.editor.learning import Selection, build_dataset
 
     reg = _reg(seal)
     head = reg.resolve("HEAD")
@@ -79,7 +79,7 @@ def test_rounds_record_the_writer_with_its_dataset_and_sources_and_a_rejected_on
     expected = build_dataset(reg, Selection(branch=sampled["branch"], since=sampled["since"]))
     assert len(expected.sources) == 2 and expected.considered == 4  # this round's four attempts, not the earlier ones
     w = reg.manifest(round1["writer"]["id"])
-    assert w["kind"] == "writer" and w["status"] == "rejected" and w["parents"] == [root_of(reg)]
+    assert w["kind"] == "writer" and w["status"] == "rejected" and w["parents"] == [reg.root_version()]
     assert reg.read_ref("refs/writers/main") is None and not round1["writer"]["moved"]
     dataset = json.loads(reg.store.get(w["trigger"]))
     assert w["trigger"] == expected.digest == w["learn"]["dataset"] and w["learn"]["round"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from seal.registry import refs as R
-from seal.registry.learning import Selection, build_dataset
+from seal.editor.learning import Selection, build_dataset
 from seal.registry.objects import build_manifest, canonical_json
 
 

@@ -279,7 +279,7 @@ def test_xstest_is_configured_once_per_registry(registry, reg, tmp_path):
 
 def test_mde_uses_the_design_discordance_when_nothing_flipped():
     """An unchanged candidate's MDE is the design's (measured null psi), not 0."""
-    from seal.registry.stats import paired_binary_mde
+    from seal.editor.stats import paired_binary_mde
 
     n = 200
     same = ProbeResults("s", np.ones(n, bool), np.ones(n), np.zeros(n, bool), np.zeros(250, bool),

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from seal.registry import stats
-from seal.registry.stats import (
+from seal.editor import stats
+from seal.editor.stats import (
     GateDecision,
     bootstrap_bound,
     bootstrap_gate,
@@ -183,7 +183,7 @@ def test_stats_imports_no_model_library():
     import subprocess
     import sys
 
-    code = ("import sys, seal.registry.stats; "
+    code = ("import sys, seal.editor.stats; "
             "bad = [m for m in ('torch', 'transformers', 'scipy', 'peft') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -192,7 +192,7 @@ def test_stats_imports_no_model_library():
 
 
 def test_gain_gate_needs_a_real_gain():
-    from seal.registry.stats import bootstrap_gain_gate
+    from seal.editor.stats import bootstrap_gain_gate
 
     rng = np.random.default_rng(4)
     real = rng.normal(0.15, 0.1, size=40)

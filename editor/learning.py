@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from . import vocabulary as V
-from .errors import UserError
-from .objects import blob_digest, canonical_json
+from seal.registry import vocabulary as V
+from seal.registry.errors import UserError
+from seal.registry.objects import blob_digest, canonical_json
 
 DATASET_FORMAT = "seal.restem/1"
 WRITERS = "refs/writers/"
@@ -102,32 +102,16 @@ def gain_of(manifest: dict) -> float | None:
 
 def _edits(reg, selection: Selection) -> list[dict]:
     """Every edit attempt (accepted or rejected) that carries a self-edit and a trigger."""
-    sql = "SELECT id, manifest FROM versions WHERE kind = 'edit'"
-    params: list = []
-    if selection.since:
-        sql += " AND created_at >= ?"
-        params.append(selection.since)
-    if selection.until:
-        sql += " AND created_at <= ?"
-        params.append(selection.until)
-    with reg.read() as c:
-        rows = c.all(sql + " ORDER BY created_at, id", params)
-        on_branch = None
-        if selection.branch:
-            from .graph import ancestors
-            from .revisions import resolve_revision
-
-            on_branch = ancestors(c, resolve_revision(c, selection.branch))
+    on_branch = reg.ancestors(selection.branch) if selection.branch else None
     out = []
-    for vid, text in rows:
-        m = json.loads(text)
+    for m in reg.edits_between(selection.since, selection.until):
         if not m.get("self_edit") or not m.get("trigger") or not m["parents"]:
             continue
-        if on_branch is not None and not _on(on_branch, vid, m):
+        if on_branch is not None and not _on(on_branch, m["id"], m):
             continue
         if selection.triggers and m["trigger"] not in selection.triggers:
             continue
-        out.append({"id": vid, **m})
+        out.append(m)
     return out
 
 
@@ -169,24 +153,14 @@ def build_dataset(reg, selection: Selection | None = None) -> Dataset:
     return Dataset(examples, selection, considered=len(edits))
 
 
-def root_of(reg) -> str:
-    """The registry's root version (the bare base): the first parent of a track's first writer."""
-    with reg.read() as c:
-        row = c.one("SELECT id FROM versions WHERE kind = 'root' AND base_id = ? ORDER BY created_at, id",
-                    (reg.base_id(),))
-    if row is None:
-        raise UserError("this registry has no root version; run `seal verify`")
-    return row[0]
-
-
 def time_bound(value: str | None, *, end: bool = False) -> str | None:
     """A --since/--until value as seal's timestamp text: a date (whole day) or a full UTC time.
 
         >>> time_bound("2026-11-27"), time_bound("2026-11-27", end=True)
         ('2026-11-27T00:00:00.000000Z', '2026-11-27T23:59:59.999999Z')
     """
-    from .errors import ManifestInvalid
-    from .objects import check_time
+    from seal.registry.errors import ManifestInvalid
+    from seal.registry.objects import check_time
 
     if value is None:
         return None
@@ -201,5 +175,5 @@ def time_bound(value: str | None, *, end: bool = False) -> str | None:
         raise UserError(f"{e}; or give a date like 2026-11-27") from None
 
 
-__all__ = ["Example", "Selection", "Dataset", "gain_of", "build_dataset", "root_of", "time_bound", "WRITER_GAIN",
+__all__ = ["Example", "Selection", "Dataset", "gain_of", "build_dataset", "time_bound", "WRITER_GAIN",
            "WRITER_GATE", "DATASET_FORMAT", "WRITERS"]
