@@ -97,15 +97,17 @@ def _cache_file(key: str) -> Path:
     return default_cache_dir().parent / "replay" / f"{key}.json"
 
 
-def _per_base(session, name: str, make: Callable[[], list[str]]) -> list[str]:
-    """Lines the base writes once (seconds), then kept in this process and read from the cache."""
+def _per_base(session, name: str, make: Callable[[], list[str]], count: int | None = None) -> list[str]:
+    """Lines the base writes once (seconds), then kept in this process and read from the cache
+    (an entry that is not ``count`` strings, when given, is written again)."""
     key = f"{session.base_row['id']}-{name}"
     if key in _IN_PROCESS:
         return _IN_PROCESS[key]
     path = _cache_file(key)
     with contextlib.suppress(OSError, ValueError, TypeError):
         lines = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(lines, list) and lines and all(isinstance(x, str) for x in lines):
+        if isinstance(lines, list) and lines and all(isinstance(x, str) for x in lines) \
+                and count in (None, len(lines)):
             _IN_PROCESS[key] = lines
             return lines
     lines = make()
@@ -131,7 +133,7 @@ def chat_replies(session) -> list[tuple[str, str]]:
 
     requests = CHAT_ANCHORS + SAFETY_ANCHORS
     name = f"chat-{hashlib.sha256(chr(10).join(requests).encode()).hexdigest()[:16]}-{REPLY_TOKENS}"
-    replies = _per_base(session, name, lambda: base_chat_replies(session.model, session.tok))
+    replies = _per_base(session, name, lambda: base_chat_replies(session.model, session.tok), len(requests))
     return [(chat_prompt(session.tok, q), r) for q, r in zip(requests, replies)]
 
 

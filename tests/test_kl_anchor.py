@@ -122,6 +122,12 @@ def test_chat_replies_are_the_bases_and_written_once_per_base(tiny_chat_base, tm
     monkeypatch.setattr(replay, "_IN_PROCESS", {})
     monkeypatch.setattr(replay, "base_chat_replies", lambda *a: (_ for _ in ()).throw(AssertionError("generated again")))
     assert replay.chat_replies(session) == first  # read back from the machine's cache
+    # an entry that does not hold one reply per request is written again, not zipped short
+    [entry] = (tmp_path / "cache" / "bases" / "replay").glob("*-chat-*.json")
+    entry.write_text('["one reply"]')
+    monkeypatch.setattr(replay, "_IN_PROCESS", {})
+    monkeypatch.setattr(replay, "base_chat_replies", lambda *a: [r for _, r in first])
+    assert replay.chat_replies(session) == first
     assert replay.anchor_texts(session, ["a replay line"], 0.0) == []
 
 
