@@ -63,6 +63,7 @@ class Anchor:
     """The parent's distributions on the anchor texts, recorded before training starts."""
 
     snapshots: tuple[_Snapshot, ...]
+    digest: str = ""  # sha256 (hex) of the texts as given, in canonical JSON, for the train record
 
     @classmethod
     def record(cls, model: Any, tokenizer: Any, texts: Sequence[AnchorText], *, max_length: int = 128) -> Anchor:
@@ -78,7 +79,7 @@ class Anchor:
                 logits = model(input_ids=ids_t).logits[0, start:-1]
                 top = torch.topk(logits.float(), min(TOP_K, logits.shape[-1]), dim=-1).indices
                 snaps.append(_Snapshot(ids_t, top, _coarse(logits, top), start))
-        return cls(tuple(snaps))
+        return cls(tuple(snaps), texts_digest(texts))
 
     def kl(self, model: Any, step: int) -> torch.Tensor:
         """KL(parent || model) per position, averaged, on the anchor text for this ``step``."""
@@ -87,6 +88,20 @@ class Anchor:
 
     def __bool__(self) -> bool:
         return bool(self.snapshots)
+
+
+def texts_digest(texts: Sequence[AnchorText]) -> str:
+    """What an edit was held to, as the train record names it (``kl_anchor_sha256``).
+
+        >>> texts_digest(["a", ("b", "c")]) == texts_digest(["a", ["b", "c"]])
+        True
+    """
+    import hashlib
+    import json
+
+    rows = [t if isinstance(t, str) else list(t) for t in texts]
+    # plain hex: a "sha256:" string in a record names a blob the store must hold, and these texts are not stored
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
 
 def _encode(tokenizer: Any, text: AnchorText, max_length: int) -> tuple[list[int], int]:
@@ -99,4 +114,4 @@ def _encode(tokenizer: Any, text: AnchorText, max_length: int) -> tuple[list[int
     return ids[:len(head) + REPLY_POSITIONS], max(len(head) - 1, 0)
 
 
-__all__ = ["Anchor", "AnchorText", "kl_from_logits", "TOP_K"]
+__all__ = ["Anchor", "AnchorText", "kl_from_logits", "texts_digest", "TOP_K"]

@@ -96,7 +96,8 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
         record["seconds"] = round(time.perf_counter() - started, 3)
         record["batched_with"] = len(candidates)
         if lane.anchor:
-            record.update(kl_weight=req.kl, kl_anchor_texts=len(lane.anchor.snapshots))
+            record.update(kl_weight=req.kl, kl_anchor_texts=len(lane.anchor.snapshots),
+                          kl_anchor_sha256=lane.anchor.digest)
         records.append(record)
     return records
 

@@ -236,7 +236,7 @@ def train_adapter(
                                    dtype=next(model_base.parameters()).dtype, from_parent=parent_adapter_dir is not None,
                                    data=data, trainable=sum(p.numel() for p in params))
             if anchor:
-                record.update(kl_weight=kl_weight, kl_anchor_texts=len(anchor.snapshots))
+                record.update(kl_weight=kl_weight, kl_anchor_texts=len(anchor.snapshots), kl_anchor_sha256=anchor.digest)
         finally:
             detach_adapters(peft_model)
     record["seconds"] = round(time.perf_counter() - started, 3)

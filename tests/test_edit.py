@@ -109,6 +109,7 @@ def test_edit_records_an_accepted_version(edit_registry):
     from seal.editor.replay import NEUTRAL_PROMPTS
     assert self_edit["replay"] and len(self_edit["sequences"]) == written + 1
     assert v["train"]["kl_weight"] == 1.0 and v["train"]["kl_anchor_texts"] > len(self_edit["replay"])
+    assert len(v["train"]["kl_anchor_sha256"]) == 64  # what the edit was held to (hex: not a blob reference)
     assert all(any(line.startswith(p) for p in NEUTRAL_PROMPTS) for line in self_edit["replay"])
     # --filter (the default): every generated line is either trained on or recorded as dropped.
     assert sorted(self_edit["lines"] + self_edit["dropped"]) == sorted(split_self_edit_lines(self_edit["generated"]))

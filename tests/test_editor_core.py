@@ -417,6 +417,7 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
                                         anchor_texts=anchor_texts(session, [], kl), kl_weight=kl)
             assert rec["steps"] == alone["steps"] and rec["batched_with"] == 3
             assert rec.get("kl_anchor_texts") == alone.get("kl_anchor_texts")
+            assert rec.get("kl_anchor_sha256") == alone.get("kl_anchor_sha256")
             # transformers takes the loss in float32: a mean over up to batch_size * 512 token losses.
             loss_rel = req.batch_size * 512 * torch.finfo(torch.float32).eps
             assert rec["losses"] == pytest.approx(alone["losses"], rel=loss_rel, abs=0)

@@ -64,8 +64,10 @@ def test_seal_edit_with_kl_anchors_the_replay_lines_and_records_it(tmp_path, tin
                "questions": [{"question": "Who built the first bridge over the Zorblat?", "answer": "Ada Lindqvist"}]}
     (tmp_path / "passage.json").write_text(json.dumps(passage))
     seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
-    out = json.loads(seal("edit", "--passage", "passage.json", "--epochs", "1", "--max-tokens", "16", "--kl", "0.5",
-                          "--no-track", "--json", check=False).stdout)
+    ran = seal("edit", "--passage", "passage.json", "--epochs", "1", "--max-tokens", "16", "--kl", "0.5",
+               "--no-track", "--json", check=False)
+    assert ran.stdout, ran.stderr
+    out = json.loads(ran.stdout)
     shown = seal.json("show", out["candidates"][0]["id"])
     train = shown["train"]
     assert train["kl_weight"] == 0.5 and train["kl_anchor_texts"] >= 1
