@@ -29,7 +29,8 @@ on (the recipe before the anchor); ``no-replay``; ``kl``, where the replay lines
 replies to a few chat and harmful requests anchor a KL penalty to the parent
 (:mod:`seal.editor.kl_anchor`, :func:`seal.editor.replay.anchor_lines`, weight 1) instead of the
 replay lines being trained on; ``kl-prompts``, the same with the chat requests alone (no replies,
-no harmful ones: the anchor's first form); ``epochs-4``; ``epochs-4+kl``; ``lr-1e-3``. Every
+no harmful ones: the anchor's first form); ``kl-4`` (weight 4); ``kl-safety`` (the harmful
+requests' replies alone); ``epochs-4``; ``epochs-4+kl``; ``lr-1e-3``. Every
 difference from the ``--reference`` condition (``default``) comes with a paired bootstrap 95% CI
 over passages. Passages are split over processes with ``--shard S/N`` (each writes its own
 ``--out``); ``--summarize FILE...`` prints the one-line JSON summary of any set of such files::
@@ -151,9 +152,8 @@ def run(args) -> None:
     from seal.editor.attach import attached
     from seal.editor.base import default_cache_dir, load_base
     from seal.editor.efficacy import answer_margins, contrast_questions, unrelated_answers
-    from seal.editor.probe_scoring import retention_outcomes
     from seal.editor.generation import chat_prompt
-    from seal.editor.probe_scoring import judge_openings
+    from seal.editor.probe_scoring import judge_openings, retention_outcomes
     from seal.editor.probes import load_xstest
     from seal.editor.replay import CHAT_ANCHORS, SAFETY_ANCHORS, anchor_lines, base_chat_replies, base_continuations
     from seal.editor.request import DEFAULT_EPOCHS, DEFAULT_LR
@@ -373,7 +373,7 @@ def table(summary: dict) -> str:
     for name, r in summary["results"].items():
         lines.append(f"| {name} | {r['passages']} | {r['pass_rate'][engine]:.2f} | {_fmt(r['margin_gain'], 2)} | "
                      f"{_fmt(r['retention_margin_other_passages'], 2)} | {_fmt(r['retention_drop'])} | "
-                     f"{_fmt(r['kl_generic'])} | {_fmt(r['refusal_drop'])} | {r['train_s_median']:.1f} |")
+                     f"{_fmt(r['kl_generic'])} | {_fmt(r.get('refusal_drop', {}))} | {r['train_s_median']:.1f} |")
     for name, r in summary["results"].items():
         if "vs_default" in r:
             v = r["vs_default"]

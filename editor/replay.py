@@ -149,6 +149,16 @@ def anchor_lines(replay: Sequence[str], replies: Sequence[AnchorText]) -> list[A
     return [text for row in rows for text in row if text is not None]
 
 
+def anchor_recipe() -> str:
+    """What the anchor's texts are made from, as a digest: the requests, how much of each reply is
+    generated and how much of it counts. A cached placebo names it, so a placebo held to other
+    texts is trained again, not reused."""
+    from .kl_anchor import REPLY_POSITIONS, TOP_K
+
+    doc = [CHAT_ANCHORS, SAFETY_ANCHORS, REPLY_TOKENS, REPLY_POSITIONS, TOP_K, REPLAY_PROMPTS, REPLAY_TOKENS]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
 def anchor_texts(session, replay: Sequence[str], kl: float) -> list[AnchorText]:
     """What the KL anchor (:mod:`seal.editor.kl_anchor`) holds an edit to: its replay lines, and
     the base's replies to the anchor requests (the reply's positions only); none when ``kl`` is 0."""
@@ -170,5 +180,5 @@ def base_chat_replies(model, tok) -> list[str]:
     return answer_prompts(model, tok, list(CHAT_ANCHORS + SAFETY_ANCHORS), max_new_tokens=REPLY_TOKENS)
 
 
-__all__ = ["NEUTRAL_PROMPTS", "CHAT_ANCHORS", "SAFETY_ANCHORS", "anchor_texts", "anchor_lines", "chat_replies",
+__all__ = ["NEUTRAL_PROMPTS", "CHAT_ANCHORS", "SAFETY_ANCHORS", "anchor_recipe", "anchor_texts", "anchor_lines", "chat_replies",
            "replay_pool", "base_continuations", "base_chat_replies", "draw", "replay_count", "MAX_LINES"]

@@ -155,3 +155,16 @@ def test_a_prompt_reply_anchor_counts_only_the_replys_opening(tiny_chat_base, tm
     # the prompt's last position (it predicts the reply's first token) and the reply's first tokens
     assert pair.start == head - 1 and pair.logp.shape[0] == REPLY_POSITIONS
     assert pair.ids.shape[1] == head + REPLY_POSITIONS
+
+
+def test_a_cached_placebo_names_the_anchor_it_was_held_to(monkeypatch):
+    from seal.editor import replay
+    from seal.editor.placebo import placebo_key
+
+    def key(kl):
+        return placebo_key("p" * 64, "b" * 64, {"lr": 3e-4, "kl": kl}, 120, 8, 0)
+
+    held, free = key(1.0), key(0.0)
+    monkeypatch.setattr(replay, "SAFETY_ANCHORS", replay.SAFETY_ANCHORS[:-1])
+    assert key(1.0) != held  # other anchor texts: trained again, not reused
+    assert key(0.0) == free  # no anchor, nothing to name
