@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from seal.registry.files import write_atomic
 from seal.registry.objects import canonical_json
 
 PROBESET_VERSION = "seal-probes/3"  # bump when probe data or decoding changes
@@ -351,9 +351,7 @@ def base_measurements(reg, base_id: str, model, tok, probes: Probes, **kwargs) -
     for path, payload in ((blob_path, data), (doc_path, json.dumps({
             "blob": blob, "retention": measured.retention, "refusal": measured.refusal,
             "over_refusal": measured.over_refusal}).encode())):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(path)
+        write_atomic(path, payload)
     return measured, reg.store.put(measured.dist.to_bytes())
 
 

@@ -21,11 +21,13 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from seal.registry.errors import UserError
+from seal.registry.files import read_small, write_atomic
 
 if TYPE_CHECKING:  # torch comes with it; the type is only named here
     from .kl_anchor import AnchorText
@@ -104,8 +106,8 @@ def _per_base(session, name: str, make: Callable[[], list[str]], count: int | No
     if key in _IN_PROCESS:
         return _IN_PROCESS[key]
     path = _cache_file(key)
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        lines = json.loads(path.read_text(encoding="utf-8"))
+    with contextlib.suppress(OSError, ValueError, TypeError, UserError):  # a damaged entry is written again
+        lines = json.loads(read_small(path, "the replay cache entry"))
         if isinstance(lines, list) and lines and all(isinstance(x, str) for x in lines) \
                 and count in (None, len(lines)):
             _IN_PROCESS[key] = lines
@@ -114,9 +116,7 @@ def _per_base(session, name: str, make: Callable[[], list[str]], count: int | No
     _IN_PROCESS[key] = lines
     with contextlib.suppress(OSError):  # a cache that cannot be written costs a generation later
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(lines), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(lines).encode("utf-8"))
     return lines
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from . import vocabulary as V
 from .bases import get_base
 from .errors import UserError
+from .files import write_atomic
 from .graph import first_parent_line
 from .objects import now_utc
 from .policy import POLICY_REF, parse_policy
@@ -379,7 +379,7 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     output = Path(output)
     check_report_target(output, ours=REPORT_MARKS)
     if fmt != "md":
-        _write_atomic(output, render(report, fmt).encode("utf-8"))
+        write_atomic(output, render(report, fmt).encode("utf-8"))
         return [output]
     from .audit_figures import drift_png
     from .audit_render import render_markdown
@@ -388,8 +388,8 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     image = drift_image_path(output)
     if png is not None:
         check_report_target(image, ours=(PNG_MARK,))
-        _write_atomic(image, png)
-    _write_atomic(output, render_markdown(report, image=image.name if png is not None else None).encode("utf-8"))
+        write_atomic(image, png)
+    write_atomic(output, render_markdown(report, image=image.name if png is not None else None).encode("utf-8"))
     return [output] + ([image] if png is not None else [])
 
 
@@ -430,13 +430,3 @@ def check_output(fmt: str, output: Path | None) -> None:
             check_report_target(drift_image_path(Path(output)), ours=(PNG_MARK,))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

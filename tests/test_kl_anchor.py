@@ -130,6 +130,13 @@ def test_chat_replies_are_the_bases_and_written_once_per_base(tiny_chat_base, tm
     monkeypatch.setattr(replay, "_IN_PROCESS", {})
     monkeypatch.setattr(replay, "base_chat_replies", lambda *a: [r for _, r in first])
     assert replay.chat_replies(session) == first
+    # a hostile entry (a FIFO no writer opens) is replaced, not waited on
+    import os
+
+    entry.unlink()
+    os.mkfifo(entry)
+    monkeypatch.setattr(replay, "_IN_PROCESS", {})
+    assert replay.chat_replies(session) == first and entry.is_file()
     assert replay.anchor_texts(session, ["a replay line"], 0.0) == []
 
 
