@@ -22,6 +22,8 @@ top tokens the parent's probabilities.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -90,15 +92,20 @@ class Anchor:
         return bool(self.snapshots)
 
 
+def record_anchor(model: Any, tokenizer: Any, texts: Sequence[AnchorText], weight: float) -> Anchor | None:
+    """The anchor an adapter trains against, recorded at the parent; None without a weight, without
+    texts, or when no text is long enough to count."""
+    if weight <= 0 or not texts:
+        return None
+    return Anchor.record(model, tokenizer, texts) or None
+
+
 def texts_digest(texts: Sequence[AnchorText]) -> str:
     """What an edit was held to, as the train record names it (``kl_anchor_sha256``).
 
         >>> texts_digest(["a", ("b", "c")]) == texts_digest(["a", ["b", "c"]])
         True
     """
-    import hashlib
-    import json
-
     rows = [t if isinstance(t, str) else list(t) for t in texts]
     # plain hex: a "sha256:" string in a record names a blob the store must hold, and these texts are not stored
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
@@ -114,4 +121,4 @@ def _encode(tokenizer: Any, text: AnchorText, max_length: int) -> tuple[list[int
     return ids[:len(head) + REPLY_POSITIONS], max(len(head) - 1, 0)
 
 
-__all__ = ["Anchor", "AnchorText", "kl_from_logits", "texts_digest", "TOP_K"]
+__all__ = ["Anchor", "AnchorText", "kl_from_logits", "record_anchor", "texts_digest", "TOP_K"]

@@ -38,7 +38,7 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 
 from .attach import SAVED_PREFIX, UNSUPPORTED_KEYS
 from .generation import seeded
-from .kl_anchor import Anchor, kl_from_logits
+from .kl_anchor import kl_from_logits, record_anchor
 from .replay import anchor_texts
 from .train import (attach_trainable, epoch_batches, encode, LossLog, quiet_peft, save_adapter, train_record,
                     weights_diverged, detach_adapters)
@@ -114,7 +114,7 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
         try:
             config = peft_model.peft_config["default"]
             named = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
-            anchor = Anchor.record(peft_model, tok, texts) if texts else None  # the parent, before a step
+            anchor = record_anchor(peft_model, tok, texts, req.kl)  # the parent, before a step
         finally:
             detach_adapters(peft_model)
     a, b = {}, {}
@@ -127,7 +127,7 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
             raise ValueError(f"batched training handles plain LoRA factors only, not {name}")
     return Lane(index=index, seed=seed, a=a, b=b, batches=epoch_batches(data, req.batch_size, req.epochs, seed),
                 n_tokens=sum(len(d) for d in data), n_sequences=len(data), config=config,
-                log=LossLog(on_losses, 1.0), lengths=[len(d) for d in data], anchor=anchor or None)
+                log=LossLog(on_losses, 1.0), lengths=[len(d) for d in data], anchor=anchor)
 
 
 def _fit_together(model, lanes: list[Lane], tok, device: torch.device, *, lr: float,

@@ -110,9 +110,9 @@ def sequence_budget(n_sequences: int) -> int:
 
 
 def placebo_key(parent: str, base: str, hyper: dict, words: int, n_sequences: int, seed: int) -> str:
-    bucket = max(WORD_BUCKET, -(-words // WORD_BUCKET) * WORD_BUCKET)
     from .replay import anchor_recipe
 
+    bucket = max(WORD_BUCKET, -(-words // WORD_BUCKET) * WORD_BUCKET)
     doc = {"parent": parent, "base": base, "hyper": hyper, "words": bucket, "sequences": sequence_budget(n_sequences),
            "seed": seed,
            "texts": hashlib.sha256(json.dumps(_passages()).encode()).hexdigest(),

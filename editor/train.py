@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from .generation import model_device, seeded
+from .kl_anchor import AnchorText, record_anchor
 from .request import DEFAULT_ALPHA, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R  # one recipe, torch-free there
 from .request import DEFAULT_TARGETS as DEFAULT_TARGET_MODULES
 
@@ -181,7 +182,7 @@ def train_adapter(
     on_step: Callable[[], None] | None = None,
     on_losses: Callable[[int, list[float]], None] | None = None,
     flush_s: float = 1.0,
-    anchor_texts: Sequence[str] = (),
+    anchor_texts: Sequence[AnchorText] = (),
     kl_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Train one LoRA adapter on ``sequences`` and save it to ``out_dir``; return the record.
@@ -224,7 +225,7 @@ def train_adapter(
             params = [p for p in peft_model.parameters() if p.requires_grad]
             batches = epoch_batches(data, batch_size, epochs, seed)
             log = LossLog(on_losses, flush_s)
-            anchor = _anchor(peft_model, tokenizer, anchor_texts, kl_weight)
+            anchor = record_anchor(peft_model, tokenizer, anchor_texts, kl_weight)
             _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
                  log=log, on_step=on_step, anchor=anchor, kl_weight=kl_weight)
             diverged = log.diverged or weights_diverged(params)
@@ -302,14 +303,6 @@ class LossLog:
         if bad is not None and self.diverged is None:
             self.diverged = f"non-finite training loss ({values[bad - first]}) at step {bad}"
         return self.diverged is None
-
-
-def _anchor(peft_model: Any, tokenizer: Any, texts: Sequence[str], kl_weight: float):
-    if kl_weight <= 0 or not texts:
-        return None
-    from .kl_anchor import Anchor
-
-    return Anchor.record(peft_model, tokenizer, texts) or None
 
 
 def _fit(peft_model: Any, params: list, batches: list, pad_id: int, device: torch.device, *, lr: float,
