@@ -60,8 +60,8 @@ from typing import Any
 DISTRACTORS = 10
 #: The defaults of the rule (policy keys ``efficacy_margin_gain_min``, ``efficacy_margin_floor``).
 MEAN_MIN = 1.0
-FLOOR = -1.5
-ALPHA = 0.10
+FLOOR = -2.0
+ALPHA: float | None = None  # the sign-flip test is off by default: it added no null protection (README)
 SIGN_TEST_MIN = 5
 NOISE_Z = 2.0
 

@@ -40,7 +40,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 # One source of defaults: the policy file `seal init` writes is rendered from the same table.
-DEFAULT_POLICY: dict[str, float] = {g.policy_key: g.default for g in GATES}
+DEFAULT_POLICY: dict[str, float | None] = {g.policy_key: g.default for g in GATES}
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ class GateSpec:
 
     name: str
     policy_key: str
-    default: float
+    default: float | None  # None: off unless the policy sets it
     description: str
     why: str
     reads: tuple[str, ...] = ()
@@ -149,9 +149,9 @@ GATES: tuple[GateSpec, ...] = (
              "first, of the contrastive answer-margin gain minus a placebo edit's must reach this many nats "
              f"(false-pass rate on placebo pairs: {EFFICACY_MARGIN_CALIBRATION})",
              reads=("efficacy_margin",), op=">="),
-    GateSpec("efficacy_margin_floor", "efficacy_margin_floor_min", -1.5, "the lowest placebo-corrected gain allowed",
+    GateSpec("efficacy_margin_floor", "efficacy_margin_floor_min", -2.0, "the lowest placebo-corrected gain allowed",
              "... and no single usable question's placebo-corrected gain may fall below this many nats"),
-    GateSpec("efficacy_margin_sign", "efficacy_margin_sign_alpha", 0.10, "the sign-flip test's level (>= 5 questions)",
+    GateSpec("efficacy_margin_sign", "efficacy_margin_sign_alpha", None, "the sign-flip test's level (>= 5 questions)",
              "... and with >= 5 usable questions the exact one-sided sign-flip p of the gains must be at most this "
              "(false to leave the test out)"),
     GateSpec("efficacy_margin_noise", "efficacy_margin_noise_z", 2.0, "the least gain in the placebo's own standard errors",

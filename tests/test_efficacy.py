@@ -60,7 +60,8 @@ def test_mean_floor_and_sign_test_each_can_fail_the_rule():
 def test_the_policy_sets_the_sign_tests_level_or_leaves_it_out():
     from seal.editor.gates import margin_rule
 
-    assert margin_rule({}).alpha == 0.10
+    assert margin_rule({}).alpha is None  # off by default: it added no protection on null pairs
+    assert margin_rule({}).floor == -2.0
     assert margin_rule({"efficacy_margin_sign_alpha": 0.1}).alpha == 0.1
     assert margin_rule({"efficacy_margin_sign_alpha": None}).alpha is None
 
