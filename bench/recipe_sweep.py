@@ -254,12 +254,14 @@ def _ci(values: list[float]) -> dict[str, Any]:
     return {"estimate": round(est, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4), "n": len(values)}
 
 
-RULES = {  # the engine's default rule first (mean >= 1 nats, z 2, floor -1.5, sign-flip at 0.10)
+RULES = {  # the engine's default rule first (mean >= 1 nats, z 2, floor -2, no sign-flip test)
     "the default": {},
+    "until 2026-12-07: floor -1.5, sign-flip at 0.10": {"floor": -1.5, "alpha": 0.10},
     "mean >= 0.5": {"mean_min": 0.5},
-    "mean >= 0.5, sign-flip at 0.05": {"mean_min": 0.5, "alpha": 0.05},
-    "sign-flip at 0.05": {"alpha": 0.05},
-    "no sign-flip test": {"alpha": None},
+    "mean >= 0.5, noise z 1.5": {"mean_min": 0.5, "noise_z": 1.5},
+    "floor -1.5": {"floor": -1.5},
+    "no floor": {"floor": float("-inf")},
+    "sign-flip at 0.10": {"alpha": 0.10},
     "no noise bar": {"noise_z": 0.0},
 }
 

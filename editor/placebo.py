@@ -8,7 +8,8 @@ an edit's are (:func:`seal.editor.reflect.build_training_sequences`): the placeb
 sentences as title-keyed lines, then the passage.
 
 A placebo depends only on the parent, the recipe, the passage length (in 64-word buckets) and
-the sequence count (rounded up to a multiple of 8), never on the trigger's questions, so a
+the sequence count (rounded up to a multiple of 8; its replay lines are drawn for that rounded
+count, not the edit's own), never on the trigger's questions, so a
 stream's rejected edits share their parent's placebo: it is trained once per such key and kept
 in this process and in the machine's cache beside the dequantized bases (``SEAL_CACHE``), and
 its weights are stored as a blob that the versions it judged name. A cache entry is used only
@@ -109,6 +110,19 @@ def sequence_budget(n_sequences: int) -> int:
     return max(SEQUENCE_BUCKET, -(-n_sequences // SEQUENCE_BUCKET) * SEQUENCE_BUCKET)
 
 
+def placebo_replay(pool: list[str], n_sequences: int, seed: int) -> list[str]:
+    """The placebo's replay lines: drawn for its bucketed sequence count (:func:`sequence_budget`),
+    not for the edit's exact count, so edits whose counts share a bucket share a placebo.
+
+        >>> pool = [f"line {i}" for i in range(40)]
+        >>> placebo_replay(pool, 9, 0) == placebo_replay(pool, 14, 0), len(placebo_replay(pool, 3, 0))
+        (True, 7)
+    """
+    from .replay import draw
+
+    return draw(pool, sequence_budget(n_sequences), seed)
+
+
 def placebo_key(parent: str, base: str, hyper: dict, words: int, n_sequences: int, seed: int) -> str:
     from .replay import anchor_recipe
 
@@ -196,5 +210,5 @@ def _keep_on_machine(folder: Path, key: str) -> None:
         tmp.rename(target)
 
 
-__all__ = ["Placebo", "placebo_key", "placebo_sequences", "cached_placebo", "train_placebo", "text_for", "sentences",
+__all__ = ["Placebo", "placebo_key", "placebo_replay", "placebo_sequences", "cached_placebo", "train_placebo", "text_for", "sentences",
            "WORD_BUCKET", "sequence_budget"]

@@ -317,15 +317,25 @@ def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
             c.evidence = _evidence(qs, parent_m, parent_first, placebo_m, cand_m, cand_first, c.margins, placebo)
 
 
-def placebo_for(session, attempt: Attempt, c: Candidate):
-    """The placebo of this parent and recipe: cached, else trained now (timed as ``placebo_s``)."""
-    from .placebo import cached_placebo, placebo_key, train_placebo
+def placebo_plan(session, attempt: Attempt, c: Candidate) -> tuple[str, int, dict, list[str]]:
+    """The placebo's cache key, sequence count, hyperparameters and replay lines for candidate ``c``."""
+    from .placebo import placebo_key, placebo_replay
+    from .replay import replay_pool
 
     hyper = c.train.get("hyperparameters") or {}
-    replay = (c.self_edit.replay if c.self_edit else None) or []
-    n_seq = (len(c.self_edit.sequences) if c.self_edit else 1) - (0 if hyper.get("kl") else len(replay))
+    own = (c.self_edit.replay if c.self_edit else None) or []
+    n_seq = (len(c.self_edit.sequences) if c.self_edit else 1) - (0 if hyper.get("kl") else len(own))
+    replay = placebo_replay(replay_pool(session), n_seq, c.seed) if own else []
     key = placebo_key(attempt.parent.vid, session.base_row["id"], {**hyper, "replay": replay}, attempt.words, n_seq,
                       c.seed)
+    return key, n_seq, hyper, replay
+
+
+def placebo_for(session, attempt: Attempt, c: Candidate):
+    """The placebo of this parent and recipe: cached, else trained now (timed as ``placebo_s``)."""
+    from .placebo import cached_placebo, train_placebo
+
+    key, n_seq, hyper, replay = placebo_plan(session, attempt, c)
     with timed(attempt, "placebo_s"):
         found = cached_placebo(session.reg, key, session.work)
         if found is not None:

@@ -235,3 +235,31 @@ def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, ti
     assert any(s["suite"] == "retention" for s in shown[winner]["scores"])  # probed
     assert shown[other]["decision"]["failed_gates"] == ["outranked"]
     assert not any(s["suite"] == "retention" for s in shown[other]["scores"])  # not probed
+
+
+def test_edits_with_other_sequence_counts_in_one_bucket_share_the_placebo(monkeypatch):
+    """The placebo's key and replay lines follow the bucketed sequence count, not the edit's own:
+    in a stream, the passage after a rejected one reuses the placebo when its count shares the
+    bucket (the last acceptance run trained 39 placebos for 50 passages, one per replay count)."""
+    from types import SimpleNamespace
+
+    from seal.editor import replay
+    from seal.editor.stages import placebo_plan
+
+    monkeypatch.setattr(replay, "replay_pool", lambda session: [f"neutral line {i}" for i in range(16)])
+    session = SimpleNamespace(base_row={"id": "b" * 64})
+    attempt = SimpleNamespace(parent=SimpleNamespace(vid="p" * 64), words=100)
+
+    def plan(n_sequences, kl=1.0, parent="p" * 64):
+        sequences = [f"s{i}" for i in range(n_sequences)]
+        own = replay.draw(replay.replay_pool(session), n_sequences, 0)  # as with_replay draws them
+        c = SimpleNamespace(train={"hyperparameters": {"lr": 3e-4, "epochs": 2, "kl": kl}}, seed=0,
+                            self_edit=SimpleNamespace(sequences=sequences + ([] if kl else own), replay=own))
+        return placebo_plan(session, SimpleNamespace(**{**vars(attempt), "parent": SimpleNamespace(vid=parent)}), c)
+
+    five, eight, nine = plan(5), plan(8), plan(9)  # 4, 7 and 8 replay lines of their own
+    assert five[0] == eight[0] and five[3] == eight[3] and five[1] != eight[1]  # one bucket: the same placebo
+    assert nine[0] != eight[0]  # another bucket: another placebo
+    assert plan(8, parent="q" * 64)[0] != eight[0]  # another parent: another placebo
+    # without the anchor the replay lines are trained on, so they are not counted as the edit's
+    assert plan(5, kl=0.0)[0] == plan(8, kl=0.0)[0] != plan(9, kl=0.0)[0]
