@@ -47,6 +47,7 @@ The data file is only read.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -305,14 +306,19 @@ def condition_rows(base: dict, rows: dict[int, dict], rules: dict) -> dict[int, 
     return out
 
 
-def null_pairs(base: dict, rows: dict[int, dict], rules: dict) -> dict[str, list[bool]]:
+def null_pairs(base: dict, rows: dict[int, dict], rules: dict, *, every: bool = False) -> dict[str, list[bool]]:
+    """Each rule's verdicts on null pairs: on passage ``i``'s questions, two adapters that never saw
+    it, as candidate and placebo. By default disjoint pairs of the ``null_window`` passages before
+    ``i`` (each adapter once per passage: independent verdicts); ``every``: every ordered pair of
+    adapters that scored all of ``i``'s questions (more verdicts, sharing adapters)."""
     n, window = base["passages"], base["null_window"]
     out = {name: [] for name in rules}
     for i in range(n):
-        earlier = [(i - d) % n for d in range(1, window + 1)]
-        seen = [j for j in earlier if j in rows and "margins" in rows[j]
+        others = [j for j in rows if j != i] if every else [(i - d) % n for d in range(1, window + 1)]
+        seen = [j for j in others if j in rows and "margins" in rows[j]
                 and len(rows[j]["margins"].get(str(i), [])) == len(base["margins"][i])]
-        for j, k in zip(seen[0::2], seen[1::2]):
+        pairs = itertools.permutations(seen, 2) if every else zip(seen[0::2], seen[1::2])
+        for j, k in pairs:
             for name, rule in rules.items():
                 d = _judge(rule, rows[j], rows[k], base, i)
                 if d.n:
@@ -329,7 +335,7 @@ def summarize(files: list[Path], reference: str = "default") -> dict[str, Any]:
     ref = per.get(reference, {})
     summary = {}
     for name, rows in per.items():
-        nulls = null_pairs(base, by[name], rules)
+        nulls, every = null_pairs(base, by[name], rules), null_pairs(base, by[name], rules, every=True)
         usable = [r for r in rows.values() if r["n"]]
         shared = sorted(set(rows) & set(ref))
         doc = {
@@ -337,6 +343,7 @@ def summarize(files: list[Path], reference: str = "default") -> dict[str, Any]:
             "pass_rate": {k: round(sum(r["passed"][k] for r in usable) / len(usable), 3) if usable else None
                           for k in rules},
             "null_false_pass": {k: f"{sum(v)}/{len(v)}" for k, v in nulls.items()},
+            "null_false_pass_every_pair": {k: f"{sum(v)}/{len(v)}" for k, v in every.items()},
             "margin_gain": _ci([r["gain"] for r in usable]),
             "retention_margin_other_passages": _ci([r["retention_margin"] for r in rows.values()]),
             "retention_drop": _ci([r["retention_drop"] for r in rows.values()]),
@@ -366,6 +373,11 @@ def _fmt(ci: dict, digits: int = 3) -> str:
     return f"**{text}**" if bold else text
 
 
+def _rate(fraction: str) -> str:
+    hits, total = (int(x) for x in fraction.split("/"))
+    return f"{hits}/{total} ({hits / total:.1%})" if total else "–"
+
+
 def table(summary: dict) -> str:
     """The summary as two Markdown tables: the conditions, and the rule's variants on null pairs."""
     engine = next(iter(RULES))
@@ -384,13 +396,14 @@ def table(summary: dict) -> str:
                       f"| {name} | {_fmt(v['passed'], 2)} | {_fmt(v['gain'], 2)} | {_fmt(v['retention_margin'], 2)} | "
                       f"{_fmt(v['retention_drop'])} | {_fmt(v['kl_generic'])} | {_fmt(v.get('refusal_drop', {}))} |"]
     names = list(summary["results"])
-    lines += ["", "| rule | " + " | ".join(f"{n}: null false passes" for n in names) + " | " +
+    lines += ["", "| rule | " + " | ".join(f"{n}: null false passes (disjoint · every pair)" for n in names) + " | " +
               " | ".join(f"{n}: edits passed" for n in names) + " |", "|---" * (1 + 2 * len(names)) + "|"]
     for rule in summary["rules"]:
         fp = []
         for n in names:
-            hits, total = (int(x) for x in summary["results"][n]["null_false_pass"][rule].split("/"))
-            fp.append(f"{hits}/{total} ({hits / total:.1%})" if total else "–")
+            r = summary["results"][n]
+            fp.append(" · ".join(_rate(r[key][rule]) for key in ("null_false_pass", "null_false_pass_every_pair")
+                                 if key in r))
         lines.append(f"| {rule} | " + " | ".join(fp) + " | " +
                      " | ".join(f"{summary['results'][n]['pass_rate'][rule]:.2f}" for n in names) + " |")
     return "\n".join(lines)

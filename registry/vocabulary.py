@@ -138,10 +138,10 @@ class GateSpec:
 
 #: The efficacy margin rule's false-pass rate on placebo-against-placebo pairs, as measured
 #: (bench/gate_calibration.py --placebo-pairs; bench/results/); recorded with the policy.
-EFFICACY_MARGIN_CALIBRATION = ("3 of 150 (2.0%) on SmolLM2-135M with the default recipe (KL anchor), 0 of 150 with "
-                               "replay trained on (50 SEAL passages, bench/results/recipe_sweep-2026-12-07-margins.json; "
-                               "at mean >= 0.5 the KL recipe passed 8 of 150); 652 of 24,360 (2.7%) on the tests' tiny "
-                               "model trained hard at mean >= 0.5 (bench/results/placebo_calibration-2026-12-07.json)")
+EFFICACY_MARGIN_CALIBRATION = ("on SmolLM2-135M with the default recipe (the KL anchor holding the base's replies), 1 of 72 "
+                               "disjoint null pairs (1.4%; 2 of 1,070 ordered pairs, 0.2%) over 24 SEAL passages, and "
+                               "with the earlier anchor 3 of 150 (2.0%; 15 of 1,850) over 50; 705 of 24,360 (2.9%) on the "
+                               "tests' tiny model trained hard (bench/results/efficacy_rule-2026-12-07.json)")
 
 GATES: tuple[GateSpec, ...] = (
     GateSpec("efficacy_margin", "efficacy_margin_gain_min", 1.0, "placebo-corrected answer-margin gain (nats)",
@@ -150,10 +150,13 @@ GATES: tuple[GateSpec, ...] = (
              f"(false-pass rate on placebo pairs: {EFFICACY_MARGIN_CALIBRATION})",
              reads=("efficacy_margin",), op=">="),
     GateSpec("efficacy_margin_floor", "efficacy_margin_floor_min", -2.0, "the lowest placebo-corrected gain allowed",
-             "... and no single usable question's placebo-corrected gain may fall below this many nats"),
+             "... and no single usable question's placebo-corrected gain may fall below this many nats (-1.5 until "
+             "2026-12-07: it held out no null pair of the sweeps that the rest of the rule let through, and 5 edits of "
+             "the last acceptance run with mean gains of 1.6-9.2 nats)"),
     GateSpec("efficacy_margin_sign", "efficacy_margin_sign_alpha", None, "the sign-flip test's level (>= 5 questions)",
              "... and with >= 5 usable questions the exact one-sided sign-flip p of the gains must be at most this "
-             "(false to leave the test out)"),
+             "(off by default since 2026-12-07: at 0.10 it held out 2 of 1,850 null pairs, 0.1%, and edits with mean "
+             "gains of 1.7 and 3.1 nats)"),
     GateSpec("efficacy_margin_noise", "efficacy_margin_noise_z", 2.0, "the least gain in the placebo's own standard errors",
              "... and the mean gain must reach this many standard errors of a null difference, sqrt(2) x the placebo's "
              "RMS margin shift from the parent / sqrt(n): at 1.5 the tiny test model trained hard passed 5.2% of "
