@@ -7,7 +7,7 @@ many training sequences, on an unrelated passage of matched length (seal's own n
 an edit's are (:func:`seal.editor.reflect.build_training_sequences`): the placebo passage's
 sentences as title-keyed lines, then the passage.
 
-A placebo depends only on the parent, the recipe, the passage length (in 64-word buckets) and
+A placebo depends only on the parent, the recipe, the passage length (in 128-word buckets) and
 the sequence count (rounded up to a multiple of 8; its replay lines are drawn for that rounded
 count, not the edit's own), never on the trigger's questions, so a
 stream's rejected edits share their parent's placebo: it is trained once per such key and kept
@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-WORD_BUCKET = 64
+WORD_BUCKET = 128  # 64 until 2026-12-07: SEAL passages of 44-297 words fell in five buckets, and few placebos were reused
 SEQUENCE_BUCKET = 8
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _IN_PROCESS: dict[str, Path] = {}
