@@ -84,12 +84,32 @@ def read_passages(path: Path, limit: int) -> list[dict[str, Any]]:
 
 
 def contradicted(item: dict[str, Any], questions) -> str:
-    """The passage with each gold answer replaced by its question's first distractor."""
-    text = item["context"]
+    """The passage with each gold answer replaced, everywhere and in one pass, by its question's
+    first distractor that is no question's gold answer.
+
+    Replacing one answer after another (as this bench did until 2026-12-07) wrote golds back:
+    a question's first distractors are the passage's other answers, so swapping Q1's answer for
+    Q2's and then Q2's for Q3's left Q2's answer in the text, and most "contradicting" edits
+    still taught some of their gold answers.
+
+        >>> from types import SimpleNamespace as Q
+        >>> qs = [Q(options=("Ana", "Bo", "Cy"), n_gold=1), Q(options=("Bo", "Ana", "Dee"), n_gold=1)]
+        >>> contradicted({"context": "Ana met Bo. Bo left."}, qs)
+        'Cy met Dee. Dee left.'
+    """
+    import re
+
+    golds = {o for q in questions for o in q.options[:q.n_gold]}
+    swap = {}
     for q in questions:
-        gold, wrong = q.options[0], q.options[q.n_gold]
-        text = text.replace(gold, wrong)
-    return text
+        wrong = next((o for o in q.options[q.n_gold:] if o not in golds), None)
+        for gold in q.options[:q.n_gold]:
+            if wrong is not None:
+                swap.setdefault(gold, wrong)
+    if not swap:
+        return item["context"]
+    pattern = re.compile("|".join(re.escape(g) for g in sorted(swap, key=len, reverse=True)))
+    return pattern.sub(lambda m: swap[m.group(0)], item["context"])
 
 
 # ---------------------------------------------------------------------------- models
