@@ -15,7 +15,7 @@ from .render import emit, print_json, short
 
 
 def _size(n: int) -> str:
-    from seal.registry.hub_layout import human_bytes
+    from seal.registry.hub.layout import human_bytes
 
     return human_bytes(n)
 

@@ -9,7 +9,7 @@ What is checked, and what it catches:
   (a ref re-pointed by SQL; an erased reflog row);
 - each blob still hashes to its name, each adapter fits the base (a flipped byte; an adapter
   that cannot load); a blob may be missing only when ``refs/meta/withheld`` records that its
-  publisher withheld it (see :mod:`seal.registry.hub_withheld`);
+  publisher withheld it (see :mod:`seal.registry.hub.withheld`);
 - every version and ref move copied into the object store is still in the database (a version
   rolled back, or a reflog erased, by SQL).
 
@@ -78,7 +78,7 @@ def verify_registry(reg, *, check_blobs: bool = True) -> list[dict]:
     ids = {r["id"] for r in snap.versions}
     blob_ok: dict[str, bool] = {}
     if check_blobs:  # data a publisher withheld (`seal push --no-data`) is missing on purpose, by a signed record
-        from .hub_withheld import withheld_digests
+        from .hub.withheld import withheld_digests
 
         blob_ok.update({d: True for d in withheld_digests(reg) if not reg.store.has(d)})
     for row in snap.versions:

@@ -17,8 +17,8 @@ import seal.ui
 
 def _modules() -> list[str]:
     names = []
-    for pkg in (seal.registry, seal.editor, seal.cli, seal.ui):
-        names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".") if not m.name.endswith("__main__")]
+    for pkg in (seal.registry, seal.editor, seal.cli, seal.ui):  # sub-packages too (seal.registry.hub, ...)
+        names += [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".") if not m.name.endswith("__main__")]
     return sorted(names)
 
 

@@ -212,7 +212,7 @@ def test_model_card_holds_only_own_results_with_real_datasets_and_a_license(publ
 
 
 def test_card_license_comes_from_the_base():
-    from seal.registry.hub_card import front_matter as card_meta
+    from seal.registry.hub.card import front_matter as card_meta
     from seal.registry.objects import build_manifest
 
     m = build_manifest(base="b" * 64, parents=[], kind="import", status="accepted", created_at="2026-01-01T00:00:00Z")
@@ -227,7 +227,7 @@ def test_card_license_comes_from_the_base():
 # --- pull: trust, refs, revisions -----------------------------------------------------------------
 
 def test_pull_refuses_an_unknown_signer_then_imports_with_trust(published, local_hub, tiny_base, tmp_path):
-    from seal.registry.hub_withheld import WITHHELD_REF
+    from seal.registry.hub.withheld import WITHHELD_REF
     from seal.registry.policy import parse_policy
 
     a, b, key = published["a"], published["b"], published["key"]
@@ -296,7 +296,7 @@ def test_tracking_refs_never_move_backwards_without_force(published, local_hub, 
 
 
 def test_no_data_keeps_data_local_and_the_pull_records_it(local_hub, hf_api, tiny_base, tiny_base_record, tmp_path):
-    from seal.registry.hub_withheld import WITHHELD_REF, withheld_digests
+    from seal.registry.hub.withheld import WITHHELD_REF, withheld_digests
 
     a = new_registry(tmp_path, "a", tiny_base_record)
     b = new_registry(tmp_path, "b", tiny_base_record)
@@ -539,7 +539,7 @@ def test_signed_manifests_that_break_the_schema_are_refused(field, value, needle
     """A lineage signed by its own (trusted on the spot) key still has to follow seal's schema."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from seal.registry.hub_lineage import LINEAGE_FORMAT
+    from seal.registry.hub.lineage import LINEAGE_FORMAT
     from seal.registry.init import root_manifest
     from seal.registry.objects import blob_digest, build_manifest, version_id
     from seal.registry.signing import public_key_hex, signer_id

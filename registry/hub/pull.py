@@ -15,7 +15,7 @@ The order is what keeps a hostile repo harmless:
    runs past that size; check each digest, and each adapter against the base;
 5. store the blobs (never unlinking one: another pull may share it; `seal gc` cleans up), then in
    one write transaction insert signers and versions (a version already there is skipped, so two
-   pulls of one lineage both succeed), record withheld data (see :mod:`.hub_withheld`) and move
+   pulls of one lineage both succeed), record withheld data (see :mod:`.withheld`) and move
    the tracking ref by compare-and-swap; a lost race is retried from the fresh state.
 
 >>> pull(Registry.open(), "me/my-adapter@v1", trust=["3f2a9c1b0d4e5f60"])     # doctest: +SKIP
@@ -29,15 +29,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
-from .errors import PullRefused, UntrustedSigner, UserError
-from .hub_errors import bounded_bar, hub_errors, quiet_unless_terminal
-from .hub_layout import (LINEAGE_FILE, Revision, blob_file, check_remote_names, classify_revision, config_bytes,
-                         git_blob_id, hub_revision, max_bytes, max_lineage_bytes, parse_repo_spec, short_id,
-                         tracking_ref)
-from .hub_lineage import CheckedLineage, check_lineage, doc_ids, known_ids, parse_lineage
-from .object_store import file_digest
-from .objects import DIGEST_PREFIX, sha256_hex
+from ..adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
+from ..errors import PullRefused, UntrustedSigner, UserError
+from ..object_store import file_digest
+from ..objects import DIGEST_PREFIX, sha256_hex
+from .errors import bounded_bar, hub_errors, quiet_unless_terminal
+from .layout import (LINEAGE_FILE, Revision, blob_file, check_remote_names, classify_revision, config_bytes,
+                     git_blob_id, hub_revision, max_bytes, max_lineage_bytes, parse_repo_spec, short_id,
+                     tracking_ref)
+from .lineage import CheckedLineage, check_lineage, doc_ids, known_ids, parse_lineage
 
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -159,7 +159,7 @@ def fetch_blobs(api, reg, remote: Remote, checked: CheckedLineage, cache: Path) 
 
 def check_adapters(reg, checked: CheckedLineage, paths: dict[str, Path]) -> None:
     """Every imported adapter is safetensors that fits this registry's base (as `seal verify` checks)."""
-    from .adapters import check_adapter_bytes
+    from ..adapters import check_adapter_bytes
 
     shapes = (reg.base().get("info") or {}).get("shapes")
     for v in checked.to_import:
@@ -207,7 +207,7 @@ def pull(reg, spec: str, *, trust: list[str] | None = None, force: bool = False)
     tracking ref. A failed check imports nothing."""
     from huggingface_hub import HfApi
 
-    from .hub_import import import_checked, plan_ref
+    from .importing import import_checked, plan_ref
 
     repo_id, revision = parse_repo_spec(spec)
     local_base = reg.base()

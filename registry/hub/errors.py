@@ -17,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from .errors import PullRefused, RefConflict, SealError, UserError
+from ..errors import PullRefused, RefConflict, SealError, UserError
 
 CONFLICT_HINT = "the Hub branch moved since you read it; run `seal pull {repo}` and push again"
 

@@ -2,13 +2,13 @@
 
 The bridge is split by job; this module gathers the public names:
 
-- :mod:`.hub_layout`: what a push looks like on the Hub (files, tags, tracking refs, limits);
-- :mod:`.hub_lineage`: ``seal/lineage.json``, built from the registry and checked on a pull;
-- :mod:`.hub_card`: the model card;
-- :mod:`.hub_push`: `seal push` (private by default; ``--no-data`` withholds data blobs);
-- :mod:`.hub_pull` and :mod:`.hub_import`: `seal pull`, reading then writing;
-- :mod:`.hub_withheld`: the record of data a publisher withheld;
-- :mod:`.hub_errors`: the Hub's failures as seal errors, and quiet progress bars.
+- :mod:`.layout`: what a push looks like on the Hub (files, tags, tracking refs, limits);
+- :mod:`.lineage`: ``seal/lineage.json``, built from the registry and checked on a pull;
+- :mod:`.card`: the model card;
+- :mod:`.push`: `seal push` (private by default; ``--no-data`` withholds data blobs);
+- :mod:`.pull` and :mod:`.importing`: `seal pull`, reading then writing;
+- :mod:`.withheld`: the record of data a publisher withheld;
+- :mod:`.errors`: the Hub's failures as seal errors, and quiet progress bars.
 
 ``huggingface_hub`` is imported inside the functions that talk to the Hub, so commands that do
 not (``seal log`` and friends) never pay for it.
@@ -21,13 +21,13 @@ not (``seal log`` and friends) never pay for it.
 
 from __future__ import annotations
 
-from .errors import PullRefused, UntrustedSigner
-from .hub_card import model_card
-from .hub_errors import hub_errors, quiet_unless_terminal
-from .hub_layout import LINEAGE_FILE, parse_repo_spec, remote_ref, tracking_ref
-from .hub_lineage import LINEAGE_FORMAT, check_lineage, lineage_document
-from .hub_pull import pull
-from .hub_push import PushPlan, execute_push, plan_push, push
+from ..errors import PullRefused, UntrustedSigner
+from .card import model_card
+from .errors import hub_errors, quiet_unless_terminal
+from .layout import LINEAGE_FILE, parse_repo_spec, remote_ref, tracking_ref
+from .lineage import LINEAGE_FORMAT, check_lineage, lineage_document
+from .pull import pull
+from .push import PushPlan, execute_push, plan_push, push
 
 __all__ = [
     "push", "plan_push", "execute_push", "pull", "check_lineage", "lineage_document", "model_card",

@@ -25,16 +25,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import refs as R
-from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
-from .errors import RefConflict, UserError
-from .hub_card import model_card
-from .hub_errors import bounded_bar, hub_errors, quiet_unless_terminal
-from .hub_layout import (ALIAS_TAG, LINEAGE_FILE, README_FILE, alias_tag, blob_file, check_repo_id, config_bytes,
-                         is_short_id_tag, max_lineage_bytes, short_id)
-from .hub_lineage import Lineage, ancestors_in, blob_roles, lineage_bytes, lineage_document, load_lineage
-from .hub_withheld import DATA_FIELDS, read_withheld
-from .revisions import resolve_revision
+from .. import refs as R
+from ..adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
+from ..errors import RefConflict, UserError
+from ..revisions import resolve_revision
+from .card import model_card
+from .errors import bounded_bar, hub_errors, quiet_unless_terminal
+from .layout import (ALIAS_TAG, LINEAGE_FILE, README_FILE, alias_tag, blob_file, check_repo_id, config_bytes,
+                     is_short_id_tag, max_lineage_bytes, short_id)
+from .lineage import Lineage, ancestors_in, blob_roles, lineage_bytes, lineage_document, load_lineage
+from .withheld import DATA_FIELDS, read_withheld
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ def _tags_to_set(plan: PushPlan, named: dict[str, str], path: set[str]) -> dict[
 
 def _uploads(plan: PushPlan) -> tuple[list[BlobUpload], list[BlobUpload]]:
     """(blobs this push sends, data it withholds), each once, with the versions that name them."""
-    from .objects import referenced_blobs
+    from ..objects import referenced_blobs
 
     roles = blob_roles(plan.lineage.manifests.values())
     named: dict[str, list[str]] = {}

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import re
 
-from . import vocabulary as V
-from .hub_layout import short_id
+from .. import vocabulary as V
+from .layout import short_id
 
 MERMAID_NODES = 60
 # Licences of bases seal knows by name; the base record's own ``info.license`` wins when present.
