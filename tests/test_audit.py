@@ -22,7 +22,7 @@ from seal.registry import vocabulary as V
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 HOSTILE = "<script>alert(1)</script> | **bold** [click](http://evil.example) `tick`"
 RULE = "reject if the one-sided 95% upper bound of the paired drop exceeds the threshold"
-FAIL_RED = (0xB0, 0x00, 0x20)   # .badge.fail in registry/templates/audit.html.j2
+FAIL_RED = (0xB0, 0x00, 0x20)   # .badge.fail in registry/audit/templates/audit.html.j2
 
 
 @dataclass
@@ -245,7 +245,7 @@ def edge_points(svg: str) -> list[list[tuple[float, float]]]:
 @sqlite_only
 def test_audit_html_is_tables_policy_and_an_uncrossed_graph(lineage):
     from seal.registry.audit import audit_report
-    from seal.registry.audit_render import render_html
+    from seal.registry.audit.rendering import render_html
 
     need_dot()
     ids = lineage.ids
@@ -277,8 +277,8 @@ def test_audit_html_is_tables_policy_and_an_uncrossed_graph(lineage):
 @sqlite_only
 def test_audit_lineage_falls_back_to_lanes_without_dot(lineage, monkeypatch, tmp_path):
     from seal.registry.audit import audit_report
-    from seal.registry.audit_figures import lineage_figure
-    from seal.registry.audit_render import render_html
+    from seal.registry.audit.figures import lineage_figure
+    from seal.registry.audit.rendering import render_html
 
     monkeypatch.setenv("PATH", str(tmp_path))   # no `dot` on it
     report = audit_report(lineage.reg)
@@ -321,7 +321,7 @@ def test_audit_and_diff_survive_odd_optional_fields(lineage, tmp_path):
 def test_audit_html_renders_in_chromium(lineage, tmp_path):
     """Headless Chromium shows the policy section and a visibly marked failed gate; a clean lineage shows none."""
     from seal.registry.audit import audit_report
-    from seal.registry.audit_render import render_html
+    from seal.registry.audit.rendering import render_html
 
     browser = chromium()
     out = tmp_path / "audit.html"

@@ -1,6 +1,6 @@
 """The audit report as a reviewer reads it: html (one standalone file) and Markdown (for GitHub).
 
-Both come from Jinja2 templates in ``registry/templates/`` over one view of the report built
+Both come from Jinja2 templates in ``registry/audit/templates/`` over one view of the report built
 here, so the two formats say the same things: the versions, each score beside its reference
 values and the differences, each gate with its value, interval, threshold and verdict (a failed
 gate marked FAIL), the policy with its thresholds and every recorded change, the ref moves, the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from . import vocabulary as V
-from .audit_figures import gating
+from .. import vocabulary as V
+from .figures import gating
 
 TEMPLATES = Path(__file__).parent / "templates"
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
@@ -147,7 +147,7 @@ def report_view(report: dict) -> dict:
 
 def render_html(report: dict) -> str:
     """One standalone html file: tables, the lineage as SVG, and the drift plot inline."""
-    from .audit_figures import drift_png, lineage_figure
+    from .figures import drift_png, lineage_figure
 
     png = drift_png(report)
     figure = lineage_figure(report)
@@ -165,7 +165,7 @@ def render_markdown(report: dict, *, image: str | None) -> str:
     """
     from urllib.parse import quote
 
-    from .audit_figures import lineage_mermaid
+    from .figures import lineage_mermaid
 
     return _environment("md").get_template("audit.md.j2").render(
         **report_view(report), mermaid=Markup("\n".join(lineage_mermaid(report))),

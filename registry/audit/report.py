@@ -12,9 +12,10 @@ of logs: the time of each event, the version and its parents, a reference to the
 approved and who moved the model, and the version to roll back to.
 
 Drift reads as a series along the first-parent line: cumulative KL against the base, retention,
-and ‖ΔW‖ from the base (from r×r products of the stored adapters). :mod:`seal.registry.audit_render`
-turns the report into html (one standalone file) or Markdown (for GitHub: a mermaid graph and the
-drift plot as a PNG file beside it). Score and gate names come from :mod:`seal.registry.vocabulary`.
+and ‖ΔW‖ from the base (from r×r products of the stored adapters).
+:mod:`seal.registry.audit.rendering` turns the report into html (one standalone file) or Markdown
+(for GitHub: a mermaid graph and the drift plot as a PNG file beside it). Score and gate names come
+from :mod:`seal.registry.vocabulary`.
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from . import vocabulary as V
-from .bases import get_base
-from .errors import UserError
-from .files import write_atomic
-from .graph import first_parent_line
-from .objects import now_utc
-from .policy import POLICY_REF, parse_policy
-from .pooled import pooled_efficacy
-from .previews import first_lines, head_text
-from .revisions import resolve_revision
-from .signing import check_signature
-from .versions import stored_manifest
+from .. import vocabulary as V
+from ..bases import get_base
+from ..errors import UserError
+from ..files import write_atomic
+from ..graph import first_parent_line
+from ..objects import now_utc
+from ..policy import POLICY_REF, parse_policy
+from ..pooled import pooled_efficacy
+from ..previews import first_lines, head_text
+from ..revisions import resolve_revision
+from ..signing import check_signature
+from ..versions import stored_manifest
 
 FORMATS = ("md", "json", "html")
 #: How much of a self-edit blob is read to show its first lines (JSON needs to parse whole).
@@ -107,7 +108,7 @@ AUDIT_SCHEMA = {
 
 def _redacted_lines(text: str | None, n: int = 3) -> list[str]:
     """The first lines of stored text with secrets and personal data redacted: a report is shared."""
-    from .scan import redact, scan_text
+    from ..scan import redact, scan_text
 
     if not text:
         return []
@@ -275,7 +276,7 @@ def _entry(reg, vid: str, data: dict, trusted: dict) -> dict:
 
 def _policy_values(reg, digest: str | None) -> tuple[dict, dict] | None:
     """(thresholds, settings) of a recorded policy blob, or None when it is missing or unreadable."""
-    from .previews import blob_head
+    from ..previews import blob_head
 
     raw = blob_head(reg, digest, 1 << 20)
     if raw is None:
@@ -331,7 +332,7 @@ def _drift(reg, data: dict) -> list[dict]:
 
 
 def _delta_norm(reg, m: dict) -> float | None:
-    from . import lora_math
+    from .. import lora_math
 
     delta = V.DELTA_NORM.vs("base").of(m)
     if delta is None and m.get("adapter") and reg.store.has(m["adapter"]["weights"]):
@@ -360,7 +361,7 @@ def render(report: dict, fmt: str) -> str:
         return json.dumps(report, indent=2) + "\n"
     if fmt not in FORMATS:
         raise UserError(f"unknown audit format {fmt!r}; use md, json or html")
-    from .audit_render import render_html, render_markdown
+    from .rendering import render_html, render_markdown
 
     return render_html(report) if fmt == "html" else render_markdown(report, image=None)
 
@@ -381,8 +382,8 @@ def write_report(report: dict, fmt: str, output) -> list[Path]:
     if fmt != "md":
         write_atomic(output, render(report, fmt).encode("utf-8"))
         return [output]
-    from .audit_figures import drift_png
-    from .audit_render import render_markdown
+    from .figures import drift_png
+    from .rendering import render_markdown
 
     png = drift_png(report)
     image = drift_image_path(output)
@@ -402,8 +403,8 @@ REPORT_MARKS = (b"seal audit:", SCHEMA_ID.encode())
 def check_report_target(path: Path, ours: tuple[bytes, ...] = ()) -> None:
     """Refuse to write a report anywhere but outside any `.seal` folder, and over anything but a
     regular file holding one of the marks ``ours`` (a report or drift plot seal wrote before)."""
-    from .config import SEAL_DIRNAME
-    from .files import is_regular
+    from ..config import SEAL_DIRNAME
+    from ..files import is_regular
 
     resolved = path.expanduser().resolve()
     if SEAL_DIRNAME in resolved.parts:
