@@ -140,28 +140,19 @@ SELECT v.id FROM versions v JOIN ancestry a ON v.id = a.id ORDER BY v.created_at
 """
 
 
-def _chunks(ids: list[str], size: int = 500):
-    for start in range(0, len(ids), size):
-        part = ids[start:start + size]
-        yield part, ", ".join("?" for _ in part)
-
-
 def _collect(c, tip: str) -> dict:
     """Every row the report needs, read in one transaction."""
     path = [r[0] for r in c.all(_PATH_ORDER, (tip,))]
     on_path = set(path)
-    attempts: set[str] = set()
-    for part, marks in _chunks(path):
-        attempts.update(r[0] for r in c.all(
-            f"SELECT DISTINCT v.id FROM versions v JOIN version_parents p ON p.version_id = v.id "
-            f"WHERE p.parent_id IN ({marks}) AND v.status = 'rejected'", part) if r[0] not in on_path)
+    attempts = {r[0] for r in c.all_in("SELECT DISTINCT v.id FROM versions v JOIN version_parents p "
+                                       "ON p.version_id = v.id WHERE p.parent_id IN ({marks}) "
+                                       "AND v.status = 'rejected'", path) if r[0] not in on_path}
     ids = path + sorted(attempts)
     rows, manifests = {}, {}
-    for part, marks in _chunks(ids):
-        for vid, text, signature, signer in c.all(
-                f"SELECT id, manifest, signature, signer FROM versions WHERE id IN ({marks})", part):
-            rows[vid] = {"signature": signature, "signer": signer}
-            manifests[vid] = stored_manifest(text, vid)
+    for vid, text, signature, signer in c.all_in("SELECT id, manifest, signature, signer FROM versions "
+                                                 "WHERE id IN ({marks})", ids):
+        rows[vid] = {"signature": signature, "signer": signer}
+        manifests[vid] = stored_manifest(text, vid)
     moves = [m for m in c.dicts("SELECT ref, old, new, actor, reason, time FROM reflog ORDER BY id")
              if m["new"] in rows or m["old"] in rows]
     return {
