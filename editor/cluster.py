@@ -272,7 +272,9 @@ def _who(info: dict) -> str:
 # --- the driver's side of a session --------------------------------------------------------------
 
 @dataclass
-class ProbeSet:
+class ProbeDigests:
+    """The driver's view of the workers' probe set: its digests only (a worker holds the probes)."""
+
     digests: dict
 
 
@@ -283,7 +285,7 @@ class DriverSession:
 
     reg: Any
     base_row: dict
-    probes: ProbeSet
+    probes: ProbeDigests
     base_logprobs: str
     progress: Any
     work: Path
@@ -313,7 +315,7 @@ class Workers:
         if self.pool is None:
             pool = Pool(self.ray, self.spec, self.place, self.say)
             first = next(iter(pool.info.values()))
-            self.driver.probes, self.driver.base_logprobs = ProbeSet(first["probes"]), first["base_logprobs"]
+            self.driver.probes, self.driver.base_logprobs = ProbeDigests(first["probes"]), first["base_logprobs"]
             self.driver.load_s = pool.load_s
             self.pool = pool
         return self.pool
@@ -343,7 +345,7 @@ def cluster(reg, req, progress) -> Iterator[tuple[Workers, DriverSession]]:
     with ray_connection(req, progress.say) as ray:
         place = placement(req, ray.cluster_resources())
         work = Path(tempfile.mkdtemp(prefix="driver-", dir=reg.tmp_dir))
-        driver = DriverSession(reg=reg, base_row=reg.base(), probes=ProbeSet({}), base_logprobs="",
+        driver = DriverSession(reg=reg, base_row=reg.base(), probes=ProbeDigests({}), base_logprobs="",
                                progress=progress, work=work)
         workers = Workers(ray, dataclasses.replace(spec, device=place.device, threads=place.threads), place, driver,
                           progress.say)
@@ -392,7 +394,7 @@ class Flight:
 
 
 @dataclass
-class Lane:
+class BranchQueue:
     """The triggers aimed at one branch, served in order: each one's parent is the tip after the last."""
 
     ref: str
@@ -415,7 +417,7 @@ class Run:
         # file (up to 64 MiB) travels once per passage, not once per candidate.
         self.trainer = dataclasses.replace(req, writer=None, self_edits=None)
         self.on_dispatch = on_dispatch or (lambda event: None)
-        self.lanes: dict[str, Lane] = {}
+        self.lanes: dict[str, BranchQueue] = {}
         self.reflects: deque[Flight] = deque()
         self.candidates: deque[tuple[Flight, int]] = deque()
         self.stopped: str | None = None
@@ -452,15 +454,15 @@ class Run:
     def _startable(self) -> bool:
         return any(lane.queue and lane.flight is None for lane in self.lanes.values())
 
-    def _lane(self, ref: str) -> Lane:
-        return self.lanes.setdefault(ref, Lane(ref))
+    def _lane(self, ref: str) -> BranchQueue:
+        return self.lanes.setdefault(ref, BranchQueue(ref))
 
     def _start_lanes(self) -> None:
         for lane in sorted(self.lanes.values(), key=lambda ln: ln.queue[0].number if ln.queue else 1 << 62):
             while lane.flight is None and lane.queue and not self.stopped:
                 self._begin(lane, lane.queue.popleft())
 
-    def _begin(self, lane: Lane, item: Item) -> None:
+    def _begin(self, lane: BranchQueue, item: Item) -> None:
         """Skip it, refuse it (secrets), or start its attempt on the lane's tip now."""
         from .attempt import edit_attempt, pii_allowed, refuse
         from .stream import done_triggers
