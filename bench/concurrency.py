@@ -99,7 +99,7 @@ def adapter_bytes(writer: int, k: int) -> tuple[bytes, dict]:
 def edit_like(base: str, parent: str, weights: str, config: dict, writer: int, k: int) -> dict:
     """A manifest shaped like a real edit's (about 6 KB against 7 KB): its 17 scores, 10 gates and
     training record; the probe blobs a real edit also cites are left out."""
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     scores = [{"suite": s, "metric": m, "against": a, "value": 0.01 * (k % 50) + i, "n": 40}
               for i, (s, m, a) in enumerate(SCORES)]

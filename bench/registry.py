@@ -79,10 +79,10 @@ def build(root: Path, n: int, adapter: Path | None = None, base: dict | None = N
     the parent, time, message and value differ; the first few are checked against
     ``manifest_bytes``), each id is signed, and the rows :func:`version_rows` derives are inserted
     in batches (``executemany`` on SQLite, ``COPY`` on PostgreSQL): a million in minutes."""
-    from seal.registry import refs as R
+    from seal.registry.store import refs as R
     from seal.registry.init import init_registry
-    from seal.registry.objects import manifest_bytes, sha256_hex
-    from seal.registry.versions import version_rows
+    from seal.registry.store.objects import manifest_bytes, sha256_hex
+    from seal.registry.store.versions import version_rows
 
     t0 = time.perf_counter()
     base = base or bench_base()
@@ -137,7 +137,7 @@ class ManifestTemplate:
     PARENT, TIME, MESSAGE, STATUS = "P" * 64, "T" * 27, "M" * 24, "S" * 8
 
     def __init__(self, base_id: str, digest: str, config: dict):
-        from seal.registry.objects import build_manifest, manifest_bytes
+        from seal.registry.store.objects import build_manifest, manifest_bytes
 
         self.base_id, self.digest, self.config = base_id, digest, config
         marked = build_manifest(
@@ -171,7 +171,7 @@ def _stamp(start: float, i: int) -> str:
 
 
 def _manifest(base_id, parent, i, start, digest, config, accepted) -> dict:
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     value = (i % 100) / 100
     return build_manifest(
@@ -234,8 +234,8 @@ def import_per_version(root: Path, env: dict, repeat: int) -> float:
 
 def record_in_process(root: Path, repeat: int) -> float:
     """`Registry.record` of a small manifest moving a branch, in one warm process (median, seconds)."""
-    from seal.registry import refs as R
-    from seal.registry.objects import build_manifest
+    from seal.registry.store import refs as R
+    from seal.registry.store.objects import build_manifest
     from seal.registry.repo import Registry
 
     reg = Registry.open(root)
@@ -275,10 +275,10 @@ def pg_bytes(n: int, db_url: str, root: Path) -> dict:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from concurrency import adapter_bytes, edit_like
-    from seal.registry import refs as R
+    from seal.registry.store import refs as R
     from seal.registry.init import init_registry
-    from seal.registry.objects import manifest_bytes, sha256_hex
-    from seal.registry.versions import insert_version
+    from seal.registry.store.objects import manifest_bytes, sha256_hex
+    from seal.registry.store.versions import insert_version
 
     reg = init_registry(root, base=bench_base(), db_url=db_url)
     data, config = adapter_bytes(0, 0)

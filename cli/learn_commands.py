@@ -80,7 +80,7 @@ def learn(
 def _triggers(reg, given: list[str]) -> list[str]:
     """``--trigger`` values as digests: a digest as given, a revision as its version's trigger."""
     from seal.registry.errors import UserError
-    from seal.registry.objects import is_digest
+    from seal.registry.store.objects import is_digest
 
     out = []
     for value in given:

@@ -24,7 +24,7 @@ def init(
     json_: bool = JsonOpt,
 ) -> None:
     from seal.registry.init import check_can_init, init_registry
-    from seal.registry.sql import Url
+    from seal.registry.store.sql import Url
     from seal.registry.xstest import read_xstest_file, set_xstest
 
     check_can_init(path)
@@ -115,7 +115,7 @@ def log(
     graph: bool = typer.Option(False, "--graph", help="Draw the lineage like `git log --graph`."),
     json_: bool = JsonOpt,
 ) -> None:
-    from seal.registry.graph import graph_lines
+    from seal.registry.store.graph import graph_lines
 
     entries = [e.to_json() for e in open_registry().log(rev, n=n, all=all_)]
     if json_:
@@ -325,8 +325,8 @@ def _db_url() -> str:
 
 @command("current", help=doc("The schema revision of the lineage database, and the newest this seal knows.", "seal db current"))
 def db_current(json_: bool = JsonOpt) -> None:
-    from seal.registry.db import HEAD_REVISION, current_revision
-    from seal.registry.sql import Database
+    from seal.registry.store.db import HEAD_REVISION, current_revision
+    from seal.registry.store.sql import Database
 
     db = Database.open(_db_url())
     rev = current_revision(db)
@@ -338,7 +338,7 @@ def db_current(json_: bool = JsonOpt) -> None:
 
 @command("upgrade", help=doc("Upgrade the lineage database's schema to the newest revision.", "seal db upgrade"))
 def db_upgrade(json_: bool = JsonOpt) -> None:
-    from seal.registry.db import upgrade
+    from seal.registry.store.db import upgrade
 
     out = {"current": upgrade(_db_url())}
     print_json(out) if json_ else emit([f"schema at {out['current']}"])

@@ -172,7 +172,7 @@ def printable(text: str) -> str:
     >>> print(printable("ok\x1b[2Jgone"))
     ok\x1b[2Jgone
     """
-    from seal.registry.objects import UNSAFE_CHARS
+    from seal.registry.store.objects import UNSAFE_CHARS
 
     return UNSAFE_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 

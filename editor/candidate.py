@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seal.registry.objects import canonical_json
+from seal.registry.store.objects import canonical_json
 
 from .gates import GateInputs
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seal.registry import refs as R
+from seal.registry.store import refs as R
 from seal.registry.errors import NoHead, SealError, UserError
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
@@ -676,7 +676,7 @@ def edit_on_workers(reg, trigger, req, *, ref: str, secrets_row: dict, findings:
                     on_dispatch: Callable[[dict], None] | None = None) -> dict:
     """One trigger's K candidates over the workers (`seal edit --candidates K --workers N`): the
     documented `edit --json` document, each candidate with the worker that ran it."""
-    from seal.registry.objects import blob_digest
+    from seal.registry.store.objects import blob_digest
 
     results: list[dict] = []
     item = Item(1, trigger, ref, blob_digest(trigger.raw), findings, secrets_row)

@@ -38,7 +38,7 @@ from typing import Any
 
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import SealError, UserError
-from seal.registry.objects import blob_digest
+from seal.registry.store.objects import blob_digest
 
 
 @dataclass(frozen=True)

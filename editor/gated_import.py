@@ -19,7 +19,7 @@ from pathlib import Path
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE, read_adapter_folder
 from seal.registry.errors import NoHead, UserError
 from seal.registry.files import display_name
-from seal.registry.objects import canonical_json
+from seal.registry.store.objects import canonical_json
 from seal.registry.porcelain import check_message, check_same_base
 
 from .attempt import measure_parent_attached, open_attempt, run_attempt, single_candidate

@@ -45,10 +45,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from seal.registry import refs as R
+from seal.registry.store import refs as R
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, RefConflict, UserError
-from seal.registry.objects import build_manifest, now_utc
+from seal.registry.store.objects import build_manifest, now_utc
 
 from .learning import WRITER_GAIN, WRITER_GATE, WRITERS, Dataset, Selection, build_dataset
 from .request import EditRequest
@@ -129,7 +129,7 @@ def read_passages(path: Path, what: str) -> list:
 
 def check_disjoint(reg, heldout: list, dataset: Dataset | None, train: list | None = None) -> None:
     """Held-out passages must not be ones the writer learns from (by digest, text or title)."""
-    from seal.registry.objects import blob_digest
+    from seal.registry.store.objects import blob_digest
 
     held = {blob_digest(t.raw) for t in heldout}
     texts = {" ".join(t.passage.split()) for t in heldout}
@@ -260,7 +260,7 @@ def heldout_side(session, heldout: list, writer: Writer, edit: EditRequest, pare
 
 
 def _heldout_edit(session, trigger, req: EditRequest, parent: str, info: dict, side: Side) -> None:
-    from seal.registry.objects import blob_digest
+    from seal.registry.store.objects import blob_digest
 
     from .attempt import edit_attempt, run_edit_attempt
     from .trigger import secrets_audit

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from seal.registry import vocabulary as V
 from seal.registry.errors import UserError
-from seal.registry.objects import blob_digest, canonical_json
+from seal.registry.store.objects import blob_digest, canonical_json
 
 DATASET_FORMAT = "seal.restem/1"
 WRITERS = "refs/writers/"
@@ -160,7 +160,7 @@ def time_bound(value: str | None, *, end: bool = False) -> str | None:
         ('2026-11-27T00:00:00.000000Z', '2026-11-27T23:59:59.999999Z')
     """
     from seal.registry.errors import ManifestInvalid
-    from seal.registry.objects import check_time
+    from seal.registry.store.objects import check_time
 
     if value is None:
         return None

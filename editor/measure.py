@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from seal.registry.files import write_atomic
-from seal.registry.objects import canonical_json
+from seal.registry.store.objects import canonical_json
 
 PROBESET_VERSION = "seal-probes/3"  # bump when probe data or decoding changes
 # Anchor answers are a few words and XSTest's judge reads a reply's opening, so 16 tokens do.

@@ -133,7 +133,7 @@ class ProbeSet:
 
     def to_bytes(self) -> bytes:
         """The set as canonical JSON: stored as a blob, its digest is :attr:`digest`."""
-        from seal.registry.objects import canonical_json
+        from seal.registry.store.objects import canonical_json
 
         return canonical_json({"format": PROBE_RESULTS_FORMAT,
                                "retention": [[i.prompt, list(i.options), i.answer] for i in self.retention],

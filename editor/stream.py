@@ -27,9 +27,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from seal.registry import refs as R
+from seal.registry.store import refs as R
 from seal.registry.errors import NoHead, UserError
-from seal.registry.objects import blob_digest
+from seal.registry.store.objects import blob_digest
 
 from .request import EditRequest, check_request
 from .trigger import Trigger, read_stream, secrets_audit

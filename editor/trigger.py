@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seal.registry.errors import UserError
-from seal.registry.objects import UNSAFE_CHARS, canonical_json
+from seal.registry.store.objects import UNSAFE_CHARS, canonical_json
 
 # A stream line is one passage with its questions; anything bigger is not material but an attack.
 MAX_LINE_BYTES = 16 << 20

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from seal.registry.adapters import WEIGHTS_FILE
 from seal.registry.errors import UserError
-from seal.registry.objects import blob_digest
+from seal.registry.store.objects import blob_digest
 
 WRITERS = "refs/writers/"
 DEFAULT_WRITER = WRITERS + "main"

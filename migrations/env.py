@@ -1,6 +1,6 @@
 """Alembic environment for the lineage database.
 
-seal runs Alembic programmatically (see :mod:`seal.registry.db`): the connection arrives in
+seal runs Alembic programmatically (see :mod:`seal.registry.store.db`): the connection arrives in
 ``config.attributes["connection"]``. ``alembic -c migrations/alembic.ini`` also works with
 ``SEAL_DATABASE_URL`` set, for people who want the Alembic CLI itself.
 """
@@ -12,7 +12,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from seal.registry.schema import metadata
+from seal.registry.store.schema import metadata
 
 config = context.config
 

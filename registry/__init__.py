@@ -1,7 +1,7 @@
 """seal's registry: the lineage store of LoRA versions, refs, blobs, signatures and audits.
 
 The public API is :class:`Registry` (``from seal.registry import Registry``); it is imported
-lazily so that ``import seal.registry.refs`` and friends stay cheap.
+lazily so that ``import seal.registry.store.refs`` and friends stay cheap.
 """
 
 from __future__ import annotations

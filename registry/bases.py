@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 
 from .errors import UserError
-from .objects import canonical_json, now_utc, sha256_hex
-from .sql import Conn
+from .store.objects import canonical_json, now_utc, sha256_hex
+from .store.sql import Conn
 
 def base_record(
     *,

@@ -43,14 +43,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import refs as R
+from .store import refs as R
 from .config import SEAL_DIRNAME, config_text, read_config
 from .errors import SchemaError, UserError
-from .objects import referenced_blobs
+from .store.objects import referenced_blobs
 from .policy import POLICY_FILE, POLICY_REF, parse_policy, render_policy
-from .signing import add_trusted, create_key, format_trust_line, public_key_hex, read_trust_file, signer_id
-from .sql import Database, Url
-from .versions import load_manifest
+from .store.signing import add_trusted, create_key, format_trust_line, public_key_hex, read_trust_file, signer_id
+from .store.sql import Database, Url
+from .store.versions import load_manifest
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def default_name() -> str:
 def inspect_registry(db_url: str, objects_url: str, trust_file: Path, *, branch: str | None,
                      name: str) -> RegistrySource:
     """Check everything clone needs, writing nothing; a refusal is a :class:`UserError`."""
-    from .db import check_schema, current_revision
+    from .store.db import check_schema, current_revision
 
     db = Database.open(db_url)
     try:

@@ -27,12 +27,12 @@ import numpy as np
 
 from .bases import get_base
 from .errors import ObjectDamaged, UserError
-from .graph import ancestors, parents_of
+from .store.graph import ancestors, parents_of
 from .lora_math import compare_adapters, load_lora_factors
 from .previews import first_lines, head_text
-from .revisions import resolve_revision
-from .sql import Conn
-from .versions import load_manifest, stored_manifest
+from .store.revisions import resolve_revision
+from .store.sql import Conn
+from .store.versions import load_manifest, stored_manifest
 
 SCHEMA_ID = "seal.diff/1"
 #: Adapter config fields that change what an adapter is or how it scales.

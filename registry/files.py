@@ -65,6 +65,6 @@ def display_name(path: Path) -> str:
     >>> display_name(Path(os.fsdecode(b"adapter-\\xff")))
     'adapter-\\ufffd'
     """
-    from .objects import UNSAFE_CHARS
+    from .store.objects import UNSAFE_CHARS
 
     return UNSAFE_CHARS.sub("?", os.fsencode(Path(path).name).decode("utf-8", "replace"))

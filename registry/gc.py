@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .objects import DIGEST_PREFIX, is_digest, referenced_blobs
-from .refs import META
+from .store.objects import DIGEST_PREFIX, is_digest, referenced_blobs
+from .store.refs import META
 
 DEFAULT_GRACE_S = 24 * 3600
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -87,7 +87,7 @@ def referenced(reg) -> set[str]:
 
 
 def _id_of(text: str) -> str:
-    from .objects import sha256_hex
+    from .store.objects import sha256_hex
 
     return sha256_hex(text.encode("utf-8"))
 

@@ -18,15 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import refs as R
+from .store import refs as R
 from .bases import insert_base, record_base
 from .config import CONFIG_FILE, SEAL_DIRNAME, config_text, read_config
-from .db import upgrade
+from .store.db import upgrade
 from .errors import UserError
-from .objects import build_manifest
+from .store.objects import build_manifest
 from .policy import read_policy, record_policy, write_default_policy
 from .repo import Registry
-from .signing import add_trusted, create_key, public_key_hex
+from .store.signing import add_trusted, create_key, public_key_hex
 
 ROOT_TIME = "1970-01-01T00:00:00.000000Z"
 DEFAULT_BRANCH = "main"
@@ -98,7 +98,7 @@ def _remove_empty(folders: list[Path]) -> None:
 def _init_lock(url: str | None) -> Iterator[None]:
     """Inits on one shared database take turns, so the losers find the winner's HEAD and are told
     to `seal clone` instead of failing half-way through the schema."""
-    from .sql import Database
+    from .store.sql import Database
 
     if url is None:  # a new SQLite file in the new folder: nobody else can race for it
         yield
@@ -114,8 +114,8 @@ def _init_lock(url: str | None) -> Iterator[None]:
 def _refuse_attached(url: str) -> None:
     """A database that already holds a registry is joined with `seal clone`, which gives the new
     folder its own HEAD; a second init would share the first folder's HEAD."""
-    from .db import current_revision
-    from .sql import Database
+    from .store.db import current_revision
+    from .store.sql import Database
 
     db = Database.open(url)
     if db.dialect == "sqlite" and not Path(db.parsed.target).exists():

@@ -14,9 +14,9 @@ import os
 import re
 import time
 
-from . import refs as R
+from .store import refs as R
 from .errors import UserError
-from .signing import add_trusted, create_key, public_key_hex, signer_id, trust_name
+from .store.signing import add_trusted, create_key, public_key_hex, signer_id, trust_name
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

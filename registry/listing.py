@@ -17,12 +17,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import refs as R
+from .store import refs as R
 from .errors import UserError
-from .graph import LOG_COLUMNS, LogEntry, first_parent_line, log_entry, parents_of_many, walk
-from .revisions import resolve_revision
-from .sql import Conn
-from .versions import load_manifest
+from .store.graph import LOG_COLUMNS, LogEntry, first_parent_line, log_entry, parents_of_many, walk
+from .store.revisions import resolve_revision
+from .store.sql import Conn
+from .store.versions import load_manifest
 
 KINDS = ("root", "edit", "merge", "import", "consolidate", "revert", "writer")
 STATUSES = ("accepted", "rejected")

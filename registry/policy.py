@@ -120,7 +120,7 @@ def read_policy(reg) -> Policy:
     the recorded one is in force, so a stale copy never flips the shared ``refs/meta/policy`` back.
     A file changed here (by hand, even back to an older policy) is what this folder means.
     """
-    from .objects import blob_digest
+    from .store.objects import blob_digest
 
     from .files import read_small
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import refs as R
+from .store import refs as R
 from .adapters import read_adapter_folder
 from .errors import UserError
 from .files import display_name
-from .graph import ancestors, parents_of
-from .objects import build_manifest
-from .revisions import resolve_revision
+from .store.graph import ancestors, parents_of
+from .store.objects import build_manifest
+from .store.revisions import resolve_revision
 from .tracking import mirror_alias
-from .versions import load_manifest
+from .store.versions import load_manifest
 
 UNGATED = {"accepted": True, "gated": False,
            "reason": "recorded without scoring or gates; `seal import --gate` scores an adapter like an edit"}
@@ -29,7 +29,7 @@ def check_message(message: str, what: str = "-m") -> str:
     """A message is stored forever and may be pushed: refuse one holding a secret (exit 2)."""
     from .scan import scan_text
 
-    from .objects import UNSAFE_CHARS
+    from .store.objects import UNSAFE_CHARS
 
     if not isinstance(message, str) or len(message) > 10_000:
         raise UserError(f"{what} is too long; keep a message under 10,000 characters")
@@ -76,9 +76,9 @@ def import_adapter(reg, folder: Path, *, message: str = "", parent: str | None =
     cannot slip through. Every refusal comes before the first write.
     """
     from .adapters import check_adapter_bytes
-    from .object_store import file_digest
+    from .store.object_store import file_digest
     from .errors import ManifestInvalid
-    from .objects import check_manifest
+    from .store.objects import check_manifest
 
     check_message(message)
     base = reg.base()

@@ -12,7 +12,7 @@ characters (terminal escapes, bidirectional overrides) are replaced before anyon
 
 from __future__ import annotations
 
-from .objects import UNSAFE_CHARS
+from .store.objects import UNSAFE_CHARS
 
 #: How much of a blob a preview reads: enough for a few lines, never the whole file.
 HEAD_BYTES = 8192
@@ -30,7 +30,7 @@ def shorten(line: str, width: int) -> str:
 def blob_head(reg, digest: str | None, limit: int = HEAD_BYTES) -> bytes | None:
     """The first ``limit`` bytes of a blob, or None when it is not a digest or not in the store."""
     from .errors import SealError
-    from .objects import is_digest
+    from .store.objects import is_digest
 
     if not is_digest(digest):
         return None

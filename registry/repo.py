@@ -24,15 +24,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import graph, refs as R
-from .graph import LogEntry
+from .store import graph, refs as R
+from .store.graph import LogEntry
 from .config import CONFIG_FILE, DB_FILE, SEAL_DIRNAME, Config, find_seal_dir, read_config
 from .errors import ManifestInvalid, RevisionError, UserError
-from .objects import (canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
+from .store.objects import (canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
                       version_id)
-from .revisions import resolve_revision
-from .sql import Conn, Database
-from .versions import insert_version, load_manifest, version_exists, version_record
+from .store.revisions import resolve_revision
+from .store.sql import Conn, Database
+from .store.versions import insert_version, load_manifest, version_exists, version_record
 
 WORKTREE = "adapter"
 
@@ -102,7 +102,7 @@ class Registry:
 
     @cached_property
     def db(self) -> Database:
-        from .db import open_database
+        from .store.db import open_database
 
         db = open_database(self.database_url, read_only=self.read_only)
         db.head = self.head_ref
@@ -116,7 +116,7 @@ class Registry:
 
     @cached_property
     def signer(self):
-        from .signing import Signer
+        from .store.signing import Signer
 
         return Signer(self._folder() / "keys")
 
@@ -126,12 +126,12 @@ class Registry:
         if configured:
             path = Path(configured).expanduser()
             return path if path.is_absolute() else self._folder().parent / path
-        from .signing import TRUST_FILE
+        from .store.signing import TRUST_FILE
 
         return self._folder() / TRUST_FILE
 
     def trusted(self) -> dict:
-        from .signing import read_trust_file
+        from .store.signing import read_trust_file
 
         return read_trust_file(self.trust_path) if self.seal_dir is not None or self.config.allowed_signers else {}
 
@@ -373,7 +373,7 @@ class Registry:
     def _register_signer(self, c: Conn) -> None:
         if self._signer_registered or self.seal_dir is None:
             return
-        from .objects import now_utc
+        from .store.objects import now_utc
 
         c.insert_new("signers", {"id": self.signer.id, "public_key": self.signer.public_key,
                                  "name": R.actor(), "created_at": now_utc()}, "id")

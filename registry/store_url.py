@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
-from .object_store import LocalObjectStore, ObjectStore
+from .store.object_store import LocalObjectStore, ObjectStore
 
 
 def open_object_store(url: str | None, seal_dir: Path | None) -> ObjectStore:
@@ -32,7 +32,7 @@ def open_object_store(url: str | None, seal_dir: Path | None) -> ObjectStore:
         return LocalObjectStore(Path(rest))
     if scheme == "s3":
         try:
-            from .s3_store import S3ObjectStore
+            from .store.s3_store import S3ObjectStore
         except ModuleNotFoundError as exc:
             if exc.name != "obstore":
                 raise

@@ -24,10 +24,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 from .errors import ManifestInvalid
-from .objects import canonical_json, check_manifest, referenced_blobs, sha256_hex
-from .refs import META, REFLOG_FORMAT, SYMBOLIC, reflog_entry
-from .signing import check_signature
-from .versions import version_rows
+from .store.objects import canonical_json, check_manifest, referenced_blobs, sha256_hex
+from .store.refs import META, REFLOG_FORMAT, SYMBOLIC, reflog_entry
+from .store.signing import check_signature
+from .store.versions import version_rows
 
 _VERSION_COLUMNS = ("base_id", "kind", "status", "created_at", "author", "message", "adapter_digest",
                     "headline_metric", "headline_value")

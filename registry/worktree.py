@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import refs as R
+from .store import refs as R
 from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from .config import SEAL_DIRNAME
 from .errors import UserError
 from .files import read_small, write_atomic
-from .object_store import file_digest
-from .objects import is_digest
-from .revisions import resolve_revision
-from .versions import load_manifest
+from .store.object_store import file_digest
+from .store.objects import is_digest
+from .store.revisions import resolve_revision
+from .store.versions import load_manifest
 
 MARKER = ".seal-checkout.json"
 LOCK_FILE = "worktree.lock"

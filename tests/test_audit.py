@@ -59,7 +59,7 @@ def edit(reg, parent: str, folder: Path, *, status: str, message: str, f1: float
          retention: float, parent_retention: float, trigger: str, self_edit: list[str], policy: str,
          candidate: int = 0, of: int = 1, js_threshold: float = 0.2) -> dict:
     """A manifest as the editor records one candidate."""
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     audit = gates(f1, parent_f1, parent_retention - retention, js_threshold=js_threshold)
     failed = [g["check"] for g in audit if not g["passed"]]
@@ -296,7 +296,7 @@ def test_audit_and_diff_survive_odd_optional_fields(lineage, tmp_path):
     """A pulled manifest passes the schema, but its optional fields may have any shape: no crash, no schema break."""
     from test_diff import check_schema
 
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     reg, seal = lineage.reg, lineage.seal
     odd = build_manifest(

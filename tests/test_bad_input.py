@@ -103,7 +103,7 @@ def test_ambiguous_prefix_lists_candidates(registry, reg, tiny_base):
 
 
 def _bulk_versions(reg, n):
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     base = reg.base_id()
     reg.record_many([build_manifest(base=base, parents=[], kind="import", status="rejected", message=f"bulk {i}")
@@ -181,7 +181,7 @@ def test_config_without_base_is_refused_and_a_wrong_base_fails_verify(registry, 
 
 
 def test_key_trust_name_with_control_characters(registry, tmp_path):
-    from seal.registry.signing import create_key, format_trust_line, public_key_hex
+    from seal.registry.store.signing import create_key, format_trust_line, public_key_hex
 
     public = public_key_hex(create_key(tmp_path / "other.key"))
     trust = registry.cwd / ".seal" / "allowed_signers"

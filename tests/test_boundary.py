@@ -10,29 +10,36 @@ import re
 from pathlib import Path
 
 EDITOR = Path(__file__).resolve().parent.parent / "editor"
+REGISTRY = EDITOR.parent / "registry"
 
 # The registry's API as editor/ uses it: the Registry object, the record format (objects,
 # adapters, errors, refs' names), and the porcelain a writer shares (policy, scan, tracking, ...).
-API = {"repo", "errors", "objects", "adapters", "refs", "porcelain", "policy", "bases", "scan", "files",
+# Modules of a sub-package are named from seal.registry down (store.objects is seal.registry.store.objects).
+API = {"repo", "errors", "store.objects", "adapters", "store.refs", "porcelain", "policy", "bases", "scan", "files",
        "tracking", "worktree"}
 # What editor/ reads besides: the score and gate names, the registry's XSTest configuration, and the
 # LoRA arithmetic diff shares. (The gate statistics and the ReST-EM dataset live in editor/.)
 EVALUATION = {"xstest", "vocabulary", "lora_math"}
 # Connection-level helpers, allowed only where one read transaction must see one state:
 # merge resolves its inputs, HEAD and their manifests together.
-IN_ONE_TRANSACTION = {("graph", "merge"), ("revisions", "merge"), ("versions", "merge")}
-NEVER = {"sql", "schema", "db", "object_store", "s3_store", "store_url", "config", "init", "gc", "verify"}
+IN_ONE_TRANSACTION = {("store.graph", "merge"), ("store.revisions", "merge"), ("store.versions", "merge")}
+NEVER = {"store.sql", "store.schema", "store.db", "store.object_store", "store.s3_store", "store_url", "config", "init",
+         "gc", "verify"}
 SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\s+\S+.*\b(FROM|INTO|SET|WHERE)\b", re.S)
 
 
 def _registry_imports():
-    """(editor module, registry module, imported name) for every import of seal.registry."""
+    """(editor module, registry module, imported name) for every import of seal.registry; the module
+    is dotted below seal.registry, and ``from seal.registry.store import refs`` imports store.refs."""
     for path in sorted(EDITOR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("seal.registry"):
                 module = node.module.removeprefix("seal.registry").lstrip(".")
                 for alias in node.names:
-                    yield path.stem, module or alias.name, alias.name
+                    if module and (REGISTRY / module.replace(".", "/") / f"{alias.name}.py").is_file():
+                        yield path.stem, f"{module}.{alias.name}", alias.name
+                    else:
+                        yield path.stem, module or alias.name, alias.name
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("seal.registry."):

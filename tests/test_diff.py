@@ -56,7 +56,7 @@ def assert_close(row: dict, want: dict, what: str) -> None:
 def record(reg, *, message, parent="HEAD", adapter_of=None, adapter_dir=None, scores=(), audit=(), trigger=None,
            self_edit=None, branch="main"):
     """Record a hand-built version on ``branch`` through the Registry API, as the editor does."""
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     parent_id = reg.resolve(parent)
     adapter = reg.manifest(reg.resolve(adapter_of)).get("adapter") if adapter_of else None

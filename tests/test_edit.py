@@ -336,7 +336,7 @@ def test_lost_race_prints_the_decision_and_keeps_the_work(edit_registry, monkeyp
     real = stages.score
 
     def racing(session, attempt, candidates):
-        from seal.registry.objects import build_manifest
+        from seal.registry.store.objects import build_manifest
 
         real(session, attempt, candidates)
         other = Registry.open(seal.cwd)  # another writer moves main while this edit scores

@@ -61,7 +61,7 @@ def record_edit(seal: Seal, adapters: list[Path], *, message: str, accept: int |
     the others rejected attempts), with trigger, self-edit and eval blobs, scores, gates and the policy."""
     from seal.registry import vocabulary as V
     from seal.registry.adapters import read_adapter_folder
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
     from seal.registry.policy import read_policy, record_policy
 
     reg = registry_of(seal)
@@ -213,7 +213,7 @@ def test_model_card_holds_only_own_results_with_real_datasets_and_a_license(publ
 
 def test_card_license_comes_from_the_base():
     from seal.registry.hub.card import front_matter as card_meta
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     m = build_manifest(base="b" * 64, parents=[], kind="import", status="accepted", created_at="2026-01-01T00:00:00Z")
     smol = yaml.safe_load(card_meta(repo_id="me/a", base={"name": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -541,8 +541,8 @@ def test_signed_manifests_that_break_the_schema_are_refused(field, value, needle
 
     from seal.registry.hub.lineage import LINEAGE_FORMAT
     from seal.registry.init import root_manifest
-    from seal.registry.objects import blob_digest, build_manifest, version_id
-    from seal.registry.signing import public_key_hex, signer_id
+    from seal.registry.store.objects import blob_digest, build_manifest, version_id
+    from seal.registry.store.signing import public_key_hex, signer_id
 
     b = new_registry(tmp_path, "b", tiny_base_record)
     weights = (tiny_base["adapters"][0] / "adapter_model.safetensors").read_bytes()

@@ -10,9 +10,9 @@ import stat
 
 import pytest
 
-from seal.registry import refs as R
+from seal.registry.store import refs as R
 from seal.registry.errors import RefConflict
-from seal.registry.objects import build_manifest, canonical_json, version_id
+from seal.registry.store.objects import build_manifest, canonical_json, version_id
 from seal.registry.repo import Registry
 
 
@@ -100,8 +100,8 @@ def test_forged_signature_is_caught_by_verify(registry, tiny_base):
 
 def test_insert_only_forged_signer_and_version_are_named(registry, reg, tiny_base):
     """An attacker with INSERT rights alone: a signer of their own and an 'accepted' version it signed."""
-    from seal.registry.signing import create_key, public_key_hex, signer_id
-    from seal.registry.versions import version_rows
+    from seal.registry.store.signing import create_key, public_key_hex, signer_id
+    from seal.registry.store.versions import version_rows
 
     registry("import", tiny_base["adapters"][0])
     head = reg.resolve("HEAD")
@@ -207,7 +207,7 @@ def test_journal_copies_versions_and_moves(registry, reg, tiny_base):
     doc = R.reflog_entry(entry["ref"], entry["old"], entry["new"], actor=entry["actor"], reason=entry["reason"],
                          time=entry["time"], signer=entry["signer"])
     signature = next(r["signature"] for r in _reflog_rows(registry) if r["time"] == entry["time"] and r["ref"] == entry["ref"])
-    assert reg.store.has(__import__("seal.registry.objects", fromlist=["blob_digest"]).blob_digest(
+    assert reg.store.has(__import__("seal.registry.store.objects", fromlist=["blob_digest"]).blob_digest(
         canonical_json({**doc, "signature": signature})))
 
 

@@ -129,7 +129,7 @@ def test_an_accepted_writer_writes_the_next_edits_and_log_and_audit_show_it(seal
 
 
 def test_self_edits_written_elsewhere_record_their_provenance(seal):
-    from seal.registry.objects import blob_digest
+    from seal.registry.store.objects import blob_digest
 
     reg = _reg(seal)
     theirs = seal.cwd / "theirs.jsonl"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from seal.registry import refs as R
+from seal.registry.store import refs as R
 from seal.editor.learning import Selection, build_dataset
-from seal.registry.objects import build_manifest, canonical_json
+from seal.registry.store.objects import build_manifest, canonical_json
 
 
 def _attempt(reg, parent: str, trigger: bytes, f1: float, parent_f1: float, text: str, accepted: bool = False) -> str:

@@ -101,7 +101,7 @@ def _base_folder(seal) -> str:
 
 def test_merge_refusals(lines):
     from seal.registry.bases import base_record, insert_base
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
     from seal.registry.repo import Registry
 
     seal, main_ids, exp_id = lines

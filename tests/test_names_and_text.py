@@ -32,7 +32,7 @@ def test_bad_names_and_empty_arguments_are_refused(registry, argv):
 
 @sqlite_only
 def test_a_branch_and_a_tag_never_share_a_name(registry, reg, tiny_base):
-    from seal.registry import refs as R
+    from seal.registry.store import refs as R
 
     registry("import", tiny_base["adapters"][0], "-m", "one")
     registry("tag", "v1")
@@ -68,7 +68,7 @@ def test_a_hostile_actor_is_refused(registry, tiny_base):
 @sqlite_only
 @pytest.mark.parametrize("y", [0, 1, 2**255 - 20, 2**255 - 19])
 def test_weak_keys_are_never_trusted(registry, y):
-    from seal.registry.signing import format_trust_line
+    from seal.registry.store.signing import format_trust_line
 
     weak = y.to_bytes(32, "little").hex()
     trust = registry.cwd / ".seal" / "allowed_signers"

@@ -15,11 +15,11 @@ import pytest
 
 from seal.registry.errors import SealError, UserError
 from seal.registry.errors import BlobMissing
-from seal.registry.object_store import LocalObjectStore
+from seal.registry.store.object_store import LocalObjectStore
 from seal.registry.store_url import open_object_store
-from seal.registry.objects import blob_digest
+from seal.registry.store.objects import blob_digest
 
-s3_store = pytest.importorskip("seal.registry.s3_store")
+s3_store = pytest.importorskip("seal.registry.store.s3_store")
 S3ObjectStore, parse_s3_url = s3_store.S3ObjectStore, s3_store.parse_s3_url
 
 
@@ -249,5 +249,5 @@ def test_open_object_store(tmp_path, s3_url):
 
 
 def test_object_store_module_does_not_import_the_s3_client():
-    probe = "import sys, seal.registry.object_store; print('obstore' in sys.modules)"
+    probe = "import sys, seal.registry.store.object_store; print('obstore' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

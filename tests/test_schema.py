@@ -6,11 +6,11 @@ import sqlite3
 
 import pytest
 
-from seal.registry import db as D
+from seal.registry.store import db as D
 from seal.registry.errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, SchemaError
-from seal.registry.graph import graph_lines
-from seal.registry.schema import AUDITS_VIEW, SCORES_VIEW, metadata
-from seal.registry.sql import Database
+from seal.registry.store.graph import graph_lines
+from seal.registry.store.schema import AUDITS_VIEW, SCORES_VIEW, metadata
+from seal.registry.store.sql import Database
 
 
 def _url(db_url, tmp_path):
@@ -109,7 +109,7 @@ def test_damaged_and_locked_sqlite_get_their_own_messages(tmp_path, tiny_base_re
     path = registry.cwd / ".seal" / "lineage.db"
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    from seal.registry import sql
+    from seal.registry.store import sql
 
     old = sql.LOCK_TIMEOUT_S
     sql.LOCK_TIMEOUT_S = 0.3
@@ -153,7 +153,7 @@ def test_graph_draws_branches_and_merges():
 
 
 def _scored(reg, parent: str, i: int) -> dict:
-    from seal.registry.objects import build_manifest
+    from seal.registry.store.objects import build_manifest
 
     return build_manifest(
         base=reg.base_id(), parents=[parent], kind="edit", status="accepted" if i % 2 else "rejected",
@@ -227,7 +227,7 @@ def test_upgrade_from_stored_scores_keeps_every_value_and_verifies_clean(reg):
 def test_postgres_keeps_a_large_manifest_compressed_in_its_row(reg):
     """A 6 KB manifest is compressed in the versions row: nothing goes out to TOAST (where each small
     column used to take a chunk and an index entry of its own)."""
-    from seal.registry.objects import build_manifest, manifest_bytes
+    from seal.registry.store.objects import build_manifest, manifest_bytes
 
     gates = [{"check": f"gate_{i}", "value": 0.01 * i, "threshold": 0.2, "passed": True, "detail": f"gate {i}: fine",
               "ci_low": 0.0, "ci_high": 0.05, "n": 40, "rule": "upper bound of the 95% interval <= threshold"}

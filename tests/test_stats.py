@@ -154,8 +154,8 @@ def test_bootstrap_refuses_non_finite_values():
 
 
 def test_decision_fits_the_audits_table_and_the_manifest():
-    from seal.registry.objects import build_manifest, check_manifest
-    from seal.registry.schema import AUDITS_VIEW
+    from seal.registry.store.objects import build_manifest, check_manifest
+    from seal.registry.store.schema import AUDITS_VIEW
 
     ref = np.array([1] * 60 + [0] * 40)
     d = paired_binary_gate("retention_vs_parent", ref, ref, threshold=0.05)

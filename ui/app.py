@@ -37,7 +37,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from seal.registry import refs as R
+from seal.registry.store import refs as R
 from seal.registry.errors import RevisionError, SealError, UserError
 
 from . import lanes, plots, views
@@ -117,7 +117,7 @@ class SealUI:
         import seal.registry.diff  # noqa: F401
         import seal.registry.lora_math  # noqa: F401
         import seal.registry.scan  # noqa: F401
-        import seal.registry.signing  # noqa: F401
+        import seal.registry.store.signing  # noqa: F401
         import seal.editor.writer  # noqa: F401  (torch-free)
 
         for name in self.env.list_templates():

@@ -28,7 +28,7 @@ def short(vid: str | None) -> str:
 
 def ref_map(reg) -> dict[str, list[dict]]:
     """Version id → its refs as badges: branch heads, tags, aliases, remotes, HEAD told apart."""
-    from seal.registry import refs as R
+    from seal.registry.store import refs as R
 
     kinds = ((R.HEADS, "branch"), (R.TAGS, "tag"), (R.ALIASES, "alias"), (R.REMOTES, "remote"))
     out: dict[str, list[dict]] = {}
@@ -153,7 +153,7 @@ def writer_view(writer) -> dict | None:
 
 
 def signature_view(reg, record: dict) -> dict:
-    from seal.registry.signing import check_signature
+    from seal.registry.store.signing import check_signature
 
     signer, signature = record.get("signer"), record.get("signature")
     trusted = {k: v.public_key for k, v in reg.trusted().items()} if reg.seal_dir is not None else {}

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from ..graph import graph_lines
+from ..store.graph import graph_lines
 
 #: Fill and outline of a node by what it is; FAIL red is kept for failed gates alone.
 NODE_STYLE = {

@@ -29,14 +29,14 @@ from .. import vocabulary as V
 from ..bases import get_base
 from ..errors import UserError
 from ..files import write_atomic
-from ..graph import first_parent_line
-from ..objects import now_utc
+from ..store.graph import first_parent_line
+from ..store.objects import now_utc
 from ..policy import POLICY_REF, parse_policy
 from ..pooled import pooled_efficacy
 from ..previews import first_lines, head_text
-from ..revisions import resolve_revision
-from ..signing import check_signature
-from ..versions import stored_manifest
+from ..store.revisions import resolve_revision
+from ..store.signing import check_signature
+from ..store.versions import stored_manifest
 
 FORMATS = ("md", "json", "html")
 #: How much of a self-edit blob is read to show its first lines (JSON needs to parse whole).

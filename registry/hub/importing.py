@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import refs as R
+from ..store import refs as R
 from ..errors import PullRefused, RefConflict, UserError
-from ..graph import ancestors
-from ..sql import Conn
+from ..store.graph import ancestors
+from ..store.sql import Conn
 from .layout import Revision, short_id
 from .lineage import CheckedLineage
 from .withheld import record_withheld
@@ -70,7 +70,7 @@ def _store(reg, paths: dict[str, Path]) -> int:
 
 
 def _transaction(conn: Conn, reg, remote, checked: CheckedLineage, ref: str | None, force: bool):
-    from ..objects import now_utc
+    from ..store.objects import now_utc
 
     source = f"hub:{remote.repo_id}@{remote.commit}"
     for sid in sorted({checked.signatures[v][1] for v in checked.to_import}):
@@ -108,7 +108,7 @@ def _write(reg, remote, checked: CheckedLineage, ref: str | None, force: bool):
 def import_checked(reg, remote, checked: CheckedLineage, paths: dict[str, Path], signers: list[dict], *,
                    ref: str | None, force: bool) -> dict:
     """Trust what ``--trust`` named, store the blobs, write the rows and the ref; the pull's result."""
-    from ..signing import add_trusted
+    from ..store.signing import add_trusted
 
     for r in signers:
         if r["status"] != "trusted":

@@ -31,10 +31,10 @@ import os
 import re
 from dataclasses import dataclass
 
-from .. import refs as R
+from ..store import refs as R
 from ..adapters import ADAPTER_CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from ..errors import PullRefused, UserError
-from ..objects import DIGEST_PREFIX
+from ..store.objects import DIGEST_PREFIX
 
 LINEAGE_FILE = "seal/lineage.json"
 README_FILE = "README.md"

@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ManifestInvalid, PullRefused, UserError
-from ..objects import check_manifest, is_digest, referenced_blobs, version_id
-from ..sql import Conn
+from ..store.objects import check_manifest, is_digest, referenced_blobs, version_id
+from ..store.sql import Conn
 from .layout import LINEAGE_FILE, short_id
 from .withheld import DATA_FIELDS
 
@@ -133,7 +133,7 @@ class Lineage:
 def load_lineage(conn: Conn, vid: str) -> Lineage:
     """Read ``vid``'s lineage in a few queries: ancestry by one recursive query, then the attempts."""
     from ..bases import get_base
-    from ..graph import ancestors, attempts_on_path
+    from ..store.graph import ancestors, attempts_on_path
 
     path = sorted(ancestors(conn, vid))
     ids = sorted(set(path) | attempts_on_path(conn, path))
@@ -287,7 +287,7 @@ def _check_blob_tables(blobs: dict, withheld: dict, refuse) -> None:
 
 
 def _check_keys(keys: dict, refuse) -> None:
-    from ..signing import signer_id
+    from ..store.signing import signer_id
 
     for sid, pub in keys.items():
         if not isinstance(pub, str) or not _HEX64.match(pub) or signer_id(pub) != sid:
@@ -295,7 +295,7 @@ def _check_keys(keys: dict, refuse) -> None:
 
 
 def _check_versions(items: list, keys: dict, refuse) -> tuple[dict, dict]:
-    from ..signing import check_signature
+    from ..store.signing import check_signature
 
     manifests: dict[str, dict] = {}
     sigs: dict[str, tuple[str, str]] = {}

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from ..adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from ..errors import PullRefused, UntrustedSigner, UserError
-from ..object_store import file_digest
-from ..objects import DIGEST_PREFIX, sha256_hex
+from ..store.object_store import file_digest
+from ..store.objects import DIGEST_PREFIX, sha256_hex
 from .errors import bounded_bar, hub_errors, quiet_unless_terminal
 from .layout import (LINEAGE_FILE, Revision, blob_file, check_remote_names, classify_revision, config_bytes,
                      git_blob_id, hub_revision, max_bytes, max_lineage_bytes, parse_repo_spec, short_id,

@@ -25,10 +25,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import refs as R
+from ..store import refs as R
 from ..adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from ..errors import RefConflict, UserError
-from ..revisions import resolve_revision
+from ..store.revisions import resolve_revision
 from .card import model_card
 from .errors import bounded_bar, hub_errors, quiet_unless_terminal
 from .layout import (ALIAS_TAG, LINEAGE_FILE, README_FILE, alias_tag, blob_file, check_repo_id, config_bytes,
@@ -253,7 +253,7 @@ def _tags_to_set(plan: PushPlan, named: dict[str, str], path: set[str]) -> dict[
 
 def _uploads(plan: PushPlan) -> tuple[list[BlobUpload], list[BlobUpload]]:
     """(blobs this push sends, data it withholds), each once, with the versions that name them."""
-    from ..objects import referenced_blobs
+    from ..store.objects import referenced_blobs
 
     roles = blob_roles(plan.lineage.manifests.values())
     named: dict[str, list[str]] = {}

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 
-from ..objects import canonical_json, is_digest
-from ..refs import read_ref
-from ..sql import Conn
+from ..store.objects import canonical_json, is_digest
+from ..store.refs import read_ref
+from ..store.sql import Conn
 
 WITHHELD_REF = "refs/meta/withheld"
 WITHHELD_FORMAT = "seal.withheld/1"
@@ -60,7 +60,7 @@ def withheld_digests(reg) -> set[str]:
 def record_withheld(conn: Conn, reg, new: dict[str, dict], reason: str) -> dict | None:
     """Add ``new`` to the record inside the caller's write transaction; the reflog entry, or None
     when nothing was new. Raises RefConflict if another writer moved the record meanwhile."""
-    from .. import refs as R
+    from ..store import refs as R
 
     old_target = read_ref(conn, WITHHELD_REF)
     current = read_withheld(conn, reg.store)

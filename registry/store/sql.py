@@ -1,6 +1,6 @@
 """The lineage database at run time: plain DB-API connections (``sqlite3``, ``psycopg``).
 
-SQLAlchemy and Alembic own the schema and its migrations (:mod:`seal.registry.schema`,
+SQLAlchemy and Alembic own the schema and its migrations (:mod:`seal.registry.store.schema`,
 ``migrations/``). Commands read and write through this thin layer instead, because importing
 SQLAlchemy alone takes 0.2-0.35 s on a small machine, more than git needs for a whole ``log``.
 
@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
-from .errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, UserError
+from ..errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, UserError
 
 LOCK_TIMEOUT_S = 30.0
 IN_CHUNK = 500  # ids per IN (...) list: under the 999 host parameters of older SQLite builds
@@ -60,7 +60,7 @@ class Conn:
     """One connection inside one transaction: ``?`` placeholders on every dialect.
 
     ``head`` is the row that stands for ``HEAD`` in this working folder (see
-    :func:`seal.registry.refs.worktree_head`): folders attached to one shared database each keep
+    :func:`seal.registry.store.refs.worktree_head`): folders attached to one shared database each keep
     their own.
     """
 

@@ -11,7 +11,7 @@ Plumbing under :class:`seal.registry.Registry`; `seal verify` recomputes exactly
 
 from __future__ import annotations
 
-from .errors import UserError
+from ..errors import UserError
 from .objects import manifest_bytes, parse_manifest
 from .sql import Conn
 
@@ -62,7 +62,7 @@ def version_exists(conn: Conn, vid: str) -> bool:
 
 def stored_manifest(text: str, vid: str) -> dict:
     """A stored manifest, or a one-line error pointing at `seal verify` when its row was damaged."""
-    from .errors import DatabaseDamaged
+    from ..errors import DatabaseDamaged
 
     try:
         manifest = parse_manifest(text)

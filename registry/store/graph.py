@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
-from .errors import UserError
+from ..errors import UserError
 from .sql import Conn
 
 _ANCESTRY = """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import DatabaseDamaged, SchemaError, UserError
+from ..errors import DatabaseDamaged, SchemaError, UserError
 from .sql import Database
 
 # The revisions in migrations/versions, oldest first. A test checks this against Alembic's own

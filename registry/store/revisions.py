@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import RevisionError
+from ..errors import RevisionError
 from .graph import parents_of
 from .refs import ALIASES, HEAD, HEADS, REMOTES, TAGS, peel
 from .sql import Conn

@@ -2,7 +2,7 @@
 
 ``bases``, ``versions``, ``version_parents``, ``reflog`` and ``signers`` are append-only:
 triggers created by the migrations refuse UPDATE and DELETE on them. Only ``refs`` changes, and
-only by compare-and-swap (see :mod:`seal.registry.refs`).
+only by compare-and-swap (see :mod:`seal.registry.store.refs`).
 
 ``scores`` and ``audits`` are views (revision 0003): one row per element of each manifest's
 ``scores`` and ``audit``, with the columns the tables had (``version_id``, ``position``, then

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SigningKeyMissing, UserError
+from ..errors import SigningKeyMissing, UserError
 
 KEY_FILE = "signing.key"
 TRUST_FILE = "allowed_signers"
@@ -89,7 +89,7 @@ def create_key(path: Path):
 
 def load_key(path: Path):
     """The private key at ``path``. A missing key is an error: a new one would sign as a stranger."""
-    from .files import read_small
+    from ..files import read_small
 
     serialization, ed25519 = _crypto()
     try:
@@ -192,7 +192,7 @@ def parse_trust_file(text: str, where: str = TRUST_FILE) -> dict[str, TrustedKey
 
 
 def read_trust_file(path: Path) -> dict[str, TrustedKey]:
-    from .files import read_small
+    from ..files import read_small
 
     try:
         text = read_small(path, "the trust file").decode("utf-8")

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from .errors import BlobMissing
-from .files import is_regular
+from ..errors import BlobMissing
+from ..files import is_regular
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
 _CHUNK = 1 << 20
@@ -28,7 +28,7 @@ _CHUNK = 1 << 20
 
 class ObjectStore(Protocol):
     """What a registry asks of a blob store (:class:`LocalObjectStore`, or
-    :class:`~seal.registry.s3_store.S3ObjectStore`). ``path_of`` is a readable local file of the
+    :class:`~seal.registry.store.s3_store.S3ObjectStore`). ``path_of`` is a readable local file of the
     blob (for S3, its verified cached copy)."""
 
     def put(self, data: bytes) -> str: ...

@@ -25,7 +25,7 @@ import os
 import re
 from typing import Protocol
 
-from .errors import RefConflict, UserError
+from ..errors import RefConflict, UserError
 from .objects import canonical_json, now_utc
 from .sql import Conn
 

@@ -52,7 +52,7 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from .errors import BlobMissing, SealError, UserError
+from ..errors import BlobMissing, SealError, UserError
 from .object_store import LocalObjectStore, file_digest
 from .objects import DIGEST_PREFIX, blob_digest, is_digest
 
