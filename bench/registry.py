@@ -79,8 +79,8 @@ def build(root: Path, n: int, adapter: Path | None = None, base: dict | None = N
     the parent, time, message and value differ; the first few are checked against
     ``manifest_bytes``), each id is signed, and the rows :func:`version_rows` derives are inserted
     in batches (``executemany`` on SQLite, ``COPY`` on PostgreSQL): a million in minutes."""
-    from seal.registry.store import refs as R
     from seal.registry.init import init_registry
+    from seal.registry.store import refs as R
     from seal.registry.store.objects import manifest_bytes, sha256_hex
     from seal.registry.store.versions import version_rows
 
@@ -234,9 +234,9 @@ def import_per_version(root: Path, env: dict, repeat: int) -> float:
 
 def record_in_process(root: Path, repeat: int) -> float:
     """`Registry.record` of a small manifest moving a branch, in one warm process (median, seconds)."""
+    from seal.registry.repo import Registry
     from seal.registry.store import refs as R
     from seal.registry.store.objects import build_manifest
-    from seal.registry.repo import Registry
 
     reg = Registry.open(root)
     head = reg.resolve("main")
@@ -275,8 +275,8 @@ def pg_bytes(n: int, db_url: str, root: Path) -> dict:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from concurrency import adapter_bytes, edit_like
-    from seal.registry.store import refs as R
     from seal.registry.init import init_registry
+    from seal.registry.store import refs as R
     from seal.registry.store.objects import manifest_bytes, sha256_hex
     from seal.registry.store.versions import insert_version
 

@@ -56,8 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seal.registry.store import refs as R
 from seal.registry.errors import NoHead, SealError, UserError
+from seal.registry.store import refs as R
 
 from .candidate import Attempt, Candidate, Parent, SelfEdit
 from .cluster_worker import (CandidateJob, EditWorker, ReflectJob, WorkerResult, WorkerSpec, apply_written, fetch,

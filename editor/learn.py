@@ -45,9 +45,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from seal.registry.store import refs as R
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import NoHead, RefConflict, UserError
+from seal.registry.store import refs as R
 from seal.registry.store.objects import build_manifest, now_utc
 
 from .learning import WRITER_GAIN, WRITER_GATE, WRITERS, Dataset, Selection, build_dataset

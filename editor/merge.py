@@ -17,13 +17,13 @@ import json
 import shutil
 from pathlib import Path
 
-from seal.registry.store import refs as R
 from seal.registry.adapters import ADAPTER_CONFIG_FILE
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
+from seal.registry.repo import Registry as Repository
+from seal.registry.store import refs as R
 from seal.registry.store.graph import first_parent_line
 from seal.registry.store.objects import canonical_json
-from seal.registry.repo import Registry as Repository
 from seal.registry.store.revisions import resolve_revision
 from seal.registry.store.versions import load_manifest
 from seal.registry.vocabulary import EFFICACY_F1, EFFICACY_NLL

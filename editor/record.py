@@ -17,11 +17,11 @@ import json
 import time
 from dataclasses import asdict
 
-from seal.registry.store import refs as R
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from seal.registry.errors import RefConflict
-from seal.registry.store.objects import build_manifest, canonical_json
 from seal.registry.repo import RefMove
+from seal.registry.store import refs as R
+from seal.registry.store.objects import build_manifest, canonical_json
 from seal.registry.vocabulary import EFFICACY_NLL_DROP
 
 from .candidate import Attempt, Candidate

@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from seal.registry.store import refs as R
 from seal.registry.errors import NoHead, UserError
+from seal.registry.store import refs as R
 from seal.registry.store.objects import blob_digest
 
 from .request import EditRequest, check_request

@@ -43,11 +43,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .store import refs as R
 from .config import SEAL_DIRNAME, config_text, read_config
 from .errors import SchemaError, UserError
-from .store.objects import referenced_blobs
 from .policy import POLICY_FILE, POLICY_REF, parse_policy, render_policy
+from .store import refs as R
+from .store.objects import referenced_blobs
 from .store.signing import add_trusted, create_key, format_trust_line, public_key_hex, read_trust_file, signer_id
 from .store.sql import Database, Url
 from .store.versions import load_manifest

@@ -27,9 +27,9 @@ import numpy as np
 
 from .bases import get_base
 from .errors import ObjectDamaged, UserError
-from .store.graph import ancestors, parents_of
 from .lora_math import compare_adapters, load_lora_factors
 from .previews import first_lines, head_text
+from .store.graph import ancestors, parents_of
 from .store.revisions import resolve_revision
 from .store.sql import Conn
 from .store.versions import load_manifest, stored_manifest

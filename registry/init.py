@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .store import refs as R
 from .bases import insert_base, record_base
 from .config import CONFIG_FILE, SEAL_DIRNAME, config_text, read_config
-from .store.db import upgrade
 from .errors import UserError
-from .store.objects import build_manifest
 from .policy import read_policy, record_policy, write_default_policy
 from .repo import Registry
+from .store import refs as R
+from .store.db import upgrade
+from .store.objects import build_manifest
 from .store.signing import add_trusted, create_key, public_key_hex
 
 ROOT_TIME = "1970-01-01T00:00:00.000000Z"

@@ -14,8 +14,8 @@ import os
 import re
 import time
 
-from .store import refs as R
 from .errors import UserError
+from .store import refs as R
 from .store.signing import add_trusted, create_key, public_key_hex, signer_id, trust_name
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

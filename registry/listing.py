@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .store import refs as R
 from .errors import UserError
+from .store import refs as R
 from .store.graph import LOG_COLUMNS, LogEntry, first_parent_line, log_entry, parents_of_many, walk
 from .store.revisions import resolve_revision
 from .store.sql import Conn

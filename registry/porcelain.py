@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import refs as R
 from .adapters import read_adapter_folder
 from .errors import UserError
 from .files import display_name
+from .store import refs as R
 from .store.graph import ancestors, parents_of
 from .store.objects import build_manifest
 from .store.revisions import resolve_revision
-from .tracking import mirror_alias
 from .store.versions import load_manifest
+from .tracking import mirror_alias
 
 UNGATED = {"accepted": True, "gated": False,
            "reason": "recorded without scoring or gates; `seal import --gate` scores an adapter like an edit"}
@@ -76,8 +76,8 @@ def import_adapter(reg, folder: Path, *, message: str = "", parent: str | None =
     cannot slip through. Every refusal comes before the first write.
     """
     from .adapters import check_adapter_bytes
-    from .store.object_store import file_digest
     from .errors import ManifestInvalid
+    from .store.object_store import file_digest
     from .store.objects import check_manifest
 
     check_message(message)

@@ -24,12 +24,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from .store import graph, refs as R
-from .store.graph import LogEntry
 from .config import CONFIG_FILE, DB_FILE, SEAL_DIRNAME, Config, find_seal_dir, read_config
 from .errors import ManifestInvalid, RevisionError, UserError
+from .store import graph, refs as R
+from .store.graph import LogEntry
 from .store.objects import (canonical_json, check_manifest, manifest_bytes, referenced_blobs, sha256_hex,
-                      version_id)
+                            version_id)
 from .store.revisions import resolve_revision
 from .store.sql import Conn, Database
 from .store.versions import insert_version, load_manifest, version_exists, version_record

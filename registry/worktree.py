@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .store import refs as R
 from .adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from .config import SEAL_DIRNAME
 from .errors import UserError
 from .files import read_small, write_atomic
+from .store import refs as R
 from .store.object_store import file_digest
 from .store.objects import is_digest
 from .store.revisions import resolve_revision

@@ -131,8 +131,8 @@ ASKED = {k: v for k, v in SECOND.items() if k != "branch"}  # a passage with que
 
 def _writer_version(seal: Seal, weights: bytes, config: dict) -> str:
     """A writer version (kind ``writer``, as `seal learn` records one) at refs/writers/main, on these adapter bytes."""
-    from seal.registry.store.objects import build_manifest
     from seal.registry.repo import Registry
+    from seal.registry.store.objects import build_manifest
 
     reg = Registry.open(seal.cwd)
     try:

@@ -61,8 +61,8 @@ def record_edit(seal: Seal, adapters: list[Path], *, message: str, accept: int |
     the others rejected attempts), with trigger, self-edit and eval blobs, scores, gates and the policy."""
     from seal.registry import vocabulary as V
     from seal.registry.adapters import read_adapter_folder
-    from seal.registry.store.objects import build_manifest
     from seal.registry.policy import read_policy, record_policy
+    from seal.registry.store.objects import build_manifest
 
     reg = registry_of(seal)
     ref, head = reg.head()

@@ -10,10 +10,10 @@ import stat
 
 import pytest
 
-from seal.registry.store import refs as R
 from seal.registry.errors import RefConflict
-from seal.registry.store.objects import build_manifest, canonical_json, version_id
 from seal.registry.repo import Registry
+from seal.registry.store import refs as R
+from seal.registry.store.objects import build_manifest, canonical_json, version_id
 
 
 def _raw(seal, sql: str, params: tuple = ()):

@@ -101,8 +101,8 @@ def _base_folder(seal) -> str:
 
 def test_merge_refusals(lines):
     from seal.registry.bases import base_record, insert_base
-    from seal.registry.store.objects import build_manifest
     from seal.registry.repo import Registry
+    from seal.registry.store.objects import build_manifest
 
     seal, main_ids, exp_id = lines
     before = seal("log", "--all", "--json").stdout

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from seal.registry.store import db as D
 from seal.registry.errors import DatabaseDamaged, DatabaseLocked, DatabaseUnavailable, SchemaError
+from seal.registry.store import db as D
 from seal.registry.store.graph import graph_lines
 from seal.registry.store.schema import AUDITS_VIEW, SCORES_VIEW, metadata
 from seal.registry.store.sql import Database

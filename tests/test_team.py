@@ -204,9 +204,9 @@ def team_writer(folder: str, index: int, start: str, adapters: list[str], import
     """One worker machine, in its own process: a branch of its own, imports, then moves on main."""
     os.environ["SEAL_ACTOR"] = f"writer{index}"
     from seal.registry.errors import RefConflict
-    from seal.registry.store.objects import build_manifest
     from seal.registry.porcelain import UNGATED, import_adapter
     from seal.registry.repo import Registry
+    from seal.registry.store.objects import build_manifest
     from seal.registry.worktree import checkout
 
     reg = Registry.open(folder)

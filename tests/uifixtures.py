@@ -47,8 +47,8 @@ def make_ui_lineage(root: Path, record: dict, tiny_base, db_url: str | None = No
 
 
 def build_ui_lineage(seal, reg, tiny_base) -> UILineage:
-    from seal.registry.store.objects import build_manifest
     from seal.registry.porcelain import create_tag, set_alias
+    from seal.registry.store.objects import build_manifest
 
     base = build_lineage(seal, reg, tiny_base)
     ids = dict(base.ids)

@@ -37,8 +37,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from seal.registry.store import refs as R
 from seal.registry.errors import RevisionError, SealError, UserError
+from seal.registry.store import refs as R
 
 from . import lanes, plots, views
 

@@ -29,11 +29,11 @@ from .. import vocabulary as V
 from ..bases import get_base
 from ..errors import UserError
 from ..files import write_atomic
-from ..store.graph import first_parent_line
-from ..store.objects import now_utc
 from ..policy import POLICY_REF, parse_policy
 from ..pooled import pooled_efficacy
 from ..previews import first_lines, head_text
+from ..store.graph import first_parent_line
+from ..store.objects import now_utc
 from ..store.revisions import resolve_revision
 from ..store.signing import check_signature
 from ..store.versions import stored_manifest

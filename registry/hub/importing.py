@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..store import refs as R
 from ..errors import PullRefused, RefConflict, UserError
+from ..store import refs as R
 from ..store.graph import ancestors
 from ..store.sql import Conn
 from .layout import Revision, short_id

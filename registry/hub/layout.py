@@ -31,9 +31,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..store import refs as R
 from ..adapters import ADAPTER_CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from ..errors import PullRefused, UserError
+from ..store import refs as R
 from ..store.objects import DIGEST_PREFIX
 
 LINEAGE_FILE = "seal/lineage.json"

@@ -25,9 +25,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import refs as R
 from ..adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 from ..errors import RefConflict, UserError
+from ..store import refs as R
 from ..store.revisions import resolve_revision
 from .card import model_card
 from .errors import bounded_bar, hub_errors, quiet_unless_terminal
