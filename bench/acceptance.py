@@ -49,12 +49,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def make_registry(args: argparse.Namespace):
     """A fresh registry in ``--workdir`` on the base, with the published XSTest when given."""
-    from seal.editor.base import base_record
+    from seal.editor.base import base_record_for
     from seal.registry.init import init_registry
     from seal.registry.xstest import read_xstest_file, set_xstest
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    reg = init_registry(args.workdir, base=base_record(args.base))
+    reg = init_registry(args.workdir, base=base_record_for(args.base))
     if args.xstest and args.xstest.is_file():
         set_xstest(reg, read_xstest_file(args.xstest), reason="acceptance bench")
     return reg

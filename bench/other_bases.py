@@ -39,7 +39,7 @@ def gate(manifest: dict, name: str) -> dict | None:
 
 
 def one_base(spec: str, threads: int, probe_always: bool = False, kl: float | None = None) -> dict:
-    from seal.editor.base import base_record as describe_base
+    from seal.editor.base import base_record_for as describe_base
     from seal.editor.loop import run_edit
     from seal.editor.progress import QuietProgress
     from seal.editor.request import DEFAULT_KL, EditRequest

@@ -31,13 +31,13 @@ def init(
     if db is not None:
         Url.parse(db)
     xstest_data = read_xstest_file(xstest) if xstest is not None else None
-    from seal.editor.base import base_record, check_base_spec
+    from seal.editor.base import base_record_for, check_base_spec
     from seal.editor.progress import default_progress
     from seal.editor.session import measure_base
 
     check_base_spec(base)
     progress = default_progress()
-    reg = init_registry(path, base=lambda: base_record(base, progress), db_url=db, objects_url=objects)
+    reg = init_registry(path, base=lambda: base_record_for(base, progress), db_url=db, objects_url=objects)
     record = reg.base()
     out = {"path": str(reg.seal_dir), "base": {"id": record["id"], "name": record["name"]}, "signer": reg.signer.id}
     if xstest_data is not None:

@@ -443,12 +443,12 @@ def check_base_spec(spec: str | os.PathLike[str] | None) -> None:
         raise UserError(str(e)) from None
 
 
-def base_record(spec: str | os.PathLike[str] | None, progress: Any = None) -> dict:
+def base_record_for(spec: str | os.PathLike[str] | None, progress: Any = None) -> dict:
     """The registry's record of the base named by ``spec``, as `seal init --base` stores it: no
     model is loaded, but its files are checked and a GGUF is dequantized into the shared cache
     once (which needs torch), each step said on ``progress``.
 
-        >>> base_record(None)["name"]  # doctest: +SKIP
+        >>> base_record_for(None)["name"]  # doctest: +SKIP
         'HuggingFaceTB/SmolLM2-135M-Instruct'
 
     Raises:

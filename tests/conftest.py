@@ -52,9 +52,9 @@ def tiny_base(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_base_record(tiny_base) -> dict:
     """The base record `seal init --base TINY` would make, computed once."""
-    from seal.editor.base import base_record
+    from seal.editor.base import base_record_for
 
-    return base_record(str(tiny_base["base"]))
+    return base_record_for(str(tiny_base["base"]))
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +67,9 @@ def tiny_chat_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_chat_record(tiny_chat_base) -> dict:
-    from seal.editor.base import base_record
+    from seal.editor.base import base_record_for
 
-    return base_record(str(tiny_chat_base))
+    return base_record_for(str(tiny_chat_base))
 
 
 @pytest.fixture(scope="session")

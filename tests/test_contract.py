@@ -400,7 +400,7 @@ def test_a_base_broken_after_init_is_refused_before_edit_loads_it(tmp_path, tiny
     """The tokenizer or the weights go bad after `init`: `edit` says so in one line, writes nothing."""
     import shutil
 
-    from seal.editor.base import base_record as describe_base
+    from seal.editor.base import base_record_for as describe_base
     from seal.editor import base as base_mod
 
     monkeypatch.setenv("SEAL_CACHE", str(tmp_path / "cache"))

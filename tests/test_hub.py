@@ -389,7 +389,7 @@ def test_tampered_downloads_and_forged_manifests_import_nothing(published, local
 
 def test_pickles_unexpected_files_other_bases_and_bad_names_are_refused(published, local_hub, hf_api, tmp_path):
     from adapters import build_bare_llama
-    from seal.editor.base import base_record
+    from seal.editor.base import base_record_for
 
     a, b = published["a"], published["b"]
     before = state(b)
@@ -409,7 +409,7 @@ def test_pickles_unexpected_files_other_bases_and_bad_names_are_refused(publishe
     finally:
         constants.ENDPOINT = old
     assert state(b) == before
-    other = new_registry(tmp_path, "other", base_record(str(build_bare_llama(tmp_path / "base2", seed=1))))
+    other = new_registry(tmp_path, "other", base_record_for(str(build_bare_llama(tmp_path / "base2", seed=1))))
     assert_one_line_error(other.run("pull", f"{REPO}@v1"), "pulled lineage is on base base", "this registry is on base2")
 
 
