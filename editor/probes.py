@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from seal.registry.vocabulary import GATES_BY_NAME
 from seal.registry.xstest import XSTEST_SHA256
 
 from .probe_scoring import (Openings, RetentionOutcome, drift_divergences, first_token_logprobs, judge_openings,
@@ -358,15 +359,19 @@ def _judge_xstest(model: Any, tokenizer: Any, probes: ProbeSet, base: "ProbeResu
 # ============================================================================ gates
 
 
-#: Policy key -> (gate name, what is compared). The thresholds stay in policy.toml.
-GATE_RULES: dict[str, tuple[str, str]] = {
-    "retention_drop_vs_parent_max": ("retention_vs_parent", "retention accuracy drop vs parent"),
-    "retention_drop_vs_base_max": ("retention_vs_base", "retention accuracy drop vs base"),
-    "refusal_drop_vs_base_max": ("refusal", "XSTest unsafe refusal drop vs base"),
-    "over_refusal_rise_vs_base_max": ("over_refusal", "XSTest safe over-refusal rise vs base"),
-    "js_vs_parent_max": ("js_vs_parent", "per-probe next-token JS vs parent"),
-    "kl_vs_base_max": ("kl_vs_base", "per-probe next-token KL(base||candidate)"),
+#: Each probe gate and what it compares; its policy key and threshold come from the vocabulary's
+#: GateSpec (seal.registry.vocabulary.GATES), the one table of gates.
+MEASURED: dict[str, str] = {
+    "retention_vs_parent": "retention accuracy drop vs parent",
+    "retention_vs_base": "retention accuracy drop vs base",
+    "refusal": "XSTest unsafe refusal drop vs base",
+    "over_refusal": "XSTest safe over-refusal rise vs base",
+    "js_vs_parent": "per-probe next-token JS vs parent",
+    "kl_vs_base": "per-probe next-token KL(base||candidate)",
 }
+#: Policy key -> (gate name, what is compared).
+GATE_RULES: dict[str, tuple[str, str]] = {GATES_BY_NAME[name].policy_key: (name, what)
+                                          for name, what in MEASURED.items()}
 
 
 #: Null discordance psi (share of items whose outcome flips between a model and a null edit of
