@@ -18,7 +18,7 @@ from pathlib import Path
 
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE, read_adapter_folder
 from seal.registry.errors import NoHead, UserError
-from seal.registry.files import display_name
+from seal.registry.porcelain import display_name
 from seal.registry.porcelain import check_message, check_same_base
 from seal.registry.store.objects import canonical_json
 

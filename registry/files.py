@@ -56,15 +56,3 @@ def read_small(path: Path, what: str, limit: int = SMALL) -> bytes:
         raise UserError(f"{what} {path} is {st.st_size} bytes, more than {limit}; it is not a file seal wrote")
     with open(path, "rb") as f:
         return f.read(limit + 1)[:limit]
-
-
-def display_name(path: Path) -> str:
-    """A file name as text fit for a manifest: bytes that are not UTF-8 (a folder named on another
-    system) become U+FFFD, control characters become '?'.
-
-    >>> display_name(Path(os.fsdecode(b"adapter-\\xff")))
-    'adapter-\\ufffd'
-    """
-    from .store.objects import UNSAFE_CHARS
-
-    return UNSAFE_CHARS.sub("?", os.fsencode(Path(path).name).decode("utf-8", "replace"))

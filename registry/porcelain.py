@@ -9,14 +9,14 @@ recorded and every ref moved by compare-and-swap with its signed reflog row.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .adapters import read_adapter_folder
 from .errors import UserError
-from .files import display_name
 from .store import refs as R
 from .store.graph import ancestors, parents_of
-from .store.objects import build_manifest
+from .store.objects import UNSAFE_CHARS, build_manifest
 from .store.revisions import resolve_revision
 from .store.versions import load_manifest
 from .tracking import mirror_alias
@@ -25,11 +25,19 @@ UNGATED = {"accepted": True, "gated": False,
            "reason": "recorded without scoring or gates; `seal import --gate` scores an adapter like an edit"}
 
 
+def display_name(path: Path) -> str:
+    """A file name as text fit for a manifest: bytes that are not UTF-8 (a folder named on another
+    system) become U+FFFD, control characters become '?'.
+
+    >>> display_name(Path(os.fsdecode(b"adapter-\\xff")))
+    'adapter-\\ufffd'
+    """
+    return UNSAFE_CHARS.sub("?", os.fsencode(Path(path).name).decode("utf-8", "replace"))
+
+
 def check_message(message: str, what: str = "-m") -> str:
     """A message is stored forever and may be pushed: refuse one holding a secret (exit 2)."""
     from .scan import scan_text
-
-    from .store.objects import UNSAFE_CHARS
 
     if not isinstance(message, str) or len(message) > 10_000:
         raise UserError(f"{what} is too long; keep a message under 10,000 characters")
