@@ -26,9 +26,10 @@ The rule (:class:`MarginRule`), pre-registered, on the usable questions:
   shifts differ by about ``sqrt(2) * s`` per question). A base whose margins swing with any
   training needs a larger gain than one whose margins hold still;
 - no question's effect falls below ``floor`` nats;
-- with at least ``sign_test_min`` usable questions, the exact one-sided sign-flip test of the
-  effects gives p <= ``alpha`` (with fewer, p cannot go below 1/2**n, so the test cannot be the
-  rule there).
+- when the policy sets ``alpha`` (off by default since 2026-12-07: on null pairs it held out
+  almost nothing the mean and the noise bar let through, and it turned away real edits), with at
+  least ``sign_test_min`` usable questions, the exact one-sided sign-flip test of the effects
+  gives p <= ``alpha`` (with fewer, p cannot go below 1/2**n, so the test cannot be the rule there).
 
 Its thresholds were chosen so that the false-pass rate on placebo-against-placebo pairs stays
 at or under 5%; the rate measured by ``bench/gate_calibration.py --placebo-pairs`` is recorded
