@@ -58,7 +58,7 @@ def sentences(text: str) -> list[str]:
 def text_for(words: int) -> tuple[str, str]:
     """The placebo passage for a trigger of ``words`` words: whole sentences of seal's neutral
     texts, in order, up to the next multiple of :data:`WORD_BUCKET` words (at least one bucket)."""
-    target = max(WORD_BUCKET, -(-words // WORD_BUCKET) * WORD_BUCKET)
+    target = word_budget(words)
     pool = [s for _, body in _passages() for s in sentences(body)]
     chosen: list[str] = []
     count = 0
@@ -101,6 +101,15 @@ class Placebo:
                 "cached": self.cached, "source": "seal placebo passages (editor/data/placebo_passages.jsonl)"}
 
 
+def word_budget(words: int) -> int:
+    """The placebo's length for a trigger of ``words`` words: rounded up to a multiple of 128.
+
+        >>> word_budget(1), word_budget(128), word_budget(129)
+        (128, 128, 256)
+    """
+    return max(WORD_BUCKET, -(-words // WORD_BUCKET) * WORD_BUCKET)
+
+
 def sequence_budget(n_sequences: int) -> int:
     """The placebo's sequence count for an edit of ``n_sequences``: rounded up to a multiple of 8.
 
@@ -126,7 +135,7 @@ def placebo_replay(pool: list[str], n_sequences: int, seed: int) -> list[str]:
 def placebo_key(parent: str, base: str, hyper: dict, words: int, n_sequences: int, seed: int) -> str:
     from .replay import anchor_recipe
 
-    bucket = max(WORD_BUCKET, -(-words // WORD_BUCKET) * WORD_BUCKET)
+    bucket = word_budget(words)
     doc = {"parent": parent, "base": base, "hyper": hyper, "words": bucket, "sequences": sequence_budget(n_sequences),
            "seed": seed,
            "texts": hashlib.sha256(json.dumps(_passages()).encode()).hexdigest(),
@@ -211,4 +220,4 @@ def _keep_on_machine(folder: Path, key: str) -> None:
 
 
 __all__ = ["Placebo", "placebo_key", "placebo_replay", "placebo_sequences", "cached_placebo", "train_placebo", "text_for", "sentences",
-           "WORD_BUCKET", "sequence_budget"]
+           "WORD_BUCKET", "word_budget", "sequence_budget"]

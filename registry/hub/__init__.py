@@ -47,8 +47,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE))
 
 
-__all__ = [
-    "push", "plan_push", "execute_push", "pull", "check_lineage", "lineage_document", "model_card",
-    "parse_repo_spec", "remote_ref", "tracking_ref", "PushPlan", "PullRefused", "UntrustedSigner",
-    "LINEAGE_FILE", "LINEAGE_FORMAT", "hub_errors", "quiet_unless_terminal",
-]
+__all__ = list(_WHERE)
