@@ -40,7 +40,10 @@ DEFAULT_REPLAY = True
 # > 0: the replay lines (with --replay) and a few chat prompts anchor a KL penalty to the parent,
 # this weight times KL(parent || adapter) per step (editor/kl_anchor.py), and the replay lines are
 # not trained on. bench/recipe_sweep.py compares it with replay trained on (README, the recipe sweep).
-DEFAULT_KL = 1.0
+# Weight 4, not 1: in a 16-passage paired sweep it lost fewer of the base's refusals per edit
+# (-0.008 [-0.015, -0.002]) and passed as often (0.56 both), and the refusal gate was what ended
+# the weight-1 stream's acceptances (README, "KL weight 4").
+DEFAULT_KL = 4.0
 
 
 @dataclass
