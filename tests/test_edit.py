@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from seal.editor.reflect import split_self_edit_lines
-import pytest
+from seal.editor.request import DEFAULT_KL
 
 from conftest import SEAL, Seal, make_registry
 
@@ -108,7 +109,7 @@ def test_edit_records_an_accepted_version(edit_registry):
                                      (x.strip() for x in PASSAGE["context"].split(". ") if x.strip())][:2]
     from seal.editor.replay import NEUTRAL_PROMPTS
     assert self_edit["replay"] and len(self_edit["sequences"]) == written + 1
-    assert v["train"]["kl_weight"] == 1.0 and v["train"]["kl_anchor_texts"] > len(self_edit["replay"])
+    assert v["train"]["kl_weight"] == DEFAULT_KL and v["train"]["kl_anchor_texts"] > len(self_edit["replay"])
     assert len(v["train"]["kl_anchor_sha256"]) == 64  # what the edit was held to (hex: not a blob reference)
     assert all(any(line.startswith(p) for p in NEUTRAL_PROMPTS) for line in self_edit["replay"])
     # --filter (the default): every generated line is either trained on or recorded as dropped.
