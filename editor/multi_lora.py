@@ -40,7 +40,7 @@ from .attach import SAVED_PREFIX, UNSUPPORTED_KEYS
 from .generation import seeded
 from .kl_anchor import kl_from_logits, record_anchor
 from .replay import anchor_texts
-from .train import (attach_trainable, epoch_batches, encode, LossLog, quiet_peft, save_adapter, train_record,
+from .train import (attach_trainable, epoch_batches, encode, LossLog, pad_right, quiet_peft, save_adapter, train_record,
                     weights_diverged, detach_adapters)
 
 _SUFFIX_A, _SUFFIX_B = ".lora_A.default.weight", ".lora_B.default.weight"
@@ -199,13 +199,8 @@ def _hook(name: str, state: _HookState):
 def _anchor_kl(model, active: list[Lane], step: int, pad_id: int, device: torch.device) -> list[torch.Tensor]:
     """Each lane's KL to the parent on its anchor text for ``step``, one batched forward."""
     snaps = [lane.anchor.snapshots[step % len(lane.anchor.snapshots)] for lane in active]
-    width = max(s.ids.shape[1] for s in snaps)
-    input_ids = torch.full((len(snaps), width), pad_id, dtype=torch.long, device=device)
-    attention = torch.zeros((len(snaps), width), dtype=torch.long, device=device)
-    for row, s in enumerate(snaps):
-        input_ids[row, :s.ids.shape[1]] = s.ids[0]
-        attention[row, :s.ids.shape[1]] = 1
-    logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+    input_ids, attention = pad_right([s.ids[0].tolist() for s in snaps], pad_id)
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
     return [kl_from_logits(logits[row, :s.ids.shape[1] - 1], s) for row, s in enumerate(snaps)]
 
 
@@ -219,15 +214,8 @@ def _step(model, active: list[Lane], step: int, pad_id: int, device: torch.devic
         # A ragged final batch is padded with one-token rows that carry no loss.
         batch += own + [[pad_id]] * (rows - len(own))
         owned += [True] * len(own) + [False] * (rows - len(own))
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        if owned[row]:
-            labels[row, : len(ids)] = torch.tensor(ids)
+    input_ids, attention = pad_right(batch, pad_id)
+    labels = input_ids.masked_fill((attention == 0) | ~torch.tensor(owned)[:, None], -100)
     input_ids, attention, labels = input_ids.to(device), attention.to(device), labels.to(device)
     logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
     # As transformers' causal-LM loss: fp32 logits, shifted labels, the mean over the lane's own tokens.

@@ -189,15 +189,14 @@ def _last_logprobs(model: Any, rows: list[list[int]], shared: int, prefix_cache:
 
     import torch
 
+    from .train import pad_right
+
     own = [r[shared:] for r in rows]
-    width = max(len(o) for o in own)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    ids, own_mask = pad_right(own, pad)  # right padding: no real token ever sees a pad
+    width = ids.shape[1]
     keep = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, o in enumerate(own):  # right padding: no real token ever sees a pad
-        ids[i, :len(o)] = torch.tensor(o)
-        keep[i, len(o) - 1] = True
-    mask = torch.ones((len(rows), shared + width), dtype=torch.long)
-    mask[:, shared:] = (torch.arange(width)[None, :] < torch.tensor([len(o) for o in own])[:, None]).long()
+    keep[torch.arange(len(rows)), torch.tensor([len(o) - 1 for o in own])] = True
+    mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own_mask], dim=1)
     pos = torch.arange(shared, shared + width).expand(len(rows), width)
     cache = copy.deepcopy(prefix_cache)
     if shared:

@@ -139,6 +139,22 @@ def encode(tokenizer: Any, sequences: Sequence[str], max_length: int) -> list[li
     return encoded
 
 
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows right-padded to the longest: the token ids and the attention mask (1 on real tokens).
+
+        >>> ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+        >>> ids.tolist(), mask.tolist()
+        ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+    """
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
 def _collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids in batch)
     if all(len(ids) == width for ids in batch):
@@ -146,13 +162,8 @@ def _collate(batch: list[list[int]], pad_id: int, device: torch.device) -> dict[
         # transformers build and apply a dense mask (2-4% of a CPU training step, measured).
         ids = torch.tensor(batch, dtype=torch.long, device=device)
         return {"input_ids": ids, "labels": ids}
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        labels[row, : len(ids)] = torch.tensor(ids)
+    input_ids, attention = pad_right(batch, pad_id)
+    labels = input_ids.masked_fill(attention == 0, -100)
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": attention.to(device),
