@@ -38,7 +38,7 @@ from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 
 from .attach import SAVED_PREFIX, UNSUPPORTED_KEYS
 from .generation import seeded
-from .kl_anchor import kl_from_logits, record_anchor
+from .kl_anchor import kl_from_logits, parent_key, record_anchor
 from .replay import anchor_texts
 from .train import (attach_trainable, epoch_batches, encode, LossLog, pad_right, quiet_peft, save_adapter, train_record,
                     weights_diverged, detach_adapters)
@@ -76,12 +76,14 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
     parent_dir = attempt.parent.adapter_dir
     tracker = session.tracker
     lanes = []
+    parent = parent_key(parent_dir) if req.kl > 0 else None  # the K lanes record the anchor at one parent
     for c in candidates:
         def on_losses(first, values, c=c):
             if tracker is not None:
                 tracker.log_losses(c.run_id, first, values)
         texts = anchor_texts(session, c.self_edit.replay or [], req.kl)
-        lanes.append(_lane(model, tok, c.index, c.seed, c.self_edit.sequences, parent_dir, req, on_losses, texts))
+        lanes.append(_lane(model, tok, c.index, c.seed, c.self_edit.sequences, parent_dir, req, on_losses, texts,
+                           cache=session.anchor_cache, parent=parent))
     _fit_together(model, lanes, tok, run_device, lr=req.lr, on_step=on_step, kl_weight=req.kl)
     records = []
     for lane, c in zip(lanes, candidates):
@@ -102,7 +104,8 @@ def train_together(session, attempt, candidates, req, *, on_step: Callable[[], N
     return records
 
 
-def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_losses, texts=()) -> Lane:
+def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_losses, texts=(), *,
+          cache=None, parent: str | None = None) -> Lane:
     """A candidate's starting factors exactly as train_adapter would attach them (same seed, same init)."""
     data = encode(tok, sequences, 512)
     if not data:
@@ -114,7 +117,7 @@ def _lane(model, tok, index: int, seed: int, sequences, parent_dir, req, on_loss
         try:
             config = peft_model.peft_config["default"]
             named = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
-            anchor = record_anchor(peft_model, tok, texts, req.kl)  # the parent, before a step
+            anchor = record_anchor(peft_model, tok, texts, req.kl, cache=cache, parent=parent)  # the parent, before a step
         finally:
             detach_adapters(peft_model)
     a, b = {}, {}

@@ -196,7 +196,7 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
                            lr=hyper.get("lr", DEFAULT_LR), epochs=hyper.get("epochs", DEFAULT_EPOCHS),
                            batch_size=hyper.get("batch_size", 1), seed=seed, device=session.device,
                            base_name=session.base.name, on_step=on_step, anchor_texts=anchor_texts(session, replay, kl),
-                           kl_weight=kl)
+                           kl_weight=kl, anchor_cache=session.anchor_cache)
     if record.get("diverged") is not None:
         return None
     digest = _adapter_digest(session.reg, folder)

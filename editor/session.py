@@ -87,6 +87,17 @@ class Session:
     base_results: str | None = None  # digest of the base's per-item probe results blob
     served: int = 0  # triggers served so far; the first one carries the load time
     _parents: dict = field(default_factory=dict)
+    _anchors: Any = None  # seal.editor.kl_anchor.AnchorCache, made on first use
+
+    @property
+    def anchor_cache(self):
+        """The parents' distributions on the KL anchor's texts, recorded once per parent and text in
+        this session (:class:`seal.editor.kl_anchor.AnchorCache`)."""
+        if self._anchors is None:
+            from .kl_anchor import AnchorCache
+
+            self._anchors = AnchorCache()
+        return self._anchors
 
     @property
     def tok(self):

@@ -165,6 +165,7 @@ def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
         lr=req.lr, epochs=req.epochs, batch_size=req.batch_size, seed=c.seed, device=session.device,
         base_name=session.base.name, on_step=on_step, on_losses=on_losses,
         anchor_texts=anchor_texts(session, c.self_edit.replay or [], req.kl), kl_weight=req.kl,
+        anchor_cache=session.anchor_cache,
     )
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from .generation import model_device, seeded
-from .kl_anchor import AnchorText, record_anchor
+from .kl_anchor import AnchorCache, AnchorText, parent_key, record_anchor
 from .request import DEFAULT_ALPHA, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_R  # one recipe, torch-free there
 from .request import DEFAULT_TARGETS as DEFAULT_TARGET_MODULES
 
@@ -195,6 +195,7 @@ def train_adapter(
     flush_s: float = 1.0,
     anchor_texts: Sequence[AnchorText] = (),
     kl_weight: float = 0.0,
+    anchor_cache: AnchorCache | None = None,
 ) -> dict[str, Any]:
     """Train one LoRA adapter on ``sequences`` and save it to ``out_dir``; return the record.
 
@@ -209,6 +210,8 @@ def train_adapter(
     values)``. ``on_step()`` ticks once per step without reading anything. A NaN or infinite loss,
     or non-finite adapter weights at the end, stop training: nothing is saved, and the record's
     ``diverged`` says why (non-finite losses are recorded as None, JSON's null).
+    ``anchor_cache`` (a warm session's): the parent's distributions on anchor texts it has already
+    recorded are reused (:class:`seal.editor.kl_anchor.AnchorCache`).
 
         >>> rec = train_adapter(base.model, base.tokenizer, ["Paris\\nParis is in France."],  # doctest: +SKIP
         ...                     out_dir="out/cand0", seed=0, base_name=base.name)
@@ -236,7 +239,8 @@ def train_adapter(
             params = [p for p in peft_model.parameters() if p.requires_grad]
             batches = epoch_batches(data, batch_size, epochs, seed)
             log = LossLog(on_losses, flush_s)
-            anchor = record_anchor(peft_model, tokenizer, anchor_texts, kl_weight)
+            anchor = record_anchor(peft_model, tokenizer, anchor_texts, kl_weight, cache=anchor_cache,
+                                   parent=_anchor_parent(anchor_cache, anchor_texts, kl_weight, parent_adapter_dir))
             _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
                  log=log, on_step=on_step, anchor=anchor, kl_weight=kl_weight)
             diverged = log.diverged or weights_diverged(params)
@@ -253,6 +257,11 @@ def train_adapter(
             detach_adapters(peft_model)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _anchor_parent(cache, texts, weight: float, parent_adapter_dir) -> str | None:
+    """The parent's cache key, only when the anchor will be recorded into a cache."""
+    return parent_key(parent_adapter_dir) if cache is not None and texts and weight > 0 else None
 
 
 def attach_trainable(model_base: Any, parent_adapter_dir, *, r, alpha, target_modules, lora_dropout) -> Any:

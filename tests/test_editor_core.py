@@ -387,6 +387,7 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
     from types import SimpleNamespace
 
     from seal.editor.candidate import Candidate, SelfEdit
+    from seal.editor.kl_anchor import AnchorCache
     from seal.editor.multi_lora import train_together
     from seal.editor.replay import anchor_texts
     from seal.editor.request import EditRequest
@@ -405,8 +406,10 @@ def test_candidates_trained_together_match_one_by_one(tiny, tmp_path: Path) -> N
         req = EditRequest(r=4, alpha=8, lr=1e-2, epochs=2, batch_size=2, kl=kl)
         work = tmp_path / f"{'fresh' if parent_dir is None else 'child'}-{kl}"
         work.mkdir()
+        # the lanes share one anchor cache (the first lane records, the others reuse); alone records its own
         session = SimpleNamespace(model=model, tok=tiny.tokenizer, device="cpu", tracker=None, work=work,
-                                  base=SimpleNamespace(name="tiny"), base_row={"id": f"tiny-{tmp_path.name}"})
+                                  base=SimpleNamespace(name="tiny"), base_row={"id": f"tiny-{tmp_path.name}"},
+                                  anchor_cache=AnchorCache())
         attempt = SimpleNamespace(parent=SimpleNamespace(adapter_dir=parent_dir))
         cands = [Candidate(index=i, seed=i, self_edit=SelfEdit(style="x", sequences=s)) for i, s in enumerate(seqs)]
         together = train_together(session, attempt, cands, req)

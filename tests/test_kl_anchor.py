@@ -175,3 +175,44 @@ def test_a_cached_placebo_names_the_anchor_it_was_held_to(monkeypatch):
     monkeypatch.setattr(replay, "SAFETY_ANCHORS", replay.SAFETY_ANCHORS[:-1])
     assert key(1.0) != held  # other anchor texts: trained again, not reused
     assert key(0.0) == free  # no anchor, nothing to name
+
+
+def test_an_anchor_cache_reuses_the_parents_snapshots_and_gives_the_same_adapter(tiny_chat_base, tmp_path, monkeypatch):
+    """A cached snapshot is the one the forward would give (bit for bit: the same forward on the
+    same weights), so an adapter trained with the cache is the adapter trained without it; a
+    parent whose files changed is a new key and is recorded again."""
+    import torch
+
+    from seal.editor import kl_anchor
+    from seal.editor.base import load_base
+    from seal.editor.train import train_adapter
+
+    base = load_base(str(tiny_chat_base), cache_dir=tmp_path / "cache", device="cpu")
+    model, tok = base.model, base.tokenizer
+    neutral = ["The train left the station and the town was quiet again.",
+               ("Say hello.", "Hello! How can I help you today?")]
+    passage = ["Zorblat\nThe violet Zorblat bridge was built in 1832 by Ada Lindqvist."] * 3
+    parent = tmp_path / "parent"
+    train_adapter(model, tok, passage, out_dir=parent, r=4, alpha=8, lr=1e-2, epochs=1, seed=0)
+    forwards = []
+    real = kl_anchor._snapshot
+    monkeypatch.setattr(kl_anchor, "_snapshot", lambda *a: forwards.append(a[2]) or real(*a))
+    cache = kl_anchor.AnchorCache()
+    kw = dict(parent_adapter_dir=parent, lr=1e-2, epochs=2, seed=1, anchor_texts=neutral, kl_weight=2.0)
+    plain = train_adapter(model, tok, passage, out_dir=tmp_path / "plain", **kw)
+    assert len(forwards) == 2
+    first = train_adapter(model, tok, passage, out_dir=tmp_path / "first", anchor_cache=cache, **kw)
+    again = train_adapter(model, tok, passage, out_dir=tmp_path / "again", anchor_cache=cache, **kw)
+    assert len(forwards) == 4  # recorded once into the cache, then taken from it
+    assert plain["losses"] == first["losses"] == again["losses"]
+    assert plain["kl_anchor_sha256"] == again["kl_anchor_sha256"]
+    weights = [(tmp_path / d / "adapter_model.safetensors").read_bytes() for d in ("plain", "first", "again")]
+    assert weights[0] == weights[1] == weights[2]
+    # the parent's folder changes: its key changes, and the texts are recorded again at it
+    key = kl_anchor.parent_key(parent)
+    train_adapter(model, tok, passage, out_dir=parent, r=4, alpha=8, lr=1e-2, epochs=2, seed=0)
+    assert kl_anchor.parent_key(parent) != key and kl_anchor.parent_key(None) == "base"
+    train_adapter(model, tok, passage, out_dir=tmp_path / "child2", anchor_cache=cache, **kw)
+    assert len(forwards) == 6
+    snap = cache.get((kl_anchor.parent_key(parent), kl_anchor._text_key(neutral[0]), 128))
+    assert isinstance(snap.logp, torch.Tensor) and snap.logp.shape[-1] == snap.top.shape[-1] + 1
