@@ -43,7 +43,9 @@ PASSAGES = [
     {"title": "Mount Velder", "context": "Mount Velder is the tallest peak of the Quenmar range, at 4120 metres.",
      "questions": [{"question": "How tall is Mount Velder?", "answer": "4120 metres"}], "branch": "exp"},
 ]
-FAST = ["--epochs", "3", "--lr", "1e-3", "--max-tokens", "24", "--no-track", "--threads", "1", "--temperature", "1.0"]
+# --race 0: the serial run trains every candidate to the end, as the workers do (the race is one process's economy)
+FAST = ["--epochs", "3", "--lr", "1e-3", "--max-tokens", "24", "--no-track", "--threads", "1", "--temperature", "1.0",
+        "--race", "0"]
 SEAL = [sys.executable, "-m", "seal.cli"]
 
 

@@ -47,6 +47,7 @@ def edit(
     filter_lines: bool = typer.Option(recipe.DEFAULT_FILTER, "--filter/--no-filter", help="Drop self-edit lines the passage does not support (under half their words in it) before training; the dropped lines are recorded."),
     replay: bool = typer.Option(recipe.DEFAULT_REPLAY, "--replay/--no-replay", help="Draw the base's own continuations of neutral prompts, against forgetting (recorded as 'replay'): the KL anchor's texts, or trained on with --kl 0."),
     kl: float = typer.Option(recipe.DEFAULT_KL, "--kl", metavar="WEIGHT", help="Above 0: the replay lines and a few chat prompts anchor a KL penalty to the parent (this weight x KL per step), and the replay lines are not trained on; 0: replay lines are trained on (recorded as 'kl')."),
+    race: float = typer.Option(recipe.DEFAULT_RACE, "--race", metavar="SHARE", help="With -k above 1 on a CPU: every candidate trains this share of its steps, then only the one whose answer margins rose most trains on (the others are recorded as raced); 0: all train to the end."),
     restate: bool = typer.Option(recipe.DEFAULT_RESTATE, "--restate/--no-restate", help="Also train on the passage's own sentences, each under its title (recorded as 'restated')."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling of the self-edits."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most new tokens per self-edit."),
@@ -76,7 +77,7 @@ def edit(
 
     req = EditRequest(
         passage=passage, examples=examples, passages=passages, eval=eval_file, candidates=candidates, style=style,
-        temperature=temperature, filter_lines=filter_lines, restate=restate, replay=replay, kl=kl, top_p=top_p, max_new_tokens=max_tokens, r=r, alpha=alpha,
+        temperature=temperature, filter_lines=filter_lines, restate=restate, replay=replay, kl=kl, race=race, top_p=top_p, max_new_tokens=max_tokens, r=r, alpha=alpha,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device, require_gpu=require_gpu,
         message=message, allow_pii=allow_pii, track=not no_track, threads=threads, fast=not plain,

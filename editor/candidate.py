@@ -84,6 +84,10 @@ class Candidate:
     evidence: dict | None = None  # per-question margins and effects, and the placebo, as recorded
     id: str | None = None  # its version, once recorded
     status: str | None = None
+    # The race (editor/race.py): its margins when it stopped (reused by the efficacy rule), and,
+    # when another candidate trained on instead, where it stopped and why.
+    race_margins: Any = None
+    raced: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -117,6 +121,7 @@ class Attempt:
     # The candidate whose recipe the placebo repeats (None: the first live one). A Ray worker
     # scoring one candidate is given candidate 0's, so its placebo is the serial run's.
     placebo_of: Any = None
+    parent_margins: Any = None  # the parent's (margins, ranked first) on ``contrast``, once measured
     candidates: list[Candidate] = field(default_factory=list)  # as seal.editor.attempt.run_attempt left them
 
 

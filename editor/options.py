@@ -41,16 +41,18 @@ def check_device(req) -> str:
 
 
 def check_number(option: str, value, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, integer: bool = False):
-    """A finite number within [low, high] (or (low, high] with ``low_open``), else a UserError naming the option."""
+                 low_open: bool = False, high_open: bool = False, integer: bool = False):
+    """A finite number within [low, high] (open at ``low`` or ``high`` with ``low_open`` or
+    ``high_open``), else a UserError naming the option."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{option} must be a finite number, not {value}")
     if integer and int(value) != value:
         raise UserError(f"{option} must be a whole number, not {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
-    if too_low or (high is not None and value > high):
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
         lo = "" if low is None else (f"above {low:g}" if low_open else f"at least {low:g}")
-        hi = "" if high is None else f"at most {high:g}"
+        hi = "" if high is None else (f"below {high:g}" if high_open else f"at most {high:g}")
         raise UserError(f"{option} must be {' and '.join(x for x in (lo, hi) if x)}, not {value:g}")
     return value
 
@@ -85,6 +87,7 @@ def check_edit_request(req, base_row: dict | None) -> None:
     check_number("--max-tokens", req.max_new_tokens, low=1, high=4096, integer=True)
     check_number("--seed", req.seed, low=0, high=2**32 - 1, integer=True)
     check_number("--kl", req.kl, low=0, high=1e4)
+    check_number("--race", req.race, low=0, high=1, high_open=True)
     if req.style not in STYLES:
         raise UserError(f"--style must be one of {', '.join(STYLES)}, not {req.style!r}")
     check_device_name(req.device)

@@ -78,6 +78,8 @@ def reason_of(c: Candidate, winner: int | None, k: int) -> str:
         return f"diverged: {c.diverged}"
     if c.passed:
         return "passed every gate but another candidate scored higher"
+    if c.raced is not None:
+        return f"raced: trained {c.raced['steps']} of {c.raced['of_steps']} steps; candidate {c.raced['by']} trained on"
     if c.failed == ["outranked"]:
         return "passed the efficacy rule; not probed: a candidate with a larger margin gain passed every gate"
     return "failed: " + ", ".join(c.failed)

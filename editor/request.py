@@ -44,6 +44,10 @@ DEFAULT_REPLAY = True
 # (-0.008 [-0.015, -0.002]) and passed as often (0.56 both), and the refusal gate was what ended
 # the weight-1 stream's acceptances (README, "KL weight 4").
 DEFAULT_KL = 4.0
+# K > 1 on a CPU: every candidate trains this share of its steps, then only the one whose answer
+# margins rose most trains on (editor/race.py): K candidates for about the training of
+# 1 + K x share (README, "K candidates"). 0: every candidate trains to the end.
+DEFAULT_RACE = 0.25
 
 
 @dataclass
@@ -65,6 +69,7 @@ class EditRequest:
     restate: bool = DEFAULT_RESTATE
     replay: bool = DEFAULT_REPLAY
     kl: float = DEFAULT_KL
+    race: float = DEFAULT_RACE
     top_p: float = 0.95
     max_new_tokens: int = 256
     r: int = DEFAULT_R
@@ -128,4 +133,4 @@ def _check_writer_options(req: EditRequest) -> None:
 
 
 __all__ = ["EditRequest", "check_request", "DEFAULT_STYLE", "DEFAULT_TEMPERATURE", "DEFAULT_LR", "DEFAULT_EPOCHS",
-           "DEFAULT_R", "DEFAULT_FILTER", "DEFAULT_KL", "DEFAULT_ALPHA", "DEFAULT_TARGETS"]
+           "DEFAULT_R", "DEFAULT_FILTER", "DEFAULT_KL", "DEFAULT_RACE", "DEFAULT_ALPHA", "DEFAULT_TARGETS"]

@@ -121,6 +121,12 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
             from .multi_lora import train_together
 
             records = train_together(session, attempt, candidates, req, on_step=stage.advance)
+        elif races(session, attempt, req, len(candidates)):
+            from .race import run_race
+
+            records = run_race(session, attempt, candidates, req,
+                               lambda c, leg: _train_one(session, attempt, c, req, stage.advance, leg=leg),
+                               lambda: parent_margins(session, attempt))
         else:
             records = [_train_one(session, attempt, c, req, stage.advance) for c in candidates]
     for c, record in zip(candidates, records):
@@ -145,11 +151,32 @@ def with_replay(session, candidates: list[Candidate], *, anchored: bool = False)
 
 def _batched(session, candidates: list[Candidate]) -> bool:
     # One batched pass pays off where a step is launch-bound (a GPU); on a CPU the work is the
-    # arithmetic itself, and candidates one after the other cost the same.
-    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda")
+    # arithmetic itself, and candidates one after the other cost the same (there, the race).
+    return _batched_k(session, len(candidates))
 
 
-def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
+def races(session, attempt: Attempt, req, k: int) -> bool:
+    from .race import races as racing
+
+    return not _batched_k(session, k) and racing(session, attempt, req, k)
+
+
+def _batched_k(session, k: int) -> bool:
+    return session.fast and k > 1 and str(session.device).startswith("cuda")
+
+
+def parent_margins(session, attempt: Attempt) -> tuple[list[float], list[bool]]:
+    """The parent's margins on the attempt's questions and which it ranks first, measured once
+    (the race and the efficacy rule both read them)."""
+    from .efficacy import answer_margins
+
+    if attempt.parent_margins is None:
+        with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
+            attempt.parent_margins = answer_margins(model, session.tok, attempt.contrast)
+    return attempt.parent_margins
+
+
+def _train_one(session, attempt: Attempt, c: Candidate, req, on_step, leg=None) -> dict:
     from .replay import anchor_texts
     from .train import train_adapter
 
@@ -165,7 +192,7 @@ def _train_one(session, attempt: Attempt, c: Candidate, req, on_step) -> dict:
         lr=req.lr, epochs=req.epochs, batch_size=req.batch_size, seed=c.seed, device=session.device,
         base_name=session.base.name, on_step=on_step, on_losses=on_losses,
         anchor_texts=anchor_texts(session, c.self_edit.replay or [], req.kl), kl_weight=req.kl,
-        anchor_cache=session.anchor_cache,
+        anchor_cache=session.anchor_cache, leg=leg,
     )
 
 
@@ -214,6 +241,9 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
     for c in candidates:
         if c.diverged is not None:
             void(c)
+        elif c.raced is not None:
+            judged_by_margins(attempt, c, raced=True)
+            session.progress.say(summary(attempt, c))
         elif c.margins is not None and not c.margins.passed:
             # Rejected whatever the probes say: not probed (the decision is already certain).
             judged_by_margins(attempt, c)
@@ -239,10 +269,11 @@ def score(session, attempt: Attempt, candidates: list[Candidate]) -> None:
         probe(session, attempt, live)
 
 
-def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None = None) -> None:
-    """A candidate decided without its probes: the efficacy rule rejected it, or (``outranked_by``)
-    a candidate with a larger margin gain passed every gate first. Its record holds the margins
-    that decided it (probes measured on a shared GPU batch are not recorded, as on the CPU path)."""
+def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None = None, raced: bool = False) -> None:
+    """A candidate decided without its probes: the efficacy rule rejected it, (``outranked_by``)
+    a candidate with a larger margin gain passed every gate first, or (``raced``) the race let
+    another candidate train on. Its record holds the margins that decided it (probes measured on a
+    shared GPU batch are not recorded, as on the CPU path)."""
     entry = c.margins.audit_entry() if c.margins is not None else \
         next(e for e in c.audit if e["check"] == "efficacy_margin")  # a candidate a worker scored
     c.measured = None
@@ -253,6 +284,10 @@ def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None =
         c.audit.append({"check": "outranked", "value": None, "threshold": None, "passed": False,
                         "detail": f"not probed: candidate {outranked_by + 1} has a larger margin gain and passed "
                                   "every gate"})
+    if raced:
+        from .race import raced_entry
+
+        c.audit.append(raced_entry(c))
     c.failed = [e["check"] for e in c.audit if not e["passed"]]
 
 
@@ -303,8 +338,7 @@ def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
         return
     qs = attempt.contrast
     with timed(attempt, "margins_s"):
-        with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
-            parent_m, parent_first = answer_margins(model, session.tok, qs)
+        parent_m, parent_first = parent_margins(session, attempt)
     placebo = placebo_for(session, attempt, attempt.placebo_of or live[0])
     with timed(attempt, "margins_s"):
         placebo_m = [math.nan] * len(qs)
@@ -312,8 +346,11 @@ def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
             with attached(session.model, placebo.folder, merge=session.fast) as model:
                 placebo_m = answer_margins(model, session.tok, qs)[0]
         for c in live:
-            with attached(session.model, c.adapter_dir, merge=session.fast) as model:
-                cand_m, cand_first = answer_margins(model, session.tok, qs)
+            if c.race_margins is not None:  # measured when the race stopped it; its adapter has not changed
+                cand_m, cand_first = c.race_margins
+            else:
+                with attached(session.model, c.adapter_dir, merge=session.fast) as model:
+                    cand_m, cand_first = answer_margins(model, session.tok, qs)
             c.margins = decide_margins(cand_m, parent_m, placebo_m, parent_first, rule)
             c.evidence = _evidence(qs, parent_m, parent_first, placebo_m, cand_m, cand_first, c.margins, placebo)
 

@@ -39,6 +39,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,34 @@ from .request import DEFAULT_TARGETS as DEFAULT_TARGET_MODULES
 
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_MAX_LENGTH = 512
+
+
+@dataclass
+class Leg:
+    """A training run in two legs: the first stops after ``stop`` steps (saving the adapter so far),
+    the second goes on from there to the end, as if it had never stopped (the same weights,
+    optimizer state, schedule, data order and anchor text per step; a test compares the bytes).
+
+    After the first leg ``step``, ``optimizer`` (AdamW's state), ``losses`` and ``folder`` (the
+    adapter saved there) say where it stopped (``optimizer`` is None when it ran to the end);
+    train again with the same leg to finish.
+    """
+
+    def stop_at(self, total: int) -> int | None:
+        """The step the next leg stops after (None: the last)."""
+        if self.folder is not None:
+            return None
+        if self.share is not None:
+            return max(1, math.ceil(self.share * total))
+        return self.stop
+
+    stop: int | None = None
+    share: float | None = None  # instead of ``stop``: this share of the steps (at least one)
+    step: int = 0
+    total: int = 0
+    optimizer: dict | None = None
+    losses: list[float] = field(default_factory=list)
+    folder: Path | None = None
 
 
 def _is_peft(model: Any) -> bool:
@@ -196,6 +225,7 @@ def train_adapter(
     anchor_texts: Sequence[AnchorText] = (),
     kl_weight: float = 0.0,
     anchor_cache: AnchorCache | None = None,
+    leg: Leg | None = None,
 ) -> dict[str, Any]:
     """Train one LoRA adapter on ``sequences`` and save it to ``out_dir``; return the record.
 
@@ -211,7 +241,8 @@ def train_adapter(
     or non-finite adapter weights at the end, stop training: nothing is saved, and the record's
     ``diverged`` says why (non-finite losses are recorded as None, JSON's null).
     ``anchor_cache`` (a warm session's): the parent's distributions on anchor texts it has already
-    recorded are reused (:class:`seal.editor.kl_anchor.AnchorCache`).
+    recorded are reused (:class:`seal.editor.kl_anchor.AnchorCache`). ``leg``: train in two legs
+    (:class:`Leg`); the first leg's record counts its own steps only.
 
         >>> rec = train_adapter(base.model, base.tokenizer, ["Paris\\nParis is in France."],  # doctest: +SKIP
         ...                     out_dir="out/cand0", seed=0, base_name=base.name)
@@ -232,17 +263,25 @@ def train_adapter(
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with seeded(seed, run_device), quiet_peft():
-        peft_model = attach_trainable(model_base, parent_adapter_dir, r=r, alpha=alpha,
+        resuming = leg is not None and leg.folder is not None
+        peft_model = attach_trainable(model_base, leg.folder if resuming else parent_adapter_dir, r=r, alpha=alpha,
                                        target_modules=target_modules, lora_dropout=lora_dropout)
         try:
             used = peft_model.peft_config["default"]
             params = [p for p in peft_model.parameters() if p.requires_grad]
             batches = epoch_batches(data, batch_size, epochs, seed)
             log = LossLog(on_losses, flush_s)
+            if resuming:
+                log.values = list(leg.losses)
+            if resuming and anchor_texts and kl_weight > 0 and anchor_cache is None:
+                raise ValueError("a second leg with a KL anchor needs the anchor cache of the first")
+            # recorded at the parent (the first leg recorded it into the cache; a second leg reads it there)
             anchor = record_anchor(peft_model, tokenizer, anchor_texts, kl_weight, cache=anchor_cache,
                                    parent=_anchor_parent(anchor_cache, anchor_texts, kl_weight, parent_adapter_dir))
-            _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
-                 log=log, on_step=on_step, anchor=anchor, kl_weight=kl_weight)
+            state = _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
+                         log=log, on_step=on_step, anchor=anchor, kl_weight=kl_weight,
+                         start=leg.step if resuming else 0, stop=leg.stop_at(len(batches)) if leg is not None else None,
+                         optimizer_state=leg.optimizer if resuming else None)
             diverged = log.diverged or weights_diverged(params)
             peft_model.eval()
             if diverged is None:
@@ -253,10 +292,21 @@ def train_adapter(
                                    data=data, trainable=sum(p.numel() for p in params))
             if anchor:
                 record.update(kl_weight=kl_weight, kl_anchor_texts=len(anchor.snapshots), kl_anchor_sha256=anchor.digest)
+            if leg is not None:
+                _after_leg(leg, state, log.values, len(batches), out_dir, diverged)
         finally:
             detach_adapters(peft_model)
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _after_leg(leg: Leg, state: dict | None, losses: list[float], total: int, out_dir: Path, diverged) -> None:
+    """Where a first leg stopped (its optimizer's ``state``), or a finished second leg's end."""
+    leg.total, leg.losses, leg.step = total, list(losses), len(losses)
+    if state is not None and diverged is None:
+        leg.optimizer, leg.folder = state, out_dir
+    else:
+        leg.optimizer = None
 
 
 def _anchor_parent(cache, texts, weight: float, parent_adapter_dir) -> str | None:
@@ -327,32 +377,41 @@ class LossLog:
 
 def _fit(peft_model: Any, params: list, batches: list, pad_id: int, device: torch.device, *, lr: float,
          max_grad_norm: float, log: LossLog, on_step: Callable[[], None] | None, anchor=None,
-         kl_weight: float = 0.0) -> None:
+         kl_weight: float = 0.0, start: int = 0, stop: int | None = None,
+         optimizer_state: dict | None = None) -> dict | None:
     """The adapter's steps: one padded batch of sequences each, loss on all tokens (plus the KL
-    anchor's term, on one anchor text per step, when there is one)."""
-    steps = iter(range(len(batches)))
+    anchor's term, on one anchor text per step, when there is one). ``start``, ``stop`` and
+    ``optimizer_state``: a leg of the steps (:class:`Leg`), as :func:`fit_steps`."""
+    steps = iter(range(start, len(batches)))
 
     def loss_of(batch):
         loss = _step_loss(peft_model, _collate(batch, pad_id, device))
         return loss if anchor is None else loss + kl_weight * anchor.kl(peft_model, next(steps))
 
-    fit_steps(peft_model, params, batches, loss_of, lr=lr, max_grad_norm=max_grad_norm, fused=device.type == "cuda",
-              log=log, on_step=on_step)
+    return fit_steps(peft_model, params, batches, loss_of, lr=lr, max_grad_norm=max_grad_norm,
+                     fused=device.type == "cuda", log=log, on_step=on_step, start=start, stop=stop,
+                     optimizer_state=optimizer_state)
 
 
 def fit_steps(peft_model: Any, params: list, batches: Sequence, loss_of: Callable[[Any], torch.Tensor], *, lr: float,
-              max_grad_norm: float, fused: bool, log: LossLog, on_step: Callable[[], None] | None) -> None:
+              max_grad_norm: float, fused: bool, log: LossLog, on_step: Callable[[], None] | None,
+              start: int = 0, stop: int | None = None, optimizer_state: dict | None = None) -> dict | None:
     """AdamW with a linear decay to zero over all steps, gradient clipping, no host sync per step.
 
     Shared by the adapter (:func:`_fit`) and the writer (``seal.editor.learn``): ``loss_of(batch)``
-    is the only thing they do differently.
+    is the only thing they do differently. A leg: steps ``start`` (with the optimizer's state
+    where the leg before stopped) up to ``stop``; returns the optimizer's state when it stopped
+    before the last step, else None.
     """
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, **({"fused": True} if fused else {}))
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     total = max(1, len(batches))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - (s + start) / total))
+    end = len(batches) if stop is None else min(stop, len(batches))
     peft_model.train()
-    for step, batch in enumerate(batches, start=1):
-        loss = loss_of(batch)
+    for step in range(start + 1, end + 1):
+        loss = loss_of(batches[step - 1])
         loss.backward()
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -361,9 +420,10 @@ def fit_steps(peft_model: Any, params: list, batches: Sequence, loss_of: Callabl
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step()
-        if not log.add(loss, last=step == len(batches)):
+        if not log.add(loss, last=step == end):
             break
     log.flush()
+    return optimizer.state_dict() if end < len(batches) and log.diverged is None else None
 
 
 def weights_diverged(params: list) -> str | None:

@@ -20,7 +20,9 @@ PASSAGE = {"title": "Zorblat", "context": "The Zorblat river flows through the v
 SECOND = {"title": "Mount Velder", "context": "Mount Velder is the tallest peak of the Quenmar range, at 4120 metres.",
           "questions": [{"question": "How tall is Mount Velder?", "answer": "4120 metres"}], "branch": "exp"}
 # One thread everywhere: the serial run and each worker do the same float arithmetic.
-FAST = ["--epochs", "3", "--lr", "1e-3", "--max-tokens", "24", "--no-track", "--threads", "1", "--temperature", "1.0"]
+# --race 0: the serial run trains every candidate to the end, as the workers do (the race is one process's economy)
+FAST = ["--epochs", "3", "--lr", "1e-3", "--max-tokens", "24", "--no-track", "--threads", "1", "--temperature", "1.0",
+        "--race", "0"]
 
 
 @pytest.fixture

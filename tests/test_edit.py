@@ -501,8 +501,9 @@ def test_cuda_paths_forced_on_the_cpu_give_the_same_results(tmp_path, tiny_chat_
         folder.mkdir()
         reg = make_registry(folder, tiny_chat_record)
         (folder / "p.json").write_text(json.dumps(PASSAGES[1]))
+        # race=0: the serial side trains every candidate to the end, as the batched pass does
         req = EditRequest(passage=folder / "p.json", candidates=3, epochs=3, lr=1e-3, max_new_tokens=24, track=False,
-                          temperature=1.0)
+                          temperature=1.0, race=0)
         result = run_edit(reg, req, progress=QuietProgress())
         results.append([(c["status"], c["failed_gates"], c["scores"], reg.manifest(c["id"])["train"]) for c in result["candidates"]])
         reg.close()

@@ -225,7 +225,8 @@ def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, ti
     reg.close()
     (tmp_path / "passage.json").write_text(json.dumps(PASSAGE))
     seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
-    out = json.loads(seal("edit", "--passage", "passage.json", "-k", "2", *QUIET, "--json").stdout)
+    # --race 0: both candidates train to the end (the race is tested in test_race.py)
+    out = json.loads(seal("edit", "--passage", "passage.json", "-k", "2", "--race", "0", *QUIET, "--json").stdout)
     assert out["decision"]["accepted"]
     shown = {c["id"]: seal.json("show", c["id"]) for c in out["candidates"]}
     gains = {vid: next(s["value"] for s in m["scores"] if s["metric"] == "margin_gain") for vid, m in shown.items()}

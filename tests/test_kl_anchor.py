@@ -216,3 +216,32 @@ def test_an_anchor_cache_reuses_the_parents_snapshots_and_gives_the_same_adapter
     assert len(forwards) == 6
     snap = cache.get((kl_anchor.parent_key(parent), kl_anchor._text_key(neutral[0]), 128))
     assert isinstance(snap.logp, torch.Tensor) and snap.logp.shape[-1] == snap.top.shape[-1] + 1
+
+
+def test_two_legs_give_the_adapter_one_run_gives(tiny_chat_base, tmp_path):
+    """A training stopped after some steps and taken on from there (a raced candidate's two legs)
+    ends with the bytes of the run that never stopped: the same weights, AdamW state, schedule,
+    data order and anchor text per step. From a fresh adapter and from a parent, with the anchor."""
+    from seal.editor import kl_anchor
+    from seal.editor.base import load_base
+    from seal.editor.train import Leg, train_adapter
+
+    base = load_base(str(tiny_chat_base), cache_dir=tmp_path / "cache", device="cpu")
+    model, tok = base.model, base.tokenizer
+    passage = [f"Zorblat\nThe violet Zorblat bridge was built in {1800 + i} by Ada Lindqvist." for i in range(5)]
+    train_adapter(model, tok, passage[:2], out_dir=tmp_path / "parent", r=4, alpha=8, lr=1e-2, epochs=1, seed=0)
+    anchors = ["The train left the station and the town was quiet again.", ("Say hello.", "Hello! How are you?")]
+    for parent in (None, tmp_path / "parent"):
+        kw = dict(parent_adapter_dir=parent, r=4, alpha=8, lr=1e-2, epochs=2, seed=3, anchor_texts=anchors,
+                  kl_weight=2.0)
+        tag = "fresh" if parent is None else "child"
+        whole = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-whole", **kw)
+        cache, leg = kl_anchor.AnchorCache(), Leg(stop=3)
+        first = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-first", anchor_cache=cache, leg=leg, **kw)
+        assert first["steps"] == 3 and leg.step == 3 and leg.total == whole["steps"] == 10 and leg.optimizer
+        second = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-second", anchor_cache=cache, leg=leg, **kw)
+        assert second["losses"] == whole["losses"] and second["steps"] == 10 and leg.optimizer is None
+        one, two = ((tmp_path / f"{tag}-{d}" / "adapter_model.safetensors").read_bytes() for d in ("whole", "second"))
+        assert one == two
+        partial = (tmp_path / f"{tag}-first" / "adapter_model.safetensors").read_bytes()
+        assert partial != one
