@@ -111,7 +111,9 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     candidates = [Candidate(index=i, seed=req.seed + i, self_edit=e) for i, e in enumerate(self_edits)]
     if req.replay:
         with_replay(session, candidates, anchored=req.kl > 0)
-    total = sum(req.epochs * math.ceil(len(e.sequences) / req.batch_size) for e in self_edits)
+    steps = [req.epochs * math.ceil(len(e.sequences) / req.batch_size) for e in self_edits]
+    racing = races(session, attempt, req, len(candidates))
+    total = _race_steps(steps, req.race) if racing else sum(steps)
     hyper = hyperparameters(req)
     with timed(attempt, "train_s"), session.progress.stage(
             f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
@@ -121,7 +123,7 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
             from .multi_lora import train_together
 
             records = train_together(session, attempt, candidates, req, on_step=stage.advance)
-        elif races(session, attempt, req, len(candidates)):
+        elif racing:
             from .race import run_race
 
             records = run_race(session, attempt, candidates, req,
@@ -159,6 +161,13 @@ def races(session, attempt: Attempt, req, k: int) -> bool:
     from .race import races as racing
 
     return not _batched_k(session, k) and racing(session, attempt, req, k)
+
+
+def _race_steps(steps: list[int], share: float) -> int:
+    """The steps a race trains (for the progress bar): every first leg, and the longest rest."""
+    from .race import share_of_steps
+
+    return sum(share_of_steps(s, share) for s in steps) + max(s - share_of_steps(s, share) for s in steps)
 
 
 def _batched_k(session, k: int) -> bool:
