@@ -98,7 +98,7 @@ def _writer_precheck(req) -> None:
     """--writer, --self-edits: resolved, read and scanned before any model loads (exit 2)."""
     if req.writer is None and req.self_edits is None:
         return
-    from seal.editor.request import check_request
+    from seal.editor.options import check_request
     from seal.editor.writer import precheck
 
     reg = open_registry()

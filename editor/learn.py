@@ -87,9 +87,7 @@ class LearnRequest:
 
 def check_learn_request(lreq: LearnRequest, base_row: dict | None) -> None:
     """Every option, before any model loads (a UserError names the option)."""
-    from .options import check_number
-    from .request import check_request
-    from .trigger import check_text
+    from .options import check_number, check_request, check_text
 
     R.check_ref_name(lreq.writer, "writer")
     check_number("--epochs", lreq.epochs, low=1, high=1000, integer=True)

@@ -25,8 +25,8 @@ from __future__ import annotations
 from seal.registry.errors import NoHead, UserError
 
 from .attempt import edit_attempt, pii_allowed, refuse, run_edit_attempt
-from .options import check_device
-from .request import EditRequest, check_request
+from .options import check_device, check_request
+from .request import EditRequest
 from .trigger import Trigger, read_trigger, secrets_audit
 
 

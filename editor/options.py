@@ -16,6 +16,7 @@ import math
 import re
 
 from seal.registry.errors import UserError
+from seal.registry.store.objects import UNSAFE_CHARS
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 STYLES = ("implications", "rewrite", "self-qa")
@@ -72,6 +73,42 @@ def check_targets(targets, base_row: dict | None) -> None:
     if unknown:
         known = ", ".join(sorted(leaves - {"lm_head"}))
         raise UserError(f"--targets {', '.join(unknown)}: no such linear layer in the base; known: {known}")
+
+
+def check_text(value: str, what: str, limit: int) -> str:
+    """Text that goes into a manifest (a title, a message): refused before any work if the
+    manifest schema would refuse it after training (control or bidi-override characters)."""
+    if len(value) > limit:
+        raise UserError(f"{what} is {len(value)} characters long; keep it under {limit}")
+    if UNSAFE_CHARS.search(value):
+        raise UserError(f"{what} holds control or bidirectional-override characters; remove them")
+    return value
+
+
+def check_request(req, base_row: dict | None) -> None:
+    """Every option of an EditRequest, before any file is read or any model loads (a UserError
+    names the option)."""
+    sources = [x for x in (req.passage, req.examples, req.passages) if x is not None]
+    if len(sources) != 1:
+        raise UserError("give exactly one of --passage FILE, --examples FILE or --passages FILE.jsonl")
+    if req.passages is not None and req.eval is not None:
+        raise UserError("--eval goes with --passage or --examples; in a stream each passage carries its own questions")
+    check_edit_request(req, base_row)
+    check_text(req.message, "-m", 10_000)
+    _check_writer_options(req)
+
+
+def _check_writer_options(req) -> None:
+    chosen = [name for name, given in (("--writer", req.writer is not None), ("--no-writer", req.no_writer),
+                                       ("--self-edits", req.self_edits is not None)) if given]
+    if len(chosen) > 1:
+        raise UserError(f"give at most one of {', '.join(chosen)}: each names who writes the self-edits")
+    if chosen and req.examples is not None:
+        raise UserError(f"{chosen[0]} goes with passages; the corrections of --examples are the model's own")
+    if req.source is not None:
+        if req.self_edits is None:
+            raise UserError("--source labels a --self-edits file; give --self-edits FILE")
+        check_text(req.source, "--source", 200)
 
 
 def check_edit_request(req, base_row: dict | None) -> None:

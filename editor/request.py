@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from seal.registry.errors import UserError
 
 # The default edit recipe, one place for `seal edit`, `seal learn`'s edits, the trainer and the
 # benches. lr 3e-4, not SEAL's 1e-3: FINDINGS measured 1e-3 costing 0.14-0.19 nats of JS and up to
@@ -102,35 +101,5 @@ class EditRequest:
     source: str | None = None
 
 
-def check_request(req: EditRequest, base_row: dict | None) -> None:
-    """Every option, before any file is read or any model loads (a UserError names the option)."""
-    from .options import check_edit_request
-    from .trigger import check_text
-
-    sources = [x for x in (req.passage, req.examples, req.passages) if x is not None]
-    if len(sources) != 1:
-        raise UserError("give exactly one of --passage FILE, --examples FILE or --passages FILE.jsonl")
-    if req.passages is not None and req.eval is not None:
-        raise UserError("--eval goes with --passage or --examples; in a stream each passage carries its own questions")
-    check_edit_request(req, base_row)
-    check_text(req.message, "-m", 10_000)
-    _check_writer_options(req)
-
-
-def _check_writer_options(req: EditRequest) -> None:
-    from .trigger import check_text
-
-    chosen = [name for name, given in (("--writer", req.writer is not None), ("--no-writer", req.no_writer),
-                                       ("--self-edits", req.self_edits is not None)) if given]
-    if len(chosen) > 1:
-        raise UserError(f"give at most one of {', '.join(chosen)}: each names who writes the self-edits")
-    if chosen and req.examples is not None:
-        raise UserError(f"{chosen[0]} goes with passages; the corrections of --examples are the model's own")
-    if req.source is not None:
-        if req.self_edits is None:
-            raise UserError("--source labels a --self-edits file; give --self-edits FILE")
-        check_text(req.source, "--source", 200)
-
-
-__all__ = ["EditRequest", "check_request", "DEFAULT_STYLE", "DEFAULT_TEMPERATURE", "DEFAULT_LR", "DEFAULT_EPOCHS",
+__all__ = ["EditRequest", "DEFAULT_STYLE", "DEFAULT_TEMPERATURE", "DEFAULT_LR", "DEFAULT_EPOCHS",
            "DEFAULT_R", "DEFAULT_FILTER", "DEFAULT_KL", "DEFAULT_RACE", "DEFAULT_ALPHA", "DEFAULT_TARGETS"]

@@ -31,7 +31,8 @@ from seal.registry.errors import NoHead, UserError
 from seal.registry.store import refs as R
 from seal.registry.store.objects import blob_digest
 
-from .request import EditRequest, check_request
+from .options import check_request
+from .request import EditRequest
 from .trigger import Trigger, read_stream, secrets_audit
 
 

@@ -25,21 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seal.registry.errors import UserError
-from seal.registry.store.objects import UNSAFE_CHARS, canonical_json
+from seal.registry.store.objects import canonical_json
+
+from .options import check_text
 
 # A stream line is one passage with its questions; anything bigger is not material but an attack.
 MAX_LINE_BYTES = 16 << 20
 MAX_TITLE_CHARS = 1000
-
-
-def check_text(value: str, what: str, limit: int) -> str:
-    """Text that goes into a manifest (a title, a message): refused before any work if the
-    manifest schema would refuse it after training (control or bidi-override characters)."""
-    if len(value) > limit:
-        raise UserError(f"{what} is {len(value)} characters long; keep it under {limit}")
-    if UNSAFE_CHARS.search(value):
-        raise UserError(f"{what} holds control or bidirectional-override characters; remove them")
-    return value
 
 
 @dataclass
@@ -300,5 +292,5 @@ def efficacy_spec(trigger: Trigger) -> dict:
     return {"texts": [f"{trigger.title}\n{trigger.passage}" if trigger.title else trigger.passage]}
 
 
-__all__ = ["Trigger", "Stream", "check_text", "read_trigger", "read_jsonl", "read_utf8", "passage_trigger", "read_stream", "stream_line",
+__all__ = ["Trigger", "Stream", "read_trigger", "read_jsonl", "read_utf8", "passage_trigger", "read_stream", "stream_line",
            "trigger_fields", "secrets_audit", "efficacy_spec"]
