@@ -211,9 +211,9 @@ def test_the_audit_reports_the_pooled_figure(tmp_path, tiny_chat_record):
     assert "What the accepted edits taught" in render(report, "html")
 
 
-def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, tiny_chat_record):
-    """The winner is the best margin among those passing every gate, as with a full evaluation;
-    a candidate ranked below it is recorded as outranked, unprobed."""
+def judged_by_a_rule_every_edit_passes(tmp_path, tiny_chat_record) -> None:
+    """A registry in ``tmp_path`` whose only gate is an efficacy rule every edit passes, and PASSAGE
+    in ``passage.json``."""
     from seal.registry.policy import set_policy
 
     reg = make_registry(tmp_path, tiny_chat_record)
@@ -224,6 +224,12 @@ def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, ti
     set_policy(reg, "efficacy_margin_gain_min", "-1000", reason="tests: a rule every edit passes")
     reg.close()
     (tmp_path / "passage.json").write_text(json.dumps(PASSAGE))
+
+
+def test_k_candidates_are_probed_best_margin_first_until_one_passes(tmp_path, tiny_chat_record):
+    """The winner is the best margin among those passing every gate, as with a full evaluation;
+    a candidate ranked below it is recorded as outranked, unprobed."""
+    judged_by_a_rule_every_edit_passes(tmp_path, tiny_chat_record)
     seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
     # --race 0: both candidates train to the end (the race is tested in test_race.py)
     out = json.loads(seal("edit", "--passage", "passage.json", "-k", "2", "--race", "0", *QUIET, "--json").stdout)

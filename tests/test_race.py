@@ -6,21 +6,8 @@ import json
 
 from seal.editor.race import gain, share_of_steps
 
-from conftest import Seal, make_registry
-from test_efficacy import PASSAGE, QUIET
-
-
-def _rule_alone(tmp_path, tiny_chat_record) -> None:
-    from seal.registry.policy import set_policy
-
-    reg = make_registry(tmp_path, tiny_chat_record)
-    for key in ("retention_drop_vs_parent_max", "retention_drop_vs_base_max", "js_vs_parent_max", "kl_vs_base_max",
-                "weight_norm_ratio_max", "refusal_drop_vs_base_max", "over_refusal_rise_vs_base_max",
-                "efficacy_margin_floor_min", "efficacy_margin_noise_z"):
-        set_policy(reg, key, "false", reason="tests: the efficacy rule alone")
-    set_policy(reg, "efficacy_margin_gain_min", "-1000", reason="tests: a rule every edit passes")
-    reg.close()
-    (tmp_path / "passage.json").write_text(json.dumps(PASSAGE))
+from conftest import Seal
+from test_efficacy import QUIET, judged_by_a_rule_every_edit_passes
 
 
 def test_the_race_finishes_the_best_candidate_exactly_and_records_the_others(tmp_path, tiny_chat_record):
@@ -31,7 +18,7 @@ def test_the_race_finishes_the_best_candidate_exactly_and_records_the_others(tmp
     for share in ("0", "0.25"):
         folder = tmp_path / share
         folder.mkdir()
-        _rule_alone(folder, tiny_chat_record)
+        judged_by_a_rule_every_edit_passes(folder, tiny_chat_record)
         seal = Seal(folder, {"SEAL_ACTOR": "tester"})
         out = json.loads(seal("edit", "--passage", "passage.json", "-k", "3", "--race", share, *QUIET, "--json").stdout)
         runs[share] = (seal, out, [seal.json("show", c["id"]) for c in out["candidates"]])
@@ -61,7 +48,7 @@ def test_the_race_finishes_the_best_candidate_exactly_and_records_the_others(tmp
 
 
 def test_a_race_needs_questions_and_two_candidates_and_a_share_in_range(tmp_path, tiny_chat_record):
-    _rule_alone(tmp_path, tiny_chat_record)
+    judged_by_a_rule_every_edit_passes(tmp_path, tiny_chat_record)
     seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
     before = seal.json("log", "--all")
     for bad in ("1", "-0.1", "nan"):
