@@ -65,14 +65,6 @@ class Leg:
     train again with the same leg to finish.
     """
 
-    def stop_at(self, total: int) -> int | None:
-        """The step the next leg stops after (None: the last)."""
-        if self.folder is not None:
-            return None
-        if self.share is not None:
-            return max(1, math.ceil(self.share * total))
-        return self.stop
-
     stop: int | None = None
     share: float | None = None  # instead of ``stop``: this share of the steps (at least one)
     step: int = 0
@@ -80,6 +72,15 @@ class Leg:
     optimizer: dict | None = None
     losses: list[float] = field(default_factory=list)
     folder: Path | None = None
+    anchor: Any = None  # the parent's distributions the first leg held the adapter to (kl_anchor.Anchor)
+
+    def stop_at(self, total: int) -> int | None:
+        """The step the next leg stops after (None: the last)."""
+        if self.folder is not None:
+            return None
+        if self.share is not None:
+            return max(1, math.ceil(self.share * total))
+        return self.stop
 
 
 def _is_peft(model: Any) -> bool:
@@ -271,13 +272,11 @@ def train_adapter(
             params = [p for p in peft_model.parameters() if p.requires_grad]
             batches = epoch_batches(data, batch_size, epochs, seed)
             log = LossLog(on_losses, flush_s)
-            if resuming:
-                log.values = list(leg.losses)
-            if resuming and anchor_texts and kl_weight > 0 and anchor_cache is None:
-                raise ValueError("a second leg with a KL anchor needs the anchor cache of the first")
-            # recorded at the parent (the first leg recorded it into the cache; a second leg reads it there)
-            anchor = record_anchor(peft_model, tokenizer, anchor_texts, kl_weight, cache=anchor_cache,
-                                   parent=_anchor_parent(anchor_cache, anchor_texts, kl_weight, parent_adapter_dir))
+            if resuming:  # on from the first leg: its losses, and the parent's distributions it recorded
+                log.values, anchor = list(leg.losses), leg.anchor
+            else:
+                anchor = record_anchor(peft_model, tokenizer, anchor_texts, kl_weight, cache=anchor_cache,
+                                       parent=_anchor_parent(anchor_cache, anchor_texts, kl_weight, parent_adapter_dir))
             state = _fit(peft_model, params, batches, pad_id, run_device, lr=lr, max_grad_norm=max_grad_norm,
                          log=log, on_step=on_step, anchor=anchor, kl_weight=kl_weight,
                          start=leg.step if resuming else 0, stop=leg.stop_at(len(batches)) if leg is not None else None,
@@ -294,6 +293,7 @@ def train_adapter(
                 record.update(kl_weight=kl_weight, kl_anchor_texts=len(anchor.snapshots), kl_anchor_sha256=anchor.digest)
             if leg is not None:
                 _after_leg(leg, state, log.values, len(batches), out_dir, diverged)
+                leg.anchor = anchor
         finally:
             detach_adapters(peft_model)
     record["seconds"] = round(time.perf_counter() - started, 3)

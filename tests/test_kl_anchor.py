@@ -222,7 +222,6 @@ def test_two_legs_give_the_adapter_one_run_gives(tiny_chat_base, tmp_path):
     """A training stopped after some steps and taken on from there (a raced candidate's two legs)
     ends with the bytes of the run that never stopped: the same weights, AdamW state, schedule,
     data order and anchor text per step. From a fresh adapter and from a parent, with the anchor."""
-    from seal.editor import kl_anchor
     from seal.editor.base import load_base
     from seal.editor.train import Leg, train_adapter
 
@@ -236,10 +235,11 @@ def test_two_legs_give_the_adapter_one_run_gives(tiny_chat_base, tmp_path):
                   kl_weight=2.0)
         tag = "fresh" if parent is None else "child"
         whole = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-whole", **kw)
-        cache, leg = kl_anchor.AnchorCache(), Leg(stop=3)
-        first = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-first", anchor_cache=cache, leg=leg, **kw)
+        leg = Leg(stop=3)
+        first = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-first", leg=leg, **kw)
         assert first["steps"] == 3 and leg.step == 3 and leg.total == whole["steps"] == 10 and leg.optimizer
-        second = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-second", anchor_cache=cache, leg=leg, **kw)
+        assert len(leg.anchor.snapshots) == 2  # held to the parent in both legs, not to where the first stopped
+        second = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-second", leg=leg, **kw)
         assert second["losses"] == whole["losses"] and second["steps"] == 10 and leg.optimizer is None
         one, two = ((tmp_path / f"{tag}-{d}" / "adapter_model.safetensors").read_bytes() for d in ("whole", "second"))
         assert one == two
