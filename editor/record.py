@@ -215,6 +215,8 @@ def candidate_doc(c: Candidate) -> dict:
     doc = {"id": c.id, "status": c.status, "scores": c.gate_inputs.to_json(), "gates": c.audit, "failed_gates": c.failed,
            "train": {"steps": train.get("steps"), "loss_final": train.get("loss_final"),
                      "seconds": train.get("seconds")}}
+    if train.get("race"):
+        doc["train"]["race"] = train["race"]
     if c.diverged is not None:
         doc["diverged"] = c.diverged
     if c.nonfinite:

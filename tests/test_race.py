@@ -28,6 +28,7 @@ def test_the_race_finishes_the_best_candidate_exactly_and_records_the_others(tmp
     went_on = [t["race"]["went_on"] for t in trains]
     assert sum(went_on) == 1 and all("race" not in m["train"] for m in full_shown)
     w = went_on.index(True)
+    assert [c["train"]["race"] for c in raced["candidates"]] == [t["race"] for t in trains]  # in edit --json too
     assert raced["decision"]["id"] == raced["candidates"][w]["id"]  # every candidate passes this rule
     # the winner: the bytes of the same candidate trained without stopping, and its whole schedule
     assert shown[w]["adapter"] == full_shown[w]["adapter"]
