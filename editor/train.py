@@ -438,6 +438,10 @@ def save_adapter(peft_model: Any, used: Any, out_dir: Path, base_name: str | Non
     # The base's config path is machine-local (a cache folder); a name is portable and keeps
     # adapter_config.json, hence the blob digest, the same on every machine.
     used.base_model_name_or_path = base_name
+    if isinstance(used.target_modules, (set, frozenset)):
+        # PEFT writes a set in the process's hash order, which differs between processes: sorted,
+        # one adapter trained twice (or in two legs, the second loading the first's) is one blob
+        used.target_modules = sorted(used.target_modules)
     out_dir.mkdir(parents=True, exist_ok=True)
     # save_embedding_layers="auto" would look the base name up on the Hub to compare
     # vocabularies; LoRA here never targets embeddings, so say so and stay offline.
