@@ -45,7 +45,9 @@ def main() -> None:
     DEMO.mkdir(parents=True)
     times: dict[str, float] = {}
     _, times["init_s"] = seal("init", ".", *(["--xstest", str(XSTEST)] if XSTEST else []))
-    proc, times["edit_s"] = seal("edit", "--passage", str(PASSAGE), "--candidates", "2",
+    # --race 0: both candidates train to the end, so the demo shows each one judged by every gate
+    # (by default on a CPU they race: README, "K candidates on a CPU: the race")
+    proc, times["edit_s"] = seal("edit", "--passage", str(PASSAGE), "--candidates", "2", "--race", "0",
                                  "-m", "learn the Svalbard passage", "--json", expect=(0, 1))
     result = json.loads(proc.stdout)
     _, times["log_s"] = seal("log", "--all", "--graph")
