@@ -14,7 +14,9 @@ margins measured, rejected with the check ``raced`` naming the candidate that we
 winner is then judged as any candidate is, by every gate; if it fails, the attempt is rejected
 (with every candidate trained to the end, the next best would have been probed). The race ranks
 by the parent-relative margin gain; the placebo is the same for every candidate, so the ranking
-is the one the efficacy rule's gain would give.
+is the one the efficacy rule's gain would give. At a quarter of the steps candidates are often
+within the placebo's swing of each other, so the choice is coarser than after full training
+(README, "K candidates on a CPU: the race"); ``--race 0`` trains every candidate to the end.
 
     >>> share_of_steps(10, 0.25), share_of_steps(2, 0.25)
     (3, 1)
