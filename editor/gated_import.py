@@ -18,8 +18,7 @@ from pathlib import Path
 
 from seal.registry.adapters import ADAPTER_CONFIG_FILE, WEIGHTS_FILE, read_adapter_folder
 from seal.registry.errors import NoHead, UserError
-from seal.registry.porcelain import display_name
-from seal.registry.porcelain import check_message, check_same_base
+from seal.registry.porcelain import check_message, check_same_base, display_name
 from seal.registry.store.objects import canonical_json
 
 from .attempt import measure_parent_attached, open_attempt, run_attempt, single_candidate

@@ -76,15 +76,16 @@ class Anchor:
         that parent is taken from the cache instead of run again: the same forward on the same
         weights, so the same snapshot."""
         device = next(model.parameters()).device
+        cached = cache if parent is not None else None
         snaps = []
         with torch.no_grad():
             for text in texts:
                 key = (parent, _text_key(text), max_length)
-                snap = cache.get(key) if cache is not None and parent is not None else None
+                snap = cached.get(key) if cached is not None else None
                 if snap is None:
                     snap = _snapshot(model, tokenizer, text, max_length, device)
-                    if cache is not None and parent is not None:
-                        cache.put(key, snap)
+                    if cached is not None:
+                        cached.put(key, snap)
                 if snap is not False:
                     snaps.append(snap)
         return cls(tuple(snaps), texts_digest(texts))

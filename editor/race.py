@@ -35,12 +35,12 @@ def share_of_steps(total: int, share: float) -> int:
     return max(1, math.ceil(share * total))
 
 
-def races(session, attempt, req, n_candidates: int) -> bool:
-    """Whether this attempt races its candidates: K > 1, a share above 0, questions to rank by,
-    the margin rule on, and no batched pass (a GPU trains the K together instead)."""
+def races(attempt, req, n_candidates: int) -> bool:
+    """Whether this attempt's candidates may race: K > 1, a share above 0, questions to rank by and
+    the margin rule on (the caller leaves out a batched pass: a GPU trains the K together instead)."""
     from .gates import margin_rule
 
-    return (n_candidates > 1 and getattr(req, "race", 0) > 0 and bool(attempt.contrast)
+    return (n_candidates > 1 and req.race > 0 and bool(attempt.contrast)
             and margin_rule(attempt.policy.gates) is not None
             and any(g.name == "efficacy_margin" for g in attempt.gates))
 

@@ -28,6 +28,7 @@ from .candidate import Attempt, Candidate, SelfEdit
 from .gates import GateInputs, gate_inputs
 from .self_edits import corrections, passage_self_edits
 from .measure import finite, generation_steps, measure
+from .race import raced_entry, races, run_race, share_of_steps
 
 
 @contextmanager
@@ -112,20 +113,19 @@ def train(session, attempt: Attempt, self_edits: list[SelfEdit], req) -> list[Ca
     if req.replay:
         with_replay(session, candidates, anchored=req.kl > 0)
     steps = [req.epochs * math.ceil(len(e.sequences) / req.batch_size) for e in self_edits]
-    racing = races(session, attempt, req, len(candidates))
+    batched = _batched(session, candidates)
+    racing = not batched and races(attempt, req, len(candidates))
     total = _race_steps(steps, req.race) if racing else sum(steps)
     hyper = hyperparameters(req)
     with timed(attempt, "train_s"), session.progress.stage(
             f"train: {len(candidates)} candidate(s), {req.epochs} epochs", total=total, unit="steps") as stage:
         for c in candidates:
             c.run_id = open_run(session, attempt, c, len(candidates), hyper)
-        if _batched(session, candidates):
+        if batched:
             from .multi_lora import train_together
 
             records = train_together(session, attempt, candidates, req, on_step=stage.advance)
         elif racing:
-            from .race import run_race
-
             records = run_race(session, attempt, candidates, req,
                                lambda c, leg: _train_one(session, attempt, c, req, stage.advance, leg=leg),
                                lambda: parent_margins(session, attempt))
@@ -154,24 +154,12 @@ def with_replay(session, candidates: list[Candidate], *, anchored: bool = False)
 def _batched(session, candidates: list[Candidate]) -> bool:
     # One batched pass pays off where a step is launch-bound (a GPU); on a CPU the work is the
     # arithmetic itself, and candidates one after the other cost the same (there, the race).
-    return _batched_k(session, len(candidates))
-
-
-def races(session, attempt: Attempt, req, k: int) -> bool:
-    from .race import races as racing
-
-    return not _batched_k(session, k) and racing(session, attempt, req, k)
+    return session.fast and len(candidates) > 1 and str(session.device).startswith("cuda")
 
 
 def _race_steps(steps: list[int], share: float) -> int:
     """The steps a race trains (for the progress bar): every first leg, and the longest rest."""
-    from .race import share_of_steps
-
     return sum(share_of_steps(s, share) for s in steps) + max(s - share_of_steps(s, share) for s in steps)
-
-
-def _batched_k(session, k: int) -> bool:
-    return session.fast and k > 1 and str(session.device).startswith("cuda")
 
 
 def parent_margins(session, attempt: Attempt) -> tuple[list[float], list[bool]]:
@@ -294,8 +282,6 @@ def judged_by_margins(attempt: Attempt, c: Candidate, outranked_by: int | None =
                         "detail": f"not probed: candidate {outranked_by + 1} has a larger margin gain and passed "
                                   "every gate"})
     if raced:
-        from .race import raced_entry
-
         c.audit.append(raced_entry(c))
     c.failed = [e["check"] for e in c.audit if not e["passed"]]
 

@@ -56,17 +56,17 @@ DEFAULT_MAX_LENGTH = 512
 
 @dataclass
 class Leg:
-    """A training run in two legs: the first stops after ``stop`` steps (saving the adapter so far),
-    the second goes on from there to the end, as if it had never stopped (the same weights,
-    optimizer state, schedule, data order and anchor text per step; a test compares the bytes).
+    """A training run in two legs: the first stops after ``share`` of the steps (at least one),
+    saving the adapter so far; the second goes on from there to the end, as if it had never
+    stopped (the same weights, optimizer state, schedule, data order and anchor text per step; a
+    test compares the bytes).
 
     After the first leg ``step``, ``optimizer`` (AdamW's state), ``losses`` and ``folder`` (the
     adapter saved there) say where it stopped (``optimizer`` is None when it ran to the end);
     train again with the same leg to finish.
     """
 
-    stop: int | None = None
-    share: float | None = None  # instead of ``stop``: this share of the steps (at least one)
+    share: float
     step: int = 0
     total: int = 0
     optimizer: dict | None = None
@@ -76,11 +76,7 @@ class Leg:
 
     def stop_at(self, total: int) -> int | None:
         """The step the next leg stops after (None: the last)."""
-        if self.folder is not None:
-            return None
-        if self.share is not None:
-            return max(1, math.ceil(self.share * total))
-        return self.stop
+        return None if self.folder is not None else max(1, math.ceil(self.share * total))
 
 
 def _is_peft(model: Any) -> bool:

@@ -235,7 +235,7 @@ def test_two_legs_give_the_adapter_one_run_gives(tiny_chat_base, tmp_path):
                   kl_weight=2.0)
         tag = "fresh" if parent is None else "child"
         whole = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-whole", **kw)
-        leg = Leg(stop=3)
+        leg = Leg(share=0.25)  # 3 of the 10 steps
         first = train_adapter(model, tok, passage, out_dir=tmp_path / f"{tag}-first", leg=leg, **kw)
         assert first["steps"] == 3 and leg.step == 3 and leg.total == whole["steps"] == 10 and leg.optimizer
         assert len(leg.anchor.snapshots) == 2  # held to the parent in both legs, not to where the first stopped
