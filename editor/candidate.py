@@ -87,6 +87,7 @@ class Candidate:
     # The race (editor/race.py): its margins when it stopped (reused by the efficacy rule), and,
     # when another candidate trained on instead, where it stopped and why.
     race_margins: Any = None
+    taught: Any = None  # seal.editor.taught.TaughtMargins: its margins on what the branch was taught, once probed
     raced: dict | None = None
 
     @property
@@ -122,6 +123,7 @@ class Attempt:
     # scoring one candidate is given candidate 0's, so its placebo is the serial run's.
     placebo_of: Any = None
     parent_margins: Any = None  # the parent's (margins, ranked first) on ``contrast``, once measured
+    taught: Any = None  # seal.editor.taught.Taught: the questions the parent's line was taught, once read
     candidates: list[Candidate] = field(default_factory=list)  # as seal.editor.attempt.run_attempt left them
 
 

@@ -12,7 +12,7 @@ A missing input fails its gate: a check that could not run must not let a change
     >>> scores = {"efficacy": 0.4, "efficacy_parent": 0.1, "retention": 0.58, "retention_parent": 0.61,
     ...           "retention_base": 0.62, "js_parent": 0.02, "kl_base": 0.1, "delta_norm_ratio": 1.0,
     ...           "refusal": 0.5, "refusal_base": 0.5, "over_refusal": 0.1, "over_refusal_base": 0.1,
-    ...           "canary_leaks": 0.0}
+    ...           "canary_leaks": 0.0, "taught": -2.1, "taught_parent": -2.0}
     >>> [r.name for r in check_gates(scores, default_gates()) if not r.passed]
     []
     >>> [r.name for r in check_gates({**scores, "retention": 0.5}) if not r.passed]
@@ -57,6 +57,8 @@ class GateInputs:
     retention: float | None = None  # retention-set accuracy, in [0, 1]
     retention_parent: float | None = None
     retention_base: float | None = None
+    taught: float | None = None  # mean answer margin on the questions the branch was taught (nats)
+    taught_parent: float | None = None
     js_parent: float | None = None  # mean next-token JS against the parent (nats)
     kl_base: float | None = None  # mean next-token KL(base || candidate) (nats): the drift budget
     delta_norm_ratio: float | None = None  # ||dW|| over the median of the branch's recent edits
@@ -109,6 +111,7 @@ def gate_inputs(session, attempt, c, d: dict) -> GateInputs:
         "over_refusal": m.over_refusal, "over_refusal_base": base_m.over_refusal,
         "canary_leaks": float(leaks),
         **({"efficacy_margin": c.margins.mean} if c.margins is not None else {}),
+        **(c.taught.inputs() if c.taught is not None else {}),
     })
 
 
@@ -170,8 +173,8 @@ def gates_from_policy(policy: Mapping[str, float] | None = None) -> list[Gate]:
     """The gates of the vocabulary (the specs with an ``op``), with thresholds from ``policy``
     (missing keys use DEFAULT_POLICY). A key set to ``None`` disables that gate.
 
-        >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})][:5]
-        ['efficacy_margin', 'efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent']
+        >>> [g.name for g in gates_from_policy({"kl_vs_base_max": None})][4:]
+        ['taught_vs_parent', 'js_vs_parent', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
     """
     merged: dict[str, Any] = {**DEFAULT_POLICY, **(policy or {})}
     unknown = set(merged) - set(DEFAULT_POLICY)
@@ -186,7 +189,7 @@ def default_gates() -> list[Gate]:
     """The gates of DEFAULT_POLICY.
 
         >>> [g.name for g in default_gates()]
-        ['efficacy_margin', 'efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
+        ['efficacy_margin', 'efficacy_gain', 'retention_vs_parent', 'retention_vs_base', 'taught_vs_parent', 'js_vs_parent', 'kl_vs_base', 'weight_norm', 'refusal', 'over_refusal', 'leakage']
     """
     return gates_from_policy(None)
 
@@ -239,7 +242,7 @@ def margin_rule(policy_gates: Mapping[str, Any]):
 
 def audit_entries(gates: Sequence[Gate], scores: Scores, *, candidate: Any = None, parent: Any = None,
                   base: Any = None, gains: Sequence[float] | None = None, margins: Any = None,
-                  alpha: float = 0.05) -> list[dict]:
+                  taught: Any = None, alpha: float = 0.05) -> list[dict]:
     """Every gate's audit entry, in the policy's order.
 
     One efficacy gate judges each attempt: with ``margins`` (a
@@ -250,7 +253,9 @@ def audit_entries(gates: Sequence[Gate], scores: Scores, *, candidate: Any = Non
     With per-item probe results (``candidate``, ``parent``, ``base``: ProbeResults) the probe gates
     are paired statistical decisions (estimate, interval, n, rule, MDE); with per-question
     efficacy ``gains`` (candidate minus parent) the efficacy gate passes only if the lower bound
-    of the mean gain beats its threshold. Every other gate compares ``scores`` with its threshold.
+    of the mean gain beats its threshold; with ``taught`` (a :class:`seal.editor.taught.TaughtMargins`)
+    the taught-retention gate is its paired non-inferiority decision. Every other gate compares
+    ``scores`` with its threshold.
 
         >>> f1 = [g for g in default_gates() if g.name == "efficacy_gain"]
         >>> [e["passed"] for e in audit_entries(f1, {"efficacy": 0.3, "efficacy_parent": 0.1}, gains=[0.2, 0.0] * 10)]
@@ -266,6 +271,8 @@ def audit_entries(gates: Sequence[Gate], scores: Scores, *, candidate: Any = Non
     for gate in applicable(gates, margins is not None):
         if gate.name == "efficacy_margin":
             entries.append(margins.audit_entry(gate.name))
+        elif gate.name == "taught_vs_parent" and taught is not None:
+            entries.append(taught.decision(gate.threshold, alpha).audit_entry())
         elif gate.name in STATISTICAL_GATES and candidate is not None:
             key = GATES_BY_NAME[gate.name].policy_key
             entries.append(gate_decisions(candidate, parent, base, {key: gate.threshold}, alpha=alpha)[0].audit_entry())

@@ -87,6 +87,7 @@ class Session:
     base_results: str | None = None  # digest of the base's per-item probe results blob
     served: int = 0  # triggers served so far; the first one carries the load time
     _parents: dict = field(default_factory=dict)
+    taught_cache: dict = field(default_factory=dict)  # (parent, taught set) -> the parent's margins on it
     _anchors: Any = None  # seal.editor.kl_anchor.AnchorCache, made on first use
 
     @property

@@ -20,7 +20,7 @@ import numpy as np
 
 from seal.registry.vocabulary import (CANARY, DELTA_NORM, DRIFT_JS, DRIFT_KL, EFFICACY_CONTAINMENT, EFFICACY_F1,
                                       EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL, EFFICACY_NLL_DROP,
-                                      EFFICACY_RECALL, OVER_REFUSAL, REFUSAL, RETENTION_MARGIN,
+                                      EFFICACY_RECALL, OVER_REFUSAL, REFUSAL, RETENTION_MARGIN, TAUGHT_MARGIN,
                                       RETENTION)
 
 from .attach import attached
@@ -318,8 +318,34 @@ def probe(session, attempt: Attempt, live: list[Candidate]) -> None:
                                                    share_prefix=session.fast, on_step=stage.advance,
                                                    gate_ref=safety_ref(session, attempt))
                 c.efficacy = c.efficacy if joint else efficacy
-            gauge(session, attempt, c)
-            session.progress.say(summary(attempt, c))
+    taught_evidence(session, attempt, live)
+    for c in live:
+        gauge(session, attempt, c)
+        session.progress.say(summary(attempt, c))
+
+
+def taught_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
+    """Each probed candidate's and the parent's answer margins on the questions the parent's line
+    was taught (:mod:`seal.editor.taught`); the parent's once per parent and set in a session."""
+    from .efficacy import answer_margins
+    from .taught import TaughtMargins, taught_questions
+
+    if not any(g.name == "taught_vs_parent" for g in attempt.gates):
+        return
+    with timed(attempt, "taught_s"):
+        if attempt.taught is None:
+            attempt.taught = taught_questions(session.reg, attempt.parent.vid)
+        qs = list(attempt.taught.questions)
+        key = (attempt.parent.vid, attempt.taught.digest)
+        if key not in session.taught_cache:
+            with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
+                session.taught_cache[key] = tuple(answer_margins(model, session.tok, qs)[0])
+        for c in live:
+            cand: tuple[float, ...] = ()
+            if qs:
+                with attached(session.model, c.adapter_dir, merge=session.fast) as model:
+                    cand = tuple(answer_margins(model, session.tok, qs)[0])
+            c.taught = TaughtMargins(attempt.taught, cand, session.taught_cache[key])
 
 
 def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
@@ -483,7 +509,7 @@ def gate_entries(session, attempt: Attempt, c: Candidate) -> list[dict]:
     parent_items = getattr(attempt.parent.measured, "items", None)
     return audit_entries(attempt.gates, c.gate_inputs, candidate=items, parent=parent_items,
                          base=getattr(session.base_m, "items", None), gains=efficacy_gains(attempt, c),
-                         margins=c.margins)
+                         margins=c.margins, taught=c.taught)
 
 
 def efficacy_gains(attempt: Attempt, c: Candidate) -> list[float] | None:
@@ -544,7 +570,15 @@ def score_rows(session, attempt: Attempt, c: Candidate, d: dict) -> list[dict]:
             rows.append(score_.row(value, n))
     leaks = c.gate_inputs.canary_leaks
     rows.append(CANARY.row(leaks if leaks is not None else math.nan))
-    return rows + margin_rows(c.evidence)
+    return rows + margin_rows(c.evidence) + taught_rows(c.taught)
+
+
+def taught_rows(taught) -> list[dict]:
+    """The candidate's and the parent's mean margin on the taught questions (none taught: no rows)."""
+    if taught is None or not taught.parent:
+        return []
+    inputs, n = taught.inputs(), len(taught.parent)
+    return [TAUGHT_MARGIN.row(inputs["taught"], n), TAUGHT_MARGIN.vs("parent").row(inputs["taught_parent"], n)]
 
 
 def margin_rows(evidence: dict | None) -> list[dict]:

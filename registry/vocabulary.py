@@ -107,8 +107,11 @@ EFFICACY_MARGIN = Score("efficacy", "margin", method=f"contrastive answer margin
 EFFICACY_MARGIN_GAIN = Score("efficacy", "margin_gain", against="placebo",
                              method="per-question margin minus a placebo edit's margin, mean over the usable questions (nats)")
 
+TAUGHT_MARGIN = Score("taught", "margin", method="contrastive answer margin on one question from each of the last 20 "
+                      "passages the branch's accepted edits taught (the one each edit moved most), mean (nats)")
+
 SCORES = (EFFICACY_F1, EFFICACY_CONTAINMENT, EFFICACY_RECALL, EFFICACY_MARGIN, EFFICACY_MARGIN_GAIN, EFFICACY_NLL,
-          EFFICACY_NLL_DROP, RETENTION, RETENTION_MARGIN,
+          EFFICACY_NLL_DROP, RETENTION, RETENTION_MARGIN, TAUGHT_MARGIN,
           DRIFT_KL, DRIFT_JS, DELTA_NORM, REFUSAL, OVER_REFUSAL, CANARY)
 METHODS = {s.suite: s.method for s in reversed(SCORES)}
 
@@ -143,6 +146,11 @@ EFFICACY_MARGIN_CALIBRATION = ("on SmolLM2-135M with the default recipe (the KL 
                                "with the earlier anchor 3 of 150 (2.0%; 15 of 1,850) over 50; 705 of 24,360 (2.9%) on the "
                                "tests' tiny model trained hard (bench/results/efficacy_rule-2026-12-07.json)")
 
+#: The taught-retention gate's rejections of null edits, as measured (bench/taught_calibration.py).
+TAUGHT_CALIBRATION = ("on SmolLM2-135M, the 50-passage acceptance stream at KL weight 4: 0 of 24 placebo edits "
+                      "rejected (their bounds reach 2.23 nats; 4 of 24 at 2.0), 0 of 31 candidates, and a known-bad "
+                      "edit (lr x10, no anchor) rejected; bench/results/taught_calibration-2026-12-08.json")
+
 GATES: tuple[GateSpec, ...] = (
     GateSpec("efficacy_margin", "efficacy_margin_gain_min", 1.0, "placebo-corrected answer-margin gain (nats)",
              "an edit of a passage with questions: the mean, over the questions the parent does not already rank "
@@ -172,6 +180,11 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("retention_vs_base", "retention_drop_vs_base_max", 0.10, "retention drop against the base",
              "... and at most this much against the base, over the whole lineage",
              reads=("retention_base", "retention"), op="<="),
+    GateSpec("taught_vs_parent", "taught_margin_drop_vs_parent_max", 2.5, "answer-margin drop on taught questions",
+             "the one-sided 95% upper bound (paired bootstrap) of the mean answer-margin drop against the parent, on "
+             "one question from each of the last 20 passages the branch was taught, may be at most this many nats "
+             f"({TAUGHT_CALIBRATION})",
+             reads=("taught_parent", "taught"), op="<="),
     GateSpec("js_vs_parent", "js_vs_parent_max", 0.2, "next-token JS against the parent (nats)",
              "mean next-token Jensen-Shannon divergence against the parent (nats; ln 2 is the maximum)",
              reads=("js_parent",), op="<="),

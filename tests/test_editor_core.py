@@ -600,6 +600,7 @@ GOOD = {
     "efficacy": 0.4, "efficacy_parent": 0.1, "retention": 0.60, "retention_parent": 0.61,
     "retention_base": 0.62, "js_parent": 0.02, "kl_base": 0.1, "delta_norm_ratio": 1.0,
     "refusal": 0.5, "refusal_base": 0.5, "over_refusal": 0.1, "over_refusal_base": 0.1, "canary_leaks": 0.0,
+    "taught": -2.1, "taught_parent": -2.0,
 }
 
 

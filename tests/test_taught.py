@@ -1,0 +1,78 @@
+"""Retention of what the branch was taught (the ``taught_vs_parent`` gate)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from seal.editor.taught import TAUGHT_MIN, taught_decision, taught_questions
+
+from conftest import Seal
+from test_efficacy import QUIET, judged_by_a_rule_every_edit_passes
+
+PEOPLE = ("Ada Lindqvist", "Tomas Berg", "Ines Okafor", "Ravi Menon", "Lena Haas", "Otto Brandt", "Mira Sato")
+
+
+def passage(i: int) -> dict:
+    name, year, who = f"Quorvath{i}", str(1801 + 7 * i), PEOPLE[i]
+    return {"title": name, "context": f"The {name} tower stands by the harbour. It was finished in {year} by the "
+                                      f"mason {who}.",
+            "questions": [{"question": f"Who finished the {name} tower?", "answer": who},
+                          {"question": f"When was the {name} tower finished?", "answer": year}]}
+
+
+# --- the rule on synthetic inputs ---------------------------------------------------------------
+
+def test_the_rule_passes_no_drop_fails_a_large_one_and_waits_for_enough_questions():
+    parent = [-1.0, -2.0, -3.0, -1.5, -2.5, -0.5]
+    assert taught_decision(parent, parent, 1.0).passed
+    assert taught_decision([p + 0.2 for p in parent], parent, 1.0).passed  # gains pass
+    forgot = taught_decision([p - 3.0 for p in parent], parent, 1.0)
+    assert not forgot.passed and forgot.estimate == 3.0 and forgot.ci_high >= 3.0 and forgot.n == len(parent)
+    few = taught_decision([-9.0] * (TAUGHT_MIN - 1), [-1.0] * (TAUGHT_MIN - 1), 1.0)
+    assert few.passed and few.estimate is None and "judged from" in few.detail
+    broken = taught_decision([math.nan] + parent[1:], parent, 1.0)
+    assert not broken.passed and "non-finite" in broken.detail
+
+
+# --- through seal edit ------------------------------------------------------------------------------
+
+def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(tmp_path, tiny_chat_record):
+    from seal.registry.policy import set_policy
+    from seal.registry.repo import Registry
+
+    judged_by_a_rule_every_edit_passes(tmp_path, tiny_chat_record)
+    n = TAUGHT_MIN + 1
+    (tmp_path / "stream.jsonl").write_text("".join(json.dumps(passage(i)) + "\n" for i in range(n)))
+    seal = Seal(tmp_path, {"SEAL_ACTOR": "tester"})
+    items = [json.loads(line) for line in seal("edit", "--passages", "stream.jsonl", *QUIET, "--json").stdout.splitlines()]
+    chain = [i["decision"]["id"] for i in items]
+    assert all(chain), items
+
+    last = seal.json("show", chain[-1])
+    entry = next(g for g in last["audit"] if g["check"] == "taught_vs_parent")
+    # its parent's line taught n - 1 passages: one question each, the gate judged (>= TAUGHT_MIN)
+    assert entry["n"] == n - 1 and entry["value"] is not None and entry["passed"], entry
+    rows = {(s["suite"], s["against"]): s for s in last["scores"] if s["suite"] == "taught"}
+    assert set(rows) == {("taught", None), ("taught", "parent")} and rows[("taught", None)]["n"] == n - 1
+    assert math.isclose(entry["value"], rows[("taught", "parent")]["value"] - rows[("taught", None)]["value"],
+                        rel_tol=1e-9, abs_tol=1e-9)
+    first = next(g for g in seal.json("show", chain[0])["audit"] if g["check"] == "taught_vs_parent")
+    assert first["passed"] and first["n"] == 0 and first["value"] is None  # nothing taught before it
+
+    reg = Registry.open(tmp_path)
+    taught = taught_questions(reg, chain[-2])
+    assert list(taught.versions) == chain[-2::-1]  # newest first, every accepted edit on the line
+    for vid, q in zip(taught.versions, taught.questions):
+        evidence = json.loads(reg.store.get(reg.manifest(vid)["efficacy"]["margins"]))
+        effects = {e["question"]: e["effect"] for e in evidence["questions"] if not e["saturated"]}
+        assert q.question == max(effects, key=effects.get)  # the question its edit moved most
+    assert taught_questions(reg, chain[-2], limit=2).versions == taught.versions[:2]
+
+    # a policy no edit can meet: the next edit is rejected by this gate, and HEAD does not move
+    set_policy(reg, "taught_margin_drop_vs_parent_max", "-1000", reason="tests: a gate no edit passes")
+    reg.close()
+    (tmp_path / "next.json").write_text(json.dumps(passage(n)))
+    out = json.loads(seal("edit", "--passage", "next.json", *QUIET, "--json", check=False).stdout)
+    assert not out["decision"]["accepted"] and out["candidates"][0]["failed_gates"] == ["taught_vs_parent"]
+    assert seal.json("show", "HEAD")["id"] == chain[-1]
