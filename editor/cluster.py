@@ -368,7 +368,7 @@ def cluster(reg, req, progress) -> Iterator[tuple[Workers, DriverSession]]:
 # --- the attempts in flight ------------------------------------------------------------------------
 
 @dataclass
-class Item:
+class QueuedTrigger:
     """One trigger, aimed at ``ref``, as the driver classified it."""
 
     number: int
@@ -383,7 +383,7 @@ class Item:
 class Flight:
     """One attempt in flight: reflect, then its K candidates, then the record."""
 
-    item: Item
+    item: QueuedTrigger
     attempt: Attempt
     reflect_tries: int = 0
     self_edits: list[str] = field(default_factory=list)
@@ -462,7 +462,7 @@ class Run:
             while lane.flight is None and lane.queue and not self.stopped:
                 self._begin(lane, lane.queue.popleft())
 
-    def _begin(self, lane: BranchQueue, item: Item) -> None:
+    def _begin(self, lane: BranchQueue, item: QueuedTrigger) -> None:
         """Skip it, refuse it (secrets), or start its attempt on the lane's tip now."""
         from .attempt import edit_attempt, pii_allowed, refuse
         from .stream import done_triggers
@@ -621,7 +621,7 @@ def lost_candidate(c: Candidate, attempt: Attempt, lost: WorkerLost, req) -> Can
     return c
 
 
-def _head(item: Item) -> dict:
+def _head(item: QueuedTrigger) -> dict:
     t = item.trigger
     return {"passage": item.number, "title": t.title, "trigger": item.key, "where": t.where,
             "branch": R.short_name(item.ref)}
@@ -635,7 +635,7 @@ class Feed:
 
     _END = object()
 
-    def __init__(self, triggers: Iterable, classify: Callable[[int, Any], Item]):
+    def __init__(self, triggers: Iterable, classify: Callable[[int, Any], QueuedTrigger]):
         self.classify = classify
         self.queue: queue.Queue = queue.Queue(maxsize=64)
         self.ended = False
@@ -653,7 +653,7 @@ class Feed:
     def more(self) -> bool:
         return not self.ended
 
-    def next(self, block: bool) -> Item | None:
+    def next(self, block: bool) -> QueuedTrigger | None:
         try:
             got = self.queue.get(block=block)
         except queue.Empty:
@@ -679,7 +679,7 @@ def edit_on_workers(reg, trigger, req, *, ref: str, secrets_row: dict, findings:
     from seal.registry.store.objects import blob_digest
 
     results: list[dict] = []
-    item = Item(1, trigger, ref, blob_digest(trigger.raw), findings, secrets_row)
+    item = QueuedTrigger(1, trigger, ref, blob_digest(trigger.raw), findings, secrets_row)
     with cluster(reg, req, progress) as (workers, driver):
         run = Run(workers, driver, req, results.append, on_dispatch)
         run._lane(ref).done = set()  # a one-off edit is never skipped
@@ -697,9 +697,9 @@ def stream_on_workers(reg, req, triggers, *, default_ref: str, emit: Callable[[d
     summary = {"passages": 0, "recorded": 0, "skipped": 0, "accepted": 0, "stopped": None, "lost": 0,
                "workers": 0}
 
-    def classify(number: int, trigger) -> Item:
+    def classify(number: int, trigger) -> QueuedTrigger:
         key, findings, row = trigger_key(trigger, req)
-        return Item(number, trigger, branch_ref(reg, trigger, default_ref), key, findings, row)
+        return QueuedTrigger(number, trigger, branch_ref(reg, trigger, default_ref), key, findings, row)
 
     with cluster(reg, req, progress) as (workers, driver), progress.passages(triggers.total) as bar:
         def counted(item: dict) -> None:

@@ -31,7 +31,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
-class Item:
+class Collectable:
+    """One thing gc would delete: stray litter in the store, or a blob nothing references."""
+
     kind: str  # "litter" | "unreferenced"
     path: str
     size: int
@@ -40,7 +42,7 @@ class Item:
 
 @dataclass
 class GcReport:
-    items: list[Item] = field(default_factory=list)
+    items: list[Collectable] = field(default_factory=list)
     removed: bool = False
 
     @property
@@ -111,7 +113,7 @@ def collect(reg, *, grace_s: float = DEFAULT_GRACE_S) -> GcReport:
             continue
         size, mtime = reg.store.stat(digest)
         if now - mtime >= grace_s and not _is_journal(reg, digest):
-            report.items.append(Item("unreferenced", digest, size, now - mtime))
+            report.items.append(Collectable("unreferenced", digest, size, now - mtime))
     return report
 
 
@@ -131,14 +133,14 @@ def _matching(folder: Path, pattern: re.Pattern) -> list[Path]:
     return [p for p in folder.iterdir() if pattern.match(p.name)]
 
 
-def _litter(reg, now: float, grace_s: float) -> list[Item]:
+def _litter(reg, now: float, grace_s: float) -> list[Collectable]:
     found: list[Path] = _matching(reg.seal_dir / "tmp", _TMP_WORK)
     found += _matching(reg.seal_dir, _SEAL_TMP)
     found += _matching(reg.worktree, _STAGED)
     found += [p for p in _matching(reg.root, _STAGING) if p.is_dir() and not p.is_symlink()]
     items = [(p, _size(p), p.lstat().st_mtime) for p in found]
     items += [(p, s, m) for p, s, m in getattr(reg.store, "iter_litter", lambda: [])()]
-    return [Item("litter", str(p), size, now - mtime) for p, size, mtime in items if now - mtime >= grace_s]
+    return [Collectable("litter", str(p), size, now - mtime) for p, size, mtime in items if now - mtime >= grace_s]
 
 
 def _size(path: Path) -> int:

@@ -11,14 +11,13 @@ the trust file.
 from __future__ import annotations
 
 import os
-import re
 import time
 
 from .errors import UserError
 from .store import refs as R
+from .store.objects import is_hex64
 from .store.signing import add_trusted, create_key, public_key_hex, signer_id, trust_name
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def new_key(reg) -> dict:
@@ -38,7 +37,7 @@ def new_key(reg) -> dict:
 
 def trust_key(reg, public_key: str, name: str = "") -> dict:
     public_key = public_key.strip().lower()
-    if not _HEX64.match(public_key):
+    if not is_hex64(public_key):
         raise UserError(f"{public_key[:20]!r} is not an Ed25519 public key; give its 64 hex digits")
     if trust_name(name) != " ".join(name.split()) or "#" in name:
         raise UserError("--name holds control characters, '#' or bytes that are not UTF-8; give a plain name")

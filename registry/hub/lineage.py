@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import heapq
 import json
-import re
 from dataclasses import dataclass, field
 
 from ..errors import ManifestInvalid, PullRefused, UserError
-from ..store.objects import check_manifest, is_digest, referenced_blobs, version_id
+from ..store.objects import check_manifest, is_digest, is_hex64, referenced_blobs, version_id
 from ..store.sql import Conn
 from .layout import LINEAGE_FILE, short_id
 from .withheld import DATA_FIELDS
 
 LINEAGE_FORMAT = "seal.lineage/2"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def topo_order(parents: dict[str, list[str]], created: dict[str, str]) -> list[str]:
@@ -222,7 +220,7 @@ def doc_ids(doc) -> list[str]:
             manifest = item.get("manifest")
             if isinstance(manifest, dict) and isinstance(manifest.get("parents"), list):
                 ids.update(p for p in manifest["parents"] if isinstance(p, str))
-    return sorted(i for i in ids if _HEX64.match(i))
+    return sorted(i for i in ids if is_hex64(i))
 
 
 def known_ids(conn: Conn, ids: list[str]) -> set[str]:
@@ -290,7 +288,7 @@ def _check_keys(keys: dict, refuse) -> None:
     from ..store.signing import signer_id
 
     for sid, pub in keys.items():
-        if not isinstance(pub, str) or not _HEX64.match(pub) or signer_id(pub) != sid:
+        if not is_hex64(pub) or signer_id(pub) != sid:
             refuse(f"signer {str(sid)[:12]} does not match its public key")
 
 
@@ -303,7 +301,7 @@ def _check_versions(items: list, keys: dict, refuse) -> tuple[dict, dict]:
         if not isinstance(item, dict) or not isinstance(item.get("manifest"), dict):
             refuse(f"{LINEAGE_FILE} holds an entry that is not a version")
         vid, manifest = item.get("id"), item["manifest"]
-        if not isinstance(vid, str) or not _HEX64.match(vid):
+        if not is_hex64(vid):
             refuse(f"{LINEAGE_FILE} holds a malformed version id {str(vid)[:20]!r}")
         if vid in manifests:
             refuse(f"version {short_id(vid)} appears twice in {LINEAGE_FILE}")

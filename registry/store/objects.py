@@ -148,6 +148,15 @@ def parse_manifest(text: str | bytes) -> dict:
 
 _TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?Z$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_hex64(value: Any) -> bool:
+    """A version id, a base id or a public key: 64 lowercase hex digits.
+
+        >>> is_hex64("ab" * 32), is_hex64("AB" * 32), is_hex64(None)
+        (True, False, False)
+    """
+    return isinstance(value, str) and _HEX64.match(value) is not None
 # C0 controls except tab and newline, DEL, C1 controls, and the bidirectional overrides that
 # make text display in another order than it reads ("Trojan source").
 UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -217,10 +226,10 @@ def check_manifest(manifest: Any) -> dict:
         raise ManifestInvalid(f"kind must be one of {', '.join(KINDS)}, not {str(manifest.get('kind'))[:30]!r}")
     if manifest.get("status") not in STATUSES:
         raise ManifestInvalid(f"status must be one of {', '.join(STATUSES)}, not {str(manifest.get('status'))[:30]!r}")
-    if not isinstance(manifest.get("base"), str) or not _HEX64.match(manifest["base"]):
+    if not isinstance(manifest.get("base"), str) or not is_hex64(manifest["base"]):
         raise ManifestInvalid("base must be a 64-hex base fingerprint")
     parents = manifest.get("parents")
-    if not isinstance(parents, list) or not all(isinstance(p, str) and _HEX64.match(p) for p in parents) \
+    if not isinstance(parents, list) or not all(is_hex64(p) for p in parents) \
             or len(set(parents)) != len(parents):
         raise ManifestInvalid("parents must be a list of distinct 64-hex version ids")
     check_time(manifest.get("created_at"))

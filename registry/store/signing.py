@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SigningKeyMissing, UserError
+from .objects import is_hex64
 
 KEY_FILE = "signing.key"
 TRUST_FILE = "allowed_signers"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _crypto():
@@ -179,7 +178,7 @@ def parse_trust_file(text: str, where: str = TRUST_FILE) -> dict[str, TrustedKey
         if not line:
             continue
         parts = line.split(None, 2)
-        if len(parts) < 2 or not _HEX64.match(parts[0]) or not _HEX64.match(parts[1]) \
+        if len(parts) < 2 or not is_hex64(parts[0]) or not is_hex64(parts[1]) \
                 or signer_id(parts[1]) != parts[0]:
             raise UserError(
                 f"{where} line {number} is not '<signer id> <public key hex> [name]' with a matching id; fix it by hand"
