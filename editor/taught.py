@@ -25,8 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from seal.registry.errors import BlobMissing
+
 from .efficacy import ContrastQuestion, contrast_questions, unrelated_answers
 from .stats import GateDecision, bootstrap_gate
+from .trigger import MAX_LINE_BYTES
 
 #: How many taught passages the gate asks about (one question each): the last ones on the line.
 TAUGHT_PASSAGES = 20
@@ -101,13 +104,16 @@ def _taught_question(reg, manifest: dict) -> ContrastQuestion | None:
             or info.get("redacted") or not manifest.get("eval") or not manifest.get("trigger"):
         return None
     try:
+        evidence = (manifest.get("efficacy") or {}).get("margins")
+        blobs = [manifest["trigger"], manifest["eval"]] + ([evidence] if evidence else [])
+        if any(reg.store.stat(d)[0] > MAX_LINE_BYTES for d in blobs):
+            return None  # bigger than any stream line seal accepts: not material seal wrote
         doc = json.loads(reg.store.get(manifest["trigger"]))
         qa = json.loads(reg.store.get(manifest["eval"]))
         passage = str(doc.get("context") or doc.get("passage") or "") if isinstance(doc, dict) else ""
-        evidence = manifest.get("efficacy", {}).get("margins")
         effects = _effects(json.loads(reg.store.get(evidence))) if evidence else {}
-    except (KeyError, ValueError, TypeError, AttributeError, OSError):
-        return None
+    except (BlobMissing, KeyError, ValueError, TypeError, AttributeError, OSError):
+        return None  # withheld by a pull, damaged or forged: passed over (the audit names the set used)
     if not isinstance(qa, list) or not passage:
         return None
     asked = contrast_questions(qa, passage, unrelated_answers())

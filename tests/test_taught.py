@@ -68,6 +68,13 @@ def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(
         effects = {e["question"]: e["effect"] for e in evidence["questions"] if not e["saturated"]}
         assert q.question == max(effects, key=effects.get)  # the question its edit moved most
     assert taught_questions(reg, chain[-2], limit=2).versions == taught.versions[:2]
+    # a version whose questions are gone (withheld by a pull, or damaged) is passed over, not a crash
+    withheld = reg.store.path_of(reg.manifest(chain[0])["eval"])
+    kept = withheld.read_bytes()
+    withheld.chmod(0o644)
+    withheld.unlink()
+    assert list(taught_questions(reg, chain[-2]).versions) == chain[-2:0:-1]
+    withheld.write_bytes(kept)
 
     # a policy no edit can meet: the next edit is rejected by this gate, and HEAD does not move
     set_policy(reg, "taught_margin_drop_vs_parent_max", "-1000", reason="tests: a gate no edit passes")
