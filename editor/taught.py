@@ -23,7 +23,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from seal.registry.errors import BlobMissing
 
@@ -54,9 +53,6 @@ class Taught:
     def digest(self) -> str:
         doc = [[v, q.question, list(q.options), q.n_gold] for v, q in zip(self.versions, self.questions)]
         return "sha256:" + hashlib.sha256(json.dumps(doc).encode()).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"set": self.digest, "passages": len(self.versions), "versions": list(self.versions)}
 
 
 @dataclass(frozen=True)
@@ -90,14 +86,14 @@ def taught_questions(reg, parent: str, *, limit: int = TAUGHT_PASSAGES, scan: in
     for vid in reg.first_parent_line(parent, scan):
         if len(versions) == limit:
             break
-        question = _taught_question(reg, reg.manifest(vid))
+        question = taught_question(reg, reg.manifest(vid))
         if question is not None:
             versions.append(vid)
             questions.append(question)
     return Taught(tuple(versions), tuple(questions))
 
 
-def _taught_question(reg, manifest: dict) -> ContrastQuestion | None:
+def taught_question(reg, manifest: dict) -> ContrastQuestion | None:
     """The question an accepted passage edit moved most, with the options it was scored on."""
     info = manifest.get("trigger_info") or {}
     if manifest.get("kind") != "edit" or manifest.get("status") != "accepted" or info.get("kind") != "passage" \
@@ -112,14 +108,10 @@ def _taught_question(reg, manifest: dict) -> ContrastQuestion | None:
         qa = json.loads(reg.store.get(manifest["eval"]))
         passage = str(doc.get("context") or doc.get("passage") or "") if isinstance(doc, dict) else ""
         effects = _effects(json.loads(reg.store.get(evidence))) if evidence else {}
+        asked = contrast_questions(qa, passage, unrelated_answers()) if isinstance(qa, list) and passage else []
     except (BlobMissing, KeyError, ValueError, TypeError, AttributeError, OSError):
         return None  # withheld by a pull, damaged or forged: passed over (the audit names the set used)
-    if not isinstance(qa, list) or not passage:
-        return None
-    asked = contrast_questions(qa, passage, unrelated_answers())
-    if not asked:
-        return None
-    return max(asked, key=lambda q: effects.get(q.question, -math.inf))
+    return max(asked, key=lambda q: effects.get(q.question, -math.inf)) if asked else None
 
 
 def _effects(evidence: dict) -> dict[str, float]:
@@ -155,4 +147,4 @@ def taught_decision(candidate: Sequence[float], parent: Sequence[float], thresho
     return bootstrap_gate(GATE, drops, threshold=threshold, what=WHAT, alpha=alpha)
 
 
-__all__ = ["Taught", "TaughtMargins", "taught_questions", "taught_decision", "TAUGHT_PASSAGES", "GATE"]
+__all__ = ["Taught", "TaughtMargins", "taught_questions", "taught_question", "taught_decision", "TAUGHT_PASSAGES", "GATE"]

@@ -83,3 +83,23 @@ def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(
     out = json.loads(seal("edit", "--passage", "next.json", *QUIET, "--json", check=False).stdout)
     assert not out["decision"]["accepted"] and out["candidates"][0]["failed_gates"] == ["taught_vs_parent"]
     assert seal.json("show", "HEAD")["id"] == chain[-1]
+
+
+def test_forged_or_odd_records_are_passed_over_not_a_crash(tmp_path, tiny_chat_record):
+    from conftest import make_registry
+    from seal.editor.taught import taught_question
+
+    reg = make_registry(tmp_path, tiny_chat_record)
+    put = lambda doc: reg.store.put(json.dumps(doc).encode())  # noqa: E731
+    good_qa = [{"question": "Who?", "answer": "Ada"}, {"question": "When?", "answer": "1832"}]
+    edit = {"kind": "edit", "status": "accepted", "trigger_info": {"kind": "passage"},
+            "trigger": put({"context": "Ada built it in 1832."}), "eval": put(good_qa)}
+    assert taught_question(reg, edit).question == "Who?"  # no evidence recorded: the first question
+    moved = {**edit, "efficacy": {"margins": put({"questions": [{"question": "When?", "effect": 3.0},
+                                                                 {"question": "Who?", "effect": 1.0}]})}}
+    assert taught_question(reg, moved).question == "When?"
+    for forged in ({**edit, "eval": put(["x", 3])}, {**edit, "eval": put({"a": 1})},
+                   {**edit, "efficacy": {"margins": put(["nope"])}}, {**edit, "trigger": put(["no context"])},
+                   {**edit, "eval": "sha256:" + "0" * 64}, {**edit, "status": "rejected"},
+                   {**edit, "trigger_info": {"kind": "passage", "redacted": True}}):
+        assert taught_question(reg, forged) is None
