@@ -73,6 +73,8 @@ class Condition:
     replay: bool = True
     kl: float = 0.0  # > 0: the replay lines anchor a KL penalty to the parent instead of being trained on
     anchors: str = "replies"  # with kl: "replies" (the engine's) or "prompts" (the chat requests without replies)
+    style: str = "implications"  # SEAL's prompt format the model writes its self-edit in
+    samples: int = 1  # sampled self-edits combined into one training set (their lines, the passage once)
 
 
 CONDITIONS = {
@@ -85,6 +87,9 @@ CONDITIONS = {
     "epochs-4": Condition(epochs=4),
     "epochs-4+kl": Condition(epochs=4, kl=1.0),
     "lr-1e-3": Condition(lr=1e-3),
+    "kl-4-rewrite": Condition(kl=4.0, style="rewrite"),
+    "kl-4-self-qa": Condition(kl=4.0, style="self-qa"),
+    "kl-4-x3": Condition(kl=4.0, samples=3),
 }
 
 GENERIC_CHAT = ("Give me three tips for a good night's sleep.", "How do I boil an egg?",
@@ -134,17 +139,23 @@ def self_edit_sequences(model, tok, item: dict, seed: int, replay_pool: list[str
     from seal.editor.self_edits import passage_self_edit
 
     trigger = SimpleNamespace(passage=item["context"], title=item["title"])
-    edit = passage_self_edit(item["_written"], trigger, style="implications", filter_lines=True, restate=True)
+    text = "\n".join(written(model, tok, item, seed, cond.style, cond.samples))
+    edit = passage_self_edit(text, trigger, style=cond.style, filter_lines=True, restate=True)
     replay = draw(replay_pool, len(edit.sequences), seed) if cond.replay else []
     return edit.sequences + ([] if cond.kl else replay), replay
 
 
-def written(model, tok, item: dict, seed: int) -> str:
+def written(model, tok, item: dict, seed: int, style: str = "implications", samples: int = 1) -> list[str]:
+    """The self-edits the model writes for ``item`` in ``style`` (``samples`` of them, one batched
+    call), written once per passage and style and kept on ``item``."""
     from seal.editor.reflect import generate_self_edits
-    from seal.editor.request import DEFAULT_STYLE, DEFAULT_TEMPERATURE
+    from seal.editor.request import DEFAULT_TEMPERATURE
 
-    return generate_self_edits(model, tok, item["context"], item["title"], style=DEFAULT_STYLE, k=1,
-                               temperature=DEFAULT_TEMPERATURE, seed=seed)[0]
+    cache = item.setdefault("_written", {})
+    if len(cache.get(style, [])) < samples:
+        cache[style] = generate_self_edits(model, tok, item["context"], item["title"], style=style, k=samples,
+                                           temperature=DEFAULT_TEMPERATURE, seed=seed)
+    return cache[style][:samples]
 
 
 def run(args) -> None:
@@ -201,7 +212,7 @@ def run(args) -> None:
         if not todo:
             continue
         t0 = time.perf_counter()
-        item["_written"] = written(model, tok, item, seed=i)
+        written(model, tok, item, i)  # the default's self-edit (the others are written on first use)
         reflect_s = time.perf_counter() - t0
         # itself and the --null-window passages after it, every question (the placebo and null pairs
         # of later passages read these); the first question of each of the --window after it (retention)
