@@ -107,3 +107,17 @@ def test_every_attempt_runs_through_the_one_pipeline():
         assert guards == (1 if path.stem in ("attempt", "session", "cluster") else 0), path.name
     for user in ("loop", "merge", "gated_import", "learn", "cluster"):
         assert any(module == "attempt" for module, _ in _relative_imports(EDITOR / f"{user}.py")), user
+
+
+def test_the_hub_packages_lazy_names_are_spelled_out_for_static_readers():
+    """registry/hub/__init__.py loads its names on first use from a table (``_WHERE``); its
+    ``TYPE_CHECKING`` block imports the same names from the same modules, so type checkers and
+    import graphs see every edge (the pattern and check of huggingface_hub's ``__init__``)."""
+    import seal.registry.hub as hub
+
+    tree = ast.parse((REGISTRY / "hub" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    spelled = {alias.name: "." * node.level + (node.module or "") for node in block.body
+               if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert spelled == hub._WHERE
+    assert all(getattr(hub, name) is not None for name in spelled)  # each loads from where it is said to be
