@@ -42,6 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON lines, one per passage, then the summary")
     p.add_argument("--epochs", type=int, default=None, help="override the default recipe (say so when reporting)")
     p.add_argument("--kl", type=float, default=None, help="override the KL anchor's weight (say so when reporting)")
+    p.add_argument("--style", default=None, help="override SEAL's prompt format, e.g. rewrite (say so when reporting)")
     p.add_argument("--base", default=None, help="a base folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--summarize", type=Path, default=None,
                    help="only print the summary of an --out file (e.g. of a run stopped early)")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     reg = make_registry(args)
     out = open(args.out, "a") if args.out else sys.stdout
-    extra = {k: v for k, v in (("epochs", args.epochs), ("kl", args.kl)) if v is not None}
+    extra = {k: v for k, v in (("epochs", args.epochs), ("kl", args.kl), ("style", args.style)) if v is not None}
     req = EditRequest(passages=source, track=False, threads=args.threads, device="cpu", **extra)
     lines: list[dict] = []
     started = time.perf_counter()
