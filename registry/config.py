@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NotARegistry, UserError
+from .store.objects import is_hex64
 
 SEAL_DIRNAME = ".seal"
 CONFIG_FILE = "config.toml"
@@ -94,7 +95,7 @@ def read_config(seal_dir: Path) -> Config:
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror})") from None
     config = parse_config(text, str(path))
-    if config.base_id is None or len(config.base_id) != 64 or config.base_id.strip("0123456789abcdef"):
+    if not is_hex64(config.base_id):
         # Every command needs the base: without it a write would look the base up mid-transaction.
         raise UserError(f"{path} lacks a valid [base] id (the base model's 64-hex fingerprint); restore the "
                         "[base] section `seal init` wrote")

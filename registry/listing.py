@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .store import refs as R
+from .store.objects import is_hex64
 from .store.graph import LOG_COLUMNS, LogEntry, first_parent_line, log_entry, parents_of_many, walk
 from .store.revisions import resolve_revision
 from .store.sql import Conn
@@ -46,7 +47,7 @@ class Cursor:
         if not text or "|" not in text:
             return None
         created_at, vid = text.rsplit("|", 1)
-        if not re.fullmatch(r"[0-9a-f]{64}", vid) or not _DATE.match(created_at):
+        if not is_hex64(vid) or not _DATE.match(created_at):
             return None
         return cls(created_at, vid)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from ..adapters import ADAPTER_CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from ..errors import PullRefused, UserError
 from ..store import refs as R
-from ..store.objects import DIGEST_PREFIX
+from ..store.objects import DIGEST_PREFIX, is_hex64
 
 LINEAGE_FILE = "seal/lineage.json"
 README_FILE = "README.md"
@@ -55,7 +55,6 @@ DEFAULT_MAX_LINEAGE_BYTES = 64 << 20
 _BLOB_NAME = re.compile(r"^seal/blobs/[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _SHORT_ID = re.compile(r"^[0-9a-f]{12}$")
-_FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 _REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 
 
@@ -137,7 +136,7 @@ class Revision:
         """
         if self.kind != "version":
             return True
-        if _FULL_ID.match(self.name):
+        if is_hex64(self.name):
             return head == self.name
         return head.startswith(self.name) or commit.startswith(self.name)
 
@@ -147,7 +146,7 @@ def classify_revision(revision: str | None, branches: set[str], tags: set[str]) 
     if revision is None or revision in (DEFAULT_BRANCH, "refs/heads/" + DEFAULT_BRANCH):
         return Revision("branch", DEFAULT_BRANCH)
     name = revision.lower()
-    if _FULL_ID.match(name):
+    if is_hex64(name):
         return Revision("version", name)  # checked before any name: a full id is never shadowed
     bare = revision.removeprefix("refs/heads/").removeprefix("refs/tags/")
     if revision.startswith("refs/tags/") or (bare in tags and not revision.startswith("refs/heads/")):
@@ -163,7 +162,7 @@ def classify_revision(revision: str | None, branches: set[str], tags: set[str]) 
 
 def hub_revision(rev: Revision) -> str:
     """What to ask the Hub for: a full version id is looked up by its short-id tag."""
-    if rev.kind == "version" and _FULL_ID.match(rev.name):
+    if rev.kind == "version" and is_hex64(rev.name):
         return R.TAGS + short_id(rev.name)
     if rev.kind in ("tag", "alias") or (rev.kind == "version" and is_short_id_tag(rev.name)):
         return R.TAGS + rev.name

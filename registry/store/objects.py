@@ -39,8 +39,7 @@ def is_digest(value: Any) -> bool:
     return (
         isinstance(value, str)
         and value.startswith(DIGEST_PREFIX)
-        and len(value) == len(DIGEST_PREFIX) + 64
-        and all(c in "0123456789abcdef" for c in value[len(DIGEST_PREFIX):])
+        and is_hex64(value[len(DIGEST_PREFIX):])
     )
 
 
@@ -147,16 +146,18 @@ def parse_manifest(text: str | bytes) -> dict:
 # --- the manifest schema ------------------------------------------------------------------------
 
 _TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?Z$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_hex64(value: Any) -> bool:
     """A version id, a base id or a public key: 64 lowercase hex digits.
 
-        >>> is_hex64("ab" * 32), is_hex64("AB" * 32), is_hex64(None)
-        (True, False, False)
+        >>> is_hex64("ab" * 32), is_hex64("AB" * 32), is_hex64("ab" * 32 + "\\n"), is_hex64(None)
+        (True, False, False, False)
     """
-    return isinstance(value, str) and _HEX64.match(value) is not None
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
 # C0 controls except tab and newline, DEL, C1 controls, and the bidirectional overrides that
 # make text display in another order than it reads ("Trojan source").
 UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
