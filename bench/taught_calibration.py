@@ -117,9 +117,8 @@ def known_bad(reg, base, work: Path, rows: list[dict], args, measure, folder_of)
     from seal.editor.gates import DEFAULT_POLICY
 
     threshold = DEFAULT_POLICY["taught_margin_drop_vs_parent_max"]
-    parents = [p for p in dict.fromkeys(reg.manifest(full)["parents"][0] for full in
-                                         (m["id"] for m in reg.edits_between() if m["id"][:12] in
-                                          {r["id"] for r in rows if r["n"] >= TAUGHT_MIN}))][-args.bad:]
+    # the rows name each edit's parent by its 12-digit prefix, in the stream's order
+    parents = [reg.resolve(p) for p in dict.fromkeys(r["parent"] for r in rows if r["n"] >= TAUGHT_MIN)][-args.bad:]
     out = []
     for parent in parents:
         taught = taught_questions(reg, parent)
