@@ -326,7 +326,8 @@ def unrelated_answers() -> tuple[str, ...]:
     return tuple(sorted({o for item in load_retention_set() for o in item.options}))
 
 
-def answer_margins(model: Any, tokenizer: Any, questions: Sequence[ContrastQuestion]) -> tuple[list[float], list[bool]]:
+def answer_margins(model: Any, tokenizer: Any, questions: Sequence[ContrastQuestion], *,
+                   share_prefix: bool = True) -> tuple[list[float], list[bool]]:
     """Each question's contrastive margin under the evaluation prompt (the chat template, no
     context), and whether a gold answer ranks first. One packed forward pass per batch
     (:func:`seal.editor.probe_scoring.option_logprobs`).
@@ -341,7 +342,7 @@ def answer_margins(model: Any, tokenizer: Any, questions: Sequence[ContrastQuest
         return [], []
     chat = has_chat_template(tokenizer)
     asked = [_Asked(chat_prompt(tokenizer, q.question), q.options) for q in questions]
-    lp = option_logprobs(model, tokenizer, asked, sep="" if chat else " ", special=not chat)
+    lp = option_logprobs(model, tokenizer, asked, sep="" if chat else " ", special=not chat, share_prefix=share_prefix)
     pairs = [margin_of(lp[i, :len(q.options)], q.n_gold) for i, q in enumerate(questions)]
     return [m for m, _ in pairs], [first for _, first in pairs]
 

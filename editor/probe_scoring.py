@@ -62,7 +62,8 @@ def _packed_batch(items: Sequence[tuple[list[int], list[list[int]]]], pad_id: in
 
 
 def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], *,
-                    batch_size: int = 64, lanes: int = 1, sep: str = " ", special: bool = True) -> np.ndarray:
+                    batch_size: int = 64, lanes: int = 1, sep: str = " ", special: bool = True,
+                    share_prefix: bool = True) -> np.ndarray:
     """Summed log-probability of each option after its prompt, ``[n_items, n_options]``.
 
     One forward pass per batch: options are packed after a single copy of the prompt, with
@@ -75,7 +76,10 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
     adapter, adapter-major, and the result is ``[lanes, n_items, n_options]``. ``sep`` joins a
     prompt and its options (a cloze continues after a space; a chat reply starts right after the
     template's opening, ``sep=""``), and ``special=False`` keeps the tokenizer from adding a second
-    BOS to a prompt the chat template has already opened.
+    BOS to a prompt the chat template has already opened. The tokens every prompt starts with (the
+    chat template's system turn: a quarter of an answer-margin question's tokens) go through the
+    model once, and each batch reads their keys and values from that cache (``share_prefix=False``:
+    every row computes them, the same numbers up to rounding).
 
         >>> option_logprobs(model, tok, load_retention_set()[:2]).shape   # doctest: +SKIP
         (2, 4)
@@ -84,11 +88,10 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
 
     from .generation import model_device
 
-    encoded = []
-    for item in items:
-        prefix = tokenizer(item.prompt, add_special_tokens=special)["input_ids"]
-        opts = [tokenizer(sep + o, add_special_tokens=False)["input_ids"] for o in item.options]
-        encoded.append((prefix, opts))
+    prompts = [tokenizer(item.prompt, add_special_tokens=special)["input_ids"] for item in items]
+    shared = _common_prefix(prompts) if share_prefix else 0
+    encoded = [(prompt[shared:], [tokenizer(sep + o, add_special_tokens=False)["input_ids"] for o in item.options])
+               for prompt, item in zip(prompts, items)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = next(model.parameters()).dtype
     device = model_device(model)
@@ -96,6 +99,7 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
     out = np.zeros((lanes, len(items), width), dtype=np.float64)
     order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]) + sum(map(len, encoded[i][1])))
     with torch.inference_mode():
+        prefix_cache = _prefix_cache(model, prompts[0][:shared], device, rows=lanes) if shared else None
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             ids, pos, mask, spans = _packed_batch([encoded[i] for i in rows], pad, dtype)
@@ -105,8 +109,10 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
                 keep[r, p] = True
             # Flat index of each kept (row, position) in the head's output, which is row-major.
             flat = torch.cumsum(keep.flatten(), 0).view(keep.shape) - 1
-            logits = model(input_ids=ids.repeat(lanes, 1).to(device), position_ids=pos.repeat(lanes, 1).to(device),
-                           attention_mask=mask.repeat(lanes, 1, 1, 1).to(device),
+            cache, mask = _after_prefix(prefix_cache, shared, mask, len(rows))
+            logits = model(input_ids=ids.repeat(lanes, 1).to(device),
+                           position_ids=(pos + shared).repeat(lanes, 1).to(device),
+                           attention_mask=mask.repeat(lanes, 1, 1, 1).to(device), cache=cache, use_cache=cache is not None,
                            logits_to_keep=keep.repeat(lanes, 1).to(device)).logits.float()
             logits = logits.view(lanes, -1, logits.shape[-1])
             norm = torch.logsumexp(logits, dim=-1).cpu()
@@ -119,6 +125,21 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
                     out[:, item_index, j] = picked[:, at:at + length].sum(axis=1)
                     at += length
     return out[0] if lanes == 1 else out
+
+
+def _after_prefix(prefix_cache: Any, shared: int, mask: Any, rows: int) -> tuple[Any, Any]:
+    """A batch's copy of the shared prefix's cache (None: no prefix), and its packed mask widened
+    so every row, padding included, sees the ``shared`` cached tokens."""
+    import copy
+
+    import torch
+
+    if prefix_cache is None:
+        return None, mask
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(rows)
+    seen = torch.zeros(mask.shape[:3] + (shared,), dtype=mask.dtype)
+    return cache, torch.cat([seen, mask], dim=-1)
 
 
 def _option_reads(rows: list[int], encoded, spans, ids) -> list[tuple[int, int, int]]:

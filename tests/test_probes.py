@@ -117,6 +117,66 @@ def test_packed_options_equal_scoring_each_option_alone(tiny):
     assert out.correct.tolist() == (out.margin > 0).tolist()
 
 
+@pytest.mark.numeric
+def test_options_after_a_shared_prompt_prefix_equal_scoring_each_alone(tiny, monkeypatch):
+    """Prompts that open alike (a chat template's system turn): the opening goes through the model
+    once, from a cache, and every option's log-probability is the one scored alone."""
+    import torch
+
+    from seal.editor import probe_scoring
+
+    model, tok = tiny.model, tiny.tokenizer
+    opening = "You are a careful assistant who answers in one word. Question: "
+    items = [RetentionItem(0, "r", opening + "the capital of France is", ("Paris", "Rome", "the river Seine"), 0),
+             RetentionItem(1, "r", opening + "a spider has", ("eight legs", "six"), 0),
+             RetentionItem(2, "r", opening + "bees make", ("honey", "oxygen", "a cat", "Paris"), 0)]
+    cached = []
+    real = probe_scoring._prefix_cache
+    monkeypatch.setattr(probe_scoring, "_prefix_cache", lambda m, prefix, *a, **k: cached.append(len(prefix)) or real(m, prefix, *a, **k))
+    packed = P.option_logprobs(model, tok, items, batch_size=2)
+    assert cached and cached[0] >= len(tok(opening)["input_ids"]) - 2
+    terms = forward_terms(model.config, softmax=True)
+    for i, item in enumerate(items):
+        prefix = tok(item.prompt)["input_ids"]
+        for j, option in enumerate(item.options):
+            opt = tok(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logp = torch.log_softmax(model(torch.tensor([prefix + opt])).logits.float(), -1)[0]
+            alone = sum(float(logp[len(prefix) - 1 + k, t]) for k, t in enumerate(opt))
+            assert packed[i, j] == pytest.approx(alone, rel=len(opt) * terms * torch.finfo(torch.float32).eps)
+        assert packed[i, len(item.options):].tolist() == [0.0] * (packed.shape[1] - len(item.options))
+
+
+@pytest.mark.numeric
+def test_options_after_a_shared_prefix_in_lanes_equal_each_adapter_alone(tiny, tmp_path: Path):
+    """K adapters side by side: each lane reads its own adapter's cached prefix (adapter-major rows)."""
+    import torch
+
+    from seal.editor import train
+    from seal.editor.attach import attached
+    from seal.editor.multi_lora import lanes_attached
+    from numeric import assert_close_to_scale
+
+    model, tok = tiny.model, tiny.tokenizer
+    folders = []
+    for i, text in enumerate(("The Zorblat river flows north.", "Ada Lindqvist built the bridge in 1832.")):
+        train.train_adapter(model, tok, [text], out_dir=tmp_path / f"a{i}", r=4, alpha=8, lr=2e-2, epochs=2, seed=i)
+        folders.append(tmp_path / f"a{i}")
+    opening = "Answer in one word. Question: "
+    items = [RetentionItem(0, "r", opening + "where does the Zorblat flow?", ("north", "south", "Paris"), 0),
+             RetentionItem(1, "r", opening + "who built the bridge?", ("Ada Lindqvist", "a spider"), 0)]
+    with lanes_attached(model, folders) as k:
+        together = P.option_logprobs(model, tok, items, lanes=k)
+    for lane, folder in enumerate(folders):
+        with attached(model, folder, merge=False) as alone_model:
+            alone = P.option_logprobs(alone_model, tok, items)
+        # Each entry sums an option's token log-probs, each off by one forward pass's rounding.
+        longest = max(len(tok(" " + o, add_special_tokens=False)["input_ids"]) for i in items for o in i.options)
+        assert_close_to_scale(torch.tensor(together[lane], dtype=torch.float32), torch.tensor(alone, dtype=torch.float32),
+                              terms=longest * forward_terms(model.config, softmax=True))
+    assert not np.allclose(together[0], together[1])
+
+
 def test_opening_verdict_waits_only_while_a_refusal_is_possible():
     assert P.opening_verdict("  I’m sorry", False) is True
     assert P.opening_verdict("I am", False) is None          # could become "i am not able"
