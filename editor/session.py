@@ -87,7 +87,7 @@ class Session:
     base_results: str | None = None  # digest of the base's per-item probe results blob
     served: int = 0  # triggers served so far; the first one carries the load time
     _parents: dict = field(default_factory=dict)
-    taught_cache: dict = field(default_factory=dict)  # (parent, taught set) -> the parent's margins on it
+    _known: Any = None  # seal.editor.taught.KnownMargins, made on first use
     _anchors: Any = None  # seal.editor.kl_anchor.AnchorCache, made on first use
 
     @property
@@ -99,6 +99,16 @@ class Session:
 
             self._anchors = AnchorCache()
         return self._anchors
+
+    @property
+    def known_margins(self):
+        """Answer margins this session measured, by version and question
+        (:class:`seal.editor.taught.KnownMargins`): a parent is scored only on what it was never asked."""
+        if self._known is None:
+            from .taught import KnownMargins
+
+            self._known = KnownMargins()
+        return self._known
 
     @property
     def tok(self):

@@ -326,26 +326,30 @@ def probe(session, attempt: Attempt, live: list[Candidate]) -> None:
 
 def taught_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
     """Each probed candidate's and the parent's answer margins on the questions the parent's line
-    was taught (:mod:`seal.editor.taught`); the parent's once per parent and set in a session."""
+    was taught (:mod:`seal.editor.taught`); the parent's only on the questions this session has not
+    asked it yet (an accepted candidate's margins are its version's: :class:`~seal.editor.taught.KnownMargins`)."""
     from .efficacy import answer_margins
     from .taught import TaughtMargins, taught_questions
 
     if not any(g.name == "taught_vs_parent" for g in attempt.gates):
         return
+
+    def parent_measured(missing):
+        with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
+            return answer_margins(model, session.tok, missing)[0]
+
     with timed(attempt, "taught_s"):
         if attempt.taught is None:
             attempt.taught = taught_questions(session.reg, attempt.parent.vid)
         qs = list(attempt.taught.questions)
-        key = (attempt.parent.vid, attempt.taught.digest)
-        if key not in session.taught_cache:
-            with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
-                session.taught_cache[key] = tuple(answer_margins(model, session.tok, qs)[0])
+        parent = session.known_margins.margins(attempt.parent.vid, qs, parent_measured, current=attempt.candidates or live)
         for c in live:
             cand: tuple[float, ...] = ()
             if qs:
                 with attached(session.model, c.adapter_dir, merge=session.fast) as model:
                     cand = tuple(answer_margins(model, session.tok, qs)[0])
-            c.taught = TaughtMargins(attempt.taught, cand, session.taught_cache[key])
+                session.known_margins.note(c, qs, cand)
+            c.taught = TaughtMargins(attempt.taught, cand, parent)
 
 
 def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
@@ -372,6 +376,7 @@ def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
             else:
                 with attached(session.model, c.adapter_dir, merge=session.fast) as model:
                     cand_m, cand_first = answer_margins(model, session.tok, qs)
+            session.known_margins.note(c, qs, cand_m)
             c.margins = decide_margins(cand_m, parent_m, placebo_m, parent_first, rule)
             c.evidence = _evidence(qs, parent_m, parent_first, placebo_m, cand_m, cand_first, c.margins, placebo)
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from seal.registry.errors import BlobMissing
 
@@ -53,6 +54,50 @@ class Taught:
     def digest(self) -> str:
         doc = [[v, q.question, list(q.options), q.n_gold] for v, q in zip(self.versions, self.questions)]
         return "sha256:" + hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def question_key(q: ContrastQuestion) -> tuple:
+    """What makes two contrast questions the same measurement: the question and its options."""
+    return (q.question, tuple(q.options), q.n_gold)
+
+
+@dataclass
+class KnownMargins:
+    """Answer margins measured in this session, by version and question.
+
+    A candidate's margins (on its trigger's questions and on the taught ones) are noted while it is
+    judged and become its version's once it is recorded, so an accepted edit's margins serve as the
+    next parent's: a new parent is scored only on the questions it was never asked (in a stream, none).
+    Only the parent being served is kept, beside the candidates of the attempt in hand."""
+
+    versions: dict[str, dict[tuple, float]] = field(default_factory=dict)
+    pending: list[tuple[Any, dict[tuple, float]]] = field(default_factory=list)
+
+    def note(self, candidate: Any, questions: Sequence[ContrastQuestion], margins: Sequence[float]) -> None:
+        """Candidate ``candidate`` (with ``.id`` once recorded) measured ``margins`` on ``questions``."""
+        found = next((m for c, m in self.pending if c is candidate), None)
+        if found is None:
+            found = {}
+            self.pending.append((candidate, found))
+        found.update({question_key(q): float(m) for q, m in zip(questions, margins) if math.isfinite(m)})
+
+    def margins(self, vid: str, questions: Sequence[ContrastQuestion],
+                measure: Callable[[list[ContrastQuestion]], Sequence[float]], *,
+                current: Sequence[Any] = ()) -> tuple[float, ...]:
+        """Version ``vid``'s margins on ``questions``: those known, and ``measure`` of the rest.
+        Candidates recorded since are filed under their versions; unrecorded ones other than the
+        ``current`` attempt's (an attempt that failed) are dropped."""
+        for c, found in self.pending:
+            if getattr(c, "id", None):
+                self.versions.setdefault(c.id, {}).update(found)
+        self.pending = [(c, found) for c, found in self.pending
+                        if not getattr(c, "id", None) and any(c is x for x in current)]
+        known = self.versions.get(vid, {})
+        self.versions = {vid: known}
+        missing = [q for q in questions if question_key(q) not in known]
+        if missing:
+            known.update({question_key(q): float(m) for q, m in zip(missing, measure(missing))})
+        return tuple(known[question_key(q)] for q in questions)
 
 
 @dataclass(frozen=True)
@@ -147,4 +192,4 @@ def taught_decision(candidate: Sequence[float], parent: Sequence[float], thresho
     return bootstrap_gate(GATE, drops, threshold=threshold, what=WHAT, alpha=alpha)
 
 
-__all__ = ["Taught", "TaughtMargins", "taught_questions", "taught_question", "taught_decision", "TAUGHT_PASSAGES", "GATE"]
+__all__ = ["Taught", "TaughtMargins", "KnownMargins", "question_key", "taught_questions", "taught_question", "taught_decision", "TAUGHT_PASSAGES", "GATE"]

@@ -35,6 +35,38 @@ def test_the_rule_passes_no_drop_fails_a_large_one_and_waits_for_enough_question
     assert not broken.passed and "non-finite" in broken.detail
 
 
+def test_an_accepted_candidates_margins_serve_as_its_versions_and_a_new_parent_is_asked_only_the_rest():
+    from types import SimpleNamespace
+
+    from seal.editor.efficacy import ContrastQuestion
+    from seal.editor.taught import KnownMargins
+
+    q = [ContrastQuestion(f"Who finished tower {i}?", (f"gold {i}", "other", "third"), 1) for i in range(4)]
+    asked: list[list[str]] = []
+
+    def measure(missing):
+        asked.append([x.question for x in missing])
+        return [-float(i) for i in range(len(missing))]
+
+    known = KnownMargins()
+    won, lost, failed = SimpleNamespace(id=None), SimpleNamespace(id=None), SimpleNamespace(id=None)
+    known.note(won, q[:1], [-1.5])             # the efficacy rule's questions
+    known.note(won, q[1:3], [-2.5, -3.5])      # the taught ones
+    known.note(lost, q[:3], [-9.0, -9.0, -9.0])
+    known.note(failed, q[:1], [-7.0])          # an attempt that never recorded anything
+    won.id, lost.id = "v-won", "v-lost"
+    # the next attempt's parent is the accepted candidate: only the question it never met is measured
+    assert known.margins("v-won", q, measure) == (-1.5, -2.5, -3.5, -0.0) and asked == [[q[3].question]]
+    assert set(known.versions) == {"v-won"} and known.pending == []  # the rest are let go
+    assert known.margins("v-won", q[::-1], measure) == (-0.0, -3.5, -2.5, -1.5) and len(asked) == 1
+    # a same-named question with other options is another measurement
+    other = ContrastQuestion(q[0].question, ("gold 0", "else"), 1)
+    assert known.margins("v-won", [other], measure) == (-0.0,) and len(asked) == 2
+    # a version never seen is measured in full; non-finite margins are not remembered
+    known.note(lost, q[:1], [float("nan")])
+    assert known.margins("v-other", q[:2], measure) == (-0.0, -1.0) and asked[-1] == [q[0].question, q[1].question]
+
+
 # --- through seal edit ------------------------------------------------------------------------------
 
 def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(tmp_path, tiny_chat_record):
@@ -62,6 +94,10 @@ def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(
 
     reg = Registry.open(tmp_path)
     taught = taught_questions(reg, chain[-2])
+    # the parent's margins came from what its candidate was measured on (KnownMargins): the same as
+    # measuring the recorded parent afresh, up to the rounding of one forward pass per term
+    fresh, bound = _margins_of(reg, chain[-2], taught.questions, tmp_path / "parent")
+    assert abs(rows[("taught", "parent")]["value"] - sum(fresh) / len(fresh)) <= bound
     assert list(taught.versions) == chain[-2::-1]  # newest first, every accepted edit on the line
     for vid, q in zip(taught.versions, taught.questions):
         evidence = json.loads(reg.store.get(reg.manifest(vid)["efficacy"]["margins"]))
@@ -83,6 +119,27 @@ def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(
     out = json.loads(seal("edit", "--passage", "next.json", *QUIET, "--json", check=False).stdout)
     assert not out["decision"]["accepted"] and out["candidates"][0]["failed_gates"] == ["taught_vs_parent"]
     assert seal.json("show", "HEAD")["id"] == chain[-1]
+
+
+def _margins_of(reg, vid: str, questions, folder) -> tuple[list[float], float]:
+    """Version ``vid``'s answer margins on ``questions``, its adapter checked out and merged into the
+    base, and the largest difference rounding can explain in one of them: each option's score sums
+    its tokens' log-probabilities, each off by one forward pass's rounding."""
+    import torch
+
+    from numeric import forward_terms
+    from seal.editor.attach import attached
+    from seal.editor.base import load_base
+    from seal.editor.efficacy import answer_margins
+    from seal.registry.bases import base_spec
+
+    reg.checkout(vid, to=folder)
+    base = load_base(base_spec(reg.base()), cache_dir=folder.parent / "cache")
+    with attached(base.model, folder, merge=True) as model:
+        margins = answer_margins(model, base.tokenizer, list(questions))[0]
+    tokens = max(len(base.tokenizer(o, add_special_tokens=False)["input_ids"]) for q in questions for o in q.options)
+    terms = 2 * tokens * forward_terms(base.model.config, softmax=True)  # gold and rival sums
+    return margins, terms * torch.finfo(torch.float32).eps * max(abs(m) for m in margins)
 
 
 def test_forged_or_odd_records_are_passed_over_not_a_crash(tmp_path, tiny_chat_record):
