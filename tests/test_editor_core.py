@@ -322,6 +322,31 @@ def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp
     assert all(torch.equal(values[k], v) for k, v in tiny.model.state_dict().items())
 
 
+def test_merges_reuse_their_buffers_bit_for_bit_and_a_merge_inside_a_merge_keeps_the_outer_one(tiny, tmp_path):
+    from seal.editor.attach import merge_plan, merged
+
+    for i, text in enumerate((PASSAGE, "The bridge dates from 1832.")):
+        train.train_adapter(tiny.model, tiny.tokenizer, [f"{TITLE}\n{text}"], out_dir=tmp_path / f"a{i}", r=4,
+                            alpha=8, lr=1e-2, epochs=1, seed=i)
+    plans = [merge_plan(tiny.model, tmp_path / f"a{i}") for i in range(2)]
+    module = plans[0][0][0]
+    own = module.weight
+    want = [own + (p[0][2] @ p[0][1]) * p[0][3] for p in plans]  # the merge as written before buffers
+    seen = []
+    for i in (0, 1, 0):
+        with merged(tiny.model, plans[i]):
+            assert torch.equal(module.weight, want[i])
+            seen.append(module.weight.data_ptr())
+    assert seen[0] == seen[1] == seen[2] and module.weight is own  # one buffer, the base's tensor back
+    with merged(tiny.model, plans[0]):
+        with merged(tiny.model, plans[1]):
+            _, a1, b1, scale1 = plans[1][0]
+            assert torch.equal(module.weight, want[0] + (b1 @ a1) * scale1)
+            assert module.weight.data_ptr() != seen[0]
+        assert torch.equal(module.weight, want[0]) and module.weight.data_ptr() == seen[0]
+    assert module.weight is own
+
+
 def test_merge_only_where_exact(tiny, tmp_path: Path) -> None:
     import copy
 
