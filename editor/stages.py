@@ -298,9 +298,12 @@ def outrank(attempt: Attempt, candidates: list[Candidate]) -> None:
 
 
 def probe(session, attempt: Attempt, live: list[Candidate]) -> None:
-    """Generated answers and the probes (retention, drift, safety) of ``live``, then every gate."""
+    """Generated answers and the probes (retention, drift, safety) of ``live``, and their margins on
+    what the branch was taught (in the same merge on the CPU path), then every gate."""
     joint = attempt.parent.efficacy is None
     together = _together(session, live)
+    parent_taught = taught_parent(session, attempt, live)
+    taught_before = attempt.timings.get("taught_s", 0.0)
     probe_steps = generation_steps(session.probes, None if joint else attempt.spec, attempt.answer_tokens)
     steps = probe_steps * (1 if together else len(live)) + (attempt.answer_tokens if joint else 0)
     with timed(attempt, "evaluate_s"), session.progress.stage(
@@ -317,39 +320,51 @@ def probe(session, attempt: Attempt, live: list[Candidate]) -> None:
                                                    support=session.base_m.dist.indices,
                                                    share_prefix=session.fast, on_step=stage.advance,
                                                    gate_ref=safety_ref(session, attempt))
+                    taught_margins(session, attempt, c, model, parent_taught)
                 c.efficacy = c.efficacy if joint else efficacy
-    taught_evidence(session, attempt, live)
+    # the taught questions scored inside that block count as taught_s, not twice
+    attempt.timings["evaluate_s"] -= attempt.timings.get("taught_s", 0.0) - taught_before
     for c in live:
+        if together:
+            with attached(session.model, c.adapter_dir, merge=session.fast) as model:
+                taught_margins(session, attempt, c, model, parent_taught)
         gauge(session, attempt, c)
         session.progress.say(summary(attempt, c))
 
 
-def taught_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
-    """Each probed candidate's and the parent's answer margins on the questions the parent's line
-    was taught (:mod:`seal.editor.taught`); the parent's only on the questions this session has not
-    asked it yet (an accepted candidate's margins are its version's: :class:`~seal.editor.taught.KnownMargins`)."""
+def taught_parent(session, attempt: Attempt, live: list[Candidate]) -> tuple[float, ...] | None:
+    """The parent's answer margins on the questions its line was taught (:mod:`seal.editor.taught`),
+    measured only where this session has not asked it yet (an accepted candidate's margins are its
+    version's: :class:`~seal.editor.taught.KnownMargins`); None where the gate is off."""
     from .efficacy import answer_margins
-    from .taught import TaughtMargins, taught_questions
+    from .taught import taught_questions
 
     if not any(g.name == "taught_vs_parent" for g in attempt.gates):
-        return
+        return None
 
-    def parent_measured(missing):
+    def measured(missing):
         with attached(session.model, attempt.parent.adapter_dir, merge=session.fast) as model:
             return answer_margins(model, session.tok, missing)[0]
 
     with timed(attempt, "taught_s"):
         if attempt.taught is None:
             attempt.taught = taught_questions(session.reg, attempt.parent.vid)
+        return session.known_margins.margins(attempt.parent.vid, list(attempt.taught.questions), measured,
+                                             current=attempt.candidates or live)
+
+
+def taught_margins(session, attempt: Attempt, c: Candidate, model, parent: tuple[float, ...] | None) -> None:
+    """Candidate ``c``'s margins on the taught questions, ``model`` being the base with ``c`` attached."""
+    from .efficacy import answer_margins
+    from .taught import TaughtMargins
+
+    if parent is None:
+        return
+    with timed(attempt, "taught_s"):
         qs = list(attempt.taught.questions)
-        parent = session.known_margins.margins(attempt.parent.vid, qs, parent_measured, current=attempt.candidates or live)
-        for c in live:
-            cand: tuple[float, ...] = ()
-            if qs:
-                with attached(session.model, c.adapter_dir, merge=session.fast) as model:
-                    cand = tuple(answer_margins(model, session.tok, qs)[0])
-                session.known_margins.note(c, qs, cand)
-            c.taught = TaughtMargins(attempt.taught, cand, parent)
+        cand = tuple(answer_margins(model, session.tok, qs)[0]) if qs else ()
+        session.known_margins.note(c, qs, cand)
+        c.taught = TaughtMargins(attempt.taught, cand, parent)
 
 
 def margin_evidence(session, attempt: Attempt, live: list[Candidate]) -> None:
