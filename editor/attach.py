@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,7 +103,7 @@ def merge_plan(model: Any, adapter_dir: Path | str) -> list[tuple[Any, Any, Any,
 # pages for the kernel to fault in, and that was most of a merge's time (1.08 s against 0.61 s, the
 # median of 12 on this CPU, same bits).
 _MERGED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-_DELTAS: dict[tuple, Any] = {}
+_DELTAS = threading.local()  # per thread: two threads merging two models never share a delta
 
 
 @contextlib.contextmanager
@@ -115,7 +116,7 @@ def merged(model: Any, plan: list[tuple[Any, Any, Any, float]]) -> Iterator[Any]
         with torch.no_grad():
             for module, a, b, scale in plan:
                 weight = module.weight
-                delta = _scratch(_DELTAS, (b.shape[0], a.shape[1], weight.dtype, weight.device), weight)
+                delta = _scratch((b.shape[0], a.shape[1], weight.dtype, weight.device), weight)
                 torch.matmul(b.to(weight.device, weight.dtype), a.to(weight.device, weight.dtype), out=delta)
                 delta.mul_(scale)
                 out = _MERGED.get(module)
@@ -132,9 +133,10 @@ def merged(model: Any, plan: list[tuple[Any, Any, Any, float]]) -> Iterator[Any]
             module.weight = weight
 
 
-def _scratch(kept: dict, key: tuple, like: Any) -> Any:
+def _scratch(key: tuple, like: Any) -> Any:
     import torch
 
+    kept = _DELTAS.__dict__.setdefault("kept", {})
     if key not in kept:
         kept[key] = torch.empty(key[:2], dtype=like.dtype, device=like.device)
     return kept[key]
