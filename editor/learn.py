@@ -492,12 +492,10 @@ def _edit_settings(req: EditRequest) -> dict:
 
 def run_learn(reg, lreq: LearnRequest, *, progress=None) -> dict:
     """`seal learn`: one step from the registry's records, or ``lreq.rounds`` rounds (see the module doc)."""
-    from .learning import build_dataset as _build
-
     check_learn_request(lreq, reg.base())
     if lreq.rounds:
         return run_rounds(reg, lreq, progress=progress)
-    dataset = _build(reg, lreq.selection)
+    dataset = build_dataset(reg, lreq.selection)
     if lreq.dry_run:
         return {"dataset": dataset.summary(), "writer": None, "dry_run": True}
     if not dataset.examples:

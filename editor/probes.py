@@ -45,14 +45,15 @@ import numpy as np
 from seal.registry.vocabulary import GATES_BY_NAME
 from seal.registry.xstest import XSTEST_SHA256
 
-from .probe_scoring import (Openings, RetentionOutcome, drift_divergences, first_token_logprobs, judge_openings,
-                            opening_verdict, option_logprobs, retention_outcomes)
+from .probe_scoring import (drift_divergences, judge_openings, opening_verdict, option_logprobs,
+                            retention_outcomes)
 from .stats import GateDecision, bootstrap_gate, missing_decision, paired_binary_gate
 from .retention_set import (RETENTION_EXCLUDED, RETENTION_FILE, RETENTION_RELATIONS, RetentionItem,
                             build_retention_set, load_retention_set)
 
 __all__ = [
-    "RetentionItem", "load_retention_set", "build_retention_set", "RETENTION_RELATIONS",
+    "RetentionItem", "load_retention_set", "build_retention_set", "RETENTION_RELATIONS", "RETENTION_EXCLUDED",
+    "RETENTION_FILE",
     "XSTestSet", "load_xstest", "XSTEST_SHA256", "XSTEST_ENV",
     "ProbeSet", "ProbeResults", "retention_subset", "option_logprobs", "retention_outcomes", "judge_openings",
     "opening_verdict", "drift_divergences", "measure", "gate_decisions", "GATE_RULES",
