@@ -403,13 +403,16 @@ def learn_step(session, lreq: LearnRequest, dataset: Dataset, heldout: list, par
     timings["gates_s"] = time.perf_counter() - t
     evaluation = {"new": new_side, "old": old_side, "audit": audit, "scores": scores, "gain": gain,
                   "policy": policy.digest, "parent": parent}
-    return record_writer(session, lreq, dataset, folder, train_rec, evaluation, old, old_tip, round_no, timings)
+    return record_writer(session, lreq, dataset, folder, train_rec, evaluation, old, old_tip, round_no, timings,
+                         weights=weights)
 
 
 def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | None, train_rec: dict,
                   evaluation: dict | None, old: Writer, old_tip: str | None, round_no: int | None,
-                  timings: dict) -> dict:
-    """Record the writer version (accepted: the writer ref moves by compare-and-swap) and say what happened."""
+                  timings: dict, *, weights: str | None = None) -> dict:
+    """Record the writer version (accepted: the writer ref moves by compare-and-swap) and say what happened.
+
+    ``weights`` is the digest of ``folder``'s weights when the caller has stored them already."""
     import json
 
     reg = session.reg
@@ -420,7 +423,7 @@ def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | 
     heldout = _heldout_items(evaluation)
     adapter = None
     if folder is not None:
-        adapter = {"weights": reg.store.put_file(folder / WEIGHTS_FILE),
+        adapter = {"weights": weights or reg.store.put_file(folder / WEIGHTS_FILE),
                    "config": json.loads((folder / ADAPTER_CONFIG_FILE).read_text()), "format": "peft-lora"}
     gain = evaluation["gain"] if evaluation else None
     reason = "the new writer's edits beat the old writer's on held-out passages and every check passed" if accepted \
