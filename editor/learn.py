@@ -506,8 +506,8 @@ def run_learn(reg, lreq: LearnRequest, *, progress=None) -> dict:
                         f"({dataset.considered} attempt(s) considered); nothing to learn")
     heldout = read_passages(lreq.holdout, "--holdout")
     check_disjoint(reg, heldout, dataset)
-    parent = _start(reg, lreq)
-    with _session(reg, lreq, progress) as session:
+    parent = starting_parent(reg, lreq)
+    with open_learn_session(reg, lreq, progress) as session:
         return learn_step(session, lreq, dataset, heldout, parent, cache={})
 
 
@@ -517,12 +517,12 @@ def run_rounds(reg, lreq: LearnRequest, *, progress=None) -> dict:
     train_set = read_passages(lreq.passages, "--passages")
     heldout = read_passages(lreq.holdout, "--holdout")
     check_disjoint(reg, heldout, None, train_set)
-    parent = _start(reg, lreq)
+    parent = starting_parent(reg, lreq)
     if lreq.dry_run:
         return {"rounds": [], "dry_run": True, "passages": len(train_set), "heldout": len(heldout)}
     stamp = now_utc().replace("-", "").replace(":", "")[:15]
     rounds, cache = [], {}
-    with _session(reg, lreq, progress) as session:
+    with open_learn_session(reg, lreq, progress) as session:
         for n in range(1, lreq.rounds + 1):
             branch = f"learn/{lreq.writer}/{stamp}/round-{n}"
             sampled = sample_round(session, lreq, train_set, parent, branch, n)
@@ -560,7 +560,8 @@ def sample_round(session, lreq: LearnRequest, triggers: list, parent: str, branc
             "candidates": lreq.candidates, "writer": writer.record if writer else None}
 
 
-def _start(reg, lreq: LearnRequest) -> str:
+def starting_parent(reg, lreq: LearnRequest) -> str:
+    """The version `seal learn` starts from (HEAD), after checking the device it asks for."""
     from .options import check_device
 
     check_device(lreq.edit)
@@ -570,7 +571,8 @@ def _start(reg, lreq: LearnRequest) -> str:
     return parent
 
 
-def _session(reg, lreq: LearnRequest, progress):
+def open_learn_session(reg, lreq: LearnRequest, progress):
+    """The warm session `seal learn` trains and edits in, with the edit request's device settings."""
     from .progress import default_progress
     from .session import open_session
 
@@ -581,4 +583,4 @@ def _session(reg, lreq: LearnRequest, progress):
 
 __all__ = ["LearnRequest", "check_learn_request", "read_passages", "check_disjoint", "writer_pairs", "train_writer",
            "Side", "heldout_side", "paired_gains", "writer_gates", "learn_step", "record_writer", "run_learn",
-           "run_rounds", "sample_round"]
+           "run_rounds", "sample_round", "starting_parent", "open_learn_session"]
