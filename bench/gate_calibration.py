@@ -191,7 +191,7 @@ def setup(cfg: Config) -> dict[str, Any]:
 
     from seal.editor.base import default_cache_dir, load_base
     from seal.editor.evaluate import load_anchors, load_drift_probes
-    from seal.editor.probes import ProbeSet, XSTestSet, load_retention_set, load_xstest, measure
+    from seal.editor.probes import ProbeSet, XSTestSet, load_retention_set, load_xstest, measure_items
     from seal.editor.safety import load_xstest_sample
 
     torch.set_num_threads(cfg.threads)
@@ -218,7 +218,7 @@ def setup(cfg: Config) -> dict[str, Any]:
                            "unsafe_pool": xs.unsafe, "load_s": time.perf_counter() - t}
     ctx["neutral"] = neutral_pool(base.model, base.tokenizer, 24 if (cfg.retention_items or 400) >= 200 else 6)
     t = time.perf_counter()
-    ctx["base_new"] = measure(base.model, base.tokenizer, probes, batch_size=cfg.batch_size)
+    ctx["base_new"] = measure_items(base.model, base.tokenizer, probes, batch_size=cfg.batch_size)
     ctx["base_new_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ctx["base_old"] = old_measure(base.model, base.tokenizer, old_sets["anchors"], old_sets["xstest"],
@@ -229,7 +229,7 @@ def setup(cfg: Config) -> dict[str, Any]:
 
 def run_edit(kind: str, seed: int, cfg: Config, ctx: dict[str, Any], work: Path) -> dict[str, Any]:
     """Train one edit, measure it both ways, and run both sets of gates."""
-    from seal.editor.probes import gate_decisions, measure
+    from seal.editor.probes import gate_decisions, measure_items
     from seal.editor.train import adapter_applied
     from seal.editor.stats import paired_counts
 
@@ -240,7 +240,7 @@ def run_edit(kind: str, seed: int, cfg: Config, ctx: dict[str, Any], work: Path)
     with adapter_applied(base.model, work / f"{kind}-{seed}") as model:
         t = time.perf_counter()
         # As the engine measures a candidate: XSTest in two looks against the base's results.
-        new = measure(model, base.tokenizer, ctx["probes"], support=ctx["base_new"].drift_indices,
+        new = measure_items(model, base.tokenizer, ctx["probes"], support=ctx["base_new"].drift_indices,
                       batch_size=cfg.batch_size, base=ctx["base_new"], thresholds=policy)
         new_s = time.perf_counter() - t
         t = time.perf_counter()

@@ -131,7 +131,7 @@ def run_rounds(args, reg, train_path: Path, held_path: Path, out: Path) -> list[
     """The rounds of `seal learn`, one warm session, one line per round in rounds.jsonl as it ends."""
     from dataclasses import replace
 
-    from seal.editor.learn import LearnRequest, _session, _start, learn_step, sample_round
+    from seal.editor.learn import LearnRequest, learn_step, open_learn_session, sample_round, starting_parent
     from seal.editor.progress import LineProgress
     from seal.editor.request import EditRequest
     from seal.editor.learning import Selection, build_dataset
@@ -147,11 +147,11 @@ def run_rounds(args, reg, train_path: Path, held_path: Path, out: Path) -> list[
     check_learn_request(lreq, reg.base())
     train_set, heldout = read_passages(train_path, "--passages"), read_passages(held_path, "--holdout")
     check_disjoint(reg, heldout, None, train_set)
-    parent = _start(reg, lreq)
+    parent = starting_parent(reg, lreq)
     log = open(out / "progress.log", "a", encoding="utf-8")
     rounds, cache = [], {}
     try:
-        with _session(reg, lreq, LineProgress(stream=log)) as session:
+        with open_learn_session(reg, lreq, LineProgress(stream=log)) as session:
             for n in range(1, args.rounds + 1):
                 t = time.perf_counter()
                 sampled = sample_round(session, lreq, train_set, parent, f"learn/bench/round-{n}", n)

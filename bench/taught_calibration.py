@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from seal.editor.attach import attached
     from seal.editor.base import default_cache_dir, load_base
     from seal.editor.efficacy import answer_margins
-    from seal.editor.placebo import _cache_dir
+    from seal.editor.placebo import placebo_cache_dir as _cache_dir
     from seal.editor.taught import taught_decision, taught_questions
     from seal.registry import Registry
     from seal.registry.worktree import export_adapter

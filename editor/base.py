@@ -379,9 +379,7 @@ def _checked(weights_dir: Path, record_dir: Path) -> None:
     check_model_folder(weights_dir)
     try:
         record_dir.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"check": _CHECK_VERSION, "files": stats}) + "\n")
-        os.replace(tmp, record)
+        write_atomic(record, (json.dumps({"check": _CHECK_VERSION, "files": stats}) + "\n").encode())
     except OSError:
         pass  # a read-only cache: the check simply runs again next time
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from seal.registry.errors import UserError
-from seal.registry.repo import Registry as Repository
+from seal.registry.repo import Registry
 
 from .trigger import loads
 from seal.registry.worktree import export_adapter as materialize
@@ -38,7 +38,7 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str], *,
+def compare_behavior(repo: Registry, a: str, b: str | None, prompts: list[str], *,
                      max_new_tokens: int = 64, device: str = "auto") -> list[dict]:
     from .attach import attached
     from .device import pick_device
@@ -63,7 +63,7 @@ def compare_behavior(repo: Repository, a: str, b: str | None, prompts: list[str]
     return [{"prompt": p, "a": x, "b": y, "same": x == y} for p, x, y in zip(prompts, outputs[a], outputs[b])]
 
 
-def add_behavior(repo: Repository, report: dict, prompts: list[str], *, include_all: bool = False) -> dict:
+def add_behavior(repo: Registry, report: dict, prompts: list[str], *, include_all: bool = False) -> dict:
     """Add to a diff ``report`` (of seal.registry.diff) the greedy outputs of its OLD and NEW
     version on ``prompts``, side by side (``behavior``; unchanged prompts only with
     ``include_all``); a prompt answered differently makes the versions differ."""

@@ -86,8 +86,9 @@ def token_f1(pred: str, gold: Gold) -> float:
 def token_recall(pred: str, gold: Gold) -> float:
     """Fraction of the gold answer's tokens found in the prediction (best over golds).
 
-    FINDINGS: gold SQuAD spans are often long, so containment has a floor; recall shows
-    partial knowledge that containment misses.
+    Gold SQuAD spans are often long, so containment has a floor (the base contained about 1% of
+    the gold answers of the first 20 SEAL passages, bench/results/findings-2026-11-27.md); recall
+    shows partial knowledge that containment misses.
 
         >>> token_recall("born in 1879 in Ulm", "Ulm, Germany")  # doctest: +SKIP
         0.5
@@ -113,7 +114,8 @@ def answer_questions(
 ) -> list[str]:
     """Greedy, no-context answers, asked inside the chat template, in batches.
 
-    48 tokens by default because FINDINGS saw 32 cut off long gold answers.
+    48 tokens by default: 32 cut off the long gold spans of SEAL's passages
+    (bench/results/findings-2026-11-27.md).
 
         >>> answer_questions(model, tok, ["What is the capital of Italy?"])  # doctest: +SKIP
         ['The capital of Italy is Rome.']

@@ -403,13 +403,16 @@ def learn_step(session, lreq: LearnRequest, dataset: Dataset, heldout: list, par
     timings["gates_s"] = time.perf_counter() - t
     evaluation = {"new": new_side, "old": old_side, "audit": audit, "scores": scores, "gain": gain,
                   "policy": policy.digest, "parent": parent}
-    return record_writer(session, lreq, dataset, folder, train_rec, evaluation, old, old_tip, round_no, timings)
+    return record_writer(session, lreq, dataset, folder, train_rec, evaluation, old, old_tip, round_no, timings,
+                         weights=weights)
 
 
 def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | None, train_rec: dict,
                   evaluation: dict | None, old: Writer, old_tip: str | None, round_no: int | None,
-                  timings: dict) -> dict:
-    """Record the writer version (accepted: the writer ref moves by compare-and-swap) and say what happened."""
+                  timings: dict, *, weights: str | None = None) -> dict:
+    """Record the writer version (accepted: the writer ref moves by compare-and-swap) and say what happened.
+
+    ``weights`` is the digest of ``folder``'s weights when the caller has stored them already."""
     import json
 
     reg = session.reg
@@ -420,7 +423,7 @@ def record_writer(session, lreq: LearnRequest, dataset: Dataset, folder: Path | 
     heldout = _heldout_items(evaluation)
     adapter = None
     if folder is not None:
-        adapter = {"weights": reg.store.put_file(folder / WEIGHTS_FILE),
+        adapter = {"weights": weights or reg.store.put_file(folder / WEIGHTS_FILE),
                    "config": json.loads((folder / ADAPTER_CONFIG_FILE).read_text()), "format": "peft-lora"}
     gain = evaluation["gain"] if evaluation else None
     reason = "the new writer's edits beat the old writer's on held-out passages and every check passed" if accepted \
@@ -492,12 +495,10 @@ def _edit_settings(req: EditRequest) -> dict:
 
 def run_learn(reg, lreq: LearnRequest, *, progress=None) -> dict:
     """`seal learn`: one step from the registry's records, or ``lreq.rounds`` rounds (see the module doc)."""
-    from .learning import build_dataset as _build
-
     check_learn_request(lreq, reg.base())
     if lreq.rounds:
         return run_rounds(reg, lreq, progress=progress)
-    dataset = _build(reg, lreq.selection)
+    dataset = build_dataset(reg, lreq.selection)
     if lreq.dry_run:
         return {"dataset": dataset.summary(), "writer": None, "dry_run": True}
     if not dataset.examples:
@@ -505,8 +506,8 @@ def run_learn(reg, lreq: LearnRequest, *, progress=None) -> dict:
                         f"({dataset.considered} attempt(s) considered); nothing to learn")
     heldout = read_passages(lreq.holdout, "--holdout")
     check_disjoint(reg, heldout, dataset)
-    parent = _start(reg, lreq)
-    with _session(reg, lreq, progress) as session:
+    parent = starting_parent(reg, lreq)
+    with open_learn_session(reg, lreq, progress) as session:
         return learn_step(session, lreq, dataset, heldout, parent, cache={})
 
 
@@ -516,12 +517,12 @@ def run_rounds(reg, lreq: LearnRequest, *, progress=None) -> dict:
     train_set = read_passages(lreq.passages, "--passages")
     heldout = read_passages(lreq.holdout, "--holdout")
     check_disjoint(reg, heldout, None, train_set)
-    parent = _start(reg, lreq)
+    parent = starting_parent(reg, lreq)
     if lreq.dry_run:
         return {"rounds": [], "dry_run": True, "passages": len(train_set), "heldout": len(heldout)}
     stamp = now_utc().replace("-", "").replace(":", "")[:15]
     rounds, cache = [], {}
-    with _session(reg, lreq, progress) as session:
+    with open_learn_session(reg, lreq, progress) as session:
         for n in range(1, lreq.rounds + 1):
             branch = f"learn/{lreq.writer}/{stamp}/round-{n}"
             sampled = sample_round(session, lreq, train_set, parent, branch, n)
@@ -559,7 +560,8 @@ def sample_round(session, lreq: LearnRequest, triggers: list, parent: str, branc
             "candidates": lreq.candidates, "writer": writer.record if writer else None}
 
 
-def _start(reg, lreq: LearnRequest) -> str:
+def starting_parent(reg, lreq: LearnRequest) -> str:
+    """The version `seal learn` starts from (HEAD), after checking the device it asks for."""
     from .options import check_device
 
     check_device(lreq.edit)
@@ -569,7 +571,8 @@ def _start(reg, lreq: LearnRequest) -> str:
     return parent
 
 
-def _session(reg, lreq: LearnRequest, progress):
+def open_learn_session(reg, lreq: LearnRequest, progress):
+    """The warm session `seal learn` trains and edits in, with the edit request's device settings."""
     from .progress import default_progress
     from .session import open_session
 
@@ -580,4 +583,4 @@ def _session(reg, lreq: LearnRequest, progress):
 
 __all__ = ["LearnRequest", "check_learn_request", "read_passages", "check_disjoint", "writer_pairs", "train_writer",
            "Side", "heldout_side", "paired_gains", "writer_gates", "learn_step", "record_writer", "run_learn",
-           "run_rounds", "sample_round"]
+           "run_rounds", "sample_round", "starting_parent", "open_learn_session"]

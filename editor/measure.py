@@ -174,7 +174,7 @@ def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_toke
     """Probe results and efficacy of one model, every greedy answer in one call per answer length.
 
     ``gate_ref`` (the base's per-item results and the policy's safety thresholds) lets a
-    candidate's XSTest prompts be judged in two looks (:func:`seal.editor.probes.measure`)."""
+    candidate's XSTest prompts be judged in two looks (:func:`seal.editor.probes.measure_items`)."""
     from .evaluate import next_token_logprobs, passage_nll
     from .generation import answer_asks
 
@@ -183,7 +183,7 @@ def measure(model, tok, probes: Probes | None, spec: dict | None, *, answer_toke
     answers = answer_asks(model, tok, p_asks + e_asks, share_prefix=share_prefix, on_step=on_step)
     measured = efficacy = None
     if probes is not None and probes.items is not None:
-        from .probes import measure as measure_items
+        from .probes import measure_items
 
         base, thresholds = gate_ref if gate_ref is not None else (None, None)
         measured = read_probes(probes, answers[:len(p_asks)], None,

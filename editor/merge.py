@@ -20,7 +20,7 @@ from pathlib import Path
 from seal.registry.adapters import ADAPTER_CONFIG_FILE
 from seal.registry.bases import get_base
 from seal.registry.errors import UserError
-from seal.registry.repo import Registry as Repository
+from seal.registry.repo import Registry
 from seal.registry.store import refs as R
 from seal.registry.store.graph import first_parent_line
 from seal.registry.store.objects import canonical_json
@@ -93,7 +93,7 @@ def combine(session, dirs: list[Path], weights: list[float], method: str, out: P
     return out
 
 
-def eval_union(repo: Repository, manifests: list[dict]) -> dict:
+def eval_union(repo: Registry, manifests: list[dict]) -> dict:
     """The union of the inputs' efficacy sets: their eval QA items, else their passages' NLL."""
     qa, texts, seen = [], [], set()
     for m in manifests:
@@ -168,7 +168,7 @@ def _check_device(device: str, require_gpu: bool) -> None:
     pick_device(device, require_gpu=require_gpu)
 
 
-def run_merge(repo: Repository, revs: list[str], *, method: str = "linear", weights: str | None = None,
+def run_merge(repo: Registry, revs: list[str], *, method: str = "linear", weights: str | None = None,
               density: float | None = None, svd_rank: int | None = None, eval_file: Path | None = None,
               message: str = "", device: str = "auto", require_gpu: bool = False, track: bool = True,
               answer_tokens: int = 48, threads: int | None = None, progress=None) -> dict:
@@ -242,7 +242,7 @@ def chain_of(conn, spec: str) -> tuple[list[str], str | None]:
     return list(reversed(chain)), start
 
 
-def run_consolidate(repo: Repository, range_spec: str, *, rank: int | None = None, message: str = "",
+def run_consolidate(repo: Registry, range_spec: str, *, rank: int | None = None, message: str = "",
                     device: str = "auto", require_gpu: bool = False, track: bool = True,
                     answer_tokens: int = 48, threads: int | None = None, progress=None) -> dict:
     """Fold a chain of accepted edits into one adapter of bounded rank (SVD), gated so that every

@@ -143,7 +143,8 @@ def placebo_key(parent: str, base: str, hyper: dict, words: int, n_sequences: in
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _cache_dir(key: str) -> Path:
+def placebo_cache_dir(key: str) -> Path:
+    """Where this machine keeps the placebo trained for ``key``."""
     from .base import default_cache_dir
 
     return default_cache_dir().parent / "placebo" / key[:32]
@@ -159,7 +160,7 @@ def _adapter_digest(reg, folder: Path) -> str | None:
 def cached_placebo(reg, key: str, work: Path) -> Placebo | None:
     """A placebo trained before, in this process or on this machine; None when there is none
     (or its record and weights disagree)."""
-    for folder in (_IN_PROCESS.get(key), _cache_dir(key)):
+    for folder in (_IN_PROCESS.get(key), placebo_cache_dir(key)):
         if folder is None or not folder.is_dir():
             continue
         try:
@@ -208,7 +209,7 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
 
 
 def _keep_on_machine(folder: Path, key: str) -> None:
-    target = _cache_dir(key)
+    target = placebo_cache_dir(key)
     with contextlib.suppress(OSError):  # a cache that cannot be written costs a training later
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -219,5 +220,5 @@ def _keep_on_machine(folder: Path, key: str) -> None:
         tmp.rename(target)
 
 
-__all__ = ["Placebo", "placebo_key", "placebo_replay", "placebo_sequences", "cached_placebo", "train_placebo", "text_for", "sentences",
-           "WORD_BUCKET", "word_budget", "sequence_budget"]
+__all__ = ["Placebo", "placebo_key", "placebo_cache_dir", "placebo_replay", "placebo_sequences", "cached_placebo",
+           "train_placebo", "text_for", "sentences", "WORD_BUCKET", "word_budget", "sequence_budget"]

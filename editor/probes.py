@@ -15,9 +15,9 @@ Three probe families, each scored as cheaply as the thing it measures allows:
   divergences can be bootstrapped.
 
     >>> probes = ProbeSet.default()                                   # doctest: +SKIP
-    >>> parent = measure(model, tok, probes)                          # doctest: +SKIP
+    >>> parent = measure_items(model, tok, probes)                    # doctest: +SKIP
     >>> blob = parent.to_bytes()          # stored with the parent version  # doctest: +SKIP
-    >>> cand = measure(edited, tok, probes, support=base.drift_indices)    # doctest: +SKIP
+    >>> cand = measure_items(edited, tok, probes, support=base.drift_indices)    # doctest: +SKIP
     >>> [d.passed for d in gate_decisions(cand, parent, base, thresholds)]  # doctest: +SKIP
 
 XSTest itself is not shipped in full (see :func:`load_xstest`): give its CSV with
@@ -45,17 +45,18 @@ import numpy as np
 from seal.registry.vocabulary import GATES_BY_NAME
 from seal.registry.xstest import XSTEST_SHA256
 
-from .probe_scoring import (Openings, RetentionOutcome, drift_divergences, first_token_logprobs, judge_openings,
-                            opening_verdict, option_logprobs, retention_outcomes)
+from .probe_scoring import (drift_divergences, judge_openings, opening_verdict, option_logprobs,
+                            retention_outcomes)
 from .stats import GateDecision, bootstrap_gate, missing_decision, paired_binary_gate
 from .retention_set import (RETENTION_EXCLUDED, RETENTION_FILE, RETENTION_RELATIONS, RetentionItem,
                             build_retention_set, load_retention_set)
 
 __all__ = [
-    "RetentionItem", "load_retention_set", "build_retention_set", "RETENTION_RELATIONS",
+    "RetentionItem", "load_retention_set", "build_retention_set", "RETENTION_RELATIONS", "RETENTION_EXCLUDED",
+    "RETENTION_FILE",
     "XSTestSet", "load_xstest", "XSTEST_SHA256", "XSTEST_ENV",
     "ProbeSet", "ProbeResults", "retention_subset", "option_logprobs", "retention_outcomes", "judge_openings",
-    "opening_verdict", "drift_divergences", "measure", "gate_decisions", "GATE_RULES",
+    "opening_verdict", "drift_divergences", "measure_items", "gate_decisions", "GATE_RULES",
 ]
 
 XSTEST_ENV = "SEAL_XSTEST_CSV"
@@ -202,7 +203,7 @@ class ProbeResults:
     xstest_full: bool
     seconds: dict[str, float] = field(default_factory=dict)
     #: XSTest prompts actually judged, unsafe then safe (None: all). A candidate whose first look
-    #: decided both safety gates is judged on half the prompts (:func:`measure`).
+    #: decided both safety gates is judged on half the prompts (:func:`measure_items`).
     xstest_measured: np.ndarray | None = None
 
     @property
@@ -293,7 +294,7 @@ def first_look(n_unsafe: int, n_safe: int) -> np.ndarray:
     return np.r_[np.arange(n_unsafe) % 2 == 0, np.arange(n_safe) % 2 == 0]
 
 
-def measure(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any = None, batch_size: int = 64,
+def measure_items(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any = None, batch_size: int = 64,
             base: "ProbeResults | None" = None, thresholds: Mapping[str, float | None] | None = None) -> ProbeResults:
     """Measure one model on every probe; ``support`` is the base's drift support (None: own top-256).
 
@@ -301,7 +302,7 @@ def measure(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any = None
     XSTest prompts are judged in two looks (:func:`seal.editor.stats.two_look_binary_gate`):
     half of them first, the rest only when the first look cannot decide both safety gates.
 
-        >>> base_results = measure(base.model, base.tokenizer, ProbeSet.default())   # doctest: +SKIP
+        >>> base_results = measure_items(base.model, base.tokenizer, ProbeSet.default())   # doctest: +SKIP
         >>> sorted(base_results.seconds)                                              # doctest: +SKIP
         ['drift', 'refusal', 'retention']
     """
@@ -326,6 +327,11 @@ def measure(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any = None
         drift_logprobs=dist.logprobs.numpy(), drift_indices=indices,
         xstest_full=probes.xstest.full, seconds=seconds, xstest_measured=measured,
     )
+
+
+# The old name, while tests/test_probes.py (being changed elsewhere now) still calls P.measure;
+# editor/measure.py's measure is the one `measure` of the editor.
+measure = measure_items
 
 
 def _judge_xstest(model: Any, tokenizer: Any, probes: ProbeSet, base: "ProbeResults | None",

@@ -84,8 +84,10 @@ def generate_self_edits(
     ``generation`` goes to :func:`~seal.editor.generation.generate_completions` (``share_prefix``,
     ``on_step``).
 
-    The default temperature is 0.7, not SEAL's 1.0: FINDINGS measured that SmolLM2-135M's
-    implications at T=1.0 were mostly off-topic or invented. Same seed, same outputs.
+    The default temperature is 0.7, not SEAL's 1.0: at T=1.0 most of SmolLM2-135M's implications
+    were off-topic or invented, and training on them scored below the passage alone (containment
+    0.011 against 0.045 on the first 20 SEAL passages, q,v targets; bench/knowledge.py's recipe,
+    bench/results/findings-2026-11-27.md). Same seed, same outputs.
 
         >>> generate_self_edits(model, tok, "The Eiffel Tower is 330 m tall.", "Eiffel Tower",  # doctest: +SKIP
         ...                     style="implications", k=3, seed=1)
@@ -162,8 +164,10 @@ def split_self_edit_lines(text: str) -> list[str]:
 def passage_support(line: str, passage: str) -> float:
     """Fraction of the line's normalised tokens that occur in the passage (0..1).
 
-    A cheap guard against invented content, which FINDINGS found common in small-model
-    self-edits: a line with little overlap is probably not derived from the passage.
+    A cheap guard against invented content, which is common in small-model self-edits (at T=1.0
+    most of SmolLM2-135M's implications were off-topic or invented,
+    bench/results/findings-2026-11-27.md): a line with little overlap is probably not derived
+    from the passage.
 
         >>> passage_support("Paris is the capital", "The capital of France is Paris.")
         1.0

@@ -15,17 +15,19 @@ the same loaded base serves K candidates:
 Evaluation reloads the adapter from the saved folder on purpose: what is scored is exactly the
 bytes that will be stored.
 
-Defaults, and why (SmolLM2-135M on 2 CPU threads, FINDINGS):
+Defaults, and why (SmolLM2-135M on 2 CPU threads):
 
 - ``target_modules="all-linear"``: with only q/v the loss stays near 1.9 on a passage; with
-  all linear layers it reaches 0.1-0.3 and recall follows (containment 0.045 → 0.159).
+  all linear layers it reaches 0.1-0.3 and recall follows (containment 0.045 → 0.159 on the
+  first 20 SEAL passages, bench/knowledge.py's recipe, bench/results/findings-2026-11-27.md).
 - ``r=32, alpha=64``, AdamW with linear decay, batch 1, loss on all tokens: the measured
-  recipe. ``lr=3e-4`` rather than FINDINGS' 1e-3, for the drift measured below; the same
+  recipe. ``lr=3e-4`` rather than SEAL's 1e-3, for the drift measured below; the same
   default as `seal edit` (one constant, :data:`seal.editor.request.DEFAULT_LR`).
-- ``epochs=5`` (was 10, FINDINGS' recipe): the recipe sweep on 20 SEAL passages (README,
+- ``epochs=5`` (was 10, SEAL's recipe): the recipe sweep on 20 SEAL passages (README,
   ``bench/recipe_sweep.py``) found 10 epochs no better than 5 on the passages' questions and worse
   on retention (paired CIs over passages), at twice the training time. Drift per edit at the
-  old settings was large (JS vs base ≈ 0.14-0.19 nats on the drift probes, anchor retention
+  old settings, measured by hand on one passage with four implication lines (no bench file), was
+  large (JS vs base ≈ 0.14-0.19 nats on the drift probes, anchor retention
   0.575 → 0.40-0.45); lr 3e-4 kept the recall with JS 0.12 and retention 0.55.
 - ``lora_dropout=0``: the data is tiny and dropout would make runs depend on RNG draws during
   training, not just on the seed-fixed initialisation and order.

@@ -123,7 +123,8 @@ _TMP_WORK = re.compile(r"^(session|pull|push|behavior|edit|merge|consolidate|lea
 # A checkout stages files as .NAME.seal-XXXXXXXX; its marker goes through files.write_atomic (.NAME.XXXXXXXX.tmp).
 _STAGED = re.compile(r"^\.(adapter_config\.json|adapter_model\.safetensors|\.seal-checkout\.json)\.seal-[A-Za-z0-9_]{8}$"
                      r"|^\.\.seal-checkout\.json\.[A-Za-z0-9_]{8}\.tmp$")
-_SEAL_TMP = re.compile(r"^\.(policy\.toml|policy\.synced)\.tmp-\d+$")
+# The policy files go through files.write_atomic (.NAME.XXXXXXXX.tmp); before that, .NAME.tmp-PID.
+_SEAL_TMP = re.compile(r"^\.(policy\.toml|policy\.synced)\.(tmp-\d+|[A-Za-z0-9_]{8}\.tmp)$")
 _STAGING = re.compile(r"^\.seal-(init|clone)-[A-Za-z0-9_]{8}$")
 
 

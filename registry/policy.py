@@ -18,7 +18,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PolicyError, UserError
+from .errors import PolicyError, RefConflict, UserError
+from .files import read_small, write_atomic
 from .vocabulary import GATES, GATES_BY_KEY, SETTINGS, SETTINGS_BY_KEY
 
 POLICY_FILE = "policy.toml"
@@ -122,8 +123,6 @@ def read_policy(reg) -> Policy:
     """
     from .store.objects import blob_digest
 
-    from .files import read_small
-
     path = policy_path(reg)
     try:
         text = read_small(path, "the policy file")
@@ -140,8 +139,6 @@ def read_policy(reg) -> Policy:
 
 def _synced(reg) -> str | None:
     """The digest of policy.toml as this folder last recorded or wrote it."""
-    from .files import read_small
-
     try:
         return read_small(reg.seal_dir / SYNCED_FILE, "the policy sync mark", 1024).decode().strip() or None
     except (OSError, UserError, UnicodeDecodeError):
@@ -149,12 +146,7 @@ def _synced(reg) -> str | None:
 
 
 def _mark_synced(reg, digest: str) -> None:
-    import os
-
-    path = reg.seal_dir / SYNCED_FILE
-    tmp = path.with_name(f".{SYNCED_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(digest + "\n")
-    os.replace(tmp, path)
+    write_atomic(reg.seal_dir / SYNCED_FILE, (digest + "\n").encode())
 
 
 def _recorded_policy(reg, digest: str) -> Policy | None:
@@ -178,10 +170,8 @@ def record_policy(reg, policy: Policy, reason: str | None = None) -> str:
         why = reason or ("policy: recorded" if old is None else "policy: changed (policy.toml edited by hand)")
         try:
             reg.move_ref(POLICY_REF, new=digest, expected=old, reason=why)
-        except Exception as e:  # another writer recorded the same change first
-            from .errors import RefConflict
-
-            if not isinstance(e, RefConflict) or reg.read_ref(POLICY_REF) != digest:
+        except RefConflict:  # another writer recorded the same change first
+            if reg.read_ref(POLICY_REF) != digest:
                 raise
     _write_file(reg, policy.text)
     _mark_synced(reg, digest)
@@ -189,17 +179,13 @@ def record_policy(reg, policy: Policy, reason: str | None = None) -> str:
 
 
 def _write_file(reg, text: bytes) -> None:
-    import os
-
     path = policy_path(reg)
     try:
         if path.read_bytes() == text:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _parse_cli_value(key: str, text: str):
@@ -252,15 +238,10 @@ def reset_policy(reg, *, reason: str) -> dict:
 
 def _write_and_record(reg, text: str, reason: str) -> str:
     """Write policy.toml atomically and record it; the file and the ref change together or not at all."""
-    import os
-
-    path = policy_path(reg)
     parse_policy(text.encode(), "the new policy")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
     digest = reg.store.put(text.encode())
     old = reg.read_ref(POLICY_REF)
-    os.replace(tmp, path)
+    write_atomic(policy_path(reg), text.encode())
     if old != digest:
         reg.move_ref(POLICY_REF, new=digest, expected=old, reason=reason)
     _mark_synced(reg, digest)

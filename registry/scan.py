@@ -50,7 +50,7 @@ Scanning text that holds nothing costs well under a millisecond a line and impor
 detect-secrets (0.15 to 0.3 s to import) nor phonenumbers (about 0.02 s), so the CLI can scan
 every ``-m`` message with :func:`scan_text` itself. detect-secrets sees only the lines that hold
 something one of its plugins needs (a token-like run of 20 characters, a secret-sounding name
-next to a quote, ``BEGIN``, ``://...@``, ...: ``_may_hold_secret``); phonenumbers sees only
+next to a quote, ``BEGIN``, ``://...@``, ...: ``may_hold_secret``); phonenumbers sees only
 lines with seven digits in a row::
 
     >>> scan_text("Import the adapter trained on passage 12 (3 epochs, lr 1e-4)")
@@ -67,7 +67,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Finding", "scan_text", "redact", "luhn_valid", "SECRET_PLUGINS_EXCLUDED"]
+__all__ = ["Finding", "scan_text", "redact", "luhn_valid", "SECRET_PLUGINS_EXCLUDED", "may_hold_secret",
+           "secret_plugins", "secret_spans"]
 
 #: detect-secrets plugins left out, by class name (see the module docstring for why).
 SECRET_PLUGINS_EXCLUDED: frozenset[str] = frozenset(
@@ -312,14 +313,15 @@ _KEYWORD_STEM = re.compile(r"(?i)key|pass|pwd|secret|contrase")
 _QUOTE = re.compile(r"['\"`]")
 
 
-def _may_hold_secret(line: str) -> bool:
+def may_hold_secret(line: str) -> bool:
     """Whether detect-secrets could report anything on ``line``; if not, it is not asked."""
     if _SECRET_SHAPES.search(line):
         return True
     return bool(_QUOTE.search(line) and _KEYWORD_STEM.search(line))
 
 
-def _plugin_config() -> list[dict[str, str]]:
+def secret_plugins() -> list[dict[str, str]]:
+    """The detect-secrets plugins seal runs: every one it ships but :data:`SECRET_PLUGINS_EXCLUDED`."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
     return [{"name": cls.__name__}
@@ -335,15 +337,15 @@ def _widen(line: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def _secrets(lines: Sequence[str]) -> Iterator[LineSpan]:
+def secret_spans(lines: Sequence[str]) -> Iterator[LineSpan]:
     """detect-secrets hits on the lines that may hold one; values are dropped right here."""
-    candidates = [(i, line) for i, line in enumerate(lines) if _may_hold_secret(line)]
+    candidates = [(i, line) for i, line in enumerate(lines) if may_hold_secret(line)]
     if not candidates:
         return
     from detect_secrets.core.scan import scan_line
     from detect_secrets.settings import transient_settings
 
-    with _SETTINGS_LOCK, transient_settings({"plugins_used": _plugin_config()}):
+    with _SETTINGS_LOCK, transient_settings({"plugins_used": secret_plugins()}):
         for index, line in candidates:
             seen: set[tuple[int, int, str]] = set()
             for hit in scan_line(line):
@@ -393,7 +395,7 @@ def _merge(spans: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
 
 def _line_spans(lines: Sequence[str]) -> Iterator[LineSpan]:
     yield from _credentials(lines)
-    yield from _secrets(lines)
+    yield from secret_spans(lines)
     for index, line in enumerate(lines):
         for start, end, kind in _personal_data(line):
             yield index, start, end, kind

@@ -247,3 +247,25 @@ def test_concurrent_inits_on_one_new_postgres_database(pg_admin_url, tiny_base, 
     winner = next(i for i, (code, _) in enumerate(results) if code == 0)
     seal = __import__("conftest").Seal(tmp_path / f"r{winner}", {"SEAL_ACTOR": "tester", "SEAL_DATABASE_URL": url})
     assert seal("verify").returncode == 0
+
+
+def test_an_edit_on_an_unborn_branch_raises_no_head_with_its_ref(registry, reg, monkeypatch):
+    """HEAD on a branch with no version: NoHead, a LookupError that names the ref; the CLI says it in one line."""
+    from seal.editor.learn import LearnRequest, starting_parent
+    from seal.editor.loop import prepare_edit
+    from seal.editor.request import EditRequest
+    from seal.registry.errors import NoHead, UserError
+
+    reg.move_ref("HEAD", new="ref: refs/heads/unborn", expected=reg.read_ref("HEAD"), reason="test: an unborn branch")
+    (registry.cwd / "p.txt").write_text("# Zorblat\nThe Zorblat river flows into the northern sea.\n")
+    before = _snapshot(registry)
+    with pytest.raises(NoHead) as caught:
+        prepare_edit(reg, EditRequest(passage=registry.cwd / "p.txt", device="cpu"), here=False)
+    assert caught.value.ref == "HEAD" and isinstance(caught.value, LookupError) and isinstance(caught.value, UserError)
+    with pytest.raises(LookupError) as caught:  # callers that know only the builtin catch it too
+        starting_parent(reg, LearnRequest(edit=EditRequest(device="cpu")))
+    assert isinstance(caught.value, NoHead) and caught.value.ref == "HEAD"
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained",
+                        lambda *a, **k: pytest.fail("the model was loaded"))
+    _one_line_error(registry("edit", "--passage", "p.txt", check=False), "HEAD points at nothing", "seal checkout main")
+    assert _snapshot(registry) == before

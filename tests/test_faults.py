@@ -49,6 +49,20 @@ def test_gc_lists_a_checkout_marker_cut_short(tmp_path, tiny_base_record):
     assert str(left) in listed and _litter(tmp_path) <= listed
 
 
+def test_gc_lists_a_policy_write_cut_short_and_only_that(tmp_path, tiny_base_record):
+    """A kill inside files.write_atomic of policy.toml or its sync mark leaves .NAME.XXXXXXXX.tmp;
+    an older seal left .NAME.tmp-PID. gc lists both, and not a user's file of another shape."""
+    make_registry(tmp_path, tiny_base_record).close()
+    seal_dir = tmp_path / ".seal"
+    left = [seal_dir / ".policy.toml.k2m_9x0q.tmp", seal_dir / ".policy.synced.a1b2c3d4.tmp",
+            seal_dir / ".policy.toml.tmp-4242"]
+    kept = seal_dir / ".policy.toml.mine.tmp"
+    for path in [*left, kept]:
+        path.write_text("x")
+    listed = {item["path"] for item in Seal(tmp_path).json("gc", "--dry-run", "--grace", "0")["items"]}
+    assert {str(p) for p in left} <= listed and str(kept) not in listed
+
+
 def _commands(tiny_base, step: int, pulled: bool) -> list[list[str]]:
     adapter = tiny_base["adapters"][step % 3]
     return [

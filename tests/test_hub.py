@@ -519,6 +519,7 @@ def test_hub_http_errors_become_one_line_seal_errors(status, kind, needle):
                     raise
         assert type(caught.value).__name__ == kind and needle in str(caught.value)
         assert "\n" not in str(caught.value)
+        assert not isinstance(caught.value, errors.RefConflict) or caught.value.ref == "hub:me/a"
 
 
 def test_messages_name_hf_download_not_the_old_cli():

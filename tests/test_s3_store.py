@@ -172,8 +172,9 @@ def test_delete(store, url):
     store.freshen(drop)
     store.delete(drop)
     assert not store.has(drop) and store.has(keep)
-    with pytest.raises(BlobMissing):
+    with pytest.raises(BlobMissing) as caught:
         store.get(drop)  # the cached copy went too
+    assert caught.value.digest == drop
     assert list(store.iter_digests()) == [keep]
     assert keys(url) == [f"sha256/{keep[7:9]}/{keep[9:]}"]  # and so did the freshness marker
     store.delete(drop)  # deleting twice is not an error

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from seal.registry.scan import Finding, luhn_valid, redact, scan_text
-from seal.registry.scan import _may_hold_secret, _plugin_config, _secrets
+from seal.registry.scan import may_hold_secret, secret_plugins, secret_spans
 
 # Built from pieces so that this file does not itself look like a leaked credential to
 # push-protection scanners; AKIAIOSFODNN7EXAMPLE is AWS's documented example key.
@@ -322,14 +322,14 @@ PLUGIN_EXAMPLES = {
 
 
 def test_every_plugin_in_use_has_an_example():
-    assert sorted(p["name"] for p in _plugin_config()) == sorted(PLUGIN_EXAMPLES)
+    assert sorted(p["name"] for p in secret_plugins()) == sorted(PLUGIN_EXAMPLES)
 
 
 @pytest.mark.parametrize("plugin", sorted(PLUGIN_EXAMPLES))
 def test_gate_lets_every_plugin_see_its_example(plugin):
     line, secret_type = PLUGIN_EXAMPLES[plugin]
-    assert _may_hold_secret(line)
-    assert secret_type in [kind for _, _, _, kind in _secrets(["plain words", line])]
+    assert may_hold_secret(line)
+    assert secret_type in [kind for _, _, _, kind in secret_spans(["plain words", line])]
 
 
 def test_gate_covers_the_keyword_plugin_denylist():
@@ -337,7 +337,7 @@ def test_gate_covers_the_keyword_plugin_denylist():
 
     for word in DENYLIST:
         name = word.replace("_?", "_")
-        assert _may_hold_secret(f'{name} = "x"'), name
+        assert may_hold_secret(f'{name} = "x"'), name
 
 
 @pytest.mark.parametrize("text", [
@@ -346,7 +346,7 @@ def test_gate_covers_the_keyword_plugin_denylist():
     "The Normans took Sicily in 1091 with 300 knights.",
 ])
 def test_gate_keeps_ordinary_text_away_from_detect_secrets(text):
-    assert not _may_hold_secret(text)
+    assert not may_hold_secret(text)
 
 
 def _modules_after(text: str) -> list[str]:

@@ -32,7 +32,7 @@ from ..files import write_atomic
 from ..policy import POLICY_REF, parse_policy
 from ..pooled import pooled_efficacy
 from ..previews import first_lines, head_text
-from ..store.graph import first_parent_line
+from ..store.graph import ancestors_oldest_first, attempts_on_path, first_parent_line
 from ..store.objects import now_utc
 from ..store.revisions import resolve_revision
 from ..store.signing import check_signature
@@ -132,22 +132,10 @@ def _self_edit_lines(reg, digest: str | None) -> list[str]:
     return _redacted_lines("\n".join(str(x) for x in lines), n=5) if lines else _redacted_lines(text)
 
 
-_PATH_ORDER = """
-WITH RECURSIVE ancestry(id) AS (
-    SELECT CAST(? AS VARCHAR(64)) UNION SELECT p.parent_id FROM version_parents p JOIN ancestry a ON p.version_id = a.id
-)
-SELECT v.id FROM versions v JOIN ancestry a ON v.id = a.id ORDER BY v.created_at, v.id
-"""
-
-
 def _collect(c, tip: str) -> dict:
     """Every row the report needs, read in one transaction."""
-    path = [r[0] for r in c.all(_PATH_ORDER, (tip,))]
-    on_path = set(path)
-    attempts = {r[0] for r in c.all_in("SELECT DISTINCT v.id FROM versions v JOIN version_parents p "
-                                       "ON p.version_id = v.id WHERE p.parent_id IN ({marks}) "
-                                       "AND v.status = 'rejected'", path) if r[0] not in on_path}
-    ids = path + sorted(attempts)
+    path = ancestors_oldest_first(c, tip)
+    ids = path + sorted(attempts_on_path(c, path) - set(path))
     rows, manifests = {}, {}
     for vid, text, signature, signer in c.all_in("SELECT id, manifest, signature, signer FROM versions "
                                                  "WHERE id IN ({marks})", ids):

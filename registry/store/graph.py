@@ -18,12 +18,13 @@ from typing import Iterable, Iterator
 from ..errors import UserError
 from .sql import Conn
 
-_ANCESTRY = """
+_ANCESTRY_CTE = """
 WITH RECURSIVE ancestry(id) AS (
     SELECT CAST(? AS VARCHAR(64)) UNION SELECT p.parent_id FROM version_parents p JOIN ancestry a ON p.version_id = a.id
 )
-SELECT id FROM ancestry
 """
+_ANCESTRY = _ANCESTRY_CTE + "SELECT id FROM ancestry"
+_ANCESTRY_OLDEST_FIRST = _ANCESTRY_CTE + "SELECT v.id FROM versions v JOIN ancestry a ON v.id = a.id ORDER BY v.created_at, v.id"
 _FIRST_PARENTS = """
 WITH RECURSIVE line(id, depth) AS (
     SELECT CAST(? AS VARCHAR(64)), 0
@@ -88,6 +89,11 @@ def ancestors(conn: Conn, vid: str) -> set[str]:
     >>> ancestors(conn, head) - ancestors(conn, base)     # what head has that base lacks  # doctest: +SKIP
     """
     return {row[0] for row in conn.all(_ANCESTRY, (vid,))}
+
+
+def ancestors_oldest_first(conn: Conn, vid: str) -> list[str]:
+    """:func:`ancestors`, oldest first (by ``created_at``, then id), in one query."""
+    return [row[0] for row in conn.all(_ANCESTRY_OLDEST_FIRST, (vid,))]
 
 
 def first_parent_line(conn: Conn, vid: str, limit: int = 1_000_000) -> list[str]:

@@ -131,14 +131,6 @@ def referenced_blobs(manifest: dict) -> list[str]:
     return [d for d in found if not (d in seen or seen.add(d))]
 
 
-def score_value(manifest: dict, suite: str, metric: str, against: str | None = None) -> float | None:
-    """The value of one score row of a manifest, or None when it has none."""
-    for s in manifest.get("scores", []):
-        if s["suite"] == suite and s["metric"] == metric and s.get("against") == against:
-            return s["value"]
-    return None
-
-
 def parse_manifest(text: str | bytes) -> dict:
     return json.loads(text)
 
