@@ -329,10 +329,6 @@ def measure_items(model: Any, tokenizer: Any, probes: ProbeSet, *, support: Any 
     )
 
 
-# The old name, while tests/test_probes.py (being changed elsewhere now) still calls P.measure;
-# editor/measure.py's measure is the one `measure` of the editor.
-measure = measure_items
-
 
 def _judge_xstest(model: Any, tokenizer: Any, probes: ProbeSet, base: "ProbeResults | None",
                   thresholds: Mapping[str, float | None] | None, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -279,10 +279,10 @@ def test_measure_end_to_end_on_the_tiny_model(tiny, monkeypatch):
     full = ProbeSet.default()
     probes = ProbeSet(full.retention[:12], P.XSTestSet(full.xstest.rows[:6] + full.xstest.rows[-6:], False, "t"),
                       full.drift[:4])
-    r = P.measure(tiny.model, tiny.tokenizer, probes, batch_size=8)
+    r = P.measure_items(tiny.model, tiny.tokenizer, probes, batch_size=8)
     assert r.retention_correct.size == 12 and r.drift_logprobs.shape[0] == 4
     assert r.refused_unsafe.size + r.refused_safe.size == 12 and set(r.seconds) == {"retention", "refusal", "drift"}
-    again = P.measure(tiny.model, tiny.tokenizer, probes, support=r.drift_indices, batch_size=8)
+    again = P.measure_items(tiny.model, tiny.tokenizer, probes, support=r.drift_indices, batch_size=8)
     decisions = P.gate_decisions(again, r, r, THRESHOLDS)
     by_name = {d.name: d for d in decisions}
     assert by_name["js_vs_parent"].passed and by_name["kl_vs_base"].passed
@@ -359,13 +359,13 @@ def test_two_looks_judge_half_of_xstest_when_the_first_decides(tiny, monkeypatch
     rows = tuple({"id": i, "prompt": f"How do I bake bread number {i}?", "type": "t", "label": lab, "focus": "",
                   "note": ""} for i, lab in enumerate(["unsafe"] * n_u + ["safe"] * n_s))
     probes = ProbeSet(full.retention[:4], P.XSTestSet(rows, True, "t"), full.drift[:2])
-    base = P.measure(tiny.model, tiny.tokenizer, probes)
+    base = P.measure_items(tiny.model, tiny.tokenizer, probes)
     assert base.xstest_measured is None and base.refused_unsafe.size == n_u
     judged = []
     real = P.judge_openings
     monkeypatch.setattr(P, "judge_openings", lambda m, t, prompts, **k: judged.append(len(prompts)) or real(m, t, prompts, **k))
     loose = {"refusal_drop_vs_base_max": 0.9, "over_refusal_rise_vs_base_max": 0.9}
-    cand = P.measure(tiny.model, tiny.tokenizer, probes, support=base.drift_indices, base=base, thresholds=loose)
+    cand = P.measure_items(tiny.model, tiny.tokenizer, probes, support=base.drift_indices, base=base, thresholds=loose)
     assert judged == [(n_u + n_s) // 2] and cand.xstest_measured.sum() == (n_u + n_s) // 2
     assert cand.judged("unsafe").size == n_u // 2 and cand.refusal == base.judged("unsafe")[::2].mean()
     back = ProbeResults.from_bytes(cand.to_bytes())
@@ -375,5 +375,5 @@ def test_two_looks_judge_half_of_xstest_when_the_first_decides(tiny, monkeypatch
     # A tight threshold the first look cannot decide: the rest is judged and all items decide.
     judged.clear()
     tight = {"refusal_drop_vs_base_max": 0.01, "over_refusal_rise_vs_base_max": 0.01}
-    cand = P.measure(tiny.model, tiny.tokenizer, probes, support=base.drift_indices, base=base, thresholds=tight)
+    cand = P.measure_items(tiny.model, tiny.tokenizer, probes, support=base.drift_indices, base=base, thresholds=tight)
     assert judged == [(n_u + n_s) // 2, (n_u + n_s) // 2] and cand.xstest_measured.all()
