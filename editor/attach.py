@@ -102,6 +102,9 @@ def merge_plan(model: Any, adapter_dir: Path | str) -> list[tuple[Any, Any, Any,
 # kept per shape: a fresh tensor per merge (the base's linear weights, 425 MB for SmolLM2) is fresh
 # pages for the kernel to fault in, and that was most of a merge's time (1.08 s against 0.61 s, the
 # median of 12 on this CPU, same bits).
+# Kept buffers stay allocated between merges (while a candidate trains, too), so only up to
+# KEEP_BYTES of them: a larger model's merge allocates its weights afresh each time, as before.
+KEEP_BYTES = 2 << 30
 _MERGED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 _DELTAS = threading.local()  # per thread: two threads merging two models never share a delta
 
@@ -123,7 +126,9 @@ def merged(model: Any, plan: list[tuple[Any, Any, Any, float]]) -> Iterator[Any]
                 if out is not None and out.data_ptr() == weight.data_ptr():
                     out = torch.empty_like(weight)  # a merge inside a merge: the outer one's buffer is in use
                 elif out is None or (out.shape, out.dtype, out.device) != (weight.shape, weight.dtype, weight.device):
-                    out = _MERGED[module] = torch.empty_like(weight)
+                    out = torch.empty_like(weight)
+                    if _kept_bytes() + out.numel() * out.element_size() <= KEEP_BYTES:
+                        _MERGED[module] = out
                 torch.add(weight, delta, out=out)
                 originals.append((module, weight))
                 module.weight = torch.nn.Parameter(out, requires_grad=False)
@@ -131,6 +136,10 @@ def merged(model: Any, plan: list[tuple[Any, Any, Any, float]]) -> Iterator[Any]
     finally:
         for module, weight in originals:
             module.weight = weight
+
+
+def _kept_bytes() -> int:
+    return sum(t.numel() * t.element_size() for t in _MERGED.values())
 
 
 def _scratch(key: tuple, like: Any) -> Any:

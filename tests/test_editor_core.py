@@ -322,7 +322,9 @@ def test_merged_adapter_scores_like_peft_and_restores_the_base_exactly(tiny, tmp
     assert all(torch.equal(values[k], v) for k, v in tiny.model.state_dict().items())
 
 
-def test_merges_reuse_their_buffers_bit_for_bit_and_a_merge_inside_a_merge_keeps_the_outer_one(tiny, tmp_path):
+def test_merges_reuse_their_buffers_bit_for_bit_and_a_merge_inside_a_merge_keeps_the_outer_one(tiny, tmp_path,
+                                                                                              monkeypatch):
+    from seal.editor import attach
     from seal.editor.attach import merge_plan, merged
 
     for i, text in enumerate((PASSAGE, "The bridge dates from 1832.")):
@@ -345,6 +347,12 @@ def test_merges_reuse_their_buffers_bit_for_bit_and_a_merge_inside_a_merge_keeps
             assert module.weight.data_ptr() != seen[0]
         assert torch.equal(module.weight, want[0]) and module.weight.data_ptr() == seen[0]
     assert module.weight is own
+    # a model whose weights pass the cap keeps no buffer: each merge allocates, with the same bits
+    monkeypatch.setattr(attach, "_MERGED", type(attach._MERGED)())
+    monkeypatch.setattr(attach, "KEEP_BYTES", 0)
+    with merged(tiny.model, plans[1]):
+        assert torch.equal(module.weight, want[1])
+    assert len(attach._MERGED) == 0 and module.weight is own
 
 
 def test_merge_only_where_exact(tiny, tmp_path: Path) -> None:
