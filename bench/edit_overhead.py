@@ -211,7 +211,8 @@ def _spec_of(result: dict, passage: Path, args) -> dict:
         "retention": [{"prompt": i.prompt, "options": list(i.options), "answer": i.answer} for i in items.retention],
         "xstest": [chat_prompt(tok, p) for p in items.xstest.unsafe + items.xstest.safe], "xstest_tokens": 16,
         "xstest_special": not chat, "refusal_prefixes": list(REFUSAL_PREFIXES),
-        "drift": list(items.drift), "drift_support": base_results.drift_indices.tolist(),
+        "drift": list(items.drift),
+        "drift_support": None if base_results.drift_indices is None else base_results.drift_indices.tolist(),
     }
 
 
@@ -508,12 +509,13 @@ def _evaluate(edited, tok, spec: dict, judged: list[bool], pad: int) -> dict:
     out["refused"] = [r.replace("\u2019", "'").replace("\u2018", "'").lower().strip().startswith(prefixes)
                       for r in replies]
     tok.padding_side = "right"
-    support = torch.tensor(spec["drift_support"])
     with torch.inference_mode():
         enc = tok(spec["drift"], return_tensors="pt", padding=True).to(edited.device)
         logits = edited(**enc).logits
         last = enc["attention_mask"].sum(1) - 1
         logp = torch.log_softmax(logits[torch.arange(len(spec["drift"])), last].float(), dim=-1).cpu()
+        support = torch.tensor(spec["drift_support"]) if spec["drift_support"] is not None \
+            else logp.topk(256, dim=-1).indices  # the base's own top-256, as seal's support
         kept = logp.gather(1, support)
         out["drift"] = torch.cat([kept, torch.log1p(-kept.exp().sum(1).clamp(max=1 - 1e-6)).unsqueeze(1)], 1)
     return out
