@@ -15,21 +15,23 @@ plain transformers, PEFT and torch, nothing of seal's engine. Its stages are sea
   base's chat replies, of which only the reply's first positions count);
 - margins and placebo (a passage with questions): the contrastive answer margins of the parent,
   the placebo and each candidate on the passage's questions with seal's options (each option's
-  summed log-probability after the question, prompt+option rows batched, the adapter merged);
+  summed log-probability after the question: the question runs once and its key/value cache
+  serves a batch of its options; the adapter merged);
   the placebo trained with the same recipe on seal's placebo sequences, or, where seal found
   it in the machine's cache, loaded from there;
 - evaluate, only for the candidates seal probed (the margin rule passed): the parent's and the
   candidate's greedy answers to the questions (48 tokens) and the canary question (16), the
   retention items by the first token's log-probability (whole options where two share a first
-  token), the XSTest prompts seal judged by batched greedy generation of 16 tokens (the most
+  token, scored as the questions' options), the XSTest prompts seal judged by batched greedy generation of 16 tokens (the most
   seal's judge reads) and XSTest's string match, the drift prompts' next-token distributions on
   the base's support; the passage's NLL when there are no questions;
 - record: the adapter file hashed and a JSON record written.
 
 What still differs: seal stops each XSTest reply once the judge's verdict is certain (the bare
-script decodes all 16 tokens); seal computes the chat template's shared opening once per batch
-(a prefix cache) and packs a question's options after one copy of it, where the bare script
-runs each prompt+option row whole; seal also writes blobs, the manifest and a database row, and
+script decodes all 16 tokens); seal runs the chat template's opening, which every question
+shares, once, and packs all questions' options into one forward (a block mask), where the bare
+script runs each question's prompt, then its options, two forwards a question; seal's output
+layer runs only at the positions it reads (the bare script: at every position of the batch); seal also writes blobs, the manifest and a database row, and
 compares adapters' weight norms. The parent is the root, so its probe results come
 from the machine's cache on both sides (the spec hands the bare script the base's drift support).
 
@@ -435,48 +437,43 @@ def _snapshot(model, tok, text, cfg: dict, cache: dict):
     return snap
 
 
-def _margins(model, tok, spec: dict, batch_rows: int = 64) -> list[float]:
-    """Each question's contrastive margin (log sum P(gold) - log sum P(all options)): the summed
-    log-probability of each option after its prompt, prompt+option rows batched."""
+def _margins(model, tok, spec: dict) -> list[float]:
+    """Each question's contrastive margin (log sum P(gold) - log sum P(all options)) from each
+    option's summed log-probability after the question (:func:`_option_scores`)."""
     import torch
 
-    rows, owners = [], []
-    for qi, q in enumerate(spec["contrast"]):
-        prompt = tok(q["prompt"], add_special_tokens=spec["option_special"])["input_ids"]
-        for option in q["options"]:
-            rows.append((prompt, tok(spec["option_sep"] + option, add_special_tokens=False)["input_ids"]))
-            owners.append(qi)
-    scores = _option_scores(model, tok, rows, batch_rows)
     out = []
-    for qi, q in enumerate(spec["contrast"]):
-        lp = torch.tensor([s for s, o in zip(scores, owners) if o == qi], dtype=torch.float64)
+    for q in spec["contrast"]:
+        prompt = tok(q["prompt"], add_special_tokens=spec["option_special"])["input_ids"]
+        options = [tok(spec["option_sep"] + o, add_special_tokens=False)["input_ids"] for o in q["options"]]
+        lp = torch.tensor(_option_scores(model, prompt, options), dtype=torch.float64)
         out.append(float(torch.logsumexp(lp[:q["n_gold"]], 0) - torch.logsumexp(lp, 0)))
     return out
 
 
-def _option_scores(model, tok, rows: list[tuple[list[int], list[int]]], batch_rows: int) -> list[float]:
-    """Summed log-probability of each row's option tokens after its prompt; right-padded batches,
-    the output layer only at the positions from the shortest prompt's end on."""
+def _option_scores(model, prompt: list[int], options: list[list[int]]) -> list[float]:
+    """Summed log-probability of each option after ``prompt``: the prompt runs once, and its
+    key/value cache, repeated for every option, serves one right-padded batch of the options."""
     import torch
 
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scores = []
+    device = model.device
+    width = max(len(o) for o in options)
+    ids = torch.zeros((len(options), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, o in enumerate(options):
+        ids[r, :len(o)], mask[r, :len(o)] = torch.tensor(o), 1
     with torch.inference_mode():
-        for s in range(0, len(rows), batch_rows):
-            chunk = rows[s:s + batch_rows]
-            width = max(len(p) + len(o) for p, o in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, (p, o) in enumerate(chunk):
-                ids[r, :len(p) + len(o)], mask[r, :len(p) + len(o)] = torch.tensor(p + o), 1
-            first = min(len(p) for p, _ in chunk) - 1  # the first position whose prediction is read
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           logits_to_keep=width - first).logits.float()
-            logp = torch.log_softmax(logits, dim=-1).cpu()
-            for r, (p, o) in enumerate(chunk):
-                at = torch.arange(len(p) - 1, len(p) - 1 + len(o)) - first
-                scores.append(float(logp[r, at, torch.tensor(o)].sum()))
-    return scores
+        head = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(len(options))
+        n = len(prompt)
+        tail = model(input_ids=ids.to(device), past_key_values=cache, use_cache=True,
+                     attention_mask=torch.cat([torch.ones((len(options), n), dtype=torch.long), mask], 1).to(device),
+                     position_ids=torch.arange(n, n + width).expand(len(options), width).to(device)).logits
+        first = torch.log_softmax(head.logits[0, -1].float(), -1).cpu()
+        rest = torch.log_softmax(tail[:, :-1].float(), -1).cpu()
+    return [float(first[o[0]] + rest[r, torch.arange(len(o) - 1), torch.tensor(o[1:], dtype=torch.long)].sum())
+            for r, o in enumerate(options)]
 
 
 def _greedy(model, tok, prompts: list[str], tokens: int, *, special: bool, pad: int, batch: int = 64) -> list[str]:
@@ -524,7 +521,7 @@ def _evaluate(edited, tok, spec: dict, judged: list[bool], pad: int) -> dict:
 def _retention(model, tok, items: list[dict], batch: int = 64) -> list[bool]:
     """Multiple-choice facts by the first token's log-probability after the prompt (one left-padded
     forward per batch, the last position only); items whose options share a first token by whole
-    options (prompt+option rows)."""
+    options (:func:`_option_scores`)."""
     import torch
 
     firsts = [[tok(" " + o, add_special_tokens=False)["input_ids"][0] for o in it["options"]] for it in items]
@@ -540,11 +537,9 @@ def _retention(model, tok, items: list[dict], batch: int = 64) -> list[bool]:
                 scores[s + r] = logp[r, firsts[s + r]].tolist()
     clash = [i for i, f in enumerate(firsts) if len(set(f)) < len(f)]
     if clash:
-        rows = [(tok(items[i]["prompt"], add_special_tokens=True)["input_ids"],
-                 tok(" " + o, add_special_tokens=False)["input_ids"]) for i in clash for o in items[i]["options"]]
-        whole = iter(_option_scores(model, tok, rows, batch))
         for i in clash:
-            scores[i] = [next(whole) for _ in items[i]["options"]]
+            scores[i] = _option_scores(model, tok(items[i]["prompt"], add_special_tokens=True)["input_ids"],
+                                       [tok(" " + o, add_special_tokens=False)["input_ids"] for o in items[i]["options"]])
     return [max(range(len(sc)), key=sc.__getitem__) == it["answer"] and sorted(sc)[-1] > sorted(sc)[-2]
             for sc, it in zip(scores, items)]
 
