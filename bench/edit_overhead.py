@@ -25,7 +25,8 @@ plain transformers, PEFT and torch, nothing of seal's engine. Its stages are sea
   token, scored as the questions' options), the XSTest prompts seal judged by batched greedy generation of 16 tokens (the most
   seal's judge reads) and XSTest's string match, the drift prompts' next-token distributions on
   the base's support; the passage's NLL when there are no questions;
-- record: the adapter file hashed and a JSON record written.
+- record: the adapter file hashed and a JSON record written (``same_adapters`` says whether
+  each adapter is, byte for byte, the one seal recorded: a check that both sides did the same work).
 
 What still differs: seal stops each XSTest reply once the judge's verdict is certain (the bare
 script decodes all 16 tokens); seal runs the chat template's opening, which every question
@@ -180,6 +181,7 @@ def _spec_of(result: dict, passage: Path, args) -> dict:
         edit = json.loads(reg.store.get(m["self_edit"]))
         hyper = train_of(m)
         candidates.append({"sequences": edit["sequences"], "train": hyper, "steps": m["train"]["steps"],
+                           "seal_adapter": (m.get("adapter") or {}).get("weights"),
                            "anchor": _anchor_rows(anchor_lines(edit.get("replay") or [], replies)) if hyper["kl"] else [],
                            "xstest_judged": judged(m)})
     placebo = None
@@ -225,8 +227,9 @@ def _anchor_rows(texts) -> list:
 
 # --- the bare script ----------------------------------------------------------------------------
 
-def bare(spec: dict) -> dict:
-    """transformers + PEFT + torch, nothing of seal: the work of one edit, timed per stage."""
+def bare(spec: dict, work: Path) -> dict:
+    """transformers + PEFT + torch, nothing of seal: the work of one edit, timed per stage; the
+    adapters it trains go to ``work``."""
     started = time.perf_counter()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -250,7 +253,7 @@ def bare(spec: dict) -> dict:
             model.generate(**enc, do_sample=r["temperature"] > 0, temperature=r["temperature"], top_p=r["top_p"],
                            top_k=0, max_new_tokens=r["max_new_tokens"], num_return_sequences=r["k"], pad_token_id=pad)
 
-    work = Path(tempfile.mkdtemp(prefix="bare-"))
+    work.mkdir(parents=True, exist_ok=True)
     snapshots: dict = {}  # the base's anchor distributions by text, shared by the candidates and the placebo
     with clock("train"):
         for i, cand in enumerate(spec["candidates"]):
@@ -291,11 +294,14 @@ def bare(spec: dict) -> dict:
 
     out["placebo_cached"] = bool(spec["placebo"] and spec["placebo"]["cached"])
     out["probed"] = len(probed)
+    digests = []
     with clock("record"):
         for i, _ in enumerate(spec["candidates"]):
             digest = hashlib.sha256((work / f"c{i}" / "adapter_model.safetensors").read_bytes()).hexdigest()
             (work / f"c{i}" / "record.json").write_text(json.dumps({"adapter": digest, "train": spec["candidates"][i]["train"],
                                                                     "margins": margins.get(f"c{i}")}))
+            digests.append(f"sha256:{digest}")
+    out["adapters"] = digests
     return out
 
 
@@ -564,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_spec_of(json.loads(args.spec_of.read_text()), args.passage, args)))
         return 0
     if args.bare is not None:
-        print(json.dumps(bare(json.loads(args.bare.read_text()))))
+        print(json.dumps(bare(json.loads(args.bare.read_text()), args.bare.parent / "bare")))
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="edit-overhead-"))
     if not args.no_warmup:
@@ -584,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         if bare_proc.returncode != 0:
             raise SystemExit(f"bare script failed: {bare_proc.stderr[-3000:]}")
         runs.append((result, seal_wall, json.loads(bare_proc.stdout.strip().splitlines()[-1]),
-                     time.perf_counter() - started))
+                     time.perf_counter() - started, json.loads(spec_file.read_text())))
     print(json.dumps(summary(runs, args)))
     return 0
 
@@ -618,6 +624,9 @@ def summary(runs: list, args) -> dict:
         "ratio": ratio, "targets": TARGETS,
         "met": {k: ratio[k] is not None and ratio[k] <= v for k, v in TARGETS.items()},
         "placebo_cached": [bool(r[2].get("placebo_cached")) for r in runs],
+        # the bare script's adapters byte for byte seal's (same steps, data, KL term; on a CPU)
+        "same_adapters": [[a == c["seal_adapter"] for a, c in zip(r[2].get("adapters", []), r[4]["candidates"])]
+                          for r in runs],
         "probed": [r[2].get("probed") for r in runs],
         "decision": {"accepted": result["decision"]["accepted"],
                      "candidates": [{"status": c["status"], "failed": c["failed_gates"]} for c in result["candidates"]]},
