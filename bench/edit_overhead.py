@@ -22,9 +22,10 @@ plain transformers, PEFT and torch, nothing of seal's engine. Its stages are sea
 - evaluate, only for the candidates seal probed (the margin rule passed): the parent's and the
   candidate's greedy answers to the questions (48 tokens) and the canary question (16), the
   retention items by the first token's log-probability (whole options where two share a first
-  token, scored as the questions' options), the XSTest prompts seal judged by batched greedy generation of 16 tokens (the most
-  seal's judge reads) and XSTest's string match, the drift prompts' next-token distributions on
-  the base's support; the passage's NLL when there are no questions;
+  token, scored as the questions' options are), the XSTest prompts seal judged (each, by batched
+  greedy generation of 16 tokens, the most seal's judge reads, and XSTest's string match), the
+  drift prompts' next-token distributions on the base's support; the passage's NLL when there are
+  no questions;
 - record: the adapter file hashed and a JSON record written (``same_adapters`` says whether
   each adapter is, byte for byte, the one seal recorded: a check that both sides did the same work).
 
@@ -32,9 +33,11 @@ What still differs: seal stops each XSTest reply once the judge's verdict is cer
 script decodes all 16 tokens); seal runs the chat template's opening, which every question
 shares, once, and packs all questions' options into one forward (a block mask), where the bare
 script runs each question's prompt, then its options, two forwards a question; seal's output
-layer runs only at the positions it reads (the bare script: at every position of the batch); seal also writes blobs, the manifest and a database row, and
-compares adapters' weight norms. The parent is the root, so its probe results come
-from the machine's cache on both sides (the spec hands the bare script the base's drift support).
+layer runs only at the positions it reads (the bare script's at every position of a batch); seal
+answers the questions for the parent and its candidates in one generate call (the bare script:
+one call each); seal also writes blobs, the manifest and a database row, and compares adapters'
+weight norms. The parent is the root: seal reads its probe results from the machine's cache, and
+the bare script needs none (the spec hands it the base's drift support).
 
 Prints ONE JSON line: each side's seconds per stage and in total (process wall time), the part of
 the total no stage holds (``unstaged``: interpreter start, imports, the CLI), and the ratio seal /
