@@ -62,6 +62,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -565,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seal-path", default=None, help="a folder put first on PYTHONPATH for the seal side")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first edit")
     parser.add_argument("--repeats", type=int, default=1, help="seal and bare run alternately this many times; medians")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the registry goes (default: a temp folder)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the registries go, kept (default: a temp folder, removed at the end)")
     parser.add_argument("--bare", type=Path, default=None, help=argparse.SUPPRESS)  # internal: run the bare side
     parser.add_argument("--spec-of", type=Path, default=None, help=argparse.SUPPRESS)  # internal: build its inputs
     args = parser.parse_args(argv)
@@ -595,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append((result, seal_wall, json.loads(bare_proc.stdout.strip().splitlines()[-1]),
                      time.perf_counter() - started, json.loads(spec_file.read_text())))
     print(json.dumps(summary(runs, args)))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)  # the bench's own registries (~150 MB a run); --workdir keeps them
     return 0
 
 
