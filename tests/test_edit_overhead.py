@@ -72,6 +72,14 @@ def test_the_bare_margins_are_seals(overhead, tiny):
     bare = overhead._margins(model, tok, spec)
     seal = answer_margins(model, tok, qs)[0]
     # Two float32 forwards batched differently (seal packs the options after a shared prefix; the
-    # bare side repeats each prompt's cache over its options): equal up to float32 rounding of
-    # log-probabilities summed over a few tokens (~1e-7 relative each, well under 1e-4 nats).
-    assert bare == pytest.approx(seal, abs=1e-4)
+    # bare side repeats each prompt's cache over its options): equal up to the rounding of one
+    # forward pass per log-probability, summed over each side's option tokens (gold and rivals).
+    import torch
+
+    from numeric import forward_terms
+
+    tokens = max(len(tok(o, add_special_tokens=False)["input_ids"]) for q in qs for o in q.options)
+    bound = 2 * tokens * forward_terms(model.config, softmax=True) * torch.finfo(torch.float32).eps * \
+        max(abs(m) for m in seal)
+    assert bare == pytest.approx(seal, abs=bound)
+    assert bare != pytest.approx([m + 1.0 for m in seal], abs=bound)
