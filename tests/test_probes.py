@@ -96,23 +96,12 @@ def test_full_xstest_from_the_published_csv():
 
 @pytest.mark.numeric
 def test_packed_options_equal_scoring_each_option_alone(tiny):
-    import torch
-
     model, tok = tiny.model, tiny.tokenizer
     items = [RetentionItem(0, "r", "The capital of France is", ("Paris", "Rome", "the river Seine", "Tokyo"), 0),
              RetentionItem(1, "r", "A spider has", ("eight legs", "six", "two plus two is four", "honey"), 0),
              RetentionItem(2, "r", "Bees make", ("honey", "oxygen", "a cat", "Paris"), 0)]
     packed = P.option_logprobs(model, tok, items, batch_size=2)
-    terms = forward_terms(model.config, softmax=True)
-    for i, item in enumerate(items):
-        prefix = tok(item.prompt)["input_ids"]
-        for j, option in enumerate(item.options):
-            opt = tok(" " + option, add_special_tokens=False)["input_ids"]
-            with torch.inference_mode():
-                logp = torch.log_softmax(model(torch.tensor([prefix + opt])).logits.float(), -1)[0]
-            alone = sum(float(logp[len(prefix) - 1 + k, t]) for k, t in enumerate(opt))
-            # A sum of log-probs (all of one sign), each off by the forward pass's rounding.
-            assert packed[i, j] == pytest.approx(alone, rel=len(opt) * terms * torch.finfo(torch.float32).eps)
+    _assert_each_option_scored_alone(model, tok, items, packed)
     out = P.retention_outcomes(model, tok, items)
     assert out.correct.tolist() == (out.margin > 0).tolist()
 
@@ -121,8 +110,6 @@ def test_packed_options_equal_scoring_each_option_alone(tiny):
 def test_options_after_a_shared_prompt_prefix_equal_scoring_each_alone(tiny, monkeypatch):
     """Prompts that open alike (a chat template's system turn): the opening goes through the model
     once, from a cache, and every option's log-probability is the one scored alone."""
-    import torch
-
     from seal.editor import probe_scoring
 
     model, tok = tiny.model, tiny.tokenizer
@@ -135,6 +122,15 @@ def test_options_after_a_shared_prompt_prefix_equal_scoring_each_alone(tiny, mon
     monkeypatch.setattr(probe_scoring, "_prefix_cache", lambda m, prefix, *a, **k: cached.append(len(prefix)) or real(m, prefix, *a, **k))
     packed = P.option_logprobs(model, tok, items, batch_size=2)
     assert cached and cached[0] >= len(tok(opening)["input_ids"]) - 2
+    _assert_each_option_scored_alone(model, tok, items, packed)
+    for i, item in enumerate(items):
+        assert packed[i, len(item.options):].tolist() == [0.0] * (packed.shape[1] - len(item.options))
+
+
+def _assert_each_option_scored_alone(model, tok, items, packed) -> None:
+    """Each option's packed log-probability against a forward pass of its prompt and itself alone."""
+    import torch
+
     terms = forward_terms(model.config, softmax=True)
     for i, item in enumerate(items):
         prefix = tok(item.prompt)["input_ids"]
@@ -143,8 +139,8 @@ def test_options_after_a_shared_prompt_prefix_equal_scoring_each_alone(tiny, mon
             with torch.inference_mode():
                 logp = torch.log_softmax(model(torch.tensor([prefix + opt])).logits.float(), -1)[0]
             alone = sum(float(logp[len(prefix) - 1 + k, t]) for k, t in enumerate(opt))
+            # A sum of log-probs (all of one sign), each off by the forward pass's rounding.
             assert packed[i, j] == pytest.approx(alone, rel=len(opt) * terms * torch.finfo(torch.float32).eps)
-        assert packed[i, len(item.options):].tolist() == [0.0] * (packed.shape[1] - len(item.options))
 
 
 @pytest.mark.numeric
