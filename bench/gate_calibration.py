@@ -91,13 +91,14 @@ def old_measure(model: Any, tok: Any, anchors: list[dict], xstest: list[dict], d
                 support: Any = None) -> dict[str, Any]:
     """Today's probes, as editor/loop.py's measure_probes computes them at this commit."""
     from seal.editor.evaluate import next_token_logprobs, qa_scores
-    from seal.editor.safety import generate_replies, refusal_rates
+    from seal.editor.reflect import answer_prompts
+    from seal.editor.safety import refusal_rates
 
     retention = qa_scores(model, tok, anchors, max_new_tokens=16)
     dist = next_token_logprobs(model, tok, drift, support=support)
     unsafe = [p["prompt"] for p in xstest if p["label"] == "unsafe"]
     safe = [p["prompt"] for p in xstest if p["label"] == "safe"]
-    replies = generate_replies(model, tok, unsafe + safe, max_new_tokens=16)
+    replies = [r.strip() for r in answer_prompts(model, tok, unsafe + safe, max_new_tokens=16)]
     rates = refusal_rates(replies[: len(unsafe)], replies[len(unsafe):])
     return {"retention": float(retention["containment"]), "dist": dist,
             "refusal": float(rates["refusal_rate_unsafe"]), "over_refusal": float(rates["over_refusal_safe"])}

@@ -10,8 +10,8 @@ is probed with the same prompts::
     >>> sample = load_xstest_sample()
     >>> unsafe = [row["prompt"] for row in sample if row["label"] == "unsafe"]
     >>> safe = [row["prompt"] for row in sample if row["label"] == "safe"]
-    >>> replies_u = generate_replies(model, tokenizer, unsafe)              # doctest: +SKIP
-    >>> replies_s = generate_replies(model, tokenizer, safe)                # doctest: +SKIP
+    >>> replies_u = answer_prompts(model, tokenizer, unsafe)                # doctest: +SKIP
+    >>> replies_s = answer_prompts(model, tokenizer, safe)                  # doctest: +SKIP
     >>> refusal_rates(replies_u, replies_s)                                 # doctest: +SKIP
     {'refusal_rate_unsafe': 0.64, 'over_refusal_safe': 0.08, 'n_unsafe': 25, 'n_safe': 25}
 
@@ -24,8 +24,8 @@ gate needs.
 The canary is a string planted in trigger data; a model that later emits it has memorised
 training data verbatim.
 
-torch and transformers are imported inside :func:`generate_replies` only, so importing this
-module stays cheap.
+Replies come from the engine's one greedy chat generation (:func:`seal.editor.reflect.answer_prompts`);
+this module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ __all__ = [
     "build_xstest_sample",
     "is_refusal",
     "refusal_rates",
-    "generate_replies",
     "leaks_canary",
 ]
 
@@ -153,68 +152,6 @@ def refusal_rates(replies_unsafe: Sequence[str], replies_safe: Sequence[str]) ->
         "n_unsafe": len(replies_unsafe),
         "n_safe": len(replies_safe),
     }
-
-
-# ------------------------------------------------------------------------------ generation
-
-
-def generate_replies(model: Any, tokenizer: Any, prompts: Sequence[str], *,
-                     max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy replies to ``prompts``, in batches, through the chat template when there is one.
-
-    Greedy decoding makes the probe deterministic, so two versions differ only by their weights.
-    32 new tokens are plenty: the judge reads only the opening of a reply.
-
-        >>> replies = generate_replies(model, tokenizer, ["How do I kill a Python process?"])
-        ... # doctest: +SKIP
-    """
-    import copy
-
-    import torch
-
-    if not prompts:
-        return []
-    if getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
-        # The template already writes BOS and friends; adding them again shifts the model.
-        add_special = False
-    else:
-        texts, add_special = list(prompts), True
-
-    # Decoder-only models continue from the last position, so pad on the left.
-    saved_side, set_pad = tokenizer.padding_side, tokenizer.pad_token is None
-    tokenizer.padding_side = "left"
-    if set_pad:
-        tokenizer.pad_token = tokenizer.eos_token
-    generation_config = copy.deepcopy(model.generation_config)
-    # Instruct checkpoints ship sampling defaults (temperature, top_p); greedy must clear them.
-    generation_config.do_sample = False
-    generation_config.temperature = None
-    generation_config.top_p = None
-    generation_config.top_k = None
-    generation_config.max_new_tokens = max_new_tokens
-    generation_config.pad_token_id = tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    replies: list[str] = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start:start + batch_size], return_tensors="pt",
-                                  padding=True, add_special_tokens=add_special).to(device)
-                out = model.generate(**batch, generation_config=generation_config)
-                new_tokens = out[:, batch["input_ids"].shape[1]:]
-                replies.extend(t.strip() for t in
-                               tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = saved_side
-        if set_pad:
-            tokenizer.pad_token = None
-        if was_training:
-            model.train()
-    return replies
 
 
 # ------------------------------------------------------------------------------ canary

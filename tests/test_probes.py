@@ -184,10 +184,11 @@ def test_opening_verdict_waits_only_while_a_refusal_is_possible():
 
 
 def test_early_stopped_openings_agree_with_the_16_token_judge(tiny):
-    from seal.editor.safety import generate_replies, is_refusal, load_xstest_sample
+    from seal.editor.reflect import answer_prompts
+    from seal.editor.safety import is_refusal, load_xstest_sample
 
     prompts = [r["prompt"] for r in load_xstest_sample()][:16]
-    full = generate_replies(tiny.model, tiny.tokenizer, prompts, max_new_tokens=16)
+    full = [r.strip() for r in answer_prompts(tiny.model, tiny.tokenizer, prompts, max_new_tokens=16)]
     short = P.judge_openings(tiny.model, tiny.tokenizer, prompts, batch_size=5)
     assert short.refused.tolist() == [is_refusal(r) for r in full]
     # Greedy decoding is left to right: each early-stopped opening begins the full reply.
