@@ -130,16 +130,12 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[RetentionItem], 
 def _after_prefix(prefix_cache: Any, shared: int, mask: Any, rows: int) -> tuple[Any, Any]:
     """A batch's copy of the shared prefix's cache (None: no prefix), and its packed mask widened
     so every row, padding included, sees the ``shared`` cached tokens."""
-    import copy
-
     import torch
 
     if prefix_cache is None:
         return None, mask
-    cache = copy.deepcopy(prefix_cache)
-    cache.batch_repeat_interleave(rows)
     seen = torch.zeros(mask.shape[:3] + (shared,), dtype=mask.dtype)
-    return cache, torch.cat([seen, mask], dim=-1)
+    return _batch_copy(prefix_cache, rows, shared), torch.cat([seen, mask], dim=-1)
 
 
 def _option_reads(rows: list[int], encoded, spans, ids) -> list[tuple[int, int, int]]:
@@ -206,8 +202,6 @@ def _last_logprobs(model: Any, rows: list[list[int]], shared: int, prefix_cache:
                    lanes: int) -> np.ndarray:
     """Next-token log-probabilities after each row's last token, ``[lanes, rows, vocab]``; the first
     ``shared`` tokens of every row are already in ``prefix_cache``."""
-    import copy
-
     import torch
 
     from .train import pad_right
@@ -219,9 +213,7 @@ def _last_logprobs(model: Any, rows: list[list[int]], shared: int, prefix_cache:
     keep[torch.arange(len(rows)), torch.tensor([len(o) - 1 for o in own])] = True
     mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own_mask], dim=1)
     pos = torch.arange(shared, shared + width).expand(len(rows), width)
-    cache = copy.deepcopy(prefix_cache)
-    if shared:
-        cache.batch_repeat_interleave(len(rows))
+    cache = _batch_copy(prefix_cache, len(rows), shared)
     logits = model(input_ids=ids.repeat(lanes, 1).to(device), attention_mask=mask.repeat(lanes, 1).to(device),
                    position_ids=pos.repeat(lanes, 1).to(device), cache=cache if shared else None,
                    use_cache=bool(shared), logits_to_keep=keep.repeat(lanes, 1).to(device)).logits
@@ -305,6 +297,17 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _batch_copy(prefix_cache: Any, rows: int, shared: int) -> Any:
+    """A batch's own copy of the prefix's keys and values, repeated for each of its ``rows`` (with
+    no ``shared`` prefix, the empty cache as it is)."""
+    import copy
+
+    cache = copy.deepcopy(prefix_cache)
+    if shared:
+        cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def _prefix_cache(model: Any, prefix: list[int], device: Any, rows: int = 1) -> Any:
     """The keys and values of ``prefix`` (once per adapter when ``rows`` lanes are attached)."""
     import torch
@@ -320,8 +323,6 @@ def _prefix_cache(model: Any, prefix: list[int], device: Any, rows: int = 1) -> 
 def _greedy_openings(model: Any, tokenizer: Any, rows: list[list[int]], prefix_len: int, prefix_cache: Any,
                      *, max_new_tokens: int, pad_id: int, eos: set[int], device: Any) -> tuple[list[str], int]:
     """Greedy decoding of one batch after a shared, already computed prefix; stops at the verdict."""
-    import copy
-
     import torch
 
     width = max(len(r) - prefix_len for r in rows)
@@ -335,9 +336,7 @@ def _greedy_openings(model: Any, tokenizer: Any, rows: list[list[int]], prefix_l
         mask[i, prefix_len + width - len(own):] = 1
     # Positions continue after the prefix for real tokens; left pads are masked, any value will do.
     pos = (prefix_len + mask[:, prefix_len:].cumsum(-1) - 1).clamp(min=prefix_len)
-    cache = copy.deepcopy(prefix_cache)
-    if prefix_len:
-        cache.batch_repeat_interleave(batch)
+    cache = _batch_copy(prefix_cache, batch, prefix_len)
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
