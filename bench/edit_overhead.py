@@ -140,7 +140,7 @@ def _spec_of(result: dict, passage: Path, args) -> dict:
     from seal.editor.generation import chat_prompt, has_chat_template
     from seal.editor.kl_anchor import REPLY_POSITIONS, TOP_K
     from seal.editor.measure import CANARY_QUESTION as SEAL_CANARY, load_probes
-    from seal.editor.placebo import placebo_cache_dir, placebo_replay, placebo_sequences, sequence_budget
+    from seal.editor.placebo import placebo_cache_dir, placebo_replay, placebo_training
     from seal.editor.probes import ProbeResults
     from seal.editor.replay import anchor_lines, chat_replies, replay_pool
     from seal.editor.safety import REFUSAL_PREFIXES
@@ -194,13 +194,13 @@ def _spec_of(result: dict, passage: Path, args) -> dict:
         evidence = json.loads(reg.store.get(evidence_digest))
         p = evidence.get("placebo")
         if p is not None:
+            # the placebo's record names its bucketed sequence count, which its replay draw and its
+            # training set are made for (placebo.placebo_replay, placebo.placebo_training)
             hyper = candidates[0]["train"]
             own = json.loads(reg.store.get(first["self_edit"]))
-            n_seq = len(own["sequences"]) - (0 if hyper["kl"] else len(own.get("replay") or []))
-            replay = placebo_replay(replay_pool(kb), n_seq, hyper["seed"]) if own.get("replay") else []
+            replay = placebo_replay(replay_pool(kb), p["sequences"], hyper["seed"]) if own.get("replay") else []
             placebo = {"cached": bool(p["cached"]), "folder": str(placebo_cache_dir(p["key"])), "train": hyper,
-                       "sequences": placebo_sequences(p["words"], sequence_budget(n_seq))
-                       + ([] if hyper["kl"] else replay),
+                       "sequences": placebo_training(p["words"], p["sequences"], replay, hyper["kl"]),
                        "anchor": _anchor_rows(anchor_lines(replay, replies)) if hyper["kl"] else []}
     base_results = ProbeResults.from_bytes(reg.store.get(first["probes"]["base_results"]))
     items = probes.items

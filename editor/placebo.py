@@ -132,6 +132,16 @@ def placebo_replay(pool: list[str], n_sequences: int, seed: int) -> list[str]:
     return draw(pool, sequence_budget(n_sequences), seed)
 
 
+def placebo_training(words: int, n_sequences: int, replay: list[str], kl: float) -> list[str]:
+    """What the placebo of an edit of ``n_sequences`` trains on: its bucketed sequences, then its
+    replay lines, which with the KL anchor (``kl``) anchor and are not trained on.
+
+        >>> len(placebo_training(40, 3, ["r0", "r1"], 0.0)), len(placebo_training(40, 3, ["r0", "r1"], 4.0))
+        (10, 8)
+    """
+    return placebo_sequences(words, sequence_budget(n_sequences)) + ([] if kl else list(replay))
+
+
 def placebo_key(parent: str, base: str, hyper: dict, words: int, n_sequences: int, seed: int) -> str:
     from .replay import anchor_recipe
 
@@ -188,8 +198,8 @@ def train_placebo(session, *, parent_dir: Path | None, key: str, words: int, n_s
     from .train import train_adapter
 
     folder = session.work / f"placebo-{key[:16]}"
-    kl = float(hyper.get("kl") or 0.0)  # with the KL anchor, the replay lines anchor and are not trained on
-    sequences = placebo_sequences(words, sequence_budget(n_sequences)) + ([] if kl else list(replay))
+    kl = float(hyper.get("kl") or 0.0)
+    sequences = placebo_training(words, n_sequences, replay, kl)
     record = train_adapter(session.model, session.tok, sequences, out_dir=folder,
                            parent_adapter_dir=parent_dir, r=hyper.get("r", DEFAULT_R),
                            alpha=hyper.get("lora_alpha", DEFAULT_ALPHA),
@@ -220,5 +230,6 @@ def _keep_on_machine(folder: Path, key: str) -> None:
         tmp.rename(target)
 
 
-__all__ = ["Placebo", "placebo_key", "placebo_cache_dir", "placebo_replay", "placebo_sequences", "cached_placebo",
+__all__ = ["Placebo", "placebo_key", "placebo_cache_dir", "placebo_replay", "placebo_sequences", "placebo_training",
+           "cached_placebo",
            "train_placebo", "text_for", "sentences", "WORD_BUCKET", "word_budget", "sequence_budget"]
