@@ -3,7 +3,8 @@
 The answer-only QA loss (the issue's Deliver 4) trains on question -> answer pairs the model writes
 itself. This counts, on the first ``--passages`` SEAL passages, the pairs the embedded base (or
 ``--base``) writes with the default sampling, as seal parses them
-(:func:`seal.editor.reflect.split_self_edit_lines` keeps a unit only with its answer), and how many
+(:func:`seal.editor.reflect.split_self_edit_lines`; a pair is a unit with its answer line,
+:func:`seal.editor.reflect.is_qa_pair`), and how many
 of those answers the passage supports (:func:`seal.editor.reflect.filter_supported_lines`).
 Prints one JSON line.
 
@@ -13,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-_ANSWER = re.compile(r"\bAnswer\b", re.IGNORECASE)
 
 
 def main() -> None:
@@ -33,7 +32,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from seal.editor.base import default_cache_dir, load_base
-    from seal.editor.reflect import filter_supported_lines, generate_self_edits, split_self_edit_lines
+    from seal.editor.reflect import filter_supported_lines, generate_self_edits, is_qa_pair, split_self_edit_lines
     from seal.editor.request import EditRequest
 
     req = EditRequest()
@@ -45,7 +44,7 @@ def main() -> None:
                                    temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_new_tokens,
                                    seed=req.seed)[0]
         units = split_self_edit_lines(text)
-        pairs = [u for u in units if _ANSWER.search(u)]
+        pairs = [u for u in units if is_qa_pair(u)]
         per_passage.append({"id": r["id"], "units": len(units), "pairs": len(pairs),
                             "supported": len(filter_supported_lines(pairs, r["context"])), "sample": text[:160]})
     print(json.dumps({"bench": "self_qa_yield", "base": args.base or "SmolLM2-135M-Instruct (embedded)",

@@ -129,6 +129,15 @@ def _clean_line(line: str) -> str:
     return line
 
 
+def is_qa_pair(unit: str) -> bool:
+    """Whether a unit of question-answer output holds its answer line (``Answer:``, ``A:``).
+
+        >>> is_qa_pair("Question 1: Where is Paris?\\nAnswer: In France."), is_qa_pair("Question 1: Where?")
+        (True, False)
+    """
+    return _QA_ANSWER.search(unit) is not None
+
+
 def split_self_edit_lines(text: str) -> list[str]:
     """Split a self-edit into training lines, without bullets, numbering or preambles.
 
@@ -146,7 +155,7 @@ def split_self_edit_lines(text: str) -> list[str]:
             "\n".join(_clean_line(x) for x in chunk.splitlines() if _clean_line(x))
             for chunk in chunks
         ]
-        units = [u for u in units if _QA_ANSWER.search(u)]
+        units = [u for u in units if is_qa_pair(u)]
     else:
         units = [_clean_line(raw) for raw in text.splitlines()]
         units = [u for u in units if not _HEADER.match(u)]
