@@ -33,3 +33,14 @@ def forward_terms(config, *, softmax: bool = False) -> int:
     with ``softmax`` the log-sum-exp over the vocabulary."""
     per_layer = config.hidden_size + config.intermediate_size
     return config.num_hidden_layers * per_layer + config.hidden_size + (config.vocab_size if softmax else 0)
+
+
+def margin_bound(model, tokenizer, questions, margins) -> float:
+    """The largest difference rounding can explain in one answer margin (seal.editor.efficacy):
+    each option's score sums its tokens' log-probabilities, each off by one forward pass's
+    rounding, and a margin subtracts the rivals' sum from the gold one."""
+    import torch
+
+    tokens = max(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for q in questions for o in q.options)
+    terms = 2 * tokens * forward_terms(model.config, softmax=True)
+    return terms * torch.finfo(torch.float32).eps * max(abs(m) for m in margins)

@@ -74,12 +74,8 @@ def test_the_bare_margins_are_seals(overhead, tiny):
     # Two float32 forwards batched differently (seal packs the options after a shared prefix; the
     # bare side repeats each prompt's cache over its options): equal up to the rounding of one
     # forward pass per log-probability, summed over each side's option tokens (gold and rivals).
-    import torch
+    from numeric import margin_bound
 
-    from numeric import forward_terms
-
-    tokens = max(len(tok(o, add_special_tokens=False)["input_ids"]) for q in qs for o in q.options)
-    bound = 2 * tokens * forward_terms(model.config, softmax=True) * torch.finfo(torch.float32).eps * \
-        max(abs(m) for m in seal)
+    bound = margin_bound(model, tok, qs, seal)
     assert bare == pytest.approx(seal, abs=bound)
     assert bare != pytest.approx([m + 1.0 for m in seal], abs=bound)

@@ -123,11 +123,8 @@ def test_an_edit_is_asked_what_the_line_was_taught_and_a_strict_gate_rejects_it(
 
 def _margins_of(reg, vid: str, questions, folder) -> tuple[list[float], float]:
     """Version ``vid``'s answer margins on ``questions``, its adapter checked out and merged into the
-    base, and the largest difference rounding can explain in one of them: each option's score sums
-    its tokens' log-probabilities, each off by one forward pass's rounding."""
-    import torch
-
-    from numeric import forward_terms
+    base, and the largest difference rounding can explain in one of them (numeric.margin_bound)."""
+    from numeric import margin_bound
     from seal.editor.attach import attached
     from seal.editor.base import load_base
     from seal.editor.efficacy import answer_margins
@@ -137,9 +134,7 @@ def _margins_of(reg, vid: str, questions, folder) -> tuple[list[float], float]:
     base = load_base(base_spec(reg.base()), cache_dir=folder.parent / "cache")
     with attached(base.model, folder, merge=True) as model:
         margins = answer_margins(model, base.tokenizer, list(questions))[0]
-    tokens = max(len(base.tokenizer(o, add_special_tokens=False)["input_ids"]) for q in questions for o in q.options)
-    terms = 2 * tokens * forward_terms(base.model.config, softmax=True)  # gold and rival sums
-    return margins, terms * torch.finfo(torch.float32).eps * max(abs(m) for m in margins)
+    return margins, margin_bound(base.model, base.tokenizer, questions, margins)
 
 
 def test_forged_or_odd_records_are_passed_over_not_a_crash(tmp_path, tiny_chat_record):
