@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from seal.editor.attach import attached
     from seal.editor.base import default_cache_dir, load_base
     from seal.editor.efficacy import answer_margins
-    from seal.editor.placebo import placebo_cache_dir as _cache_dir
+    from seal.editor.placebo import placebo_cache_dir
     from seal.editor.taught import taught_decision, taught_questions
     from seal.registry import Registry
     from seal.registry.worktree import export_adapter
@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {"id": m["id"][:12], "status": m["status"], "parent": parent[:12], "n": len(p),
                "candidate": taught_decision(c, p, 1.0).audit_entry()}
         key = placebo_key(reg, m)
-        if key and key not in seen_placebos and (_cache_dir(key) / "placebo.json").exists():
+        if key and key not in seen_placebos and (placebo_cache_dir(key) / "placebo.json").exists():
             seen_placebos.add(key)
-            row["placebo"] = taught_decision(measure(key, _cache_dir(key), taught), p, 1.0).audit_entry()
+            row["placebo"] = taught_decision(measure(key, placebo_cache_dir(key), taught), p, 1.0).audit_entry()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.out:
